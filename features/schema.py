@@ -1,0 +1,114 @@
+"""The one place that says what a metric export and a series frame look like, and how each metric behaves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import polars as pl
+
+# --- column names: every stage uses these constants, never literals -------------------------
+TS = "ts"  # sample time, UTC
+VALUE = "value"
+METRIC = "metric"
+SERVICE = "service"  # the workload label of an export (deployment / deploymentconfig / statefulset)
+POD = "pod"  # container instance; null for node-level metrics
+NODE = "node"
+SERIES_ID = "series_id"  # "<entity>/<metric>", entity = workload for pod metrics, node for node metrics
+ENTITY = "entity"
+N_PODS = "n_pods"  # how many pods contributed to a rolled-up minute
+FILLED = "filled"  # True where a short gap was interpolated
+
+LABELS = (SERVICE, POD, NODE)
+
+#: long-format export, as an APM or Prometheus export arrives (after the reader's type coercion)
+EXPORT_SCHEMA: dict[str, pl.DataType] = {
+    TS: pl.Datetime("us", "UTC"),
+    SERVICE: pl.String(),
+    POD: pl.String(),
+    NODE: pl.String(),
+    METRIC: pl.String(),
+    VALUE: pl.Float64(),
+}
+
+#: regular per-series frame handed to training: one row per (series_id, ts) on a fixed grid
+SERIES_SCHEMA: dict[str, pl.DataType] = {
+    SERIES_ID: pl.String(),
+    ENTITY: pl.String(),
+    METRIC: pl.String(),
+    TS: pl.Datetime("us", "UTC"),
+    VALUE: pl.Float64(),
+    N_PODS: pl.UInt32(),
+    FILLED: pl.Boolean(),
+}
+
+Direction = Literal["above", "below"]
+Rollup = Literal["mean", "max", "sum"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """How one metric behaves: its unit, valid range, workload rollup and direction of danger."""
+
+    name: str
+    unit: str
+    level: Literal["pod", "node"]
+    rollup: Rollup  # how pods combine into their workload
+    direction: Direction
+    threshold: float  # a typical operator threshold, used when a request names none
+    lower: float = 0.0  # values outside [lower, upper] are impossible for this kind
+    upper: float = float("inf")
+
+
+#: the metric catalogue: one table for units, ranges, rollups and default thresholds
+METRICS: dict[str, MetricSpec] = {
+    m.name: m
+    for m in (
+        MetricSpec("jvm_heap_pct", "%", "pod", "mean", "above", 90.0, 0, 100),
+        MetricSpec("gc_time_pct", "%", "pod", "mean", "above", 20.0, 0, 100),
+        MetricSpec("cpu_pct", "%", "pod", "mean", "above", 80.0, 0, 100),
+        MetricSpec("mem_pct", "%", "pod", "mean", "above", 90.0, 0, 100),
+        MetricSpec("db_pool_pct", "%", "pod", "mean", "above", 90.0, 0, 100),
+        MetricSpec("apdex", "ratio", "pod", "mean", "below", 0.7, 0, 1),
+        MetricSpec("error_rate_pct", "%", "pod", "mean", "above", 5.0, 0, 100),
+        MetricSpec("response_time_ms", "ms", "pod", "mean", "above", 3000.0, 0),
+        MetricSpec("tps", "1/s", "pod", "sum", "above", 200.0, 0),
+        MetricSpec("disk_pct", "%", "node", "max", "above", 90.0, 0, 100),
+    )
+}
+
+
+def series_id(entity: str, metric: str) -> str:
+    """The id of a rolled-up series, e.g. ``portal-demo/jvm_heap_pct``."""
+    return f"{entity}/{metric}"
+
+
+def split_series_id(sid: str) -> tuple[str, str]:
+    """Inverse of :func:`series_id`; raises ``ValueError`` on a malformed id."""
+    entity, sep, metric = sid.rpartition("/")
+    if not sep or not entity or not metric:
+        raise ValueError(f"series id {sid!r} is not of the form '<entity>/<metric>'")
+    return entity, metric
+
+
+def validate(frame: pl.DataFrame | pl.LazyFrame, schema: dict[str, pl.DataType], *, what: str):
+    """Check columns and dtypes; raise one ``ValueError`` naming every missing or mistyped column.
+
+    Extra columns are allowed. Datetime columns must carry the schema's time unit and time zone.
+    """
+    actual = frame.collect_schema() if isinstance(frame, pl.LazyFrame) else frame.schema
+    problems = []
+    for name, dtype in schema.items():
+        if name not in actual:
+            problems.append(f"missing column {name!r} ({dtype})")
+        elif actual[name] != dtype:
+            problems.append(f"column {name!r} is {actual[name]}, expected {dtype}")
+    if problems:
+        raise ValueError(f"{what}: " + "; ".join(problems))
+    return frame
+
+
+def spec_for(metric: str) -> MetricSpec:
+    """The catalogue entry for a metric; an unknown metric rolls up by mean with no range check."""
+    return METRICS.get(metric) or MetricSpec(metric, "", "pod", "mean", "above", float("nan"),
+                                             float("-inf"), float("inf"))

@@ -1,0 +1,120 @@
+"""The ``prealert`` command: thin wrappers over functions a notebook can import."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="prealert: minutes-to-threshold predictions and anomaly scores.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+features_app = typer.Typer(help="Feature jobs.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
+
+for _k, _v in (("BENTOML_DO_NOT_TRACK", "true"), ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")):
+    os.environ.setdefault(_k, _v)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(code=2)
+
+
+def _parse_rename(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        src, sep, dst = pair.partition("=")
+        if not sep or not src or not dst:
+            _fail(f"--rename takes EXPORT_NAME=OUR_NAME, got {pair!r}")
+        out[src] = dst
+    return out
+
+
+@features_app.command("build")
+def features_build(
+    input: Annotated[str, typer.Option(help="Parquet file, folder (hive partitions) or glob.")],
+    out: Annotated[Path, typer.Option(help="Output folder (replaced atomically).")],
+    step: Annotated[str, typer.Option(help="Grid step, e.g. 1m or 5m.")] = "5m",
+    max_fill: Annotated[int, typer.Option(help="Longest gap, in steps, to interpolate.")] = 3,
+    rename: Annotated[list[str], typer.Option(help="Map an export column: host=node.")] = [],  # noqa: B006
+) -> None:
+    """Validate an export, quarantine bad rows, roll pods up and write regular series."""
+    from features.build import run_build
+
+    try:
+        report = run_build(input, out, step=step, max_fill=max_fill, rename=_parse_rename(rename))
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(report.summary())
+    typer.echo(f"wrote {out}/series.parquet, quarantine.parquet, report.json")
+
+
+@app.command()
+def train(
+    features: Annotated[Path, typer.Option(help="Output folder of `prealert features build`.")],
+    until: Annotated[datetime | None, typer.Option(help="Train on data before this UTC time.")] = None,
+    include: Annotated[list[str], typer.Option(help="Series id or entity to train (repeat).")] = [],  # noqa: B006
+    holdout_hours: Annotated[float, typer.Option(help="Final stretch replayed by the backtest.")] = 24.0,
+    horizon_minutes: Annotated[int, typer.Option(help="Backtest forecast horizon.")] = 60,
+    n_jobs: Annotated[int, typer.Option(envvar="PREALERT_N_JOBS", help="Parallel fits.")] = 2,
+    save_bundle: Annotated[Path | None, typer.Option(help="Also write the bundle here.")] = None,
+) -> None:
+    """Fit every series and detector, backtest, log to MLflow, promote @champion if better."""
+    from features.build import load_series
+    from training.tracking import log_and_promote, tracking_uri
+    from training.train import TrainConfig, train_bundle
+
+    config = TrainConfig(until=until, include=include, holdout_hours=holdout_hours,
+                         horizon_minutes=horizon_minutes, n_jobs=n_jobs)
+    try:
+        result = train_bundle(load_series(features), config)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if save_bundle:
+        result.bundle.save(save_bundle)
+    promo = log_and_promote(result, config)
+    typer.echo(f"{len(result.bundle.forecasters)} series trained, {len(result.failed)} failed; "
+               f"backtest MAE ratio to predict_linear {result.score:.3f}")
+    typer.echo(f"run {promo.run_id} in {tracking_uri()}: version {promo.version}, "
+               f"promoted={promo.promoted} ({promo.reason})")
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="Port on the host.")] = 3000,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    bundle: Annotated[Path | None, typer.Option(help="Serve this bundle folder, not @champion.")] = None,
+) -> None:
+    """Run the BentoML service in the foreground (Ctrl-C stops it)."""
+    from serving.server import start_service, stop_service
+
+    proc = start_service(port, host, bundle)
+    typer.echo(f"serving on http://{host}:{port} (pid {proc.pid}); POST /predict, docs at /docs")
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_service(proc)
+    if proc.returncode not in (0, -15, None):
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where features and logs go.")] = Path(".prealert-work"),
+    lead_hours: Annotated[float, typer.Option(help="Ask this long before each true crossing.")] = 3.0,
+    horizon_minutes: Annotated[float, typer.Option(help="Prediction horizon.")] = 360.0,
+) -> None:
+    """Sample data -> features -> train (MLflow) -> bentoml serve -> answers vs ground truth."""
+    from serving.demo import run_demo
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_demo(workdir, lead_hours=lead_hours, horizon_minutes=horizon_minutes, echo=typer.echo)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,103 @@
+"""Request and response models of the HTTP API, with descriptions and examples for the OpenAPI page."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Observation(BaseModel):
+    ts: datetime = Field(description="Sample time; ISO-8601, UTC when no offset is given.")
+    value: float = Field(description="Observed value in the metric's unit.")
+
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("value must be a finite number")
+        return v
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{
+                "metric": "jvm_heap_pct", "labels": {"service": "portal-demo"},
+                "threshold": 90, "direction": "above", "horizon_minutes": 240,
+                "recent": [{"ts": "2026-10-03T14:00:00Z", "value": 81.5},
+                           {"ts": "2026-10-03T14:05:00Z", "value": 81.9}],
+            }]
+        },
+    )
+
+    series_id: str | None = Field(
+        None, description="Series id '<workload or node>/<metric>', e.g. 'portal-demo/jvm_heap_pct'. "
+        "Alternative to metric + labels.", examples=["portal-demo/jvm_heap_pct"])
+    metric: str | None = Field(None, description="Metric name, e.g. 'jvm_heap_pct'.")
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labels locating the series: 'service' (workload), or 'pod' (its workload is "
+        "derived from the name, so a brand-new pod uses its workload's model), or 'node'.")
+    threshold: float | None = Field(
+        None, description="The operator's threshold; default: the metric catalogue's.")
+    direction: Literal["above", "below"] | None = Field(
+        None, description="'above' for rising danger (heap), 'below' for falling (APDEX); "
+        "default: the metric catalogue's.")
+    horizon_minutes: float = Field(240, gt=0, le=7 * 24 * 60,
+                                   description="How far ahead to look, in minutes.")
+    recent: list[Observation] = Field(
+        default_factory=list, max_length=10_000,
+        description="Most recent observations of the series; they set 'now' and correct the "
+        "forecast's level in real time.")
+    context: dict[str, float] = Field(
+        default_factory=dict,
+        description="Latest values of the same workload's other metrics, by metric name, for "
+        "the anomaly score; metrics not given count as at their expectation.")
+    now: datetime | None = Field(
+        None, description="Evaluation time when no recent observations are sent; default: the "
+        "end of the model's training data.")
+
+    @model_validator(mode="after")
+    def _series_named(self) -> PredictRequest:
+        if not self.series_id and not self.metric:
+            raise ValueError("give either 'series_id' or 'metric' with 'labels'")
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            raise ValueError("threshold must be a finite number")
+        return self
+
+
+class TopMetric(BaseModel):
+    metric: str
+    z: float = Field(description="Distance from the expected value, in residual standard deviations.")
+
+
+class PredictResponse(BaseModel):
+    series_id: str = Field(description="The series that answered.")
+    model_version: str = Field(description="Registered model version (or bundle fingerprint).")
+    model_kind: str = Field(description="'prophet', or 'linear' for the fallback model.")
+    now: datetime = Field(description="The evaluation time the minutes count from (UTC).")
+    threshold: float
+    direction: str
+    horizon_minutes: float
+    minutes_to_threshold: float | None = Field(
+        description="Median minutes until the threshold is reached; 0 if already crossed; null if "
+        "not within the horizon.")
+    crossing_at: datetime | None = Field(description="Predicted crossing time (UTC).")
+    earliest_minutes: float | None = Field(description="Crossing of the optimistic (P90) path.")
+    latest_minutes: float | None = Field(
+        description="Crossing of the pessimistic (P10) path; null if beyond the horizon.")
+    earliest_at: datetime | None
+    latest_at: datetime | None
+    probability: float = Field(description="Probability of reaching the threshold within the horizon.")
+    already_crossed: bool
+    level_correction: float = Field(
+        description="Shift applied from the recent observations' residuals (real-time correction).")
+    anomaly_score: float | None = Field(
+        description="0-1: share of training minutes that looked less anomalous; null without "
+        "recent observations or context.")
+    anomaly_top_metrics: list[TopMetric]
+    message: str = Field(description="The answer as an operator reads it.")

@@ -1,0 +1,87 @@
+"""Model-behaviour tests of the minutes-to-threshold math."""
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from training.threshold import Z90, minutes_to_threshold
+
+NOW = datetime(2026, 10, 1, 12, 0, tzinfo=UTC)
+
+
+def grid(n=240):
+    return np.array([np.datetime64(NOW.replace(tzinfo=None), "us")]) + np.arange(
+        1, n + 1
+    ) * np.timedelta64(60, "s")
+
+
+def answer(yhat, spread=1.0, threshold=90.0, direction="above", current=None):
+    yhat = np.asarray(yhat, dtype=float)
+    return minutes_to_threshold(grid(len(yhat)), yhat, yhat - spread, yhat + spread,
+                                threshold, direction, NOW, current)
+
+
+def test_rising_series_gives_finite_minutes():
+    ramp = 80 + 0.1 * np.arange(1, 241)  # reaches 90 after 100 minutes
+    a = answer(ramp)
+    assert a.minutes == pytest.approx(100, abs=0.01)
+    assert a.earliest_minutes == pytest.approx(90, abs=0.01)  # P90 path is 1 higher
+    assert a.latest_minutes == pytest.approx(110, abs=0.01)
+    assert a.probability > 0.99
+
+
+def test_flat_series_below_threshold_gives_none():
+    a = answer(np.full(240, 50.0))
+    assert a.minutes is None and a.earliest_minutes is None and a.latest_minutes is None
+    assert a.probability < 1e-6
+
+
+def test_already_above_gives_zero():
+    a = answer(np.full(240, 95.0), current=91.0)
+    assert a.minutes == 0 and a.already_crossed and a.probability == 1.0
+
+
+def test_falling_apdex_with_direction_below():
+    apdex = 0.95 - 0.002 * np.arange(1, 241)  # reaches 0.7 after 125 minutes
+    a = answer(apdex, spread=0.01, threshold=0.7, direction="below")
+    assert a.minutes == pytest.approx(125, abs=0.01)
+    assert a.earliest_minutes < a.minutes < a.latest_minutes
+    assert answer(apdex, spread=0.01, threshold=0.7, direction="below", current=0.69).already_crossed
+
+
+def test_offset_shifts_the_answer_predictably():
+    ramp = 80 + 0.1 * np.arange(1, 241)
+    base = answer(ramp).minutes
+    assert answer(ramp + 2.0).minutes == pytest.approx(base - 20, abs=0.01)
+    assert answer(ramp - 2.0).minutes == pytest.approx(base + 20, abs=0.01)
+
+
+def test_crossing_is_interpolated_between_steps():
+    ts = grid(3)[::1]
+    a = minutes_to_threshold(ts, [88, 89, 91], [88, 89, 91], [88, 89, 91], 90, "above", NOW)
+    assert a.minutes == pytest.approx(2.5)
+
+
+def test_probability_reflects_interval_width_near_threshold():
+    # the point forecast stays 1 below the threshold: the chance of reaching it depends on spread
+    level = np.full(60, 89.0)
+    narrow, wide = answer(level, spread=0.1), answer(level, spread=5.0)
+    assert narrow.minutes is None and wide.minutes is None
+    assert narrow.probability < 0.01
+    # P90 at 94 -> sigma = 5 / Z90; P(y >= 90) = P(z >= 1 / sigma)
+    assert wide.probability == pytest.approx(0.5 * __import__("math").erfc(Z90 / 5 / 2**0.5), abs=1e-3)
+    assert wide.earliest_minutes == pytest.approx(1.0)
+
+
+def test_bad_direction_is_rejected():
+    with pytest.raises(ValueError, match="direction"):
+        answer(np.full(10, 1.0), direction="up")
+
+
+def test_now_with_other_timezone_is_converted():
+    kst = NOW.astimezone(__import__("zoneinfo").ZoneInfo("Asia/Seoul"))
+    ramp = 80 + 0.1 * np.arange(1, 241)
+    a = minutes_to_threshold(grid(), ramp, ramp - 1, ramp + 1, 90, "above", kst)
+    assert a.minutes == pytest.approx(100, abs=0.01)
+    assert NOW + timedelta(minutes=a.minutes) == NOW + timedelta(minutes=100)

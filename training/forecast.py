@@ -1,0 +1,217 @@
+"""Per-series forecasters: Prophet with Korean holidays, and a linear fallback for when it cannot serve."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import polars as pl
+
+from features import schema as s
+from training.baselines import ols_line
+from training.threshold import Z90
+
+for _name in ("prophet", "cmdstanpy"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+FORECAST_COLUMNS = (s.TS, "yhat", "yhat_lower", "yhat_upper")
+
+
+def to_prophet_frame(ts: pl.Series | np.ndarray, tz: str, y=None) -> pd.DataFrame:
+    """The one adapter to Prophet's ``ds``/``y``: UTC instants become naive local times.
+
+    Local time, so that office hours and Korean holidays fall on the right hours and dates.
+    """
+    ds = pd.DatetimeIndex(pd.Series(np.asarray(ts, dtype="datetime64[us]")))
+    ds = ds.tz_localize("UTC").tz_convert(tz).tz_localize(None)
+    frame = pd.DataFrame({"ds": ds})
+    if y is not None:
+        frame["y"] = np.asarray(y, dtype=np.float64)
+    return frame
+
+
+class SeriesForecaster:
+    """Forecast one regular series: ``fit(frame)`` then ``predict(ts)`` -> ts, yhat, P10, P90.
+
+    Prophet (trend with changepoints, daily and weekly seasonality, Korean public holidays)
+    when the history is long and varied enough; otherwise, or when Prophet fails, a linear
+    trend over the recent window (``kind_ == "linear"``, the reason in ``fallback_reason_``).
+    """
+
+    def __init__(
+        self,
+        timezone: str = "Asia/Seoul",
+        interval_width: float = 0.8,
+        changepoint_prior_scale: float = 0.05,
+        changepoint_range: float = 0.95,
+        min_history_hours: float = 48.0,
+        fallback_window_minutes: float = 120.0,
+        holidays_country: str | None = "KR",
+        uncertainty_samples: int = 300,
+    ):
+        self.timezone = timezone
+        self.interval_width = interval_width
+        self.changepoint_prior_scale = changepoint_prior_scale
+        self.changepoint_range = changepoint_range
+        self.min_history_hours = min_history_hours
+        self.fallback_window_minutes = fallback_window_minutes
+        self.holidays_country = holidays_country
+        self.uncertainty_samples = uncertainty_samples
+
+    def get_params(self) -> dict:
+        return {k: v for k, v in vars(self).items() if not k.endswith("_")}
+
+    # --- fitting ---------------------------------------------------------------------------
+    def fit(self, frame: pl.DataFrame) -> SeriesForecaster:
+        """Fit on a frame with ``ts`` (UTC) and ``value``; null values are gaps, not zeros."""
+        frame = frame.select(s.TS, s.VALUE).drop_nulls().sort(s.TS)
+        if frame.height < 3:
+            raise ValueError(f"need at least 3 observations to fit, got {frame.height}")
+        ts, y = frame[s.TS].to_numpy(), frame[s.VALUE].to_numpy()
+        self.n_points_ = frame.height
+        self.first_ts_, self.last_ts_ = frame[s.TS][0], frame[s.TS][-1]
+        span_h = (self.last_ts_ - self.first_ts_).total_seconds() / 3600
+        self.fallback_reason_ = None
+        if span_h < self.min_history_hours:
+            self.fallback_reason_ = f"history of {span_h:.1f} h < {self.min_history_hours} h"
+        elif np.nanstd(y) < 1e-9:
+            self.fallback_reason_ = "flat series"
+        if self.fallback_reason_ is None:
+            try:
+                self._fit_prophet(ts, y)
+                return self
+            except Exception as exc:  # Stan or data failure: the series still gets a model
+                self.fallback_reason_ = f"prophet failed: {type(exc).__name__}: {exc}"[:300]
+        self._fit_linear(ts, y)
+        return self
+
+    def _fit_prophet(self, ts, y):
+        from prophet import Prophet
+
+        model = Prophet(
+            daily_seasonality=True,
+            weekly_seasonality=True,
+            yearly_seasonality=False,
+            interval_width=self.interval_width,
+            changepoint_prior_scale=self.changepoint_prior_scale,
+            changepoint_range=self.changepoint_range,
+            uncertainty_samples=self.uncertainty_samples,
+        )
+        if self.holidays_country:
+            model.add_country_holidays(country_name=self.holidays_country)
+        model.fit(to_prophet_frame(ts, self.timezone, y))
+        self.kind_ = "prophet"
+        self.model_ = model
+        fitted = self._prophet_forecast(ts, with_interval=False)
+        self.sigma_ = float(np.std(y - fitted["yhat"].to_numpy()))
+
+    def _fit_linear(self, ts, y):
+        cutoff = ts[-1] - np.timedelta64(int(self.fallback_window_minutes * 60), "s")
+        recent = ts >= cutoff
+        slope, intercept = ols_line(ts[recent], y[recent])
+        resid = y[recent] - (intercept + slope * _minutes_since(ts[recent], ts[-1]))
+        self.kind_ = "linear"
+        self.model_ = {"slope_per_min": slope, "level": intercept, "anchor": str(ts[-1])}
+        self.sigma_ = float(np.std(resid)) if recent.sum() > 2 else 0.0
+
+    # --- prediction ------------------------------------------------------------------------
+    def predict(self, ts, with_interval: bool = True) -> pl.DataFrame:
+        """Forecast at the given UTC times: ``ts, yhat, yhat_lower, yhat_upper`` (P10/P90)."""
+        ts = np.asarray(ts, dtype="datetime64[us]")
+        if self.kind_ == "prophet":
+            return self._prophet_forecast(ts, with_interval)
+        m = self.model_
+        yhat = m["level"] + m["slope_per_min"] * _minutes_since(ts, np.datetime64(m["anchor"]))
+        half = Z90 * self.sigma_
+        return pl.DataFrame(
+            {s.TS: ts, "yhat": yhat, "yhat_lower": yhat - half, "yhat_upper": yhat + half}
+        ).with_columns(pl.col(s.TS).dt.replace_time_zone("UTC"))
+
+    def _prophet_forecast(self, ts, with_interval: bool) -> pl.DataFrame:
+        model = self.model_
+        saved = model.uncertainty_samples
+        model.uncertainty_samples = saved if with_interval else 0
+        try:
+            fc = model.predict(to_prophet_frame(ts, self.timezone))
+        finally:
+            model.uncertainty_samples = saved
+        yhat = fc["yhat"].to_numpy()
+        lower = fc["yhat_lower"].to_numpy() if with_interval else yhat
+        upper = fc["yhat_upper"].to_numpy() if with_interval else yhat
+        return pl.DataFrame(
+            {s.TS: np.asarray(ts, dtype="datetime64[us]"), "yhat": yhat,
+             "yhat_lower": lower, "yhat_upper": upper}
+        ).with_columns(pl.col(s.TS).dt.replace_time_zone("UTC"))
+
+    # --- persistence: Prophet via its JSON serializer, never a pickle ------------------------
+    def to_dict(self) -> dict:
+        from prophet.serialize import model_to_json
+
+        state = {
+            "params": self.get_params(),
+            "kind": self.kind_,
+            "fallback_reason": self.fallback_reason_,
+            "sigma": self.sigma_,
+            "n_points": self.n_points_,
+            "first_ts": self.first_ts_.isoformat(),
+            "last_ts": self.last_ts_.isoformat(),
+        }
+        state["model"] = model_to_json(self.model_) if self.kind_ == "prophet" else self.model_
+        return state
+
+    @classmethod
+    def from_dict(cls, state: dict) -> SeriesForecaster:
+        from prophet.serialize import model_from_json
+
+        self = cls(**state["params"])
+        self.kind_ = state["kind"]
+        self.fallback_reason_ = state["fallback_reason"]
+        self.sigma_ = state["sigma"]
+        self.n_points_ = state["n_points"]
+        self.first_ts_ = pd.Timestamp(state["first_ts"]).to_pydatetime()
+        self.last_ts_ = pd.Timestamp(state["last_ts"]).to_pydatetime()
+        model = state["model"]
+        self.model_ = model_from_json(model) if self.kind_ == "prophet" else model
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> SeriesForecaster:
+        return cls.from_dict(json.loads(text))
+
+
+def _minutes_since(ts: np.ndarray, anchor: np.datetime64) -> np.ndarray:
+    return (np.asarray(ts, dtype="datetime64[us]") - np.datetime64(anchor, "us")).astype(
+        np.float64
+    ) / 60e6
+
+
+def level_offset(obs_ts, residuals, window_minutes: float = 15.0) -> float:
+    """Real-time correction: how far the latest observations sit from the model's expectation.
+
+    The mean of ``observed - expected`` over the last ``window_minutes`` of observations
+    (non-finite residuals ignored); 0 when there are none.
+    """
+    obs_ts = np.asarray(obs_ts, dtype="datetime64[us]")
+    residuals = np.asarray(residuals, dtype=np.float64)
+    ok = np.isfinite(residuals)
+    if not ok.any():
+        return 0.0
+    obs_ts, residuals = obs_ts[ok], residuals[ok]
+    recent = obs_ts >= obs_ts.max() - np.timedelta64(int(window_minutes * 60e6), "us")
+    return float(np.mean(residuals[recent]))
+
+
+def horizon_grid(now, horizon_minutes: float, step_minutes: float = 1.0) -> np.ndarray:
+    """Forecast times after ``now`` up to the horizon, every ``step_minutes``."""
+    n = max(1, int(np.ceil(horizon_minutes / step_minutes)))
+    now = pd.Timestamp(now)
+    now = now.tz_localize("UTC") if now.tz is None else now.tz_convert("UTC")
+    start = np.datetime64(now.tz_localize(None), "us")
+    steps = np.arange(1, n + 1) * np.timedelta64(int(step_minutes * 60e6), "us")
+    return start + steps
+

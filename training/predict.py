@@ -1,0 +1,148 @@
+"""The prediction a bundle gives for one series: crossing time, interval, odds and anomaly score."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from features import schema as s
+from training.bundle import ModelBundle
+from training.forecast import horizon_grid, level_offset
+from training.threshold import minutes_to_threshold
+
+CORRECTION_WINDOW_MINUTES = 15.0
+
+
+@dataclass
+class Prediction:
+    """One answer; times are UTC, minutes are counted from ``now``."""
+
+    series_id: str
+    model_kind: str
+    now: datetime
+    threshold: float
+    direction: str
+    horizon_minutes: float
+    minutes_to_threshold: float | None
+    crossing_at: datetime | None
+    earliest_minutes: float | None
+    latest_minutes: float | None
+    earliest_at: datetime | None
+    latest_at: datetime | None
+    probability: float
+    already_crossed: bool
+    level_correction: float
+    anomaly_score: float | None
+    anomaly_top_metrics: list[dict]
+    model_version: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def sentence(self) -> str:
+        """The answer as an operator reads it."""
+        what = f"{self.series_id} {self.direction} {self.threshold:g}"
+        if self.already_crossed:
+            return f"{what}: already crossed"
+        if self.minutes_to_threshold is None:
+            return (f"{what}: not expected within {self.horizon_minutes:g} min "
+                    f"(probability {self.probability:.2f})")
+        lo = "?" if self.earliest_minutes is None else f"{self.earliest_minutes:.0f}"
+        hi = f">{self.horizon_minutes:g}" if self.latest_minutes is None else f"{self.latest_minutes:.0f}"
+        return (f"{what} in {self.minutes_to_threshold:.0f} min (between {lo} and {hi}, "
+                f"probability {self.probability:.2f})")
+
+
+def _to_utc(t) -> datetime:
+    t = t if isinstance(t, datetime) else datetime.fromisoformat(str(t))
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def _at(now: datetime, minutes: float | None) -> datetime | None:
+    return None if minutes is None else now + timedelta(minutes=minutes)
+
+
+def predict_series(
+    bundle: ModelBundle,
+    series_id: str,
+    threshold: float,
+    direction: str,
+    horizon_minutes: float,
+    recent: list[tuple[datetime, float]] | None = None,
+    now: datetime | None = None,
+    context: dict[str, float] | None = None,
+) -> Prediction:
+    """Predict when ``series_id`` reaches ``threshold`` within the horizon.
+
+    ``recent`` observations (time, value) anchor the forecast: ``now`` becomes the latest of
+    them and the forecast is shifted by their mean residual over the last 15 minutes. Without
+    them ``now`` defaults to the end of the training data. ``context`` gives the latest values
+    of the entity's other metrics for the anomaly score; metrics not given count as expected.
+    Raises ``KeyError`` for a series the bundle does not know.
+    """
+    if series_id not in bundle.forecasters:
+        raise KeyError(series_id)
+    model = bundle.forecasters[series_id]
+    obs_ts = np.array([np.datetime64(_to_utc(t).replace(tzinfo=None), "us") for t, _ in recent or []],
+                      dtype="datetime64[us]")
+    obs_y = np.array([v for _, v in recent or []], dtype=np.float64)
+    order = np.argsort(obs_ts, kind="stable")
+    obs_ts, obs_y = obs_ts[order], obs_y[order]
+    finite = np.isfinite(obs_y)
+    if finite.any():
+        now = _to_utc(obs_ts[finite][-1].astype(datetime))
+    elif now is None:
+        now = _to_utc(model.last_ts_)
+    else:
+        now = _to_utc(now)
+
+    offset, current, z_now = 0.0, None, None
+    if finite.any():
+        expected = model.predict(obs_ts[finite], with_interval=False)["yhat"].to_numpy()
+        offset = level_offset(obs_ts[finite], obs_y[finite] - expected, CORRECTION_WINDOW_MINUTES)
+        current = float(obs_y[finite][-1])
+        z_now = (current - expected[-1]) / max(model.sigma_, 1e-9)
+
+    fc = model.predict(horizon_grid(now, horizon_minutes))
+    crossing = minutes_to_threshold(
+        fc[s.TS].dt.replace_time_zone(None).to_numpy(),
+        fc["yhat"].to_numpy() + offset,
+        fc["yhat_lower"].to_numpy() + offset,
+        fc["yhat_upper"].to_numpy() + offset,
+        threshold, direction, now, current,
+    )
+    score, top = anomaly_now(bundle, series_id, z_now, context, now)
+    r2 = lambda v: None if v is None else round(v, 2)  # noqa: E731
+    return Prediction(
+        series_id=series_id, model_kind=model.kind_, now=now, threshold=threshold,
+        direction=direction, horizon_minutes=horizon_minutes,
+        minutes_to_threshold=r2(crossing.minutes), crossing_at=_at(now, crossing.minutes),
+        earliest_minutes=r2(crossing.earliest_minutes),
+        latest_minutes=r2(crossing.latest_minutes),
+        earliest_at=_at(now, crossing.earliest_minutes),
+        latest_at=_at(now, crossing.latest_minutes),
+        probability=crossing.probability, already_crossed=crossing.already_crossed,
+        level_correction=round(offset, 4), anomaly_score=score, anomaly_top_metrics=top,
+        model_version=bundle.version_label,
+    )
+
+
+def anomaly_now(bundle: ModelBundle, series_id: str, z_series: float | None,
+                context: dict[str, float] | None, now: datetime) -> tuple[float | None, list]:
+    """Score the entity's latest minute: the series' residual z plus any context metrics."""
+    entity, metric = s.split_series_id(series_id)
+    det = bundle.detectors.get(entity)
+    if det is None or (z_series is None and not context):
+        return None, []
+    row = np.zeros(len(det.metrics_))
+    for i, m in enumerate(det.metrics_):
+        if m == metric and z_series is not None:
+            row[i] = z_series
+        elif context and m in context and f"{entity}/{m}" in bundle.forecasters:
+            other = bundle.forecasters[f"{entity}/{m}"]
+            t = np.array([np.datetime64(now.replace(tzinfo=None), "us")])
+            exp = other.predict(t, with_interval=False)["yhat"][0]
+            row[i] = (context[m] - exp) / max(other.sigma_, 1e-9)
+    return round(float(det.score(row)[0]), 4), det.explain(row)

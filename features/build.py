@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import polars as pl
 
@@ -21,6 +22,7 @@ POD_PATTERNS = (
 )
 
 REASON = "reason"
+ROW = "row_in_export"  # position in the export as read: "first read" is decided by it
 
 
 @dataclass
@@ -121,23 +123,37 @@ def _range_table() -> pl.LazyFrame:
 
 
 def tag_problems(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """Add a ``reason`` column: null for a good row, else why the row cannot be used."""
+    """Add a ``reason`` column: null for a good row, else why the row cannot be used.
+
+    Duplicates (same time, entity, pod, node and metric): among the rows that are otherwise
+    valid, the first one read is kept; a later one with another value is quarantined as
+    ``duplicate_conflicting_value``, an equal one is merged later and counted.
+    """
     key = [s.TS, s.ENTITY, s.POD, s.NODE, s.METRIC]
     v = pl.col(s.VALUE)
-    lf = lf.join(_range_table(), on=s.METRIC, how="left")
-    reason = (
+    lf = lf.with_row_index(ROW).join(_range_table(), on=s.METRIC, how="left",
+                                     maintain_order="left")
+    invalid = (
         pl.when(pl.col(s.TS).is_null()).then(pl.lit("unparseable_timestamp"))
         .when(pl.col(s.METRIC).is_null()).then(pl.lit("missing_metric"))
         .when(pl.col(s.ENTITY).is_null()).then(pl.lit("no_workload_or_node"))
         .when(v.is_null() | v.is_nan()).then(pl.lit("missing_or_nan_value"))
         .when(v.is_infinite()).then(pl.lit("infinite_value"))
         .when((v < pl.col("lower")) | (v > pl.col("upper"))).then(pl.lit("out_of_range"))
-        # duplicates: keep the first row read for a key, quarantine later ones whose value differs
-        .when((pl.int_range(pl.len()).over(key) > 0) & (v != v.first().over(key)))
-        .then(pl.lit("duplicate_conflicting_value"))
         .otherwise(pl.lit(None, pl.String))
     )
-    return lf.with_columns(reason.alias(REASON)).drop("lower", "upper")
+    valid_key = [*key, pl.col(REASON).is_null()]
+    first_value = v.sort_by(ROW).first().over(valid_key)
+    later_read = pl.col(ROW).rank("ordinal").over(valid_key) > 1
+    conflict = pl.col(REASON).is_null() & later_read & (v != first_value)
+    return (
+        lf.with_columns(invalid.alias(REASON))
+        .with_columns(
+            pl.when(conflict).then(pl.lit("duplicate_conflicting_value"))
+            .otherwise(pl.col(REASON)).alias(REASON)
+        )
+        .drop("lower", "upper")
+    )
 
 
 def rollup_to_workload(lf: pl.LazyFrame, step: str) -> pl.LazyFrame:
@@ -147,8 +163,9 @@ def rollup_to_workload(lf: pl.LazyFrame, step: str) -> pl.LazyFrame:
     """
     per_pod = (
         lf.with_columns(pl.col(s.TS).dt.truncate(step))
-        .group_by(s.ENTITY, s.METRIC, s.POD, s.NODE, s.TS)
+        .group_by(s.ENTITY, s.METRIC, s.POD, s.NODE, s.TS, maintain_order=True)
         .agg(pl.col(s.VALUE).mean())
+        .sort(s.ENTITY, s.METRIC, s.TS, s.POD, s.NODE)  # fixed summation order: same bytes each run
     )
     rollup = pl.DataFrame(
         [(m.name, m.rollup) for m in s.METRICS.values()], schema=[s.METRIC, "rollup"], orient="row"
@@ -156,7 +173,7 @@ def rollup_to_workload(lf: pl.LazyFrame, step: str) -> pl.LazyFrame:
     v = pl.col(s.VALUE)
     return (
         per_pod.join(rollup, on=s.METRIC, how="left")
-        .group_by(s.ENTITY, s.METRIC, s.TS)
+        .group_by(s.ENTITY, s.METRIC, s.TS, maintain_order=True)
         .agg(
             pl.when(pl.col("rollup").first() == "sum").then(v.sum())
             .when(pl.col("rollup").first() == "max").then(v.max())
@@ -200,16 +217,22 @@ def regular_grid(lf: pl.LazyFrame, step: str, max_fill: int) -> pl.LazyFrame:
     )
 
 
-def build_series(
-    lf: pl.LazyFrame, step: str = "5m", max_fill: int = 3
-) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    """Export rows -> (regular series frame, quarantined rows with a reason). Both lazy."""
+class BuiltSeries(NamedTuple):
+    """The job's lazy outputs: the regular series, the quarantined rows, the rows kept."""
+
+    series: pl.LazyFrame
+    quarantine: pl.LazyFrame
+    kept: pl.LazyFrame  # valid rows after exact duplicates are merged
+
+
+def build_series(lf: pl.LazyFrame, step: str = "5m", max_fill: int = 3) -> BuiltSeries:
+    """Export rows -> regular series, quarantined rows with a reason, and the rows kept."""
     tagged = tag_problems(with_entity(lf)).cache()
     good = tagged.filter(pl.col(REASON).is_null()).drop(REASON)
-    good = good.unique(subset=[s.TS, s.ENTITY, s.POD, s.NODE, s.METRIC], keep="first",
-                       maintain_order=True)
-    series = regular_grid(rollup_to_workload(good, step), step, max_fill)
-    return series, tagged.filter(pl.col(REASON).is_not_null())
+    kept = good.unique(subset=[s.TS, s.ENTITY, s.POD, s.NODE, s.METRIC], keep="first",
+                       maintain_order=True).sort(ROW).drop(ROW)
+    series = regular_grid(rollup_to_workload(kept, step), step, max_fill)
+    return BuiltSeries(series, tagged.filter(pl.col(REASON).is_not_null()).sort(ROW), kept)
 
 
 def run_build(
@@ -227,21 +250,21 @@ def run_build(
     rows_read = lf.select(pl.len()).collect().item()
     if rows_read == 0:
         raise ValueError(f"{source}: the export holds no rows")
-    series_lf, quarantine_lf = build_series(lf, step, max_fill)
-    series = series_lf.collect()
+    built = build_series(lf, step, max_fill)
+    try:
+        series, quarantine, n_kept = pl.collect_all(
+            [built.series, built.quarantine, built.kept.select(pl.len())]
+        )
+    except pl.exceptions.PolarsError as exc:  # e.g. a corrupt partition found mid-read
+        raise ValueError(f"{source}: could not read the export ({exc})") from exc
     s.validate(series, s.SERIES_SCHEMA, what="series frame")
-    quarantine = quarantine_lf.collect()
-    kept = rows_read - quarantine.height
-    unique_kept = (
-        tag_problems(with_entity(lf)).filter(pl.col(REASON).is_null())
-        .select(pl.struct(s.TS, s.ENTITY, s.POD, s.NODE, s.METRIC).n_unique()).collect().item()
-    )
+    rows_kept = n_kept.item()
     report = BuildReport(
         source=str(source),
         step=step,
         rows_read=rows_read,
-        rows_kept=unique_kept,
-        exact_duplicates_merged=kept - unique_kept,
+        rows_kept=rows_kept,
+        exact_duplicates_merged=rows_read - quarantine.height - rows_kept,
         quarantined=dict(quarantine.group_by(REASON).len().sort(REASON).iter_rows()),
         series=series[s.SERIES_ID].n_unique(),
         grid_points=series.height,

@@ -106,7 +106,7 @@ def serve(
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where features and logs go.")] = Path(".prealert-work"),
-    lead_hours: Annotated[float, typer.Option(help="Ask this long before each true crossing.")] = 3.0,
+    lead_hours: Annotated[float, typer.Option(help="Ask this long before each true crossing.")] = 2.0,
     horizon_minutes: Annotated[float, typer.Option(help="Prediction horizon.")] = 360.0,
 ) -> None:
     """Sample data -> features -> train (MLflow) -> bentoml serve -> answers vs ground truth."""

@@ -47,7 +47,7 @@ def _utc(text: str) -> datetime:
 def run_demo(
     workdir: Path,
     sample: Path = SAMPLE,
-    lead_hours: float = 3.0,
+    lead_hours: float = 2.0,
     horizon_minutes: float = 360.0,
     step: str = "5m",
     include: list[str] | None = None,

@@ -96,6 +96,8 @@ class PredictResponse(BaseModel):
     already_crossed: bool
     level_correction: float = Field(
         description="Shift applied from the recent observations' residuals (real-time correction).")
+    trend_correction_per_min: float = Field(
+        description="Slope of the recent residuals, followed with a one-hour damping.")
     anomaly_score: float | None = Field(
         description="0-1: share of training minutes that looked less anomalous; null without "
         "recent observations or context.")

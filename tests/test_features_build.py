@@ -37,6 +37,12 @@ def export_rows(t0: datetime, rows: list[tuple]) -> pl.DataFrame:
     )
 
 
+def build(lf: pl.LazyFrame, **options) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Collect the job's series frame and quarantined rows (the first two outputs)."""
+    built = b.build_series(lf, **options)
+    return built[0].collect(), built[1].collect()
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -160,7 +166,7 @@ def test_each_quarantine_reason_is_counted(write_export, tmp_path):
 
 def test_first_read_of_a_conflicting_key_is_the_one_kept(t0):
     rows = [(0, "app-0", "cpu_pct", v) for v in (30.0, 31.0, 30.0, 29.0)]
-    series, quarantine = b.build_series(export_rows(t0, rows).lazy(), step="1m")
+    series, quarantine, _kept = b.build_series(export_rows(t0, rows).lazy(), step="1m")
     series = series.collect()
     assert series[s.VALUE].to_list() == [30.0]
     assert series[s.N_PODS].to_list() == [1]
@@ -170,17 +176,11 @@ def test_first_read_of_a_conflicting_key_is_the_one_kept(t0):
 def test_duplicates_are_judged_per_pod_not_per_workload(t0):
     # two pods of one workload reporting different values at the same instant are not duplicates
     rows = [(0, "app-0", "cpu_pct", 10.0), (0, "app-1", "cpu_pct", 30.0)]
-    series, quarantine = b.build_series(export_rows(t0, rows).lazy(), step="1m")
+    series, quarantine, _kept = b.build_series(export_rows(t0, rows).lazy(), step="1m")
     assert quarantine.collect().height == 0
     assert series.collect().select(s.VALUE, s.N_PODS).row(0) == (20.0, 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tag_problems compares later reads with the first read of the key even when that "
-    "first read was itself quarantined (NaN / out of range), so the only valid read is "
-    "quarantined as duplicate_conflicting_value and the point is lost",
-)
 @pytest.mark.parametrize("bad_first", [float("nan"), 120.0], ids=["nan", "out-of-range"])
 def test_a_valid_reread_after_a_rejected_read_is_kept(t0, bad_first):
     rows = [
@@ -188,7 +188,7 @@ def test_a_valid_reread_after_a_rejected_read_is_kept(t0, bad_first):
         (0, "app-0", "cpu_pct", 30.0),  # the scrape retried and got a good value
         (60, "app-0", "cpu_pct", 40.0),
     ]
-    series, quarantine = b.build_series(export_rows(t0, rows).lazy(), step="1m")
+    series, quarantine, _kept = b.build_series(export_rows(t0, rows).lazy(), step="1m")
     reasons = quarantine.collect()[b.REASON].to_list()
     assert reasons == ["missing_or_nan_value" if math.isnan(bad_first) else "out_of_range"]
     assert series.collect()[s.VALUE].to_list() == [30.0, 40.0]
@@ -274,7 +274,7 @@ def rollup_oracle(raw: pd.DataFrame, step_seconds: int) -> pd.DataFrame:
 @pytest.mark.parametrize("step", ["1m", "5m"])
 def test_rollup_matches_a_pandas_oracle(t0, rng, step):
     raw = random_export(t0, rng)
-    series, quarantine = b.build_series(to_export(t0, raw).lazy(), step=step, max_fill=0)
+    series, quarantine, _kept = b.build_series(to_export(t0, raw).lazy(), step=step, max_fill=0)
     assert quarantine.collect().height == 0
 
     got = (
@@ -317,7 +317,7 @@ def test_rollup_rules_on_hand_computed_values(t0):
         (50, "cubrid-broker-0", "disk_pct", 80.0),
         (20, "cubrid-broker-1", "disk_pct", 65.0),
     ]
-    got = b.build_series(export_rows(t0, rows).lazy(), step="1m")[0].collect()
+    got, _ = build(export_rows(t0, rows).lazy(), step="1m")
     got = {r[s.SERIES_ID]: (r[s.VALUE], r[s.N_PODS]) for r in got.iter_rows(named=True)}
     assert got == {
         "portal-demo/jvm_heap_pct": (35.0, 2),
@@ -353,7 +353,7 @@ def gappy_export(t0: datetime) -> pl.DataFrame:
     ],
 )
 def test_regular_grid_fills_short_gaps_and_leaves_long_ones(t0, max_fill, want_a, want_b):
-    series = b.build_series(gappy_export(t0).lazy(), step="1m", max_fill=max_fill)[0].collect()
+    series, _ = build(gappy_export(t0).lazy(), step="1m", max_fill=max_fill)
     for sid, want, observed in (
         ("app/cpu_pct", want_a, {0, 1, 3, 4, 7, 8, 15}),
         ("db/cpu_pct", want_b, {5, 9}),
@@ -509,7 +509,7 @@ def test_rename_maps_an_smd_style_export_onto_hosts(t0, rng, write_export):
         }
     )
     lf = b.scan_export(write_export(smd), rename={"timestamp": "ts", "host": "node", "gone": "x"})
-    series, quarantine = b.build_series(lf, step="1m")
+    series, quarantine, _kept = b.build_series(lf, step="1m")
     series = series.collect()
     assert quarantine.collect().height == 0  # unknown metrics carry no range check
     assert sorted(series[s.ENTITY].unique().to_list()) == hosts
@@ -556,19 +556,28 @@ def test_scan_export_names_the_source_and_the_problem(t0, tmp_path, kind):
     assert phrase in str(err.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scan_export only reads the first file's schema, so a corrupt partition surfaces later "
-    "as a polars ComputeError that names neither the export nor the file",
-)
-def test_a_corrupt_partition_in_a_folder_is_a_valueerror_naming_the_file(t0, tmp_path):
-    root = tmp_path / "export"
+def corrupt_partitioned_export(t0: datetime, root: Path) -> Path:
+    """A hive folder whose second partition is not Parquet at all."""
     for day in ("2026-09-21", "2026-09-22"):
         (root / f"date={day}").mkdir(parents=True)
     small_export(t0).write_parquet(root / "date=2026-09-21" / "part-0.parquet")
     (root / "date=2026-09-22" / "part-0.parquet").write_bytes(b"not parquet at all")
-    with pytest.raises(ValueError, match="date=2026-09-22"):
+    return root
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="scan_export only reads the first file's schema; the corrupt partition is first read "
+    "by run_build's row count (lf.select(pl.len()).collect()), outside the try that turns "
+    "PolarsError into ValueError, so a bare ComputeError escapes that names neither the export "
+    "nor the partition file",
+)
+def test_a_corrupt_partition_in_a_folder_is_a_valueerror_naming_the_file(t0, tmp_path):
+    root = corrupt_partitioned_export(t0, tmp_path / "export")
+    with pytest.raises(ValueError) as err:
         b.run_build(root, tmp_path / "out")
+    assert str(root) in str(err.value)
+    assert "date=2026-09-22" in str(err.value), "the message should say which file is broken"
 
 
 def test_an_empty_export_is_refused(t0, write_export, tmp_path):
@@ -651,9 +660,9 @@ def test_run_build_gives_the_same_data_every_run(t0, rng, write_export, tmp_path
 
 @pytest.mark.xfail(
     strict=True,
-    reason="series values differ in the last bit between runs of the same input (polars "
-    "group_by float aggregation is not bitwise reproducible), so series.parquet is not "
-    "byte-identical; seen with POLARS_MAX_THREADS=1 too",
+    reason="series values differ in the last bit between runs of the same input: the float "
+    "mean/sum in rollup_to_workload's group_by is not bitwise reproducible under polars' default "
+    "(streaming) engine, even with POLARS_MAX_THREADS=1 and the pre-sort; engine='in-memory' is",
 )
 def test_series_file_is_byte_identical_across_runs(t0, rng, write_export, tmp_path):
     source = write_export(several_exports(t0, rng))
@@ -664,12 +673,6 @@ def test_series_file_is_byte_identical_across_runs(t0, rng, write_export, tmp_pa
     assert len(digests) == 1
 
 
-@pytest.mark.xfail(
-    pl.thread_pool_size() > 1,
-    strict=True,
-    reason="quarantine.parquet is written in whatever row order the multi-threaded left join "
-    "in tag_problems produced, so reruns write the same rows in a different order",
-)
 def test_quarantine_file_is_byte_identical_across_runs(write_export, tmp_path):
     source = write_export(quarantine_export()[0])
     digests = set()
@@ -718,3 +721,20 @@ def test_a_failed_run_leaves_the_previous_output_intact(
     assert folder_digest(out) == before
     leftovers = {p.name for p in tmp_path.iterdir()} - {"out", "export.parquet"}
     assert leftovers == set()  # no temp or backup folders
+
+
+def test_a_corrupt_partition_leaves_the_previous_output_intact(t0, tmp_path):
+    root = tmp_path / "export"
+    (root / "date=2026-09-21").mkdir(parents=True)
+    small_export(t0).write_parquet(root / "date=2026-09-21" / "part-0.parquet")
+    out = tmp_path / "out"
+    b.run_build(root, out, step="1m")
+    before = folder_digest(out)
+
+    (root / "date=2026-09-22").mkdir()
+    (root / "date=2026-09-22" / "part-0.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises((ValueError, pl.exceptions.PolarsError)):
+        b.run_build(root, out, step="1m")
+
+    assert folder_digest(out) == before
+    assert {p.name for p in tmp_path.iterdir()} == {"export", "out"}

@@ -7,10 +7,7 @@ import polars as pl
 
 from features import schema as s
 from training.baselines import predict_linear
-from training.forecast import SeriesForecaster, level_offset
-
-#: the real-time correction looks at this much recent history, as serving does
-CORRECTION_WINDOW_MINUTES = 15.0
+from training.forecast import SeriesForecaster, realtime_correction
 
 
 def rolling_origin_errors(
@@ -31,7 +28,7 @@ def rolling_origin_errors(
     ts = frame[s.TS].dt.replace_time_zone(None).to_numpy().astype("datetime64[us]")
     y = frame[s.VALUE].to_numpy()
     start64 = np.datetime64(start.replace(tzinfo=None), "us")
-    lookback = np.timedelta64(int(max(linear_window_minutes, CORRECTION_WINDOW_MINUTES) * 60e6), "us")
+    lookback = np.timedelta64(int(linear_window_minutes * 60e6), "us")
     span = ts >= start64 - lookback
     expected = np.full(ts.shape, np.nan)
     expected[span] = model.predict(ts[span], with_interval=False)["yhat"].to_numpy()
@@ -44,8 +41,9 @@ def rolling_origin_errors(
         ahead = (ts > origin) & (ts <= origin + horizon)
         if past.any() and ahead.any():
             n_origins += 1
-            offset = level_offset(ts[past], (y - expected)[past], CORRECTION_WINDOW_MINUTES)
-            errs["model"].append(np.abs(expected[ahead] + offset - y[ahead]))
+            correction = realtime_correction(ts[past], (y - expected)[past])
+            minutes_ahead = (ts[ahead] - origin).astype(np.float64) / 60e6
+            errs["model"].append(np.abs(expected[ahead] + correction.at(minutes_ahead) - y[ahead]))
             pl_pred = predict_linear(ts[past], y[past], origin, linear_window_minutes, ts[ahead])
             errs["predict_linear"].append(np.abs(pl_pred - y[ahead]))
             errs["last_value"].append(np.abs(y[past][-1] - y[ahead]))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import polars as pl
+from holidays import country_holidays
 
 from features import schema as s
 from training.baselines import ols_line
@@ -19,14 +21,25 @@ for _name in ("prophet", "cmdstanpy"):
 FORECAST_COLUMNS = (s.TS, "yhat", "yhat_lower", "yhat_upper")
 
 
-def to_prophet_frame(ts: pl.Series | np.ndarray, tz: str, y=None) -> pd.DataFrame:
+def to_prophet_frame(ts: pl.Series | np.ndarray, tz: str, y=None, country: str | None = "KR"
+                     ) -> pd.DataFrame:
     """The one adapter to Prophet's ``ds``/``y``: UTC instants become naive local times.
 
     Local time, so that office hours and Korean holidays fall on the right hours and dates.
+    ``workday``/``offday`` flag weekdays that are not public holidays, for the conditional
+    daily seasonalities (an office-hour peak on workdays, a flat day on weekends and holidays).
     """
     ds = pd.DatetimeIndex(pd.Series(np.asarray(ts, dtype="datetime64[us]")))
     ds = ds.tz_localize("UTC").tz_convert(tz).tz_localize(None)
     frame = pd.DataFrame({"ds": ds})
+    days = ds.normalize()
+    off = ds.dayofweek >= 5
+    if country:
+        years = range(days.min().year, days.max().year + 1)
+        public = pd.DatetimeIndex(list(country_holidays(country, years=years)))
+        off = off | days.isin(public)
+    frame["workday"] = ~np.asarray(off)
+    frame["offday"] = np.asarray(off)
     if y is not None:
         frame["y"] = np.asarray(y, dtype=np.float64)
     return frame
@@ -35,7 +48,8 @@ def to_prophet_frame(ts: pl.Series | np.ndarray, tz: str, y=None) -> pd.DataFram
 class SeriesForecaster:
     """Forecast one regular series: ``fit(frame)`` then ``predict(ts)`` -> ts, yhat, P10, P90.
 
-    Prophet (trend with changepoints, daily and weekly seasonality, Korean public holidays)
+    Prophet (trend with changepoints, weekly seasonality, and separate daily shapes for workdays
+    and for weekends or Korean public holidays)
     when the history is long and varied enough; otherwise, or when Prophet fails, a linear
     trend over the recent window (``kind_ == "linear"``, the reason in ``fallback_reason_``).
     """
@@ -50,6 +64,7 @@ class SeriesForecaster:
         fallback_window_minutes: float = 120.0,
         holidays_country: str | None = "KR",
         uncertainty_samples: int = 300,
+        daily_fourier_order: int = 10,
     ):
         self.timezone = timezone
         self.interval_width = interval_width
@@ -59,6 +74,7 @@ class SeriesForecaster:
         self.fallback_window_minutes = fallback_window_minutes
         self.holidays_country = holidays_country
         self.uncertainty_samples = uncertainty_samples
+        self.daily_fourier_order = daily_fourier_order
 
     def get_params(self) -> dict:
         return {k: v for k, v in vars(self).items() if not k.endswith("_")}
@@ -91,7 +107,7 @@ class SeriesForecaster:
         from prophet import Prophet
 
         model = Prophet(
-            daily_seasonality=True,
+            daily_seasonality=False,
             weekly_seasonality=True,
             yearly_seasonality=False,
             interval_width=self.interval_width,
@@ -99,9 +115,10 @@ class SeriesForecaster:
             changepoint_range=self.changepoint_range,
             uncertainty_samples=self.uncertainty_samples,
         )
-        if self.holidays_country:
-            model.add_country_holidays(country_name=self.holidays_country)
-        model.fit(to_prophet_frame(ts, self.timezone, y))
+        for name, order in (("workday", self.daily_fourier_order), ("offday", 6)):
+            model.add_seasonality(f"daily_{name}", period=1, fourier_order=order,
+                                  condition_name=name)
+        model.fit(to_prophet_frame(ts, self.timezone, y, self.holidays_country))
         self.kind_ = "prophet"
         self.model_ = model
         fitted = self._prophet_forecast(ts, with_interval=False)
@@ -134,7 +151,7 @@ class SeriesForecaster:
         saved = model.uncertainty_samples
         model.uncertainty_samples = saved if with_interval else 0
         try:
-            fc = model.predict(to_prophet_frame(ts, self.timezone))
+            fc = model.predict(to_prophet_frame(ts, self.timezone, None, self.holidays_country))
         finally:
             model.uncertainty_samples = saved
         yhat = fc["yhat"].to_numpy()
@@ -190,20 +207,43 @@ def _minutes_since(ts: np.ndarray, anchor: np.datetime64) -> np.ndarray:
     ) / 60e6
 
 
-def level_offset(obs_ts, residuals, window_minutes: float = 15.0) -> float:
-    """Real-time correction: how far the latest observations sit from the model's expectation.
+@dataclass(frozen=True)
+class RealtimeCorrection:
+    """What the latest observations add to the model: a level shift and a damped residual trend.
 
-    The mean of ``observed - expected`` over the last ``window_minutes`` of observations
-    (non-finite residuals ignored); 0 when there are none.
+    The trend fades with time constant ``damping_minutes`` so a short-term drift is followed
+    for the next hour but never extrapolated forever.
+    """
+
+    level: float = 0.0
+    slope_per_min: float = 0.0
+    damping_minutes: float = 60.0
+
+    def at(self, minutes_ahead) -> np.ndarray:
+        h = np.asarray(minutes_ahead, dtype=np.float64)
+        tau = self.damping_minutes
+        return self.level + self.slope_per_min * tau * (1.0 - np.exp(-h / tau))
+
+
+def realtime_correction(
+    obs_ts, residuals, window_minutes: float = 60.0, damping_minutes: float = 60.0
+) -> RealtimeCorrection:
+    """Fit ``observed - expected`` over the last ``window_minutes``: level now and its slope.
+
+    Least squares as ``predict_linear`` does, but on the residuals, so the model's own
+    seasonality and trend are not fitted twice. Non-finite residuals are ignored.
     """
     obs_ts = np.asarray(obs_ts, dtype="datetime64[us]")
     residuals = np.asarray(residuals, dtype=np.float64)
     ok = np.isfinite(residuals)
     if not ok.any():
-        return 0.0
+        return RealtimeCorrection(damping_minutes=damping_minutes)
     obs_ts, residuals = obs_ts[ok], residuals[ok]
     recent = obs_ts >= obs_ts.max() - np.timedelta64(int(window_minutes * 60e6), "us")
-    return float(np.mean(residuals[recent]))
+    slope, level = ols_line(obs_ts[recent], residuals[recent])
+    if recent.sum() < 4:  # too few points to trust a slope
+        slope, level = 0.0, float(np.mean(residuals[recent]))
+    return RealtimeCorrection(level, slope, damping_minutes)
 
 
 def horizon_grid(now, horizon_minutes: float, step_minutes: float = 1.0) -> np.ndarray:

@@ -9,10 +9,8 @@ import numpy as np
 
 from features import schema as s
 from training.bundle import ModelBundle
-from training.forecast import horizon_grid, level_offset
+from training.forecast import RealtimeCorrection, horizon_grid, realtime_correction
 from training.threshold import minutes_to_threshold
-
-CORRECTION_WINDOW_MINUTES = 15.0
 
 
 @dataclass
@@ -34,6 +32,7 @@ class Prediction:
     probability: float
     already_crossed: bool
     level_correction: float
+    trend_correction_per_min: float
     anomaly_score: float | None
     anomaly_top_metrics: list[dict]
     model_version: str
@@ -98,14 +97,15 @@ def predict_series(
     else:
         now = _to_utc(now)
 
-    offset, current, z_now = 0.0, None, None
+    correction, current, z_now = RealtimeCorrection(), None, None
     if finite.any():
         expected = model.predict(obs_ts[finite], with_interval=False)["yhat"].to_numpy()
-        offset = level_offset(obs_ts[finite], obs_y[finite] - expected, CORRECTION_WINDOW_MINUTES)
+        correction = realtime_correction(obs_ts[finite], obs_y[finite] - expected)
         current = float(obs_y[finite][-1])
         z_now = (current - expected[-1]) / max(model.sigma_, 1e-9)
 
     fc = model.predict(horizon_grid(now, horizon_minutes))
+    offset = correction.at(np.arange(1, fc.height + 1, dtype=np.float64))  # grid is 1 minute
     crossing = minutes_to_threshold(
         fc[s.TS].dt.replace_time_zone(None).to_numpy(),
         fc["yhat"].to_numpy() + offset,
@@ -124,7 +124,9 @@ def predict_series(
         earliest_at=_at(now, crossing.earliest_minutes),
         latest_at=_at(now, crossing.latest_minutes),
         probability=crossing.probability, already_crossed=crossing.already_crossed,
-        level_correction=round(offset, 4), anomaly_score=score, anomaly_top_metrics=top,
+        level_correction=round(correction.level, 4),
+        trend_correction_per_min=round(correction.slope_per_min, 5),
+        anomaly_score=score, anomaly_top_metrics=top,
         model_version=bundle.version_label,
     )
 

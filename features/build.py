@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import re
 import shutil
@@ -65,6 +66,10 @@ def scan_export(source: str | Path, rename: dict[str, str] | None = None) -> pl.
         pattern = str(source)
     else:
         raise ValueError(f"{source}: no such file or folder")
+    files = sorted(path.rglob("*.parquet")) if path.is_dir() else sorted(
+        Path(p) for p in glob.glob(pattern, recursive=True))
+    for file in files:
+        _check_parquet_file(file)
     try:
         lf = pl.scan_parquet(pattern, hive_partitioning=path.is_dir(), missing_columns="insert")
         names = lf.collect_schema().names()
@@ -83,6 +88,17 @@ def scan_export(source: str | Path, rename: dict[str, str] | None = None) -> pl.
         pl.col(s.METRIC).cast(pl.String),
         pl.col(s.VALUE).cast(pl.Float64, strict=False),
     )
+
+
+def _check_parquet_file(file: Path) -> None:
+    """Refuse a file that is not Parquet (no PAR1 footer) by name, before any work starts."""
+    with open(file, "rb") as fh:
+        fh.seek(0, 2)
+        if fh.tell() < 12:
+            raise ValueError(f"{file}: too short to be a Parquet file ({fh.tell()} bytes)")
+        fh.seek(-4, 2)
+        if fh.read(4) != b"PAR1":
+            raise ValueError(f"{file}: not a Parquet file (no PAR1 footer)")
 
 
 def _as_utc(ts: pl.Expr, dtype: pl.DataType) -> pl.Expr:
@@ -156,6 +172,15 @@ def tag_problems(lf: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+def _ordered_sum(v: pl.Expr) -> pl.Expr:
+    """A sum taken strictly in row order: SIMD/chunked sums differ in the last bit between runs."""
+    return v.cum_sum().last()
+
+
+def _ordered_mean(v: pl.Expr) -> pl.Expr:
+    return _ordered_sum(v) / v.count()
+
+
 def rollup_to_workload(lf: pl.LazyFrame, step: str) -> pl.LazyFrame:
     """Bucket each pod's samples onto the step grid, then combine pods per entity by metric rollup.
 
@@ -164,20 +189,20 @@ def rollup_to_workload(lf: pl.LazyFrame, step: str) -> pl.LazyFrame:
     per_pod = (
         lf.with_columns(pl.col(s.TS).dt.truncate(step))
         .group_by(s.ENTITY, s.METRIC, s.POD, s.NODE, s.TS, maintain_order=True)
-        .agg(pl.col(s.VALUE).mean())
-        .sort(s.ENTITY, s.METRIC, s.TS, s.POD, s.NODE)  # fixed summation order: same bytes each run
+        .agg(_ordered_mean(pl.col(s.VALUE)))
+        .sort(s.ENTITY, s.METRIC, s.TS, s.POD, s.NODE)
     )
     rollup = pl.DataFrame(
         [(m.name, m.rollup) for m in s.METRICS.values()], schema=[s.METRIC, "rollup"], orient="row"
     ).lazy()
     v = pl.col(s.VALUE)
     return (
-        per_pod.join(rollup, on=s.METRIC, how="left")
+        per_pod.join(rollup, on=s.METRIC, how="left", maintain_order="left")
         .group_by(s.ENTITY, s.METRIC, s.TS, maintain_order=True)
         .agg(
-            pl.when(pl.col("rollup").first() == "sum").then(v.sum())
+            pl.when(pl.col("rollup").first() == "sum").then(_ordered_sum(v))
             .when(pl.col("rollup").first() == "max").then(v.max())
-            .otherwise(v.mean()).alias(s.VALUE),
+            .otherwise(_ordered_mean(v)).alias(s.VALUE),
             pl.len().cast(pl.UInt32).alias(s.N_PODS),
         )
     )
@@ -247,16 +272,18 @@ def run_build(
     The output folder is replaced atomically: a failed run leaves the previous output intact.
     """
     lf = scan_export(source, rename)
-    rows_read = lf.select(pl.len()).collect().item()
-    if rows_read == 0:
-        raise ValueError(f"{source}: the export holds no rows")
     built = build_series(lf, step, max_fill)
     try:
-        series, quarantine, n_kept = pl.collect_all(
-            [built.series, built.quarantine, built.kept.select(pl.len())]
+        # the in-memory engine aggregates in a fixed order: the same input gives the same bytes
+        n_read, series, quarantine, n_kept = pl.collect_all(
+            [lf.select(pl.len()), built.series, built.quarantine, built.kept.select(pl.len())],
+            engine="in-memory",
         )
     except pl.exceptions.PolarsError as exc:  # e.g. a corrupt partition found mid-read
         raise ValueError(f"{source}: could not read the export ({exc})") from exc
+    rows_read = n_read.item()
+    if rows_read == 0:
+        raise ValueError(f"{source}: the export holds no rows")
     s.validate(series, s.SERIES_SCHEMA, what="series frame")
     rows_kept = n_kept.item()
     report = BuildReport(

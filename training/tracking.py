@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
 
 from training.bundle import ModelBundle
 from training.train import TrainConfig, TrainResult
@@ -47,6 +50,14 @@ def _use_store() -> MlflowClient:
     return MlflowClient(uri, uri)
 
 
+PYFUNC_SIGNATURE = ModelSignature(inputs=Schema([
+    ColSpec("string", "series_id"),
+    ColSpec("double", "threshold"),
+    ColSpec("string", "direction", required=False),
+    ColSpec("double", "horizon_minutes", required=False),
+]))
+
+
 class BundleModel(mlflow.pyfunc.PythonModel):
     """The bundle as an MLflow pyfunc: ``mlflow.pyfunc.load_model('models:/prealert@champion')``.
 
@@ -56,9 +67,7 @@ class BundleModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.bundle = ModelBundle.load(context.artifacts["bundle"])
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from training.predict import predict_series
 
         rows = []
@@ -106,7 +115,8 @@ def log_and_promote(result: TrainResult, config: TrainConfig, tolerance: float =
         mlflow.log_table(result.backtest.to_pandas(), "backtest.json")
         bundle_dir = result.bundle.save(Path(tmp) / "bundle")
         info = mlflow.pyfunc.log_model(
-            name="bundle", python_model=BundleModel(), artifacts={"bundle": str(bundle_dir)},
+            name="bundle", python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+            artifacts={"bundle": str(bundle_dir)}, signature=PYFUNC_SIGNATURE,
             registered_model_name=MODEL_NAME,
         )
         version = str(info.registered_model_version)

@@ -1,0 +1,7 @@
+"""MLflow models-from-code entry point: logged beside the bundle so loading it needs no pickle."""
+
+import mlflow
+
+from training.tracking import BundleModel
+
+mlflow.models.set_model(BundleModel())

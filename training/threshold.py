@@ -83,3 +83,79 @@ def minutes_to_threshold(
     z = (threshold - yhat) / sigma if above else (yhat - threshold) / sigma
     probability = float(np.max(_normal_sf(z)))
     return Crossing(point, earliest, latest, round(probability, 4))
+
+
+def first_crossing_index(paths: np.ndarray, threshold: float, above: bool) -> np.ndarray:
+    """Index of the first step at which each path (last axis) reaches the threshold; -1 if never."""
+    reached = paths >= threshold if above else paths <= threshold
+    first = np.argmax(reached, axis=-1)
+    return np.where(reached.any(axis=-1), first, -1)
+
+
+@dataclass(frozen=True)
+class CrossingBatch:
+    """Vectorized answers for many evaluation times (one row each); NaN where not within H."""
+
+    minutes: np.ndarray  # crossing of the point path
+    earliest_minutes: np.ndarray  # P10 of the crossing-time distribution
+    latest_minutes: np.ndarray  # P90 of the crossing-time distribution
+    probability: np.ndarray  # share of plausible paths that reach the threshold within H
+
+
+def crossing_distribution(
+    minutes: np.ndarray,
+    point: np.ndarray,
+    error_paths: np.ndarray,
+    threshold: float,
+    direction: str,
+) -> CrossingBatch:
+    """Crossing times from a point path plus plausible error paths.
+
+    ``minutes`` (n_h,) are the forecast offsets from now, ``point`` (n_t, n_h) the corrected
+    point forecasts, ``error_paths`` (K, n_h) forecast errors seen in history at the same
+    offsets (kept whole, so their correlation over the horizon is real). Each path
+    ``point + error`` is one plausible future: the probability is the share whose extreme
+    reaches the threshold, and P10/P90 are quantiles of their first-crossing times.
+    """
+    if direction not in ("above", "below"):
+        raise ValueError(f"direction must be 'above' or 'below', not {direction!r}")
+    above = direction == "above"
+    minutes = np.asarray(minutes, dtype=np.float64)
+    point = np.atleast_2d(np.asarray(point, dtype=np.float64))
+    errors = np.asarray(error_paths, dtype=np.float64)
+    n_t = point.shape[0]
+    out = {k: np.full(n_t, np.nan) for k in ("minutes", "earliest", "latest")}
+    prob = np.zeros(n_t)
+    first_point = first_crossing_index(point, threshold, above)
+    out["minutes"] = np.where(first_point >= 0, minutes[np.maximum(first_point, 0)], np.nan)
+    chunk = max(1, 2_000_000 // max(1, errors.size))
+    for lo in range(0, n_t, chunk):
+        paths = point[lo:lo + chunk, None, :] + errors[None, :, :]
+        first = first_crossing_index(paths, threshold, above)  # (chunk, K)
+        t_cross = np.where(first >= 0, minutes[np.maximum(first, 0)], np.inf)
+        prob[lo:lo + chunk] = np.mean(first >= 0, axis=1)
+        q10, q90 = np.quantile(t_cross, [0.1, 0.9], axis=1, method="inverted_cdf")
+        out["earliest"][lo:lo + chunk] = np.where(np.isfinite(q10), q10, np.nan)
+        out["latest"][lo:lo + chunk] = np.where(np.isfinite(q90), q90, np.nan)
+    return CrossingBatch(out["minutes"], out["earliest"], out["latest"], prob)
+
+
+def crossing_from_paths(
+    minutes: np.ndarray,
+    point: np.ndarray,
+    error_paths: np.ndarray,
+    threshold: float,
+    direction: str,
+    current: float | None = None,
+) -> Crossing:
+    """One evaluation time's :class:`Crossing` from a point path and historical error paths."""
+    above = direction == "above"
+    if current is not None and (current >= threshold if above else current <= threshold):
+        return Crossing(0.0, 0.0, 0.0, 1.0, already_crossed=True)
+    b = crossing_distribution(minutes, point[None, :], error_paths, threshold, direction)
+
+    def _opt(x: float) -> float | None:
+        return None if np.isnan(x) else float(x)
+
+    return Crossing(_opt(b.minutes[0]), _opt(b.earliest_minutes[0]), _opt(b.latest_minutes[0]),
+                    round(float(b.probability[0]), 4))

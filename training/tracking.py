@@ -37,17 +37,22 @@ def tracking_uri() -> str:
     return f"sqlite:///{default_store() / 'mlflow.db'}"
 
 
-def _use_store() -> MlflowClient:
+def use_experiment(name: str = EXPERIMENT) -> MlflowClient:
+    """Point MLflow at the store and the experiment (created with local artifacts if new)."""
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+    if mlflow.get_experiment_by_name(name) is None:
         artifacts = None
         if uri.startswith("sqlite:///"):  # keep artifacts beside a local database
             artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
-        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
-    mlflow.set_experiment(EXPERIMENT)
+        mlflow.create_experiment(name, artifact_location=artifacts)
+    mlflow.set_experiment(name)
     return MlflowClient(uri, uri)
+
+
+def _use_store() -> MlflowClient:
+    return use_experiment(EXPERIMENT)
 
 
 PYFUNC_SIGNATURE = ModelSignature(inputs=Schema([

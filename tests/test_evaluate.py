@@ -1,0 +1,134 @@
+"""The walk-forward backtest against hand-computed truth, and its no-look-ahead promise."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from training.correction import error_paths, realtime_correction, rolling_corrections
+from training.evaluate import (
+    PREALERT,
+    STATIC,
+    EvalConfig,
+    SeriesCase,
+    episode_metrics,
+    interval_coverage,
+    replay_series,
+    summarize,
+    threshold_from_rule,
+    true_minutes,
+)
+from training.threshold import crossing_distribution
+
+T0 = np.datetime64("2026-09-01T00:00", "us")
+
+
+def grid(n, step_min=1):
+    return T0 + np.arange(n) * np.timedelta64(step_min, "m")
+
+
+def test_true_minutes_by_hand():
+    y = np.array([0, 1, 2, 5, 1, 0, 0, 6, 0, 0], dtype=float)
+    got = true_minutes(y, np.array([0, 1, 2, 4, 7]), n_h=3, step=1.0, threshold=5, above=True)
+    # from 0: index 3 is 3 steps ahead; from 1: 2; from 2: 1; from 4: index 7 is 3 ahead; from 7: none
+    np.testing.assert_array_equal(got, [3, 2, 1, 3, np.nan])
+    below = true_minutes(-y, np.array([0]), n_h=3, step=5.0, threshold=-5, above=False)
+    np.testing.assert_array_equal(below, [15.0])
+
+
+def test_threshold_rules():
+    assert threshold_from_rule("0.9", np.array([1.0])) == 0.9
+    assert threshold_from_rule("quantile:0.5", np.array([1.0, 2.0, 3.0, np.nan])) == 2.0
+
+
+def test_episode_metrics_by_hand():
+    # eval every 5 min; a crossing 15 min after t=0 (truth 15, 10, 5), then quiet, then a false run
+    ts = grid(10, 5)
+    truth = [15.0, 10.0, 5.0, np.nan, np.nan, np.nan, np.nan, np.nan, np.nan, np.nan]
+    warn = [False, True, True, False, False, True, True, False, True, False]
+    g = pl.DataFrame({"ts": ts, "true_minutes": truth, "warn": warn, "horizon": 60})
+    m = episode_metrics(g, 60, 5)
+    assert m["episodes"] == 1 and m["sustained"] == 1
+    assert m["lead_median"] == 10.0  # warning began at t=5, crossing at t=15
+    assert m["false_alarms"] == 2  # the runs at 25-30 and at 40
+    assert m["days"] == pytest.approx(50 / 1440)
+    g2 = g.with_columns(pl.Series("warn", [True, True, False] + [False] * 7))
+    assert episode_metrics(g2, 60, 5)["sustained"] == 0  # off at the last time before crossing
+
+
+def test_rolling_corrections_equal_the_serving_correction():
+    rng = np.random.default_rng(3)
+    r = np.cumsum(rng.normal(0, 0.3, 400)) + rng.normal(0, 1, 400)
+    ts = grid(400, 5)
+    level, slope = rolling_corrections(r, 5.0)
+    for i in (0, 2, 3, 11, 12, 13, 200, 399):
+        c = realtime_correction(ts[: i + 1], r[: i + 1])
+        assert c.level == pytest.approx(level[i], abs=1e-9)
+        assert c.slope_per_min == pytest.approx(slope[i], abs=1e-9)
+
+
+def test_error_paths_shape_and_gaps():
+    r = np.random.default_rng(0).normal(0, 1, 1000)
+    r[500] = np.nan
+    e = error_paths(r, 1.0, 60, n_paths=100)
+    assert e.shape == (100, 60) and np.isfinite(e).all()
+    assert error_paths(r[:100], 1.0, 60).shape == (0, 60)
+
+
+def test_crossing_distribution_certain_and_impossible():
+    minutes = np.arange(1, 61, dtype=float)
+    sure = crossing_distribution(minutes, 80 + minutes[None, :] * 0.5, np.zeros((5, 60)), 90, "above")
+    assert sure.probability[0] == 1.0 and sure.minutes[0] == 20.0
+    assert sure.earliest_minutes[0] == sure.latest_minutes[0] == 20.0
+    never = crossing_distribution(minutes, np.full((1, 60), 50.0), np.ones((5, 60)), 90, "above")
+    assert never.probability[0] == 0.0 and np.isnan(never.minutes[0])
+
+
+def ramp_case(n_days=12, leak_from_day=10, step=5):
+    """A daily cycle with noise; from ``leak_from_day`` a leak that crosses 90 on the last day."""
+    n = n_days * 1440 // step
+    ts = grid(n, step)
+    rng = np.random.default_rng(11)
+    t_days = np.arange(n) * step / 1440
+    y = 50 + 8 * np.sin(2 * np.pi * t_days) + rng.normal(0, 0.5, n)
+    y += np.clip(t_days - leak_from_day, 0, None) * 30
+    return SeriesCase("ramp", ts, y, 90.0, "above", ts[0] + np.timedelta64(9 * 1440, "m"))
+
+
+@pytest.fixture(scope="module")
+def ramp_results():
+    config = EvalConfig(horizons=(60,), retrain_every_hours=24, every_minutes=5)
+    return ramp_case(), config, replay_series(ramp_case(), config)
+
+
+def test_replay_warns_before_a_leak_crosses(ramp_results):
+    case, config, res = ramp_results
+    assert set(res["predictor"].unique()) == {PREALERT, STATIC, "predict_linear_30m",
+                                              "predict_linear_60m"}
+    crossing = case.ts[np.argmax(case.values >= 90)]
+    p = res.filter(pl.col("predictor") == PREALERT).sort("ts")
+    assert p["ts"].max() < crossing  # nothing is evaluated once the series is beyond
+    last = p.row(-1, named=True)
+    assert last["warn"] and last["probability"] > 0.9
+    assert abs(last["minutes"] - last["true_minutes"]) <= 15
+    summ = summarize(res, config.every_minutes).filter(pl.col("predictor") == PREALERT)
+    assert summ["sustained_recall"][0] == 1.0
+    assert summ["false_alarms_per_day"][0] < 1.0
+    assert 0 <= interval_coverage(p) <= 1
+
+
+def test_replay_has_no_look_ahead(ramp_results):
+    case, config, res = ramp_results
+    cut = case.eval_start + np.timedelta64(36 * 60, "m")
+    changed = case.values.copy()
+    changed[case.ts > cut] += 25.0  # rewrite the future after the cut
+    other = replay_series(SeriesCase(case.name, case.ts, changed, case.threshold, case.direction,
+                                     case.eval_start), config)
+
+    def before(frame):  # rows whose horizon ends before the cut
+        limit = cut - np.timedelta64(60, "m")
+        return (frame.filter((pl.col("ts") <= limit) & (pl.col("predictor") != STATIC))
+                .drop("true_minutes").sort("predictor", "ts"))
+
+    a, b = before(res), before(other)
+    assert a.height > 100
+    assert a.equals(b)

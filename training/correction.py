@@ -1,0 +1,122 @@
+"""Real-time correction of a forecast from the latest observations, and the errors it leaves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from training.baselines import ols_line
+
+#: the correction fits the residuals of the last hour and follows their drift for about an hour
+WINDOW_MINUTES = 60.0
+DAMPING_MINUTES = 60.0
+MIN_POINTS_FOR_SLOPE = 4
+
+
+@dataclass(frozen=True)
+class RealtimeCorrection:
+    """What the latest observations add to the model: a level shift and a damped residual trend.
+
+    The trend fades with time constant ``damping_minutes`` so a short-term drift is followed
+    for the next hour but never extrapolated forever.
+    """
+
+    level: float = 0.0
+    slope_per_min: float = 0.0
+    damping_minutes: float = DAMPING_MINUTES
+
+    def at(self, minutes_ahead) -> np.ndarray:
+        return damped(self.level, self.slope_per_min, minutes_ahead, self.damping_minutes)
+
+
+def damped(level, slope_per_min, minutes_ahead, damping_minutes: float = DAMPING_MINUTES):
+    """``level + slope * tau * (1 - exp(-h / tau))``: (n_h,) for scalars, (n, n_h) for arrays."""
+    level = np.asarray(level, dtype=np.float64)[..., None]
+    slope = np.asarray(slope_per_min, dtype=np.float64)[..., None]
+    h = np.asarray(minutes_ahead, dtype=np.float64)
+    return level + slope * damping_minutes * (1.0 - np.exp(-h / damping_minutes))
+
+
+def realtime_correction(
+    obs_ts, residuals, window_minutes: float = WINDOW_MINUTES,
+    damping_minutes: float = DAMPING_MINUTES,
+) -> RealtimeCorrection:
+    """Fit ``observed - expected`` over the window ``(latest - window, latest]``: level and slope.
+
+    Least squares as ``predict_linear`` does, but on the residuals, so the model's own
+    seasonality and trend are not fitted twice. Non-finite residuals are ignored; with fewer
+    than four points the level is their mean and the slope 0.
+    """
+    obs_ts = np.asarray(obs_ts, dtype="datetime64[us]")
+    residuals = np.asarray(residuals, dtype=np.float64)
+    ok = np.isfinite(residuals)
+    if not ok.any():
+        return RealtimeCorrection(damping_minutes=damping_minutes)
+    obs_ts, residuals = obs_ts[ok], residuals[ok]
+    recent = obs_ts > obs_ts.max() - np.timedelta64(int(window_minutes * 60e6), "us")
+    if recent.sum() < MIN_POINTS_FOR_SLOPE:
+        return RealtimeCorrection(float(np.mean(residuals[recent])), 0.0, damping_minutes)
+    slope, level = ols_line(obs_ts[recent], residuals[recent])
+    return RealtimeCorrection(level, slope, damping_minutes)
+
+
+def rolling_corrections(
+    residuals: np.ndarray, step_minutes: float, window_minutes: float = WINDOW_MINUTES
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`realtime_correction` at every index of a regular residual series, at once.
+
+    Returns ``(level, slope_per_min)`` arrays; the fit at index ``i`` uses only indices
+    ``i - W < j <= i`` (no look-ahead). NaN residuals are gaps. Cumulative sums make it O(n).
+    """
+    r = np.asarray(residuals, dtype=np.float64)
+    n = r.size
+    w = max(1, int(round(window_minutes / step_minutes)))
+    ok = np.isfinite(r)
+    j = np.arange(n, dtype=np.float64)
+    terms = [ok.astype(np.float64), np.where(ok, j, 0), np.where(ok, j * j, 0),
+             np.where(ok, r, 0), np.where(ok, j * r, 0)]
+
+    def window_sum(a):
+        c = np.concatenate([[0.0], np.cumsum(a)])
+        lo = np.maximum(np.arange(1, n + 1) - w, 0)
+        return c[1:] - c[lo]
+
+    cnt, sj, sjj, sr, sjr = (window_sum(a) for a in terms)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_r = sr / cnt
+        denom = cnt * sjj - sj * sj
+        slope = np.where((cnt >= MIN_POINTS_FOR_SLOPE) & (denom > 0),
+                         (cnt * sjr - sj * sr) / denom, 0.0)
+        level = np.where(cnt >= MIN_POINTS_FOR_SLOPE, mean_r + slope * (j - sj / cnt), mean_r)
+    level = np.where(cnt > 0, level, np.nan)
+    return level, slope / step_minutes
+
+
+def error_paths(
+    residuals: np.ndarray,
+    step_minutes: float,
+    horizon_minutes: float,
+    n_paths: int = 256,
+    window_minutes: float = WINDOW_MINUTES,
+    damping_minutes: float = DAMPING_MINUTES,
+) -> np.ndarray:
+    """Errors the corrected forecast made in history, as whole paths over the horizon.
+
+    For evenly spread origins ``i``: ``e[h] = r[i + h] - correction_i(h)`` for the steps
+    ``h = 1..H``; paths touching a gap are skipped. Shape ``(K, H / step)``; empty if the
+    history is shorter than a horizon.
+    """
+    r = np.asarray(residuals, dtype=np.float64)
+    n_h = max(1, int(round(horizon_minutes / step_minutes)))
+    level, slope = rolling_corrections(r, step_minutes, window_minutes)
+    minutes = np.arange(1, n_h + 1) * step_minutes
+    origins = np.arange(n_h, r.size - n_h)
+    if origins.size == 0:
+        return np.empty((0, n_h))
+    ahead = r[origins[:, None] + np.arange(1, n_h + 1)[None, :]]
+    e = ahead - damped(level[origins], slope[origins], minutes, damping_minutes)
+    e = e[np.isfinite(e).all(axis=1)]
+    if e.shape[0] > n_paths:
+        e = e[np.linspace(0, e.shape[0] - 1, n_paths).round().astype(int)]
+    return e

@@ -1,0 +1,366 @@
+"""The walk-forward backtest: prealert against predict_linear and a static warning, as deployed."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+import numpy as np
+import polars as pl
+
+from features import schema as s
+from training.correction import damped, error_paths, rolling_corrections
+from training.forecast import SeriesForecaster
+from training.threshold import crossing_distribution, first_crossing_index
+
+PREALERT = "prealert"
+STATIC = "static_90pct"
+
+
+@dataclass
+class EvalConfig:
+    """How the replay runs; every field is logged to MLflow."""
+
+    horizons: tuple[int, ...] = (60, 120)  # minutes
+    every_minutes: int = 5  # an evaluation time every this many minutes
+    retrain_every_hours: float = 24 * 7  # the scheduled job's cadence
+    fit_step_minutes: int = 5  # history is averaged to this step before fitting (speed)
+    error_history_days: float = 7.0  # residual history that supplies the error paths
+    linear_windows: tuple[int, ...] = (30, 60)  # predict_linear windows, minutes
+    static_fraction: float = 0.9
+    alarm_probability: float = 0.5  # prealert warns when P(cross within H) reaches this
+    n_paths: int = 256
+    forecaster: dict = field(default_factory=dict)
+
+    def as_params(self) -> dict[str, str]:
+        return {k: str(v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class SeriesCase:
+    """One series to replay: a regular grid (NaN = gap), its threshold and the evaluation start."""
+
+    name: str
+    ts: np.ndarray  # datetime64[us], UTC, regular
+    values: np.ndarray
+    threshold: float
+    direction: str
+    eval_start: np.datetime64
+
+    @property
+    def step_minutes(self) -> float:
+        return float(np.median(np.diff(self.ts)).astype("timedelta64[s]").astype(float) / 60)
+
+
+def threshold_from_rule(rule: str, history: np.ndarray) -> float:
+    """``"quantile:0.99"`` of the history before evaluation, or a number."""
+    if rule.startswith("quantile:"):
+        q = float(rule.split(":", 1)[1])
+        return float(np.nanquantile(history, q))
+    return float(rule)
+
+
+def cases_from_series(series: pl.DataFrame, rules: dict[str, tuple[str, str]],
+                      eval_start: datetime) -> list[SeriesCase]:
+    """Cases from a feature-job series frame; ``rules`` maps series id -> (threshold rule, direction)."""
+    start = np.datetime64(eval_start.replace(tzinfo=None), "us")
+    cases = []
+    for sid, (rule, direction) in sorted(rules.items()):
+        g = series.filter(pl.col(s.SERIES_ID) == sid).sort(s.TS)
+        if g.is_empty():
+            raise ValueError(f"no series {sid!r} in the input")
+        ts = g[s.TS].dt.replace_time_zone(None).to_numpy().astype("datetime64[us]")
+        y = g[s.VALUE].fill_null(np.nan).to_numpy().astype(np.float64)
+        cases.append(SeriesCase(sid, ts, y, threshold_from_rule(rule, y[ts < start]),
+                                direction, start))
+    return cases
+
+
+def _fit_frame(ts, y, step_minutes: int) -> pl.DataFrame:
+    frame = pl.DataFrame({s.TS: ts, s.VALUE: y}).with_columns(
+        pl.col(s.TS).dt.replace_time_zone("UTC"))
+    return (frame.drop_nans(s.VALUE).group_by_dynamic(s.TS, every=f"{step_minutes}m")
+            .agg(pl.col(s.VALUE).mean()))
+
+
+def true_minutes(y: np.ndarray, idx: np.ndarray, n_h: int, step: float, threshold: float,
+                 above: bool) -> np.ndarray:
+    """Minutes from each evaluation index until ``y`` first reaches the threshold; NaN if not in H."""
+    ahead = np.full((idx.size, n_h), np.nan)
+    cols = idx[:, None] + np.arange(1, n_h + 1)[None, :]
+    ok = cols < y.size
+    ahead[ok] = y[cols[ok]]
+    first = first_crossing_index(np.nan_to_num(ahead, nan=-np.inf if above else np.inf),
+                                 threshold, above)
+    return np.where(first >= 0, (first + 1) * step, np.nan)
+
+
+def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
+    """Walk forward through ``case`` and return one row per (time, horizon, predictor)."""
+    above = case.direction == "above"
+    step = case.step_minutes
+    y = case.values
+    every = max(1, int(round(config.every_minutes / step)))
+    cadence = np.timedelta64(int(config.retrain_every_hours * 3600e6), "us")
+    max_h = max(config.horizons)
+    int(round(max_h / step))
+    rows = []
+    t0 = case.eval_start
+    last_index = y.size - 1
+    while t0 < case.ts[-1]:
+        t1 = t0 + cadence
+        fit_idx = case.ts < t0
+        model = SeriesForecaster(**config.forecaster).fit(
+            _fit_frame(case.ts[fit_idx], y[fit_idx], config.fit_step_minutes))
+        # expectation over the error history, the segment, and a horizon past its end
+        hist_start = t0 - np.timedelta64(int(config.error_history_days * 86400e6), "us")
+        span = (case.ts >= hist_start) & (case.ts < t1 + np.timedelta64(int(max_h * 60e6), "us"))
+        span_idx = np.flatnonzero(span)
+        expected = np.full(y.shape, np.nan)
+        expected[span_idx] = model.predict(case.ts[span_idx], with_interval=False)["yhat"].to_numpy()
+        resid = y - expected
+        train_resid = np.where(fit_idx, resid, np.nan)[span_idx]
+        level, slope = rolling_corrections(resid, step)
+        lin = {w: rolling_corrections(y, step, w) for w in config.linear_windows}
+        seg = np.flatnonzero((case.ts >= t0) & (case.ts < t1))
+        seg = seg[(seg % every == 0) & (seg + 1 <= last_index)]
+        current = y[seg]
+        live = np.isfinite(current) & (current < case.threshold if above
+                                       else current > case.threshold)
+        seg, current = seg[live], current[live]
+        if seg.size:
+            for h in config.horizons:
+                n_h = int(round(h / step))
+                minutes = np.arange(1, n_h + 1) * step
+                truth = true_minutes(y, seg, n_h, step, case.threshold, above)
+                base = {"series": case.name, "ts": case.ts[seg], "horizon": h,
+                        "true_minutes": truth, "current": current}
+                cols = np.clip(seg[:, None] + np.arange(1, n_h + 1)[None, :], 0, last_index)
+                point = expected[cols] + damped(level[seg], slope[seg], minutes)
+                paths = error_paths(train_resid, step, h, config.n_paths)
+                if paths.shape[0] < 10:
+                    raise ValueError(f"{case.name}: too little history for error paths")
+                b = crossing_distribution(minutes, point, paths, case.threshold, case.direction)
+                rows.append(pl.DataFrame({
+                    **base, "predictor": PREALERT, "warn": b.probability >= config.alarm_probability,
+                    "minutes": b.minutes, "earliest": b.earliest_minutes,
+                    "latest": b.latest_minutes, "probability": b.probability,
+                    "model_kind": model.kind_}))
+                for w, (lv, sl) in lin.items():
+                    path = lv[seg, None] + sl[seg, None] * minutes[None, :]
+                    first = first_crossing_index(path, case.threshold, above)
+                    m = np.where(first >= 0, minutes[np.maximum(first, 0)], np.nan)
+                    rows.append(pl.DataFrame({**base, "predictor": f"predict_linear_{w}m",
+                                              "warn": first >= 0, "minutes": m}))
+                static = (current >= config.static_fraction * case.threshold if above
+                          else current <= case.threshold / config.static_fraction)
+                rows.append(pl.DataFrame({**base, "predictor": STATIC, "warn": static}))
+        t0 = t1
+    return pl.concat(rows, how="diagonal_relaxed") if rows else pl.DataFrame()
+
+
+# --- metrics computed from the long result frame ------------------------------------------------
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) index pairs of consecutive True runs, end inclusive."""
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1, strict=True))
+
+
+def episode_metrics(g: pl.DataFrame, horizon: float, every: float) -> dict:
+    """Sustained recall, lead and false alarms per day for one series x predictor x horizon.
+
+    An episode is a crossing: the evaluation times with the crossing within H that end where
+    the series crosses. A warning counts as sustained if it is on at the last evaluation time
+    before the crossing; its lead is how long that unbroken warning had been on. A run of
+    warnings none of whose times saw a crossing within H is one false alarm.
+    """
+    g = g.sort("ts")
+    ts = g["ts"].to_numpy()
+    warn = g["warn"].to_numpy()
+    truth = g["true_minutes"].to_numpy()
+    crossing_at = ts + (np.nan_to_num(truth) * 60e6).astype("timedelta64[us]")
+    gap = np.diff(ts, prepend=ts[:1]) > np.timedelta64(int(every * 60e6 * 1.5), "us")
+    episodes, sustained, leads = 0, 0, []
+    for a, b in _runs(np.isfinite(truth)):
+        # split a run where consecutive times point at different crossings (more than a step apart)
+        cut = [a] + [i for i in range(a + 1, b + 1)
+                     if gap[i] or crossing_at[i] - crossing_at[i - 1] > np.timedelta64(
+                         int(every * 60e6 * 1.5), "us")] + [b + 1]
+        for _lo, hi in zip(cut[:-1], cut[1:], strict=True):
+            episodes += 1
+            last = hi - 1
+            if warn[last]:
+                sustained += 1
+                start = last
+                while start > 0 and warn[start - 1] and not gap[start]:
+                    start -= 1
+                leads.append((crossing_at[last] - ts[start]).astype("timedelta64[s]").astype(float) / 60)
+    false_alarms = sum(1 for a, b in _runs(warn) if not np.isfinite(truth[a:b + 1]).any())
+    days = max(len(ts) * every / 1440, 1e-9)
+    return {"episodes": episodes, "sustained": sustained,
+            "lead_median": float(np.median(leads)) if leads else float("nan"),
+            "false_alarms": false_alarms, "days": days}
+
+
+def summarize(results: pl.DataFrame, every: float, group: tuple[str, ...] = ("predictor", "horizon")
+              ) -> pl.DataFrame:
+    """Precision/recall/F1, MAE on hits, sustained recall, lead, false alarms/day, coverage."""
+    rows = []
+    for key, g in results.group_by(list(group), maintain_order=True):
+        crosses = g["true_minutes"].is_not_null() & g["true_minutes"].is_not_nan()
+        warn = g["warn"]
+        tp = int((warn & crosses).sum())
+        fp = int((warn & ~crosses).sum())
+        fn = int((~warn & crosses).sum())
+        precision = tp / (tp + fp) if tp + fp else float("nan")
+        recall = tp / (tp + fn) if tp + fn else float("nan")
+        f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
+        hits = g.filter(warn & crosses)
+        mae = float("nan")
+        if "minutes" in g.columns and hits.height:
+            err = (hits["minutes"] - hits["true_minutes"]).abs().drop_nans().drop_nulls()
+            mae = float(err.mean()) if len(err) else float("nan")
+        ep = {"episodes": 0, "sustained": 0, "false_alarms": 0, "days": 0.0}
+        leads = []
+        for (_,), sg in g.group_by(["series"]):
+            e = episode_metrics(sg, float(sg["horizon"][0]), every)
+            for k in ep:
+                ep[k] += e[k]
+            if not np.isnan(e["lead_median"]):
+                leads.append(e["lead_median"])
+        row = dict(zip(group, key, strict=True))
+        row.update(tp=tp, fp=fp, fn=fn, precision=precision, recall=recall, f1=f1,
+                   mae_minutes=mae, episodes=ep["episodes"],
+                   sustained_recall=ep["sustained"] / ep["episodes"] if ep["episodes"] else float("nan"),
+                   lead_minutes_median=float(np.median(leads)) if leads else float("nan"),
+                   false_alarms_per_day=ep["false_alarms"] / ep["days"] if ep["days"] else float("nan"))
+        if "earliest" in g.columns and g["earliest"].is_not_null().any():
+            row.update(coverage_p10_p90=interval_coverage(g), calibration_max_gap=
+                       float(reliability(g)["gap"].abs().max() or float("nan")))
+        rows.append(row)
+    return pl.DataFrame(rows).sort(list(group))
+
+
+def interval_coverage(g: pl.DataFrame) -> float:
+    """Share of times with a crossing within H whose true time lies in [P10, P90].
+
+    P10/P90 beyond the horizon count as +infinity (the paths that never cross).
+    """
+    c = g.filter(g["true_minutes"].is_not_nan() & g["true_minutes"].is_not_null())
+    if c.is_empty():
+        return float("nan")
+    lo = c["earliest"].fill_nan(np.inf).fill_null(np.inf).to_numpy()
+    hi = c["latest"].fill_nan(np.inf).fill_null(np.inf).to_numpy()
+    t = c["true_minutes"].to_numpy()
+    return float(np.mean((lo <= t) & (t <= hi)))
+
+
+def reliability(g: pl.DataFrame, bins: int = 10, min_count: int = 30) -> pl.DataFrame:
+    """Decile table: mean predicted probability vs observed frequency of a crossing within H."""
+    p = g["probability"].to_numpy()
+    obs = np.isfinite(g["true_minutes"].fill_null(np.nan).to_numpy())
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        sel = which == b
+        if sel.sum() >= min_count:
+            rows.append({"bin": f"{edges[b]:.1f}-{edges[b + 1]:.1f}", "n": int(sel.sum()),
+                         "predicted": float(p[sel].mean()), "observed": float(obs[sel].mean()),
+                         "gap": float(p[sel].mean() - obs[sel].mean())})
+    return pl.DataFrame(rows, schema={"bin": pl.String, "n": pl.Int64, "predicted": pl.Float64,
+                                      "observed": pl.Float64, "gap": pl.Float64})
+
+
+def run_evaluation(cases: list[SeriesCase], config: EvalConfig, echo=print) -> pl.DataFrame:
+    """Replay every case; a failing series is reported and skipped, never sinks the run."""
+    frames = []
+    for case in cases:
+        t = time.perf_counter()
+        try:
+            frames.append(replay_series(case, config))
+            echo(f"  {case.name}: threshold {case.threshold:.4g} ({case.direction}), "
+                 f"{time.perf_counter() - t:.1f} s")
+        except Exception as exc:  # one bad series never sinks the batch
+            echo(f"  {case.name}: FAILED {type(exc).__name__}: {exc}")
+    if not frames:
+        raise RuntimeError("every series failed to evaluate")
+    return pl.concat([f for f in frames if f.height], how="diagonal_relaxed")
+
+
+
+# --- sources: the sample export, the SMD folder, any timestamp,value file -----------------------
+
+SMD_METRICS = ("d00_cpu_r", "d05_mem_u", "d12_disk_u")
+
+
+def _usable(case: SeriesCase, echo) -> bool:
+    history = case.values[case.ts < case.eval_start]
+    if np.nanstd(history) == 0 or not np.isfinite(case.threshold):
+        echo(f"  {case.name}: skipped (constant before evaluation, threshold {case.threshold})")
+        return False
+    return True
+
+
+def smd_cases(folder, metrics=SMD_METRICS, rule: str = "quantile:0.99", echo=print
+              ) -> list[SeriesCase]:
+    """CPU, memory and disk of every SMD machine; evaluation starts at its test half."""
+    from pathlib import Path
+
+    from features.build import build_series, scan_export
+
+    cases = []
+    for path in sorted(Path(folder).glob("*.parquet")):
+        if path.name.endswith(".labels.parquet"):
+            continue
+        lf = scan_export(path, {"host": "node"}).filter(pl.col(s.METRIC).is_in(list(metrics)))
+        series = build_series(lf, step="1m", max_fill=3).series.collect()
+        labels = pl.read_parquet(path.with_name(path.stem + ".labels.parquet"))
+        start = labels.filter(pl.col("split") == "test")[s.TS].min()
+        rules = {sid: (rule, "above") for sid in series[s.SERIES_ID].unique()}
+        cases += [c for c in cases_from_series(series, rules, start) if _usable(c, echo)]
+    return cases
+
+
+def sample_cases(export, eval_days: float = 4.0, step: str = "5m", echo=print) -> list[SeriesCase]:
+    """Every series of the sample export with its catalogue threshold; the last days evaluated."""
+    from datetime import timedelta
+
+    from features.build import build_series, scan_export
+
+    series = build_series(scan_export(export), step=step).series.collect()
+    start = series[s.TS].max() - timedelta(days=eval_days)
+    rules = {}
+    for sid in series[s.SERIES_ID].unique().sort():
+        spec = s.spec_for(s.split_series_id(sid)[1])
+        rules[sid] = (str(spec.threshold), spec.direction)
+    return [c for c in cases_from_series(series, rules, start) if _usable(c, echo)]
+
+
+def file_cases(path, rule: str, direction: str, eval_fraction: float = 0.5) -> list[SeriesCase]:
+    """A CSV or Parquet of ``timestamp,value`` (one series), evaluated after ``eval_fraction``."""
+    from pathlib import Path
+
+    path = Path(path)
+    frame = pl.read_csv(path, try_parse_dates=True) if path.suffix == ".csv" else pl.read_parquet(path)
+    missing = {"timestamp", "value"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; need timestamp,value")
+    ts = frame["timestamp"]
+    if ts.dtype == pl.String:
+        ts = ts.str.to_datetime(time_zone="UTC")
+    elif ts.dtype.is_numeric():
+        ts = (ts.cast(pl.Float64) * 1e6).cast(pl.Int64).cast(pl.Datetime("us", "UTC"))
+    elif getattr(ts.dtype, "time_zone", None) is None:
+        ts = ts.dt.replace_time_zone("UTC")
+    frame = pl.DataFrame({s.TS: ts.dt.convert_time_zone("UTC").dt.cast_time_unit("us"),
+                          s.VALUE: frame["value"].cast(pl.Float64)}).sort(s.TS)
+    step = frame[s.TS].diff().drop_nulls().mode()[0]
+    grid = pl.DataFrame({s.TS: pl.datetime_range(frame[s.TS][0], frame[s.TS][-1], step,
+                                                  eager=True, time_zone="UTC")})
+    frame = grid.join(frame.unique(s.TS, keep="first"), on=s.TS, how="left")
+    start = frame[s.TS][int(frame.height * eval_fraction)]
+    frame = frame.with_columns(pl.lit(path.stem).alias(s.SERIES_ID))
+    return cases_from_series(frame, {path.stem: (rule, direction)}, start)

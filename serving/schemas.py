@@ -47,8 +47,9 @@ class PredictRequest(BaseModel):
     direction: Literal["above", "below"] | None = Field(
         None, description="'above' for rising danger (heap), 'below' for falling (APDEX); "
         "default: the metric catalogue's.")
-    horizon_minutes: float = Field(240, gt=0, le=7 * 24 * 60,
-                                   description="How far ahead to look, in minutes.")
+    horizon_minutes: float = Field(
+        240, gt=0, le=24 * 60, description="How far ahead to look, in minutes (the model "
+        "answers up to the horizon it learned its errors for, 360 by default).")
     recent: list[Observation] = Field(
         default_factory=list, max_length=10_000,
         description="Most recent observations of the series; they set 'now' and correct the "
@@ -75,6 +76,12 @@ class TopMetric(BaseModel):
     z: float = Field(description="Distance from the expected value, in residual standard deviations.")
 
 
+class Driver(BaseModel):
+    component: str = Field(description="trend, seasonality, recent_level or recent_drift.")
+    meaning: str
+    change: float = Field(description="Its contribution in the metric's unit.")
+
+
 class PredictResponse(BaseModel):
     series_id: str = Field(description="The series that answered.")
     model_version: str = Field(description="Registered model version (or bundle fingerprint).")
@@ -94,6 +101,11 @@ class PredictResponse(BaseModel):
     latest_at: datetime | None
     probability: float = Field(description="Probability of reaching the threshold within the horizon.")
     already_crossed: bool
+    driver: str | None = Field(
+        description="What mainly drives the crossing: trend, seasonality, recent_level or "
+        "recent_drift.")
+    drivers: list[Driver] = Field(
+        description="Contributions toward the threshold between now and the crossing, largest first.")
     level_correction: float = Field(
         description="Shift applied from the recent observations' residuals (real-time correction).")
     trend_correction_per_min: float = Field(

@@ -7,7 +7,8 @@ import polars as pl
 
 from features import schema as s
 from training.baselines import predict_linear
-from training.forecast import SeriesForecaster, realtime_correction
+from training.correction import realtime_correction
+from training.forecast import SeriesForecaster
 
 
 def rolling_origin_errors(

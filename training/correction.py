@@ -27,7 +27,8 @@ class RealtimeCorrection:
     damping_minutes: float = DAMPING_MINUTES
 
     def at(self, minutes_ahead) -> np.ndarray:
-        return damped(self.level, self.slope_per_min, minutes_ahead, self.damping_minutes)
+        out = damped(self.level, self.slope_per_min, minutes_ahead, self.damping_minutes)
+        return out.reshape(np.shape(minutes_ahead))
 
 
 def damped(level, slope_per_min, minutes_ahead, damping_minutes: float = DAMPING_MINUTES):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,12 @@ for _name in ("prophet", "cmdstanpy"):
 FORECAST_COLUMNS = (s.TS, "yhat", "yhat_lower", "yhat_upper")
 
 
+@lru_cache(maxsize=32)
+def _public_holidays(country: str, first_year: int, last_year: int) -> np.ndarray:
+    days = country_holidays(country, years=range(first_year, last_year + 1))
+    return np.array(sorted(days), dtype="datetime64[D]")
+
+
 def to_prophet_frame(ts: pl.Series | np.ndarray, tz: str, y=None, country: str | None = "KR"
                      ) -> pd.DataFrame:
     """The one adapter to Prophet's ``ds``/``y``: UTC instants become naive local times.
@@ -29,17 +35,14 @@ def to_prophet_frame(ts: pl.Series | np.ndarray, tz: str, y=None, country: str |
     ``workday``/``offday`` flag weekdays that are not public holidays, for the conditional
     daily seasonalities (an office-hour peak on workdays, a flat day on weekends and holidays).
     """
-    ds = pd.DatetimeIndex(pd.Series(np.asarray(ts, dtype="datetime64[us]")))
+    ds = pd.DatetimeIndex(np.asarray(ts, dtype="datetime64[us]"))
     ds = ds.tz_localize("UTC").tz_convert(tz).tz_localize(None)
-    frame = pd.DataFrame({"ds": ds})
-    days = ds.normalize()
-    off = ds.dayofweek >= 5
-    if country:
-        years = range(days.min().year, days.max().year + 1)
-        public = pd.DatetimeIndex(list(country_holidays(country, years=years)))
-        off = off | days.isin(public)
-    frame["workday"] = ~np.asarray(off)
-    frame["offday"] = np.asarray(off)
+    days = ds.values.astype("datetime64[D]")
+    off = ((days.astype(np.int64) + 3) % 7) >= 5  # 1970-01-01 was a Thursday: Mon=0 .. Sun=6
+    if country and days.size:
+        years = days.astype("datetime64[Y]").astype(int) + 1970
+        off |= np.isin(days, _public_holidays(country, int(years.min()), int(years.max())))
+    frame = pd.DataFrame({"ds": ds, "workday": ~off, "offday": off})
     if y is not None:
         frame["y"] = np.asarray(y, dtype=np.float64)
     return frame
@@ -65,6 +68,9 @@ class SeriesForecaster:
         holidays_country: str | None = "KR",
         uncertainty_samples: int = 300,
         daily_fourier_order: int = 10,
+        max_horizon_minutes: float = 360.0,
+        n_error_paths: int = 200,
+        error_history_days: float = 14.0,
     ):
         self.timezone = timezone
         self.interval_width = interval_width
@@ -75,6 +81,9 @@ class SeriesForecaster:
         self.holidays_country = holidays_country
         self.uncertainty_samples = uncertainty_samples
         self.daily_fourier_order = daily_fourier_order
+        self.max_horizon_minutes = max_horizon_minutes
+        self.n_error_paths = n_error_paths
+        self.error_history_days = error_history_days
 
     def get_params(self) -> dict:
         return {k: v for k, v in vars(self).items() if not k.endswith("_")}
@@ -94,14 +103,41 @@ class SeriesForecaster:
             self.fallback_reason_ = f"history of {span_h:.1f} h < {self.min_history_hours} h"
         elif np.nanstd(y) < 1e-9:
             self.fallback_reason_ = "flat series"
+        self.step_minutes_ = float(np.median(np.diff(ts)).astype("timedelta64[s]").astype(float) / 60)
+        fitted = False
         if self.fallback_reason_ is None:
             try:
                 self._fit_prophet(ts, y)
-                return self
+                fitted = True
             except Exception as exc:  # Stan or data failure: the series still gets a model
                 self.fallback_reason_ = f"prophet failed: {type(exc).__name__}: {exc}"[:300]
-        self._fit_linear(ts, y)
+        if not fitted:
+            self._fit_linear(ts, y)
+        self.error_paths_ = self._learn_error_paths(ts, y)
         return self
+
+    def _learn_error_paths(self, ts, y) -> np.ndarray:
+        """Whole-horizon errors of the corrected forecast over the recent history (float32).
+
+        None for the linear fallback: a line fitted to the last window says nothing about the
+        errors it would have made further back, so its answers use its Gaussian band instead.
+        """
+        from training.correction import error_paths
+
+        n_h = max(1, int(round(self.max_horizon_minutes / self.step_minutes_)))
+        if self.kind_ != "prophet":
+            return np.empty((0, n_h), dtype=np.float32)
+        step = np.timedelta64(int(round(self.step_minutes_ * 60e6)), "us")
+        ts = np.asarray(ts, dtype="datetime64[us]")
+        start = max(ts[0], ts[-1] - np.timedelta64(int(self.error_history_days * 86400e6), "us"))
+        grid = np.arange(start, ts[-1] + step, step)
+        observed = np.full(grid.size, np.nan)
+        pos = np.searchsorted(grid, ts)
+        ok = (pos < grid.size) & (grid[np.minimum(pos, grid.size - 1)] == ts)
+        observed[pos[ok]] = np.asarray(y, dtype=np.float64)[ok]
+        resid = observed - self.predict(grid, with_interval=False)["yhat"].to_numpy()
+        paths = error_paths(resid, self.step_minutes_, self.max_horizon_minutes, self.n_error_paths)
+        return paths.astype(np.float32)
 
     def _fit_prophet(self, ts, y):
         from prophet import Prophet
@@ -121,6 +157,7 @@ class SeriesForecaster:
         model.fit(to_prophet_frame(ts, self.timezone, y, self.holidays_country))
         self.kind_ = "prophet"
         self.model_ = model
+        self.point_model_ = self._point_model(model)
         fitted = self._prophet_forecast(ts, with_interval=False)
         self.sigma_ = float(np.std(y - fitted["yhat"].to_numpy()))
 
@@ -146,17 +183,43 @@ class SeriesForecaster:
             {s.TS: ts, "yhat": yhat, "yhat_lower": yhat - half, "yhat_upper": yhat + half}
         ).with_columns(pl.col(s.TS).dt.replace_time_zone("UTC"))
 
+    def components(self, ts) -> dict[str, np.ndarray]:
+        """The forecast split into ``trend`` and ``seasonality`` (daily + weekly) at UTC times."""
+        ts = np.asarray(ts, dtype="datetime64[us]")
+        yhat = self.predict(ts, with_interval=False)["yhat"].to_numpy()
+        if self.kind_ == "prophet" and self.point_model_ is not None:
+            frame = to_prophet_frame(ts, self.timezone, None, self.holidays_country)
+            trend = self.point_model_.trend(frame["ds"].to_numpy())
+        else:
+            trend = yhat
+        return {"trend": trend, "seasonality": yhat - trend}
+
+    @staticmethod
+    def _point_model(model):
+        """Prophet's point forecast evaluated with numpy, or None if only ``predict`` can."""
+        from training.fast_forecast import point_model_or_none
+
+        return point_model_or_none(model)
+
     def _prophet_forecast(self, ts, with_interval: bool) -> pl.DataFrame:
-        model = self.model_
-        saved = model.uncertainty_samples
-        model.uncertainty_samples = saved if with_interval else 0
-        try:
-            fc = model.predict(to_prophet_frame(ts, self.timezone, None, self.holidays_country))
-        finally:
-            model.uncertainty_samples = saved
-        yhat = fc["yhat"].to_numpy()
-        lower = fc["yhat_lower"].to_numpy() if with_interval else yhat
-        upper = fc["yhat_upper"].to_numpy() if with_interval else yhat
+        frame = to_prophet_frame(ts, self.timezone, None, self.holidays_country)
+        if not with_interval and self.point_model_ is not None:
+            yhat = self.point_model_.yhat(frame["ds"], frame)
+            lower = upper = yhat
+        else:
+            model = self.model_
+            saved = model.uncertainty_samples
+            model.uncertainty_samples = saved if with_interval else 0
+            try:
+                fc = model.predict(frame)
+            finally:
+                model.uncertainty_samples = saved
+            # Prophet returns rows sorted by ds; put them back in the order of ``ts``
+            back = np.empty(len(frame), dtype=np.intp)
+            back[np.argsort(frame["ds"].to_numpy(), kind="stable")] = np.arange(len(frame))
+            yhat = fc["yhat"].to_numpy()[back]
+            lower = fc["yhat_lower"].to_numpy()[back] if with_interval else yhat
+            upper = fc["yhat_upper"].to_numpy()[back] if with_interval else yhat
         return pl.DataFrame(
             {s.TS: np.asarray(ts, dtype="datetime64[us]"), "yhat": yhat,
              "yhat_lower": lower, "yhat_upper": upper}
@@ -174,6 +237,10 @@ class SeriesForecaster:
             "n_points": self.n_points_,
             "first_ts": self.first_ts_.isoformat(),
             "last_ts": self.last_ts_.isoformat(),
+            "step_minutes": self.step_minutes_,
+            # 4 significant digits: the paths are a sample of errors, not exact quantities
+            "error_paths": np.round(self.error_paths_.astype(np.float64), 4 - int(np.floor(
+                np.log10(max(float(np.abs(self.error_paths_).max(initial=0)), 1e-12))))).tolist(),
         }
         state["model"] = model_to_json(self.model_) if self.kind_ == "prophet" else self.model_
         return state
@@ -189,8 +256,13 @@ class SeriesForecaster:
         self.n_points_ = state["n_points"]
         self.first_ts_ = pd.Timestamp(state["first_ts"]).to_pydatetime()
         self.last_ts_ = pd.Timestamp(state["last_ts"]).to_pydatetime()
+        self.step_minutes_ = state["step_minutes"]
+        self.error_paths_ = np.asarray(state["error_paths"], dtype=np.float32).reshape(
+            -1, max(1, int(round(self.max_horizon_minutes / self.step_minutes_))))
         model = state["model"]
         self.model_ = model_from_json(model) if self.kind_ == "prophet" else model
+        # re-derived from the Prophet JSON, the one stored source of the parameters
+        self.point_model_ = self._point_model(self.model_) if self.kind_ == "prophet" else None
         return self
 
     def to_json(self) -> str:
@@ -205,45 +277,6 @@ def _minutes_since(ts: np.ndarray, anchor: np.datetime64) -> np.ndarray:
     return (np.asarray(ts, dtype="datetime64[us]") - np.datetime64(anchor, "us")).astype(
         np.float64
     ) / 60e6
-
-
-@dataclass(frozen=True)
-class RealtimeCorrection:
-    """What the latest observations add to the model: a level shift and a damped residual trend.
-
-    The trend fades with time constant ``damping_minutes`` so a short-term drift is followed
-    for the next hour but never extrapolated forever.
-    """
-
-    level: float = 0.0
-    slope_per_min: float = 0.0
-    damping_minutes: float = 60.0
-
-    def at(self, minutes_ahead) -> np.ndarray:
-        h = np.asarray(minutes_ahead, dtype=np.float64)
-        tau = self.damping_minutes
-        return self.level + self.slope_per_min * tau * (1.0 - np.exp(-h / tau))
-
-
-def realtime_correction(
-    obs_ts, residuals, window_minutes: float = 60.0, damping_minutes: float = 60.0
-) -> RealtimeCorrection:
-    """Fit ``observed - expected`` over the last ``window_minutes``: level now and its slope.
-
-    Least squares as ``predict_linear`` does, but on the residuals, so the model's own
-    seasonality and trend are not fitted twice. Non-finite residuals are ignored.
-    """
-    obs_ts = np.asarray(obs_ts, dtype="datetime64[us]")
-    residuals = np.asarray(residuals, dtype=np.float64)
-    ok = np.isfinite(residuals)
-    if not ok.any():
-        return RealtimeCorrection(damping_minutes=damping_minutes)
-    obs_ts, residuals = obs_ts[ok], residuals[ok]
-    recent = obs_ts >= obs_ts.max() - np.timedelta64(int(window_minutes * 60e6), "us")
-    slope, level = ols_line(obs_ts[recent], residuals[recent])
-    if recent.sum() < 4:  # too few points to trust a slope
-        slope, level = 0.0, float(np.mean(residuals[recent]))
-    return RealtimeCorrection(level, slope, damping_minutes)
 
 
 def horizon_grid(now, horizon_minutes: float, step_minutes: float = 1.0) -> np.ndarray:

@@ -9,8 +9,9 @@ import numpy as np
 
 from features import schema as s
 from training.bundle import ModelBundle
-from training.forecast import RealtimeCorrection, horizon_grid, realtime_correction
-from training.threshold import minutes_to_threshold
+from training.correction import RealtimeCorrection, realtime_correction
+from training.forecast import horizon_grid
+from training.threshold import crossing_from_paths, minutes_to_threshold
 
 
 @dataclass
@@ -31,6 +32,8 @@ class Prediction:
     latest_at: datetime | None
     probability: float
     already_crossed: bool
+    drivers: list[dict]
+    driver: str | None
     level_correction: float
     trend_correction_per_min: float
     anomaly_score: float | None
@@ -52,6 +55,43 @@ class Prediction:
         hi = f">{self.horizon_minutes:g}" if self.latest_minutes is None else f"{self.latest_minutes:.0f}"
         return (f"{what} in {self.minutes_to_threshold:.0f} min (between {lo} and {hi}, "
                 f"probability {self.probability:.2f})")
+
+
+#: fewer historical error paths than this and the answer uses the model's Gaussian band
+MIN_ERROR_PATHS = 20
+
+DRIVER_NAMES = {
+    "trend": "trend (a leak or steady growth)",
+    "seasonality": "the coming daily/weekly peak",
+    "recent_level": "the recent level shift",
+    "recent_drift": "the recent drift",
+}
+
+
+def crossing_drivers(model, now: datetime, grid: np.ndarray, point: np.ndarray,
+                     correction: RealtimeCorrection, minutes: float | None,
+                     direction: str) -> list[dict]:
+    """What moves the forecast from now to the crossing (or its closest approach), largest first.
+
+    Contributions in the metric's unit toward the threshold: the model's trend and seasonality
+    between now and then, the recent level shift, and the recent drift followed ahead.
+    """
+    sign = 1.0 if direction == "above" else -1.0
+    if minutes is not None and minutes > 0:
+        i = min(int(np.ceil(minutes / model.step_minutes_)) - 1, grid.size - 1)
+    else:
+        i = int(np.argmax(sign * point)) if minutes is None else 0
+    t_now = np.array([np.datetime64(now.replace(tzinfo=None), "us")])
+    at_now, at_then = model.components(t_now), model.components(grid[i: i + 1])
+    changes = {
+        "trend": float(at_then["trend"][0] - at_now["trend"][0]),
+        "seasonality": float(at_then["seasonality"][0] - at_now["seasonality"][0]),
+        "recent_level": correction.level,
+        "recent_drift": float(correction.at((i + 1) * model.step_minutes_) - correction.level),
+    }
+    ranked = sorted(changes.items(), key=lambda kv: -sign * kv[1])
+    return [{"component": k, "meaning": DRIVER_NAMES[k], "change": round(v, 4)}
+            for k, v in ranked if sign * v > 0]
 
 
 def _to_utc(t) -> datetime:
@@ -76,8 +116,8 @@ def predict_series(
     """Predict when ``series_id`` reaches ``threshold`` within the horizon.
 
     ``recent`` observations (time, value) anchor the forecast: ``now`` becomes the latest of
-    them and the forecast is shifted by their mean residual over the last 15 minutes. Without
-    them ``now`` defaults to the end of the training data. ``context`` gives the latest values
+    them and the forecast follows their residuals (level and damped drift, see correction.py).
+    Without them ``now`` defaults to the end of the training data. ``context`` gives the latest values
     of the entity's other metrics for the anomaly score; metrics not given count as expected.
     Raises ``KeyError`` for a series the bundle does not know.
     """
@@ -104,15 +144,25 @@ def predict_series(
         current = float(obs_y[finite][-1])
         z_now = (current - expected[-1]) / max(model.sigma_, 1e-9)
 
-    fc = model.predict(horizon_grid(now, horizon_minutes))
-    offset = correction.at(np.arange(1, fc.height + 1, dtype=np.float64))  # grid is 1 minute
-    crossing = minutes_to_threshold(
-        fc[s.TS].dt.replace_time_zone(None).to_numpy(),
-        fc["yhat"].to_numpy() + offset,
-        fc["yhat_lower"].to_numpy() + offset,
-        fc["yhat_upper"].to_numpy() + offset,
-        threshold, direction, now, current,
-    )
+    grid = horizon_grid(now, horizon_minutes, model.step_minutes_)
+    minutes = np.arange(1, grid.size + 1) * model.step_minutes_
+    paths = model.error_paths_
+    use_paths = paths.shape[0] >= MIN_ERROR_PATHS and paths.shape[1] >= grid.size
+    if model.kind_ == "prophet" and not use_paths:
+        raise ValueError(
+            f"horizon {horizon_minutes:g} min is beyond the {model.max_horizon_minutes:g} min "
+            f"this model learned its errors for; ask for a shorter horizon")
+    fc = model.predict(grid, with_interval=not use_paths)
+    offset = correction.at(minutes)
+    point = fc["yhat"].to_numpy() + offset
+    if use_paths:
+        crossing = crossing_from_paths(minutes, point, paths[:, : grid.size], threshold,
+                                       direction, current)
+    else:  # the linear fallback: its Gaussian band
+        crossing = minutes_to_threshold(
+            grid, point, fc["yhat_lower"].to_numpy() + offset, fc["yhat_upper"].to_numpy() + offset,
+            threshold, direction, now, current)
+    drivers = crossing_drivers(model, now, grid, point, correction, crossing.minutes, direction)
     score, top = anomaly_now(bundle, series_id, z_now, context, now)
     r2 = lambda v: None if v is None else round(v, 2)  # noqa: E731
     return Prediction(
@@ -124,6 +174,7 @@ def predict_series(
         earliest_at=_at(now, crossing.earliest_minutes),
         latest_at=_at(now, crossing.latest_minutes),
         probability=crossing.probability, already_crossed=crossing.already_crossed,
+        drivers=drivers, driver=drivers[0]["component"] if drivers else None,
         level_correction=round(correction.level, 4),
         trend_correction_per_min=round(correction.slope_per_min, 5),
         anomaly_score=score, anomaly_top_metrics=top,

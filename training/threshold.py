@@ -153,9 +153,11 @@ def crossing_from_paths(
     if current is not None and (current >= threshold if above else current <= threshold):
         return Crossing(0.0, 0.0, 0.0, 1.0, already_crossed=True)
     b = crossing_distribution(minutes, point[None, :], error_paths, threshold, direction)
+    point_minutes = _first_crossing(np.asarray(minutes, dtype=np.float64),
+                                    np.asarray(point, dtype=np.float64), threshold, above)
 
     def _opt(x: float) -> float | None:
         return None if np.isnan(x) else float(x)
 
-    return Crossing(_opt(b.minutes[0]), _opt(b.earliest_minutes[0]), _opt(b.latest_minutes[0]),
+    return Crossing(point_minutes, _opt(b.earliest_minutes[0]), _opt(b.latest_minutes[0]),
                     round(float(b.probability[0]), 4))

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from serving import cli_evaluate, cli_features
+from serving import cli_anomaly, cli_evaluate, cli_features
 from serving.cli_common import fail as _fail
 
 app = typer.Typer(help="prealert: minutes-to-threshold predictions and anomaly scores.",
@@ -18,6 +18,8 @@ features_app = typer.Typer(help="Feature jobs.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
 features_app.command("build")(cli_features.features_build)
 app.command("evaluate")(cli_evaluate.evaluate)
+app.command("score-anomalies")(cli_anomaly.score_anomalies)
+app.command("evaluate-anomalies")(cli_anomaly.evaluate_anomalies)
 
 for _k, _v in (("BENTOML_DO_NOT_TRACK", "true"), ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")):
     os.environ.setdefault(_k, _v)

@@ -1,8 +1,9 @@
-"""Per-workload isolation forest over the metrics' standardized residuals, scores calibrated to [0, 1]."""
+"""Per-workload isolation forest over the metrics' residuals (and features), scores calibrated to [0, 1]."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import joblib
@@ -10,7 +11,14 @@ import numpy as np
 import sklearn
 from sklearn.ensemble import IsolationForest
 
+from training.iforest_numpy import FlatForest
+
 N_QUANTILES = 1001
+#: the feature kind that says how far a metric is from its expectation (residual z-score)
+Z_KIND = "z"
+#: detector folder format: 1 = joblib forest (still loaded), 2 = flattened forest as .npz
+DETECTOR_FORMAT = 2
+_BIG = 1e30
 
 
 class WorkloadAnomalyDetector:
@@ -20,6 +28,11 @@ class WorkloadAnomalyDetector:
     expectation from each series' forecaster, so daily peaks are normal and only departures
     from them count. The score is the share of training minutes that looked less anomalous:
     0.99 means "rarer than 99% of what the model was trained on".
+
+    Rows may also carry more features per metric (rate of change, rolling spread, ...): pass
+    ``columns`` to :meth:`fit` as ``(metric, kind)`` pairs, one per column; the column of kind
+    ``"z"`` is the metric's residual z-score. Scoring walks the trees with numpy
+    (:class:`~training.iforest_numpy.FlatForest`, equal to scikit-learn's ``score_samples``).
     """
 
     def __init__(self, n_estimators: int = 200, max_samples: int = 256, random_state: int = 0):
@@ -27,52 +40,130 @@ class WorkloadAnomalyDetector:
         self.max_samples = max_samples
         self.random_state = random_state
 
-    def fit(self, z: np.ndarray, metrics: list[str]) -> WorkloadAnomalyDetector:
-        """Fit on an (n_minutes, n_metrics) matrix of residual z-scores; NaN means unknown (0)."""
-        z = np.nan_to_num(np.asarray(z, dtype=np.float64), nan=0.0)
-        if z.ndim != 2 or z.shape[1] != len(metrics) or z.shape[0] < 10:
-            raise ValueError(f"need an (n>=10, {len(metrics)}) matrix, got {z.shape}")
+    def fit(self, z: np.ndarray, metrics: list[str],
+            columns: list[tuple[str, str]] | None = None) -> WorkloadAnomalyDetector:
+        """Fit on an (n_minutes, n_columns) matrix; by default one residual z column per metric.
+
+        NaN means unknown: a z column counts as at its expectation (0), any other feature as
+        its training median.
+        """
+        z = np.asarray(z, dtype=np.float64)
+        columns = [(m, Z_KIND) for m in metrics] if columns is None else [tuple(c) for c in columns]
+        if z.ndim != 2 or z.shape[1] != len(columns) or z.shape[0] < 10:
+            raise ValueError(f"need an (n>=10, {len(columns)}) matrix, got {z.shape}")
+        unknown = sorted({m for m, _ in columns} - set(metrics))
+        if unknown:
+            raise ValueError(f"columns name metrics not in `metrics`: {unknown}")
         self.metrics_ = list(metrics)
+        self.columns_ = columns
+        with warnings.catch_warnings():  # an all-NaN column is allowed: its fill is 0
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(np.where(np.isfinite(z), z, np.nan), axis=0)
+        self.fill_ = np.array([0.0 if k == Z_KIND or not np.isfinite(v) else float(v)
+                               for (_, k), v in zip(columns, med, strict=True)])
+        x = self._filled(z)
         self.forest_ = IsolationForest(
             n_estimators=self.n_estimators,
-            max_samples=min(self.max_samples, z.shape[0]),
+            max_samples=min(self.max_samples, x.shape[0]),
             random_state=self.random_state,
-        ).fit(z)
-        raw = -self.forest_.score_samples(z)
-        self.train_quantiles_ = np.quantile(raw, np.linspace(0, 1, N_QUANTILES))
+        ).fit(x)
+        self.flat_ = FlatForest.from_sklearn(self.forest_)
+        self.train_quantiles_ = np.quantile(self.raw_score(x), np.linspace(0, 1, N_QUANTILES))
         return self
+
+    def _filled(self, z: np.ndarray) -> np.ndarray:
+        z = np.atleast_2d(np.asarray(z, dtype=np.float64))
+        if z.shape[1] != len(self.columns_):
+            raise ValueError(f"expected rows of {len(self.columns_)} columns, got {z.shape}")
+        # NaN is unknown (the column's baseline); infinities are clipped so the forest can split
+        return np.clip(np.where(np.isnan(z), self.fill_, z), -_BIG, _BIG)
+
+    def raw_score(self, z: np.ndarray) -> np.ndarray:
+        """The isolation forest's own anomaly score (``-score_samples``, in (0, 1], higher is rarer)."""
+        return -self.flat_.score_samples(self._filled(z))
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """Share of training minutes whose raw score was lower (0.99: rarer than 99% of them)."""
+        return np.searchsorted(self.train_quantiles_, raw, side="right") / N_QUANTILES
 
     def score(self, z: np.ndarray) -> np.ndarray:
         """Calibrated anomaly score in [0, 1] for each row."""
-        z = np.nan_to_num(np.atleast_2d(np.asarray(z, dtype=np.float64)), nan=0.0)
-        raw = -self.forest_.score_samples(z)
-        return np.searchsorted(self.train_quantiles_, raw, side="right") / N_QUANTILES
+        return self.calibrate(self.raw_score(z))
+
+    def contributions(self, z_row: np.ndarray) -> np.ndarray:
+        """Per metric, how much the raw score drops when that metric is put back at its expectation.
+
+        Each metric's columns are replaced by their baseline (z = 0, other features their
+        training median) and the row is re-scored; the drop in raw anomaly score is the
+        metric's contribution (path-length difference through the same trees). Positive means
+        the metric makes the minute look more anomalous.
+        """
+        row = self._filled(z_row)[0]
+        col_metric = np.array([self.metrics_.index(m) for m, _ in self.columns_])
+        probes = np.repeat(row[None, :], len(self.metrics_) + 1, axis=0)
+        for i in range(len(self.metrics_)):
+            mask = col_metric == i
+            probes[i + 1, mask] = self.fill_[mask]
+        raw = self.raw_score(probes)
+        return raw[0] - raw[1:]
+
+    def z_of_metrics(self, z_row: np.ndarray) -> np.ndarray:
+        """Each metric's residual z-score in a row (NaN when the rows carry no z column for it)."""
+        row = np.atleast_2d(np.asarray(z_row, dtype=np.float64))[0]
+        out = np.full(len(self.metrics_), np.nan)
+        for j, (m, k) in enumerate(self.columns_):
+            if k == Z_KIND:
+                out[self.metrics_.index(m)] = row[j] if np.isfinite(row[j]) else 0.0
+        return out
 
     def explain(self, z_row: np.ndarray, top: int = 3) -> list[dict]:
-        """The metrics furthest from their expectation in this row, largest first."""
-        z_row = np.nan_to_num(np.asarray(z_row, dtype=np.float64), nan=0.0)
-        order = np.argsort(-np.abs(z_row))[:top]
-        return [{"metric": self.metrics_[i], "z": round(float(z_row[i]), 3)} for i in order]
+        """The metrics behind this row's score, largest contribution first.
 
-    # --- persistence: the forest via joblib, stamped with the scikit-learn version -----------
+        Each entry: ``metric``; ``z``, its distance from expectation in residual standard
+        deviations; ``contribution``, the drop in raw score when it is put back at its
+        expectation (see :meth:`contributions`). Ties (e.g. an ordinary minute, where every
+        contribution is about 0) are broken by ``|z|``.
+        """
+        contrib = self.contributions(z_row)
+        z = self.z_of_metrics(z_row)
+        az = np.nan_to_num(np.abs(z), nan=0.0)
+        order = np.lexsort((-az, -np.maximum(np.round(contrib, 9), 0.0)))[:top]
+        return [{"metric": self.metrics_[i], "z": round(float(np.nan_to_num(z[i])), 3),
+                 "contribution": round(float(contrib[i]), 4)} for i in order]
+
+    # --- persistence: the flattened forest as .npz (no pickle); old joblib folders still load ---
     def save(self, folder: Path) -> None:
+        folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        joblib.dump(self.forest_, folder / "forest.joblib")
+        self.flat_.save(folder / "forest.npz")
         np.save(folder / "train_quantiles.npy", self.train_quantiles_)
-        meta = {"metrics": self.metrics_, "sklearn_version": sklearn.__version__,
+        meta = {"format": DETECTOR_FORMAT, "metrics": self.metrics_,
+                "columns": [list(c) for c in self.columns_], "fill": self.fill_.tolist(),
+                "sklearn_version": sklearn.__version__,
                 "params": {k: v for k, v in vars(self).items() if not k.endswith("_")}}
         (folder / "detector.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
     def load(cls, folder: Path) -> WorkloadAnomalyDetector:
+        folder = Path(folder)
         meta = json.loads((folder / "detector.json").read_text())
-        if meta["sklearn_version"] != sklearn.__version__:
-            raise ValueError(
-                f"{folder}: isolation forest saved with scikit-learn {meta['sklearn_version']}, "
-                f"this environment has {sklearn.__version__}; retrain with `prealert train`"
-            )
+        fmt = meta.get("format", 1)
+        if fmt > DETECTOR_FORMAT:
+            raise ValueError(f"{folder}: detector format {fmt} is newer than this prealert reads "
+                             f"({DETECTOR_FORMAT}); upgrade prealert or retrain")
         self = cls(**meta["params"])
         self.metrics_ = meta["metrics"]
-        self.forest_ = joblib.load(folder / "forest.joblib")
+        self.columns_ = [tuple(c) for c in meta.get("columns", [[m, Z_KIND] for m in self.metrics_])]
+        self.fill_ = np.asarray(meta.get("fill", [0.0] * len(self.columns_)), dtype=np.float64)
+        if fmt >= 2:
+            self.flat_ = FlatForest.load(folder / "forest.npz")
+        else:  # a joblib pickle is only trusted from the scikit-learn that wrote it
+            if meta["sklearn_version"] != sklearn.__version__:
+                raise ValueError(
+                    f"{folder}: isolation forest saved with scikit-learn {meta['sklearn_version']}, "
+                    f"this environment has {sklearn.__version__}; retrain with `prealert train`"
+                )
+            self.forest_ = joblib.load(folder / "forest.joblib")
+            self.flat_ = FlatForest.from_sklearn(self.forest_)
         self.train_quantiles_ = np.load(folder / "train_quantiles.npy")
         return self

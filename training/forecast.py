@@ -144,17 +144,22 @@ class SeriesForecaster:
 
         model = Prophet(
             daily_seasonality=False,
-            weekly_seasonality=True,
+            weekly_seasonality="auto",  # only from two weeks on: shorter, it mimics the trend
             yearly_seasonality=False,
             interval_width=self.interval_width,
             changepoint_prior_scale=self.changepoint_prior_scale,
             changepoint_range=self.changepoint_range,
             uncertainty_samples=self.uncertainty_samples,
         )
-        for name, order in (("workday", self.daily_fourier_order), ("offday", 6)):
-            model.add_seasonality(f"daily_{name}", period=1, fourier_order=order,
-                                  condition_name=name)
-        model.fit(to_prophet_frame(ts, self.timezone, y, self.holidays_country))
+        frame = to_prophet_frame(ts, self.timezone, y, self.holidays_country)
+        days = frame["ds"].dt.normalize()
+        if min(days[frame["workday"]].nunique(), days[frame["offday"]].nunique()) >= 2:
+            for name, order in (("workday", self.daily_fourier_order), ("offday", 6)):
+                model.add_seasonality(f"daily_{name}", period=1, fourier_order=order,
+                                      condition_name=name)
+        else:  # too few days of one kind to learn its shape apart: one daily shape for all
+            model.add_seasonality("daily", period=1, fourier_order=self.daily_fourier_order)
+        model.fit(frame)
         self.kind_ = "prophet"
         self.model_ = model
         self.point_model_ = self._point_model(model)

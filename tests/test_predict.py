@@ -1,0 +1,133 @@
+"""Model-behaviour tests of the whole prediction (forecaster + correction + error paths) on known cases."""
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from features import schema as s
+from training.bundle import ModelBundle
+from training.predict import predict_series
+
+START = datetime(2026, 10, 12, tzinfo=UTC)  # a Monday, 09:00 KST, no holiday that week
+STEP = 5
+
+
+def frame(values: np.ndarray) -> pl.DataFrame:
+    ts = [START + timedelta(minutes=STEP * i) for i in range(values.size)]
+    return pl.DataFrame({s.TS: ts, s.VALUE: values}).with_columns(
+        pl.col(s.TS).dt.cast_time_unit("us"))
+
+
+def fitted(values: np.ndarray, sid: str = "app/jvm_heap_pct", **params) -> ModelBundle:
+    from training.forecast import SeriesForecaster
+
+    model = SeriesForecaster(**params).fit(frame(values))
+    return ModelBundle({"data_fingerprint": "test"}, {sid: model}, {})
+
+
+def recent_of(values: np.ndarray, n_hist: int, hours: float = 1.0):
+    """The observations of the last ``hours`` before index ``n_hist`` (exclusive)."""
+    k = int(hours * 60 / STEP)
+    return [(START + timedelta(minutes=STEP * i), float(values[i]))
+            for i in range(n_hist - k, n_hist)]
+
+
+N_DAYS = 5
+N = N_DAYS * 288
+DAY = np.arange(N + 288) * STEP / 1440
+RNG = np.random.default_rng(5)
+
+
+@pytest.fixture(scope="module")
+def ramp():
+    y = 40 + 0.5 * DAY * 24 + RNG.normal(0, 0.3, DAY.size)  # +0.5 per hour
+    return y, fitted(y[:N])
+
+
+def test_linear_ramp_crossing_time(ramp):
+    y, bundle = ramp
+    now_value = y[N - 1]
+    p = predict_series(bundle, "app/jvm_heap_pct", now_value + 1.0, "above", 240,
+                       recent=recent_of(y, N))
+    assert p.minutes_to_threshold == pytest.approx(120, abs=20)  # 1.0 at 0.5/h
+    assert p.earliest_minutes <= p.minutes_to_threshold <= p.latest_minutes
+    assert p.probability > 0.8
+    assert p.driver in ("trend", "recent_drift", "recent_level")
+
+
+def test_offset_in_recent_observations_shifts_the_answer(ramp):
+    y, bundle = ramp
+    threshold = y[N - 1] + 1.5
+    base = predict_series(bundle, "app/jvm_heap_pct", threshold, "above", 300, recent=recent_of(y, N))
+    shifted = [(t, v + 0.5) for t, v in recent_of(y, N)]
+    higher = predict_series(bundle, "app/jvm_heap_pct", threshold, "above", 300, recent=shifted)
+    # 0.5 higher is an hour earlier at 0.5 per hour
+    assert base.minutes_to_threshold - higher.minutes_to_threshold == pytest.approx(60, abs=15)
+    assert higher.level_correction == pytest.approx(base.level_correction + 0.5, abs=0.05)
+
+
+def test_ramp_under_a_daily_cycle_names_the_coming_peak():
+    # a strong office-hour peak on workdays; asked at 06:00 KST Friday, the 10:00 peak crosses
+    hour_kst = ((np.arange(DAY.size) * STEP / 60) + 9) % 24
+    peak = 30 * np.exp(-((hour_kst - 10) ** 2) / 4)
+    weekday = ((DAY + 9 / 24).astype(int)) % 7 < 5
+    y = 40 + peak * weekday + RNG.normal(0, 0.5, DAY.size)
+    n = (3 * 24 + 21) * 60 // STEP  # Friday 06:00 KST: history ends here
+    bundle = fitted(y[:n], sid="app/cpu_pct")
+    p = predict_series(bundle, "app/cpu_pct", 60, "above", 300, recent=recent_of(y, n))
+    assert p.minutes_to_threshold is not None and 120 <= p.minutes_to_threshold <= 300
+    assert p.driver == "seasonality"
+    assert p.probability > 0.8
+
+
+def test_spike_noise_near_the_threshold_gets_honest_odds():
+    y = 50 + RNG.normal(0, 0.5, DAY.size)
+    spikes = RNG.random(DAY.size) < 0.02
+    y[spikes] += 6  # occasional spikes reach 56
+    bundle = fitted(y[:N], sid="app/gc_time_pct")
+    near = predict_series(bundle, "app/gc_time_pct", 54, "above", 120, recent=recent_of(y, N))
+    far = predict_series(bundle, "app/gc_time_pct", 70, "above", 120, recent=recent_of(y, N))
+    assert near.minutes_to_threshold is None  # the mean path stays below
+    assert 0.3 < near.probability <= 1.0  # but over 2 hours a spike is likely
+    assert far.probability < 0.05
+
+
+def test_falling_apdex_with_direction_below():
+    y = 0.97 - 0.002 * DAY * 24 + RNG.normal(0, 0.0003, DAY.size)  # -0.002 per hour
+    bundle = fitted(y[:N], sid="app/apdex")
+    threshold = y[N - 1] - 0.004
+    p = predict_series(bundle, "app/apdex", threshold, "below", 240, recent=recent_of(y, N))
+    assert p.minutes_to_threshold == pytest.approx(120, abs=25)
+    assert p.direction == "below" and p.probability > 0.8
+
+
+def test_flat_series_below_threshold_gives_none():
+    y = 30 + RNG.normal(0, 0.2, DAY.size)
+    bundle = fitted(y[:N], sid="app/mem_pct")
+    p = predict_series(bundle, "app/mem_pct", 90, "above", 240, recent=recent_of(y, N))
+    assert p.minutes_to_threshold is None and p.probability == 0.0
+    assert p.earliest_minutes is None and p.drivers == [] or p.probability == 0.0
+
+
+def test_already_crossed(ramp):
+    y, bundle = ramp
+    p = predict_series(bundle, "app/jvm_heap_pct", y[N - 1] - 2, "above", 60, recent=recent_of(y, N))
+    assert p.already_crossed and p.minutes_to_threshold == 0 and p.probability == 1.0
+
+
+def test_horizon_beyond_the_learned_errors_is_refused(ramp):
+    _, bundle = ramp
+    with pytest.raises(ValueError, match="beyond the 360 min"):
+        predict_series(bundle, "app/jvm_heap_pct", 99, "above", 600)
+
+
+def test_short_history_falls_back_to_linear_and_still_answers():
+    y = 40 + 0.02 * np.arange(200) * STEP  # 0.1 per 5 min, about 17 hours: too short for Prophet
+    bundle = fitted(y, sid="app/disk_pct")
+    model = bundle.forecasters["app/disk_pct"]
+    assert model.kind_ == "linear" and "history" in model.fallback_reason_
+    p = predict_series(bundle, "app/disk_pct", y[-1] + 1.2, "above", 240, recent=recent_of(y, 200))
+    assert p.model_kind == "linear"
+    assert p.minutes_to_threshold == pytest.approx(60, abs=5)

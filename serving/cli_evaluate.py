@@ -93,7 +93,8 @@ def evaluate(
             plots.append(plot_timeline(sources[name], (case.ts, case.values), case.name,
                                        case.threshold, hs[0],
                                        report.with_name(f"timeline_{name}.png")))
-    out, summaries = write_report(sources, config, report, runtime, plots)
+    configs = {name: cfg for name, (_, cfg) in cases_by_source.items()}
+    out, summaries = write_report(sources, configs, report, runtime, plots)
     typer.echo(f"report: {out} ({runtime / 60:.1f} min)")
     for line in out.read_text().split("## ")[1].splitlines()[2:]:
         typer.echo(line)

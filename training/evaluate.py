@@ -31,6 +31,7 @@ class EvalConfig:
     static_fraction: float = 0.9
     alarm_probability: float = 0.5  # prealert warns when P(cross within H) reaches this
     n_paths: int = 256
+    out_of_sample_errors: bool = True  # error paths from the previous model's replayed segment
     forecaster: dict = field(default_factory=dict)
 
     def as_params(self) -> dict[str, str]:
@@ -108,6 +109,7 @@ def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
     rows = []
     t0 = case.eval_start
     last_index = y.size - 1
+    prev_resid = None
     while t0 < case.ts[-1]:
         t1 = t0 + cadence
         fit_idx = case.ts < t0
@@ -120,7 +122,12 @@ def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
         expected = np.full(y.shape, np.nan)
         expected[span_idx] = model.predict(case.ts[span_idx], with_interval=False)["yhat"].to_numpy()
         resid = y - expected
-        train_resid = np.where(fit_idx, resid, np.nan)[span_idx]
+        # errors the deployed model actually made: the previous model on the segment just
+        # replayed (out of sample); in-sample residuals only before the first retrain
+        if prev_resid is not None and config.out_of_sample_errors:
+            err_resid = prev_resid
+        else:
+            err_resid = np.where(fit_idx, resid, np.nan)[span_idx]
         level, slope = rolling_corrections(resid, step)
         lin = {w: rolling_corrections(y, step, w) for w in config.linear_windows}
         seg = np.flatnonzero((case.ts >= t0) & (case.ts < t1))
@@ -138,7 +145,7 @@ def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
                         "true_minutes": truth, "current": current}
                 cols = np.clip(seg[:, None] + np.arange(1, n_h + 1)[None, :], 0, last_index)
                 point = expected[cols] + damped(level[seg], slope[seg], minutes)
-                paths = error_paths(train_resid, step, h, config.n_paths)
+                paths = error_paths(err_resid, step, h, config.n_paths)
                 if paths.shape[0] < 10:
                     raise ValueError(f"{case.name}: too little history for error paths")
                 b = crossing_distribution(minutes, point, paths, case.threshold, case.direction)
@@ -156,6 +163,8 @@ def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
                 static = (current >= config.static_fraction * case.threshold if above
                           else current <= case.threshold / config.static_fraction)
                 rows.append(pl.DataFrame({**base, "predictor": STATIC, "warn": static}))
+        seg_all = (case.ts >= t0 - np.timedelta64(int(max_h * 60e6), "us")) & (case.ts < t1)
+        prev_resid = resid[seg_all]
         t0 = t1
     return pl.concat(rows, how="diagonal_relaxed") if rows else pl.DataFrame()
 

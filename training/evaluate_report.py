@@ -109,9 +109,10 @@ def plot_timeline(results: pl.DataFrame, values: tuple[np.ndarray, np.ndarray], 
     return path
 
 
-def write_report(sources: dict[str, pl.DataFrame], config: EvalConfig, out: Path,
+def write_report(sources: dict[str, pl.DataFrame], configs: dict[str, EvalConfig], out: Path,
                  runtime_s: float, plots: list[Path]) -> tuple[Path, dict[str, pl.DataFrame]]:
     """Markdown report with pooled and per-source tables; returns it and the summaries."""
+    config = next(iter(configs.values()))
     pooled = pl.concat(list(sources.values()), how="diagonal_relaxed")
     summaries = {"pooled": summarize(pooled, config.every_minutes)}
     for name, res in sources.items():
@@ -120,8 +121,10 @@ def write_report(sources: dict[str, pl.DataFrame], config: EvalConfig, out: Path
             "sustained_recall", "lead_minutes_median", "false_alarms_per_day",
             "coverage_p10_p90", "calibration_max_gap"]
     lines = ["# prealert backtest: minutes-to-threshold against predict_linear and a static warning",
-             "", f"Walk-forward replay, {runtime_s / 60:.1f} min on this machine. Config: "
-             + ", ".join(f"`{k}={v}`" for k, v in config.as_params().items()), "",
+             "", f"Walk-forward replay, {runtime_s / 60:.1f} min on this machine.", ""]
+    for name, cfg in configs.items():
+        lines += [f"- `{name}`: " + ", ".join(f"`{k}={v}`" for k, v in cfg.as_params().items())]
+    lines += ["",
              "prealert warns when P(cross within H) >= alarm_probability; predict_linear warns "
              "when its OLS line reaches the threshold within H; the static warning fires at 90% "
              "of the threshold. Times already beyond the threshold are not evaluated.", ""]

@@ -7,6 +7,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import polars as pl
 from joblib import Parallel, delayed
 
@@ -14,7 +15,10 @@ from features import schema as s
 from training.anomaly import WorkloadAnomalyDetector
 from training.backtest import rolling_origin_errors
 from training.bundle import ModelBundle
+from training.correction import WINDOW_MINUTES as CORRECTION_WINDOW_MINUTES
+from training.correction import error_paths
 from training.forecast import SeriesForecaster
+from training.predict import MIN_ERROR_PATHS
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,7 @@ def _fit_one(sid: str, frame: pl.DataFrame, config: TrainConfig) -> dict:
             linear_window_minutes=config.predict_linear_window_minutes,
         )
         model = SeriesForecaster(**config.forecaster).fit(frame)
+        errors["error_paths_from"] = use_holdout_errors(model, trial, frame, holdout_start)
         clean = frame.drop_nulls(s.VALUE)
         expected = model.predict(clean[s.TS].to_numpy(), with_interval=False)["yhat"].to_numpy()
         z = (clean[s.VALUE].to_numpy() - expected) / max(model.sigma_, 1e-9)
@@ -87,6 +92,27 @@ def _fit_one(sid: str, frame: pl.DataFrame, config: TrainConfig) -> dict:
                 "residual_z": pl.DataFrame({s.TS: clean[s.TS], sid: z})}
     except Exception as exc:  # one bad series never sinks the batch
         return {"sid": sid, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def use_holdout_errors(model: SeriesForecaster, trial: SeriesForecaster, frame: pl.DataFrame,
+                       holdout_start) -> str:
+    """Give the served model the errors the trial model made on the holdout (out of sample).
+
+    In-sample residuals understate what a deployed model gets wrong; the holdout replay is what
+    the scheduled job would have seen. Falls back to the in-sample paths with too short a holdout.
+    """
+    if model.kind_ != "prophet" or trial.kind_ != "prophet":
+        return "none (linear fallback)"
+    warmup = timedelta(minutes=CORRECTION_WINDOW_MINUTES)
+    part = frame.filter(pl.col(s.TS) >= holdout_start - warmup).sort(s.TS)
+    ts = part[s.TS].dt.replace_time_zone(None).to_numpy().astype("datetime64[us]")
+    resid = (part[s.VALUE].fill_null(np.nan).to_numpy()
+             - trial.predict(ts, with_interval=False)["yhat"].to_numpy())
+    paths = error_paths(resid, model.step_minutes_, model.max_horizon_minutes, model.n_error_paths)
+    if paths.shape[0] < MIN_ERROR_PATHS:
+        return "in-sample (holdout too short)"
+    model.error_paths_ = paths.astype(np.float32)
+    return "holdout"
 
 
 def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None) -> TrainResult:

@@ -12,7 +12,11 @@ import polars as pl
 from features import schema as s
 from training.correction import damped, error_paths, rolling_corrections
 from training.forecast import SeriesForecaster
-from training.threshold import crossing_distribution, first_crossing_index
+from training.threshold import (
+    ProbabilityCalibration,
+    crossing_distribution,
+    first_crossing_index,
+)
 
 PREALERT = "prealert"
 STATIC = "static_90pct"
@@ -32,6 +36,7 @@ class EvalConfig:
     alarm_probability: float = 0.5  # prealert warns when P(cross within H) reaches this
     n_paths: int = 256
     out_of_sample_errors: bool = True  # error paths from the previous model's replayed segment
+    calibrate: bool = True  # recalibrate probabilities on that replay (isotonic)
     forecaster: dict = field(default_factory=dict)
 
     def as_params(self) -> dict[str, str]:
@@ -97,19 +102,64 @@ def true_minutes(y: np.ndarray, idx: np.ndarray, n_h: int, step: float, threshol
     return np.where(first >= 0, (first + 1) * step, np.nan)
 
 
+def replay_probabilities(y, expected, level, slope, idx, step: float, horizon: float,
+                         paths: np.ndarray, threshold: float, direction: str):
+    """prealert's answers at indices ``idx`` as serving gives them, and the true minutes.
+
+    ``expected`` is the model's forecast on the grid, ``level``/``slope`` the real-time
+    correction at each index (from :func:`rolling_corrections`), ``paths`` the error paths.
+    """
+    n_h = int(round(horizon / step))
+    minutes = np.arange(1, n_h + 1) * step
+    cols = np.clip(idx[:, None] + np.arange(1, n_h + 1)[None, :], 0, y.size - 1)
+    point = expected[cols] + damped(level[idx], slope[idx], minutes)
+    batch = crossing_distribution(minutes, point, paths[:, :n_h], threshold, direction)
+    return batch, true_minutes(y, idx, n_h, step, threshold, direction == "above")
+
+
+def calibration_from_replay(y, expected, idx, step: float, horizon: float, paths: np.ndarray,
+                            targets: list[tuple[float, str]]) -> ProbabilityCalibration:
+    """Fit the probability calibration on a replay the model was not trained on.
+
+    ``targets`` are (threshold, direction) pairs: several pool more crossings than the one
+    that matters. Indices whose horizon runs past the data, or already beyond, are left out.
+    """
+    level, slope = rolling_corrections(y - expected, step)
+    n_h = int(round(horizon / step))
+    idx = idx[idx + n_h < y.size]
+    p_raw, crossed = [], []
+    for thr, direction in targets:
+        cur = y[idx]
+        live = idx[np.isfinite(cur) & ((cur < thr) if direction == "above" else (cur > thr))
+                   & np.isfinite(expected[idx])]
+        if live.size:
+            batch, truth = replay_probabilities(y, expected, level, slope, live, step, horizon,
+                                                paths, thr, direction)
+            p_raw.append(batch.probability)
+            crossed.append(np.isfinite(truth))
+    if not p_raw:
+        return ProbabilityCalibration()
+    return ProbabilityCalibration.fit(np.concatenate(p_raw), np.concatenate(crossed))
+
+
 def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
-    """Walk forward through ``case`` and return one row per (time, horizon, predictor)."""
+    """Walk forward through ``case`` and return one row per (time, horizon, predictor).
+
+    At each retrain the model is fitted on the data before it; its error paths and its
+    probability calibration come from the previous model's replay of the segment just
+    ended (out of sample), as the scheduled job would have them.
+    """
     above = case.direction == "above"
     step = case.step_minutes
     y = case.values
     every = max(1, int(round(config.every_minutes / step)))
     cadence = np.timedelta64(int(config.retrain_every_hours * 3600e6), "us")
     max_h = max(config.horizons)
-    int(round(max_h / step))
+    lead_in = np.timedelta64(int(max_h * 60e6), "us")
     rows = []
     t0 = case.eval_start
     last_index = y.size - 1
-    prev_resid = None
+    prev = None  # the previous segment: its model's expectation and its indices
     while t0 < case.ts[-1]:
         t1 = t0 + cadence
         fit_idx = case.ts < t0
@@ -117,16 +167,13 @@ def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
             _fit_frame(case.ts[fit_idx], y[fit_idx], config.fit_step_minutes))
         # expectation over the error history, the segment, and a horizon past its end
         hist_start = t0 - np.timedelta64(int(config.error_history_days * 86400e6), "us")
-        span = (case.ts >= hist_start) & (case.ts < t1 + np.timedelta64(int(max_h * 60e6), "us"))
-        span_idx = np.flatnonzero(span)
+        span_idx = np.flatnonzero((case.ts >= hist_start) & (case.ts < t1 + lead_in))
         expected = np.full(y.shape, np.nan)
         expected[span_idx] = model.predict(case.ts[span_idx], with_interval=False)["yhat"].to_numpy()
         resid = y - expected
-        # errors the deployed model actually made: the previous model on the segment just
-        # replayed (out of sample); in-sample residuals only before the first retrain
-        if prev_resid is not None and config.out_of_sample_errors:
-            err_resid = prev_resid
-        else:
+        if prev is not None and config.out_of_sample_errors:
+            err_resid = (y - prev["expected"])[prev["span"]]
+        else:  # before the first retrain only in-sample residuals exist
             err_resid = np.where(fit_idx, resid, np.nan)[span_idx]
         level, slope = rolling_corrections(resid, step)
         lin = {w: rolling_corrections(y, step, w) for w in config.linear_windows}
@@ -136,35 +183,42 @@ def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
         live = np.isfinite(current) & (current < case.threshold if above
                                        else current > case.threshold)
         seg, current = seg[live], current[live]
-        if seg.size:
-            for h in config.horizons:
-                n_h = int(round(h / step))
-                minutes = np.arange(1, n_h + 1) * step
-                truth = true_minutes(y, seg, n_h, step, case.threshold, above)
-                base = {"series": case.name, "ts": case.ts[seg], "horizon": h,
-                        "true_minutes": truth, "current": current}
-                cols = np.clip(seg[:, None] + np.arange(1, n_h + 1)[None, :], 0, last_index)
-                point = expected[cols] + damped(level[seg], slope[seg], minutes)
-                paths = error_paths(err_resid, step, h, config.n_paths)
-                if paths.shape[0] < 10:
-                    raise ValueError(f"{case.name}: too little history for error paths")
-                b = crossing_distribution(minutes, point, paths, case.threshold, case.direction)
-                rows.append(pl.DataFrame({
-                    **base, "predictor": PREALERT, "warn": b.probability >= config.alarm_probability,
-                    "minutes": b.minutes, "earliest": b.earliest_minutes,
-                    "latest": b.latest_minutes, "probability": b.probability,
-                    "model_kind": model.kind_}))
-                for w, (lv, sl) in lin.items():
-                    path = lv[seg, None] + sl[seg, None] * minutes[None, :]
-                    first = first_crossing_index(path, case.threshold, above)
-                    m = np.where(first >= 0, minutes[np.maximum(first, 0)], np.nan)
-                    rows.append(pl.DataFrame({**base, "predictor": f"predict_linear_{w}m",
-                                              "warn": first >= 0, "minutes": m}))
-                static = (current >= config.static_fraction * case.threshold if above
-                          else current <= case.threshold / config.static_fraction)
-                rows.append(pl.DataFrame({**base, "predictor": STATIC, "warn": static}))
-        seg_all = (case.ts >= t0 - np.timedelta64(int(max_h * 60e6), "us")) & (case.ts < t1)
-        prev_resid = resid[seg_all]
+        history = y[fit_idx]
+        for h in config.horizons if seg.size else ():
+            n_h = int(round(h / step))
+            minutes = np.arange(1, n_h + 1) * step
+            paths = error_paths(err_resid, step, h, config.n_paths)
+            if paths.shape[0] < 10:
+                raise ValueError(f"{case.name}: too little history for error paths")
+            calibration = ProbabilityCalibration()
+            if prev is not None and config.calibrate:
+                q = [np.nanquantile(history, 0.95 if above else 0.05),
+                     np.nanquantile(history, 0.995 if above else 0.005)]
+                calibration = calibration_from_replay(
+                    y, prev["expected"], prev["idx"], step, h, paths,
+                    [(thr, case.direction) for thr in (case.threshold, *q)])
+            b, truth = replay_probabilities(y, expected, level, slope, seg, step, h, paths,
+                                            case.threshold, case.direction)
+            probability = calibration.apply(b.probability)
+            base = {"series": case.name, "ts": case.ts[seg], "horizon": h,
+                    "true_minutes": truth, "current": current}
+            rows.append(pl.DataFrame({
+                **base, "predictor": PREALERT, "warn": probability >= config.alarm_probability,
+                "minutes": b.minutes, "earliest": b.earliest_minutes,
+                "latest": b.latest_minutes, "probability": probability,
+                "probability_raw": b.probability, "model_kind": model.kind_}))
+            for w, (lv, sl) in lin.items():
+                path = lv[seg, None] + sl[seg, None] * minutes[None, :]
+                first = first_crossing_index(path, case.threshold, above)
+                m = np.where(first >= 0, minutes[np.maximum(first, 0)], np.nan)
+                rows.append(pl.DataFrame({**base, "predictor": f"predict_linear_{w}m",
+                                          "warn": first >= 0, "minutes": m}))
+            static = (current >= config.static_fraction * case.threshold if above
+                      else current <= case.threshold / config.static_fraction)
+            rows.append(pl.DataFrame({**base, "predictor": STATIC, "warn": static}))
+        prev = {"expected": expected,
+                "span": (case.ts >= t0 - lead_in) & (case.ts < t1),
+                "idx": np.flatnonzero((case.ts >= t0) & (case.ts < t1 - lead_in))[::every]}
         t0 = t1
     return pl.concat(rows, how="diagonal_relaxed") if rows else pl.DataFrame()
 

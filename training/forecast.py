@@ -13,7 +13,7 @@ from holidays import country_holidays
 
 from features import schema as s
 from training.baselines import ols_line
-from training.threshold import Z90
+from training.threshold import Z90, ProbabilityCalibration
 
 for _name in ("prophet", "cmdstanpy"):
     logging.getLogger(_name).setLevel(logging.WARNING)
@@ -114,7 +114,15 @@ class SeriesForecaster:
         if not fitted:
             self._fit_linear(ts, y)
         self.error_paths_ = self._learn_error_paths(ts, y)
+        self.calibrations_: dict[float, ProbabilityCalibration] = {}
         return self
+
+    def calibration_for(self, horizon_minutes: float) -> ProbabilityCalibration:
+        """The calibration fitted at the horizon nearest this one (ratio-wise); identity if none."""
+        if not self.calibrations_:
+            return ProbabilityCalibration()
+        h = min(self.calibrations_, key=lambda k: abs(np.log(k / max(horizon_minutes, 1e-9))))
+        return self.calibrations_[h]
 
     def _learn_error_paths(self, ts, y) -> np.ndarray:
         """Whole-horizon errors of the corrected forecast over the recent history (float32).
@@ -243,6 +251,7 @@ class SeriesForecaster:
             "first_ts": self.first_ts_.isoformat(),
             "last_ts": self.last_ts_.isoformat(),
             "step_minutes": self.step_minutes_,
+            "calibrations": {str(h): c.to_dict() for h, c in self.calibrations_.items()},
             # 4 significant digits: the paths are a sample of errors, not exact quantities
             "error_paths": np.round(self.error_paths_.astype(np.float64), 4 - int(np.floor(
                 np.log10(max(float(np.abs(self.error_paths_).max(initial=0)), 1e-12))))).tolist(),
@@ -262,6 +271,8 @@ class SeriesForecaster:
         self.first_ts_ = pd.Timestamp(state["first_ts"]).to_pydatetime()
         self.last_ts_ = pd.Timestamp(state["last_ts"]).to_pydatetime()
         self.step_minutes_ = state["step_minutes"]
+        self.calibrations_ = {float(h): ProbabilityCalibration.from_dict(c)
+                              for h, c in state.get("calibrations", {}).items()}
         self.error_paths_ = np.asarray(state["error_paths"], dtype=np.float32).reshape(
             -1, max(1, int(round(self.max_horizon_minutes / self.step_minutes_))))
         model = state["model"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -158,6 +159,9 @@ def predict_series(
     if use_paths:
         crossing = crossing_from_paths(minutes, point, paths[:, : grid.size], threshold,
                                        direction, current)
+        if not crossing.already_crossed:
+            calibrated = float(model.calibration_for(horizon_minutes).apply(crossing.probability))
+            crossing = dataclasses.replace(crossing, probability=round(calibrated, 4))
     else:  # the linear fallback: its Gaussian band
         crossing = minutes_to_threshold(
             grid, point, fc["yhat_lower"].to_numpy() + offset, fc["yhat_upper"].to_numpy() + offset,

@@ -161,3 +161,42 @@ def crossing_from_paths(
 
     return Crossing(point_minutes, _opt(b.earliest_minutes[0]), _opt(b.latest_minutes[0]),
                     round(float(b.probability[0]), 4))
+
+
+@dataclass(frozen=True)
+class ProbabilityCalibration:
+    """A monotone map from the paths' raw crossing probability to the observed frequency.
+
+    Fitted (isotonic) on replays the model did not train on; the identity until there are
+    enough of them. Stored as knots so serving applies it with ``np.interp``.
+    """
+
+    knots: tuple[float, ...] = (0.0, 1.0)
+    values: tuple[float, ...] = (0.0, 1.0)
+    n_fitted: int = 0
+
+    def apply(self, p):
+        return np.interp(np.asarray(p, dtype=np.float64), self.knots, self.values)
+
+    @classmethod
+    def fit(cls, p_raw: np.ndarray, crossed: np.ndarray, min_samples: int = 200,
+            min_positives: int = 10) -> ProbabilityCalibration:
+        from sklearn.isotonic import IsotonicRegression
+
+        p_raw = np.asarray(p_raw, dtype=np.float64)
+        crossed = np.asarray(crossed, dtype=bool)
+        if p_raw.size < min_samples or crossed.sum() < min_positives:
+            return cls()
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p_raw, crossed)
+        knots = np.concatenate([[0.0], iso.X_thresholds_, [1.0]])
+        values = np.concatenate([[iso.predict([0.0])[0]], iso.y_thresholds_,
+                                 [iso.predict([1.0])[0]]])
+        keep = np.concatenate([[True], np.diff(knots) > 0])
+        return cls(tuple(knots[keep].round(6)), tuple(values[keep].round(6)), int(p_raw.size))
+
+    def to_dict(self) -> dict:
+        return {"knots": list(self.knots), "values": list(self.values), "n_fitted": self.n_fitted}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> ProbabilityCalibration:
+        return cls(tuple(d["knots"]), tuple(d["values"]), d["n_fitted"]) if d else cls()

@@ -112,7 +112,37 @@ def use_holdout_errors(model: SeriesForecaster, trial: SeriesForecaster, frame: 
     if paths.shape[0] < MIN_ERROR_PATHS:
         return "in-sample (holdout too short)"
     model.error_paths_ = paths.astype(np.float32)
+    model.calibrations_ = holdout_calibrations(model, trial, ts, part[s.VALUE].fill_null(np.nan)
+                                               .to_numpy(), frame.filter(pl.col(s.TS) < holdout_start))
     return "holdout"
+
+
+#: horizons (minutes) at which the probability calibration is fitted; serving uses the nearest
+CALIBRATION_HORIZONS = (30, 60, 120, 240, 360)
+
+
+def holdout_calibrations(model: SeriesForecaster, trial: SeriesForecaster, ts: np.ndarray,
+                         y: np.ndarray, history: pl.DataFrame) -> dict:
+    """Probability calibrations from the trial model's replay of the holdout.
+
+    The thresholds the operator will use are unknown here: pool quantiles of the training
+    history in both directions (P90, P95, P99 above; P10, P5, P1 below).
+    """
+    from training.evaluate import calibration_from_replay
+
+    values = history[s.VALUE].drop_nulls().to_numpy()
+    targets = [(float(np.quantile(values, q)), "above") for q in (0.9, 0.95, 0.99)]
+    targets += [(float(np.quantile(values, q)), "below") for q in (0.1, 0.05, 0.01)]
+    expected = trial.predict(ts, with_interval=False)["yhat"].to_numpy()
+    idx = np.arange(y.size)
+    out = {}
+    for h in CALIBRATION_HORIZONS:
+        if h <= model.max_horizon_minutes:
+            calibration = calibration_from_replay(y, expected, idx, model.step_minutes_, h,
+                                                  model.error_paths_.astype(np.float64), targets)
+            if calibration.n_fitted:
+                out[float(h)] = calibration
+    return out
 
 
 def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None) -> TrainResult:

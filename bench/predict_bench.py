@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             lambda: to_prophet_frame(grid, model.timezone, None, model.holidays_country), r),
         "SeriesForecaster.predict(with_interval=False)": median_ms(
             lambda: model.predict(grid, with_interval=False), r),
-        "predict_series, 60 recent obs (horizon with intervals)": median_ms(
+        "predict_series, 60 recent obs (error paths, drivers)": median_ms(
             lambda: predict_series(bundle, SERIES_ID, threshold, "above", args.horizon, recent),
             max(r // 10, 5), warmup=2),
     }

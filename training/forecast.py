@@ -199,12 +199,12 @@ class SeriesForecaster:
     def components(self, ts) -> dict[str, np.ndarray]:
         """The forecast split into ``trend`` and ``seasonality`` (daily + weekly) at UTC times."""
         ts = np.asarray(ts, dtype="datetime64[us]")
-        yhat = self.predict(ts, with_interval=False)["yhat"].to_numpy()
         if self.kind_ == "prophet" and self.point_model_ is not None:
             frame = to_prophet_frame(ts, self.timezone, None, self.holidays_country)
+            yhat = self.point_model_.yhat(frame["ds"], frame)
             trend = self.point_model_.trend(frame["ds"].to_numpy())
         else:
-            trend = yhat
+            yhat = trend = self.predict(ts, with_interval=False)["yhat"].to_numpy()
         return {"trend": trend, "seasonality": yhat - trend}
 
     @staticmethod

@@ -82,11 +82,11 @@ def crossing_drivers(model, now: datetime, grid: np.ndarray, point: np.ndarray,
         i = min(int(np.ceil(minutes / model.step_minutes_)) - 1, grid.size - 1)
     else:
         i = int(np.argmax(sign * point)) if minutes is None else 0
-    t_now = np.array([np.datetime64(now.replace(tzinfo=None), "us")])
-    at_now, at_then = model.components(t_now), model.components(grid[i: i + 1])
+    both = np.array([np.datetime64(now.replace(tzinfo=None), "us"), grid[i]])
+    parts = model.components(both)  # [now, then]
     changes = {
-        "trend": float(at_then["trend"][0] - at_now["trend"][0]),
-        "seasonality": float(at_then["seasonality"][0] - at_now["seasonality"][0]),
+        "trend": float(parts["trend"][1] - parts["trend"][0]),
+        "seasonality": float(parts["seasonality"][1] - parts["seasonality"][0]),
         "recent_level": correction.level,
         "recent_drift": float(correction.at((i + 1) * model.step_minutes_) - correction.level),
     }
@@ -138,13 +138,6 @@ def predict_series(
     else:
         now = _to_utc(now)
 
-    correction, current, z_now = RealtimeCorrection(), None, None
-    if finite.any():
-        expected = model.predict(obs_ts[finite], with_interval=False)["yhat"].to_numpy()
-        correction = realtime_correction(obs_ts[finite], obs_y[finite] - expected)
-        current = float(obs_y[finite][-1])
-        z_now = (current - expected[-1]) / max(model.sigma_, 1e-9)
-
     grid = horizon_grid(now, horizon_minutes, model.step_minutes_)
     minutes = np.arange(1, grid.size + 1) * model.step_minutes_
     paths = model.error_paths_
@@ -153,7 +146,17 @@ def predict_series(
         raise ValueError(
             f"horizon {horizon_minutes:g} min is beyond the {model.max_horizon_minutes:g} min "
             f"this model learned its errors for; ask for a shorter horizon")
-    fc = model.predict(grid, with_interval=not use_paths)
+    # one forecast call for the observed times and the horizon
+    n_obs = int(finite.sum())
+    fc = model.predict(np.concatenate([obs_ts[finite], grid]), with_interval=not use_paths)
+    expected, fc = fc["yhat"].to_numpy()[:n_obs], fc.slice(n_obs)
+
+    correction, current, z_now = RealtimeCorrection(), None, None
+    if n_obs:
+        correction = realtime_correction(obs_ts[finite], obs_y[finite] - expected)
+        current = float(obs_y[finite][-1])
+        z_now = (current - expected[-1]) / max(model.sigma_, 1e-9)
+
     offset = correction.at(minutes)
     point = fc["yhat"].to_numpy() + offset
     if use_paths:

@@ -109,8 +109,10 @@ def run_demo(
         echo(f"  {a['message']}")
         echo(f"      asked at {case.asked_at:%Y-%m-%d %H:%M} UTC, predicted crossing "
              f"{a['crossing_at'] or '-'}, true crossing {case.true_crossing:%Y-%m-%d %H:%M} UTC"
-             + (f", error {err:+.0f} min" if err is not None else "")
-             + f"; anomaly score {a['anomaly_score']}; model {a['model_version']}")
+             + (f", error {err:+.0f} min" if err is not None else ""))
+        drivers = ", ".join(f"{d['meaning']} {d['change']:+.2f}" for d in a["drivers"]) or "-"
+        echo(f"      driven by: {drivers}; anomaly score {a['anomaly_score']}; "
+             f"model {a['model_version']}")
     echo("Open the run in the MLflow UI:\n"
          f"  uv run mlflow ui --backend-store-uri {tracking_uri()} --host 127.0.0.1 --port 5000\n"
          f"  then http://127.0.0.1:5000 (experiment 'prealert', run {promo.run_id})")

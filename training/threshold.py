@@ -96,7 +96,7 @@ def first_crossing_index(paths: np.ndarray, threshold: float, above: bool) -> np
 class CrossingBatch:
     """Vectorized answers for many evaluation times (one row each); NaN where not within H."""
 
-    minutes: np.ndarray  # crossing of the point path
+    minutes: np.ndarray  # median (P50) of the crossing-time distribution
     earliest_minutes: np.ndarray  # P10 of the crossing-time distribution
     latest_minutes: np.ndarray  # P90 of the crossing-time distribution
     probability: np.ndarray  # share of plausible paths that reach the threshold within H
@@ -115,7 +115,8 @@ def crossing_distribution(
     point forecasts, ``error_paths`` (K, n_h) forecast errors seen in history at the same
     offsets (kept whole, so their correlation over the horizon is real). Each path
     ``point + error`` is one plausible future: the probability is the share whose extreme
-    reaches the threshold, and P10/P90 are quantiles of their first-crossing times.
+    reaches the threshold, and P10/P50/P90 are quantiles of their first-crossing times
+    (NaN where that quantile lies beyond the horizon), so P10 <= P50 <= P90 always holds.
     """
     if direction not in ("above", "below"):
         raise ValueError(f"direction must be 'above' or 'below', not {direction!r}")
@@ -126,17 +127,15 @@ def crossing_distribution(
     n_t = point.shape[0]
     out = {k: np.full(n_t, np.nan) for k in ("minutes", "earliest", "latest")}
     prob = np.zeros(n_t)
-    first_point = first_crossing_index(point, threshold, above)
-    out["minutes"] = np.where(first_point >= 0, minutes[np.maximum(first_point, 0)], np.nan)
     chunk = max(1, 2_000_000 // max(1, errors.size))
     for lo in range(0, n_t, chunk):
         paths = point[lo:lo + chunk, None, :] + errors[None, :, :]
         first = first_crossing_index(paths, threshold, above)  # (chunk, K)
         t_cross = np.where(first >= 0, minutes[np.maximum(first, 0)], np.inf)
         prob[lo:lo + chunk] = np.mean(first >= 0, axis=1)
-        q10, q90 = np.quantile(t_cross, [0.1, 0.9], axis=1, method="inverted_cdf")
-        out["earliest"][lo:lo + chunk] = np.where(np.isfinite(q10), q10, np.nan)
-        out["latest"][lo:lo + chunk] = np.where(np.isfinite(q90), q90, np.nan)
+        q10, q50, q90 = np.quantile(t_cross, [0.1, 0.5, 0.9], axis=1, method="inverted_cdf")
+        for key, q in (("earliest", q10), ("minutes", q50), ("latest", q90)):
+            out[key][lo:lo + chunk] = np.where(np.isfinite(q), q, np.nan)
     return CrossingBatch(out["minutes"], out["earliest"], out["latest"], prob)
 
 
@@ -153,13 +152,11 @@ def crossing_from_paths(
     if current is not None and (current >= threshold if above else current <= threshold):
         return Crossing(0.0, 0.0, 0.0, 1.0, already_crossed=True)
     b = crossing_distribution(minutes, point[None, :], error_paths, threshold, direction)
-    point_minutes = _first_crossing(np.asarray(minutes, dtype=np.float64),
-                                    np.asarray(point, dtype=np.float64), threshold, above)
 
     def _opt(x: float) -> float | None:
         return None if np.isnan(x) else float(x)
 
-    return Crossing(point_minutes, _opt(b.earliest_minutes[0]), _opt(b.latest_minutes[0]),
+    return Crossing(_opt(b.minutes[0]), _opt(b.earliest_minutes[0]), _opt(b.latest_minutes[0]),
                     round(float(b.probability[0]), 4))
 
 

@@ -1,6 +1,7 @@
 """Write the small golden model bundle that tests load to prove each release still reads it.
 
-Run once per bundle schema version: ``uv run python data/sample/make_golden_bundle.py``.
+Run once per bundle schema version: ``uv run python data/sample/make_golden_bundle.py``;
+after a deliberate change of the answers, ``... make_golden_bundle.py --answers-only``.
 The bundle comes from a seeded synthetic workload (two metrics, three days, 15-minute step);
 ``expected.json`` records what it answered when written.
 """
@@ -16,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from features import schema as s
+from training.bundle import ModelBundle
 from training.predict import predict_series
 from training.train import TrainConfig, train_bundle
 
@@ -43,21 +45,33 @@ def golden_series() -> pl.DataFrame:
     return pl.concat(frames)
 
 
-def main() -> None:
-    result = train_bundle(golden_series(), TrainConfig(holdout_hours=12, n_jobs=1,
-                                                       forecaster={"min_history_hours": 24}))
-    shutil.rmtree(OUT, ignore_errors=True)
-    result.bundle.manifest["created_at"] = "golden"
-    result.bundle.save(OUT)
+def record_answers(bundle) -> dict:
     answers = {}
     for sid, threshold, direction in QUESTIONS:
-        p = predict_series(result.bundle, sid, threshold, direction, 240)
+        p = predict_series(bundle, sid, threshold, direction, 240)
         answers[sid] = {"threshold": threshold, "direction": direction,
                         "minutes_to_threshold": p.minutes_to_threshold,
                         "probability": p.probability}
     (OUT / "expected.json").write_text(json.dumps(answers, indent=2) + "\n")
-    print(f"wrote {OUT}: {answers}")
+    return answers
+
+
+def main(answers_only: bool = False) -> None:
+    """Write the bundle and its answers; with ``answers_only``, re-record the answers of the
+    committed bundle (after a deliberate change of what prealert answers)."""
+    if answers_only:
+        bundle = ModelBundle.load(OUT)
+    else:
+        result = train_bundle(golden_series(), TrainConfig(holdout_hours=12, n_jobs=1,
+                                                           forecaster={"min_history_hours": 24}))
+        shutil.rmtree(OUT, ignore_errors=True)
+        result.bundle.manifest["created_at"] = "golden"
+        result.bundle.save(OUT)
+        bundle = result.bundle
+    print(f"wrote {OUT}: {record_answers(bundle)}")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(answers_only="--answers-only" in sys.argv)

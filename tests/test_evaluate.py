@@ -132,3 +132,25 @@ def test_replay_has_no_look_ahead(ramp_results):
     a, b = before(res), before(other)
     assert a.height > 100
     assert a.equals(b)
+
+
+def test_evaluate_any_timestamp_value_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+
+    case = ramp_case()
+    csv = tmp_path / "heap.csv"
+    pl.DataFrame({"timestamp": case.ts.astype("datetime64[s]").astype(str),
+                  "value": case.values}).write_csv(csv)
+    report = tmp_path / "out" / "evaluate.md"
+    result = CliRunner().invoke(app, [
+        "evaluate", "--input", str(csv), "--threshold", "90", "--eval-fraction", "0.75",
+        "--horizons", "60", "--report", str(report), "--no-log-mlflow"])
+    assert result.exit_code == 0, result.output
+    text = report.read_text()
+    assert "| prealert | 60 |" in text and "predict_linear_60m" in text
+    assert (tmp_path / "out" / "reliability.png").exists()
+    bad = CliRunner().invoke(app, ["evaluate", "--input", str(tmp_path / "none.csv"),
+                                   "--no-log-mlflow", "--report", str(report)])
+    assert bad.exit_code != 0

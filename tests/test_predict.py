@@ -131,3 +131,16 @@ def test_short_history_falls_back_to_linear_and_still_answers():
     p = predict_series(bundle, "app/disk_pct", y[-1] + 1.2, "above", 240, recent=recent_of(y, 200))
     assert p.model_kind == "linear"
     assert p.minutes_to_threshold == pytest.approx(60, abs=5)
+
+
+def test_notebook_estimator_gives_the_service_answer(ramp):
+    from training.predict import CrossingPredictor
+
+    y, bundle = ramp
+    est = CrossingPredictor().fit(frame(y[:N]), series_id="app/jvm_heap_pct")
+    assert hasattr(est, "bundle_") and est.bundle_.forecasters["app/jvm_heap_pct"].kind_ == "prophet"
+    a = est.predict(y[N - 1] + 1.0, "above", 240, recent=recent_of(y, N))
+    b = predict_series(bundle, "app/jvm_heap_pct", y[N - 1] + 1.0, "above", 240,
+                       recent=recent_of(y, N))
+    assert a.minutes_to_threshold == b.minutes_to_threshold
+    assert a.probability == b.probability

@@ -206,3 +206,28 @@ def anomaly_now(bundle: ModelBundle, series_id: str, z_series: float | None,
             exp = other.predict(t, with_interval=False)["yhat"][0]
             row[i] = (context[m] - exp) / max(other.sigma_, 1e-9)
     return round(float(det.score(row)[0]), 4), det.explain(row)
+
+
+class CrossingPredictor:
+    """Estimator-style entry for notebooks: one series, the service's own prediction path.
+
+    ``CrossingPredictor().fit(history).predict(threshold, "above", 240, recent)`` where
+    ``history`` has ``ts`` (UTC) and ``value``; hyperparameters go to :class:`SeriesForecaster`.
+    """
+
+    def __init__(self, **forecaster_params):
+        self.forecaster_params = forecaster_params
+
+    def fit(self, history, series_id: str = "series/value") -> CrossingPredictor:
+        from training.forecast import SeriesForecaster
+
+        self.series_id_ = series_id
+        model = SeriesForecaster(**self.forecaster_params).fit(history)
+        self.bundle_ = ModelBundle({"data_fingerprint": "notebook"}, {series_id: model}, {})
+        return self
+
+    def predict(self, threshold: float, direction: str = "above", horizon_minutes: float = 240,
+                recent: list[tuple[datetime, float]] | None = None,
+                now: datetime | None = None) -> Prediction:
+        return predict_series(self.bundle_, self.series_id_, threshold, direction,
+                              horizon_minutes, recent=recent, now=now)

@@ -1,34 +1,78 @@
-"""The feature job: a Parquet metric export in, validated regular per-workload series out."""
+"""The feature job: a Parquet metric export in, validated regular per-workload series out.
+
+Stages (each a ``LazyFrame -> LazyFrame`` function in its own module): :mod:`features.ingest`
+reads and maps the export, :mod:`features.quarantine` validates rows and resolves duplicates,
+:mod:`features.rollup` turns pods into workload series on a regular grid, :mod:`features.tables`
+builds the anomaly-detection feature tables. :func:`build_series` composes them lazily for a
+notebook; :func:`run_build` runs them stage by stage and writes the output folder atomically.
+"""
 
 from __future__ import annotations
 
-import glob
+import hashlib
 import json
-import re
 import shutil
+import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import timedelta
+from importlib import metadata
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import quote
 
 import polars as pl
 
 from features import schema as s
-
-#: pod-name shapes, tried in order; the named group is the workload
-POD_PATTERNS = (
-    r"^(.+)-\d+-[a-z0-9]{5}$",  # OpenShift DeploymentConfig: <dc>-<deploy number>-<hash>
-    r"^(.+)-[a-z0-9]{6,10}-[a-z0-9]{5}$",  # Kubernetes Deployment: <name>-<rs hash>-<pod hash>
-    r"^(.+)-\d+$",  # StatefulSet: <name>-<ordinal>
+from features.config import BuildConfig, ExportConfig, load_config
+from features.ingest import as_utc, export_files, scan_export
+from features.pods import POD_PATTERNS, entity_of, patterns_with, with_entity, workload_of, workload_of_pod
+from features.quarantine import (
+    COUNTER,
+    LABEL_HASH,
+    POD_SERIES,
+    REASON,
+    REASONS,
+    ROW,
+    check_label_hashes,
+    label_table,
+    quarantine_rows,
+    resolve_duplicates,
+    sort_valid,
+    tag_rows,
+    with_label_hash,
 )
+from features.rollup import (
+    order_for_rollup,
+    per_pod_buckets,
+    regular_grid,
+    rollup_rules,
+    rollup_to_workload,
+    step_microseconds,
+)
+from features.tables import entity_tables, feature_table, iter_entity_tables
 
-REASON = "reason"
-ROW = "row_in_export"  # position in the export as read: "first read" is decided by it
+__all__ = [
+    "POD_PATTERNS", "REASON", "REASONS", "ROW", "BuildConfig", "BuildReport", "BuiltSeries",
+    "ExportConfig", "as_utc", "build_pods", "build_series", "entity_of", "entity_tables", "feature_table",
+    "load_config", "load_series", "pod_lifetimes", "run_build", "scan_export",
+    "with_entity", "workload_of", "workload_of_pod",
+]
+
+MANIFEST_VERSION = 1
+POD_COLUMNS = {"pod": pl.String, "workload": pl.String, "node": pl.String,
+               "first_seen": pl.Datetime("us", "UTC"), "last_seen": pl.Datetime("us", "UTC"),
+               "n_samples": pl.UInt32}
 
 
 @dataclass
 class BuildReport:
-    """What the job did to every input row: nothing is dropped without being counted here."""
+    """What the job did to every input row: nothing is dropped without being counted here.
+
+    ``rows_read == rows_kept + exact_duplicates_merged + sum(quarantined.values())`` always.
+    """
 
     source: str
     step: str
@@ -40,6 +84,9 @@ class BuildReport:
     grid_points: int = 0
     gaps_filled: int = 0
     gaps_left_empty: int = 0
+    pods: int = 0
+    counter_resets: int = 0
+    feature_tables: int = 0
 
     def summary(self) -> str:
         q = ", ".join(f"{k}={v}" for k, v in sorted(self.quarantined.items())) or "none"
@@ -47,199 +94,10 @@ class BuildReport:
             f"{self.rows_read} rows read: {self.rows_kept} kept, "
             f"{self.exact_duplicates_merged} exact duplicates merged, quarantined: {q}; "
             f"{self.series} series on a {self.step} grid ({self.grid_points} points, "
-            f"{self.gaps_filled} filled, {self.gaps_left_empty} left empty)"
+            f"{self.gaps_filled} filled, {self.gaps_left_empty} left empty); "
+            f"{self.pods} pods, {self.counter_resets} counter resets, "
+            f"{self.feature_tables} feature tables"
         )
-
-
-def scan_export(source: str | Path, rename: dict[str, str] | None = None) -> pl.LazyFrame:
-    """Scan a Parquet file, folder (hive partitions welcome) or glob into the export schema.
-
-    Missing label columns become null; ``rename`` maps the export's names onto ours
-    (e.g. ``{"host": "node"}``). Timestamps may be datetimes, strings or epoch seconds.
-    """
-    path = Path(source)
-    if path.is_dir():
-        pattern = str(path / "**" / "*.parquet")
-        if not any(path.rglob("*.parquet")):
-            raise ValueError(f"{source}: folder holds no .parquet files")
-    elif path.exists() or any(ch in str(source) for ch in "*?["):
-        pattern = str(source)
-    else:
-        raise ValueError(f"{source}: no such file or folder")
-    files = sorted(path.rglob("*.parquet")) if path.is_dir() else sorted(
-        Path(p) for p in glob.glob(pattern, recursive=True))
-    for file in files:
-        _check_parquet_file(file)
-    try:
-        lf = pl.scan_parquet(pattern, hive_partitioning=path.is_dir(), missing_columns="insert")
-        names = lf.collect_schema().names()
-    except Exception as exc:  # polars raises several error types for unreadable files
-        raise ValueError(f"{source}: not a readable Parquet export ({exc})") from exc
-    if rename:
-        lf = lf.rename({k: v for k, v in rename.items() if k in names})
-        names = lf.collect_schema().names()
-    missing = [c for c in (s.TS, s.METRIC, s.VALUE) if c not in names]
-    if missing:
-        raise ValueError(f"{source}: missing column(s) {missing}; columns present: {names}")
-    lf = lf.with_columns(pl.lit(None, pl.String).alias(c) for c in s.LABELS if c not in names)
-    return lf.select(
-        _as_utc(pl.col(s.TS), lf.collect_schema()[s.TS]).alias(s.TS),
-        *(pl.col(c).cast(pl.String) for c in s.LABELS),
-        pl.col(s.METRIC).cast(pl.String),
-        pl.col(s.VALUE).cast(pl.Float64, strict=False),
-    )
-
-
-def _check_parquet_file(file: Path) -> None:
-    """Refuse a file that is not Parquet (no PAR1 footer) by name, before any work starts."""
-    with open(file, "rb") as fh:
-        fh.seek(0, 2)
-        if fh.tell() < 12:
-            raise ValueError(f"{file}: too short to be a Parquet file ({fh.tell()} bytes)")
-        fh.seek(-4, 2)
-        if fh.read(4) != b"PAR1":
-            raise ValueError(f"{file}: not a Parquet file (no PAR1 footer)")
-
-
-def _as_utc(ts: pl.Expr, dtype: pl.DataType) -> pl.Expr:
-    if isinstance(dtype, pl.Datetime):
-        ts = ts.dt.replace_time_zone("UTC") if dtype.time_zone is None else ts
-        return ts.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
-    if dtype == pl.String:
-        return ts.str.to_datetime(strict=False, time_zone="UTC", time_unit="us")
-    if dtype.is_numeric():  # epoch seconds
-        return (ts.cast(pl.Float64) * 1e6).cast(pl.Int64, strict=False).cast(pl.Datetime("us", "UTC"))
-    return pl.lit(None, pl.Datetime("us", "UTC"))
-
-
-def workload_of(pod: pl.Expr) -> pl.Expr:
-    """The persistent workload a pod belongs to, from its name; null when no shape matches."""
-    return pl.coalesce(pod.str.extract(p, 1) for p in POD_PATTERNS)
-
-
-def workload_of_pod(pod: str) -> str | None:
-    """:func:`workload_of` for one pod name, for single requests."""
-    for pattern in POD_PATTERNS:
-        m = re.match(pattern, pod)
-        if m:
-            return m.group(1)
-    return None
-
-
-def with_entity(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """Add the entity a row's series belongs to: its workload for pod metrics, else its node."""
-    return lf.with_columns(
-        pl.coalesce(pl.col(s.SERVICE), workload_of(pl.col(s.POD)), pl.col(s.NODE)).alias(s.ENTITY)
-    )
-
-
-def _range_table() -> pl.LazyFrame:
-    rows = [(m.name, m.lower, m.upper) for m in s.METRICS.values()]
-    return pl.LazyFrame(rows, schema=[s.METRIC, "lower", "upper"], orient="row")
-
-
-def tag_problems(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """Add a ``reason`` column: null for a good row, else why the row cannot be used.
-
-    Duplicates (same time, entity, pod, node and metric): among the rows that are otherwise
-    valid, the first one read is kept; a later one with another value is quarantined as
-    ``duplicate_conflicting_value``, an equal one is merged later and counted.
-    """
-    key = [s.TS, s.ENTITY, s.POD, s.NODE, s.METRIC]
-    v = pl.col(s.VALUE)
-    lf = lf.with_row_index(ROW).join(_range_table(), on=s.METRIC, how="left",
-                                     maintain_order="left")
-    invalid = (
-        pl.when(pl.col(s.TS).is_null()).then(pl.lit("unparseable_timestamp"))
-        .when(pl.col(s.METRIC).is_null()).then(pl.lit("missing_metric"))
-        .when(pl.col(s.ENTITY).is_null()).then(pl.lit("no_workload_or_node"))
-        .when(v.is_null() | v.is_nan()).then(pl.lit("missing_or_nan_value"))
-        .when(v.is_infinite()).then(pl.lit("infinite_value"))
-        .when((v < pl.col("lower")) | (v > pl.col("upper"))).then(pl.lit("out_of_range"))
-        .otherwise(pl.lit(None, pl.String))
-    )
-    valid_key = [*key, pl.col(REASON).is_null()]
-    first_value = v.sort_by(ROW).first().over(valid_key)
-    later_read = pl.col(ROW).rank("ordinal").over(valid_key) > 1
-    conflict = pl.col(REASON).is_null() & later_read & (v != first_value)
-    return (
-        lf.with_columns(invalid.alias(REASON))
-        .with_columns(
-            pl.when(conflict).then(pl.lit("duplicate_conflicting_value"))
-            .otherwise(pl.col(REASON)).alias(REASON)
-        )
-        .drop("lower", "upper")
-    )
-
-
-def _ordered_sum(v: pl.Expr) -> pl.Expr:
-    """A sum taken strictly in row order: SIMD/chunked sums differ in the last bit between runs."""
-    return v.cum_sum().last()
-
-
-def _ordered_mean(v: pl.Expr) -> pl.Expr:
-    return _ordered_sum(v) / v.count()
-
-
-def rollup_to_workload(lf: pl.LazyFrame, step: str) -> pl.LazyFrame:
-    """Bucket each pod's samples onto the step grid, then combine pods per entity by metric rollup.
-
-    Rollups: ``mean``/``max`` across pods for levels, ``sum`` for rates such as TPS.
-    """
-    per_pod = (
-        lf.with_columns(pl.col(s.TS).dt.truncate(step))
-        .group_by(s.ENTITY, s.METRIC, s.POD, s.NODE, s.TS, maintain_order=True)
-        .agg(_ordered_mean(pl.col(s.VALUE)))
-        .sort(s.ENTITY, s.METRIC, s.TS, s.POD, s.NODE)
-    )
-    rollup = pl.DataFrame(
-        [(m.name, m.rollup) for m in s.METRICS.values()], schema=[s.METRIC, "rollup"], orient="row"
-    ).lazy()
-    v = pl.col(s.VALUE)
-    return (
-        per_pod.join(rollup, on=s.METRIC, how="left", maintain_order="left")
-        .group_by(s.ENTITY, s.METRIC, s.TS, maintain_order=True)
-        .agg(
-            pl.when(pl.col("rollup").first() == "sum").then(_ordered_sum(v))
-            .when(pl.col("rollup").first() == "max").then(v.max())
-            .otherwise(_ordered_mean(v)).alias(s.VALUE),
-            pl.len().cast(pl.UInt32).alias(s.N_PODS),
-        )
-    )
-
-
-def regular_grid(lf: pl.LazyFrame, step: str, max_fill: int) -> pl.LazyFrame:
-    """Put each series on a complete grid from its first to its last point.
-
-    Gaps of at most ``max_fill`` steps are interpolated and flagged ``filled``; longer gaps stay
-    null so no model learns from invented data.
-    """
-    bounds = lf.group_by(s.ENTITY, s.METRIC).agg(
-        pl.datetime_ranges(pl.col(s.TS).min(), pl.col(s.TS).max(), step).alias(s.TS)
-    ).explode(s.TS)
-    grid = bounds.join(lf, on=[s.ENTITY, s.METRIC, s.TS], how="left").sort(
-        s.ENTITY, s.METRIC, s.TS
-    )
-    sid = [s.ENTITY, s.METRIC]
-    missing = pl.col(s.VALUE).is_null()
-    run = (missing != missing.shift(1)).fill_null(True).cum_sum().over(sid)
-    run_len = pl.len().over([*sid, "_run"])
-    return (
-        grid.with_columns(run.alias("_run"))
-        .with_columns(
-            (missing & (run_len <= max_fill)).alias(s.FILLED),
-            (missing & (run_len > max_fill)).alias("_long_gap"),
-        )
-        .with_columns(
-            pl.when(pl.col("_long_gap")).then(None)
-            .otherwise(pl.col(s.VALUE).interpolate().over(sid)).alias(s.VALUE),
-            pl.col(s.N_PODS).fill_null(0),
-        )
-        .with_columns(
-            pl.concat_str(pl.col(s.ENTITY), pl.lit("/"), pl.col(s.METRIC)).alias(s.SERIES_ID)
-        )
-        .select(*s.SERIES_SCHEMA)
-    )
 
 
 class BuiltSeries(NamedTuple):
@@ -247,17 +105,123 @@ class BuiltSeries(NamedTuple):
 
     series: pl.LazyFrame
     quarantine: pl.LazyFrame
-    kept: pl.LazyFrame  # valid rows after exact duplicates are merged
+    kept: pl.LazyFrame  # valid rows after exact duplicates are merged, in read order
 
 
-def build_series(lf: pl.LazyFrame, step: str = "5m", max_fill: int = 3) -> BuiltSeries:
-    """Export rows -> regular series, quarantined rows with a reason, and the rows kept."""
-    tagged = tag_problems(with_entity(lf)).cache()
-    good = tagged.filter(pl.col(REASON).is_null()).drop(REASON)
-    kept = good.unique(subset=[s.TS, s.ENTITY, s.POD, s.NODE, s.METRIC], keep="first",
-                       maintain_order=True).sort(ROW).drop(ROW)
-    series = regular_grid(rollup_to_workload(kept, step), step, max_fill)
-    return BuiltSeries(series, tagged.filter(pl.col(REASON).is_not_null()).sort(ROW), kept)
+class _Plan(NamedTuple):
+    labels: pl.LazyFrame
+    series: pl.LazyFrame
+    quarantine: pl.LazyFrame
+    kept_sorted: pl.LazyFrame  # kept rows by pod series and time, with integer codes
+
+
+def _plan(rows: pl.LazyFrame, labels: pl.LazyFrame, step: str, max_fill: int,
+          single_key_bits: int | None = None) -> _Plan:
+    tagged = tag_rows(rows, labels)
+    resolved = resolve_duplicates(sort_valid(tagged, single_key_bits))
+    kept_sorted = resolved.filter(~pl.col("_repeat"))
+    rules = rollup_rules(labels)
+    series = regular_grid(rollup_to_workload(per_pod_buckets(kept_sorted, step), rules), rules,
+                          step, max_fill)
+    return _Plan(labels, series, quarantine_rows(tagged, resolved, rows, labels), kept_sorted)
+
+
+def build_series(lf: pl.LazyFrame, step: str = "5m", max_fill: int = 3,
+                 pod_patterns: Sequence[str] = ()) -> BuiltSeries:
+    """Export rows -> regular series, quarantined rows with a reason, and the rows kept (lazy).
+
+    Duplicates: among otherwise valid rows of one pod series and instant, the first one read is
+    kept; a later one with another value is quarantined, an equal one is merged and counted.
+    ``pod_patterns`` are tried before the built-in pod-name shapes.
+    """
+    step_microseconds(step)  # refuse a calendar step before any work
+    rows = with_label_hash(lf)
+    labels = label_table(rows, patterns_with(pod_patterns))
+    plan = _plan(rows, labels, step, max_fill)
+    kept = (
+        plan.kept_sorted.select(ROW)
+        .join(rows.select(ROW, s.TS, s.SERVICE, s.POD, s.NODE, s.METRIC, s.VALUE, LABEL_HASH),
+              on=ROW, how="inner")
+        .join(labels.select(LABEL_HASH, s.ENTITY), on=LABEL_HASH, how="left")
+        .sort(ROW)
+        .select(s.TS, s.SERVICE, s.POD, s.NODE, s.METRIC, s.VALUE, s.ENTITY)
+    )
+    return BuiltSeries(plan.series, plan.quarantine, kept)
+
+
+def build_pods(lf: pl.LazyFrame, pod_patterns: Sequence[str] = ()) -> pl.LazyFrame:
+    """Pod lifetimes of an export (lazy): what ``pods.parquet`` holds, for a notebook."""
+    rows = with_label_hash(lf)
+    labels = label_table(rows, patterns_with(pod_patterns))
+    return pod_lifetimes(_plan(rows, labels, "1m", 0).kept_sorted, labels)
+
+
+def pod_lifetimes(kept_sorted: pl.LazyFrame, labels: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per pod: its workload, node, first and last sample time and sample count, so a
+    brand-new pod can be served with its workload's model."""
+    per_series = kept_sorted.with_columns(pl.col(POD_SERIES).set_sorted()).group_by(
+        POD_SERIES, maintain_order=True).agg(
+        pl.col(s.TS).min().alias("first_seen"), pl.col(s.TS).max().alias("last_seen"),
+        pl.len().alias("n_samples"),
+    )
+    names = labels.filter(pl.col(POD_SERIES).is_not_null() & pl.col(s.POD).is_not_null()).group_by(
+        POD_SERIES).agg(pl.col(s.POD, s.ENTITY, s.NODE).first())
+    return (
+        per_series.join(names, on=POD_SERIES, how="inner")
+        .group_by(s.POD, s.ENTITY, s.NODE)
+        .agg(pl.col("first_seen").min(), pl.col("last_seen").max(), pl.col("n_samples").sum())
+        .select(pl.col(s.POD).alias("pod"), pl.col(s.ENTITY).alias("workload"),
+                pl.col(s.NODE).alias("node"), "first_seen", "last_seen",
+                pl.col("n_samples").cast(pl.UInt32))
+        .sort("workload", "pod", "node", nulls_last=True)
+    )
+
+
+def _stderr(message: str) -> None:
+    print(f"[features] {message}", file=sys.stderr, flush=True)
+
+
+class _Stages:
+    """Stage-by-stage progress with timings (to stderr by default)."""
+
+    def __init__(self, echo: Callable[[str], None] | None):
+        self.echo, self.t0, self.t = echo, time.perf_counter(), time.perf_counter()
+
+    def done(self, what: str) -> None:
+        now = time.perf_counter()
+        if self.echo:
+            self.echo(f"{what} ({now - self.t:.1f} s, {now - self.t0:.1f} s total)")
+        self.t = now
+
+
+def _fingerprint(files: list[Path]) -> dict:
+    digests = []
+    for file in files:
+        h = hashlib.sha256()
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):  # noqa: B023
+                h.update(chunk)
+        digests.append({"file": file.name, "bytes": file.stat().st_size, "sha256": h.hexdigest()})
+    overall = hashlib.sha256("".join(d["sha256"] for d in digests).encode()).hexdigest()
+    return {"sha256": overall, "files": digests}
+
+
+def _versions() -> dict[str, str]:
+    out = {"polars": pl.__version__, "python": sys.version.split()[0]}
+    try:
+        out["prealert"] = metadata.version("prealert")
+    except metadata.PackageNotFoundError:
+        out["prealert"] = "unknown"
+    return out
+
+
+def _collect(source, frames: list[pl.LazyFrame], engine: str = "in-memory") -> list[pl.DataFrame]:
+    """Collect at a stage edge. Aggregations run in-memory (a sorted-key group_by cuts slices, so
+    every sum has one order: the same bits every run); scans and stable sorts may stream."""
+    try:
+        return pl.collect_all(frames, engine=engine)
+    except pl.exceptions.PolarsError as exc:  # e.g. a corrupt partition found mid-read
+        raise ValueError(f"{source}: could not read the export ({exc})") from exc
 
 
 def run_build(
@@ -266,57 +230,137 @@ def run_build(
     step: str = "5m",
     max_fill: int = 3,
     rename: dict[str, str] | None = None,
+    *,
+    config: BuildConfig | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> BuildReport:
-    """Run the job and write ``series.parquet``, ``quarantine.parquet`` and ``report.json``.
+    """Run the job and write the output folder: ``series.parquet``, ``quarantine.parquet``,
+    ``pods.parquet``, ``tables/<entity>.parquet``, ``report.json`` and ``manifest.json``.
 
-    The output folder is replaced atomically: a failed run leaves the previous output intact.
+    ``config`` describes the export and the feature tables; ``step``/``max_fill`` given here win
+    over it. The output folder is replaced atomically: a failed run leaves the previous output
+    intact, and the same input gives byte-identical files. ``progress`` receives stage messages
+    (the CLI passes a stderr printer).
     """
-    lf = scan_export(source, rename)
-    built = build_series(lf, step, max_fill)
-    try:
-        # the in-memory engine aggregates in a fixed order: the same input gives the same bytes
-        n_read, series, quarantine, n_kept = pl.collect_all(
-            [lf.select(pl.len()), built.series, built.quarantine, built.kept.select(pl.len())],
-            engine="in-memory",
-        )
-    except pl.exceptions.PolarsError as exc:  # e.g. a corrupt partition found mid-read
-        raise ValueError(f"{source}: could not read the export ({exc})") from exc
-    rows_read = n_read.item()
-    if rows_read == 0:
+    config = replace(config or BuildConfig(), step=step, max_fill=max_fill)
+    step_microseconds(step)
+    stages = _Stages(progress)
+    lf = scan_export(source, rename, config.export)
+    (rows,) = _collect(source, [with_label_hash(lf)], engine="streaming")
+    if rows.height == 0:
         raise ValueError(f"{source}: the export holds no rows")
-    s.validate(series, s.SERIES_SCHEMA, what="series frame")
-    rows_kept = n_kept.item()
+    stages.done(f"read {rows.height:,} rows from {source}")
+
+    rows_read = rows.height
+    (labels,) = _collect(source, [label_table(rows.lazy(), patterns_with(config.export.pod_patterns))],
+                         engine="streaming")
+    check_label_hashes(labels)
+    n_codes = int(labels[POD_SERIES].max() or 0) + 1
+    lo, hi = rows.select(pl.col(s.TS).min().alias("lo"), pl.col(s.TS).max().alias("hi")).row(0)
+    span = (hi - lo) // timedelta(microseconds=1) + 1 if lo is not None else 1
+    # one 64-bit sort key (pod series, time) when it fits, else two stable sorts: same order
+    single = span.bit_length() if span.bit_length() + n_codes.bit_length() <= 64 else None
+    stages.done(f"found {labels.height:,} label sets")
+    (tagged,) = _collect(source, [tag_rows(rows.lazy(), labels.lazy())])
+    stages.done("checked every row")
+    (ordered,) = _collect(source, [sort_valid(tagged.lazy(), single)], engine="streaming")
+    stages.done("sorted by pod series and time")
+    (resolved,) = _collect(source, [resolve_duplicates(ordered.lazy())])
+    del ordered
+    kept_sorted = resolved.filter(~pl.col("_repeat"))
+    (quarantine,) = _collect(source, [quarantine_rows(tagged.lazy(), resolved.lazy(), rows.lazy(),
+                                                      labels.lazy())])
+    del rows, tagged, resolved
+    stages.done(f"resolved duplicates: {kept_sorted.height:,} rows kept, "
+                f"{quarantine.height:,} quarantined")
+
+    rules = rollup_rules(labels.lazy())
+    kept = kept_sorted.lazy()
+    (buckets,) = _collect(source, [per_pod_buckets(kept, step)])
+    (buckets,) = _collect(source, [order_for_rollup(buckets.lazy())], engine="streaming")
+    stages.done(f"bucketed pods onto the {step} grid")
+    series, pods, resets = _collect(source, [
+        regular_grid(rollup_to_workload(buckets.lazy(), rules, ordered=True), rules, step, max_fill),
+        pod_lifetimes(kept, labels.lazy()),
+        kept.select((pl.col(COUNTER) & (pl.col(POD_SERIES) == pl.col(POD_SERIES).shift(1))
+                     & (pl.col(s.VALUE) < pl.col(s.VALUE).shift(1))).sum()),
+    ])
+    s.validate(series, {**s.SERIES_SCHEMA, **s.SERIES_EXTRA_SCHEMA}, what="series frame")
+    stages.done(f"rolled up {series[s.SERIES_ID].n_unique():,} series on a {step} grid "
+                f"({series.height:,} points)")
+
     report = BuildReport(
         source=str(source),
         step=step,
         rows_read=rows_read,
-        rows_kept=rows_kept,
-        exact_duplicates_merged=rows_read - quarantine.height - rows_kept,
+        rows_kept=kept_sorted.height,
+        exact_duplicates_merged=rows_read - kept_sorted.height - quarantine.height,
         quarantined=dict(quarantine.group_by(REASON).len().sort(REASON).iter_rows()),
         series=series[s.SERIES_ID].n_unique(),
         grid_points=series.height,
         gaps_filled=int(series[s.FILLED].sum()),
         gaps_left_empty=int(series[s.VALUE].is_null().sum()),
+        pods=pods.height,
+        counter_resets=int(resets.item()),
     )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        series.sort(s.SERIES_ID, s.TS).write_parquet(tmp / "series.parquet")
+    del kept_sorted
+    with _AtomicFolder(Path(out)) as tmp:
+        series.write_parquet(tmp / "series.parquet")
         quarantine.write_parquet(tmp / "quarantine.parquet")
-        (tmp / "report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        pods.write_parquet(tmp / "pods.parquet")
+        stages.done("wrote series, quarantine and pods")
+        if config.tables:  # one table at a time: only one is ever held in memory
+            (tmp / "tables").mkdir()
+            for entity, table in iter_entity_tables(series, config.windows, step):
+                # lz4: the tables are large, derived and rebuilt each run; it writes twice as fast
+                table.write_parquet(tmp / "tables" / f"{quote(entity, safe='')}.parquet",
+                                    compression="lz4")
+                report.feature_tables += 1
+            stages.done(f"built {report.feature_tables} feature tables "
+                        f"({', '.join(config.windows)} windows)")
+        manifest = {
+            "manifest_version": MANIFEST_VERSION,
+            "source": str(source),
+            "input": _fingerprint(export_files(source)[0]),
+            "config": config.as_dict(),
+            "counts": asdict(report),
+            "versions": _versions(),
+            "outputs": sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*.parquet")),
+        }
+        for name, doc in (("report.json", asdict(report)), ("manifest.json", manifest)):
+            (tmp / name).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    stages.done(f"wrote {out}")
     return report
+
+
+class _AtomicFolder:
+    """Write into a temporary sibling folder; on success swap it in with renames, on any
+    failure remove it: a retried or interrupted job never leaves half an output."""
+
+    def __init__(self, out: Path):
+        self.out = out
+
+    def __enter__(self) -> Path:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        try:
+            if self.out.exists():
+                old = self.out.with_name(f".{self.out.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                self.out.rename(old)
+                self.tmp.rename(self.out)
+                shutil.rmtree(old)
+            else:
+                self.tmp.rename(self.out)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
 
 
 def load_series(path: str | Path) -> pl.DataFrame:

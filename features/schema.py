@@ -18,6 +18,8 @@ SERIES_ID = "series_id"  # "<entity>/<metric>", entity = workload for pod metric
 ENTITY = "entity"
 N_PODS = "n_pods"  # how many pods contributed to a rolled-up minute
 FILLED = "filled"  # True where a short gap was interpolated
+VALUE_MAX = "value_max"  # the busiest pod's value, for kinds rolled up by mean AND max
+VALUE_MIN = "value_min"  # the worst pod's value, for kinds whose danger is low (ratios)
 
 LABELS = (SERVICE, POD, NODE)
 
@@ -42,8 +44,39 @@ SERIES_SCHEMA: dict[str, pl.DataType] = {
     FILLED: pl.Boolean(),
 }
 
+#: optional columns the feature job adds to the series frame (training may ignore them)
+SERIES_EXTRA_SCHEMA: dict[str, pl.DataType] = {
+    VALUE_MAX: pl.Float64(),
+    VALUE_MIN: pl.Float64(),
+}
+
 Direction = Literal["above", "below"]
-Rollup = Literal["mean", "max", "sum"]
+Rollup = Literal["mean", "max", "min", "sum"]
+Kind = Literal["percent", "ratio", "latency", "rate", "count", "counter", "gauge"]
+
+
+@dataclass(frozen=True)
+class KindRule:
+    """What a kind of metric allows and how its pods combine into a workload."""
+
+    lower: float
+    upper: float
+    rollups: tuple[Rollup, ...]  # every rollup the series frame carries for this kind
+
+
+#: one table for every kind: valid range and workload rollups. The primary ``value`` always uses
+#: the metric's own ``MetricSpec.rollup``; a ``max``/``min`` listed here also fills the
+#: ``value_max``/``value_min`` column. Counters are turned into per-second rates (resets handled as
+#: Prometheus ``rate()`` does) before they are summed across pods.
+KINDS: dict[Kind, KindRule] = {
+    "percent": KindRule(0.0, 100.0, ("mean", "max")),
+    "ratio": KindRule(0.0, 1.0, ("mean", "min")),
+    "latency": KindRule(0.0, float("inf"), ("mean", "max")),
+    "rate": KindRule(0.0, float("inf"), ("sum",)),
+    "count": KindRule(0.0, float("inf"), ("sum",)),
+    "counter": KindRule(0.0, float("inf"), ("sum",)),
+    "gauge": KindRule(float("-inf"), float("inf"), ("mean", "max")),
+}
 
 
 @dataclass(frozen=True)
@@ -58,22 +91,29 @@ class MetricSpec:
     threshold: float  # a typical operator threshold, used when a request names none
     lower: float = 0.0  # values outside [lower, upper] are impossible for this kind
     upper: float = float("inf")
+    kind: Kind = "gauge"  # see KINDS; a counter's series holds its per-second rate
+
+    @property
+    def is_counter(self) -> bool:
+        return self.kind == "counter"
 
 
 #: the metric catalogue: one table for units, ranges, rollups and default thresholds
 METRICS: dict[str, MetricSpec] = {
     m.name: m
     for m in (
-        MetricSpec("jvm_heap_pct", "%", "pod", "mean", "above", 90.0, 0, 100),
-        MetricSpec("gc_time_pct", "%", "pod", "mean", "above", 20.0, 0, 100),
-        MetricSpec("cpu_pct", "%", "pod", "mean", "above", 80.0, 0, 100),
-        MetricSpec("mem_pct", "%", "pod", "mean", "above", 90.0, 0, 100),
-        MetricSpec("db_pool_pct", "%", "pod", "mean", "above", 90.0, 0, 100),
-        MetricSpec("apdex", "ratio", "pod", "mean", "below", 0.7, 0, 1),
-        MetricSpec("error_rate_pct", "%", "pod", "mean", "above", 5.0, 0, 100),
-        MetricSpec("response_time_ms", "ms", "pod", "mean", "above", 3000.0, 0),
-        MetricSpec("tps", "1/s", "pod", "sum", "above", 200.0, 0),
-        MetricSpec("disk_pct", "%", "node", "max", "above", 90.0, 0, 100),
+        MetricSpec("jvm_heap_pct", "%", "pod", "mean", "above", 90.0, 0, 100, "percent"),
+        MetricSpec("gc_time_pct", "%", "pod", "mean", "above", 20.0, 0, 100, "percent"),
+        MetricSpec("cpu_pct", "%", "pod", "mean", "above", 80.0, 0, 100, "percent"),
+        MetricSpec("mem_pct", "%", "pod", "mean", "above", 90.0, 0, 100, "percent"),
+        MetricSpec("db_pool_pct", "%", "pod", "mean", "above", 90.0, 0, 100, "percent"),
+        MetricSpec("apdex", "ratio", "pod", "mean", "below", 0.7, 0, 1, "ratio"),
+        MetricSpec("error_rate_pct", "%", "pod", "mean", "above", 5.0, 0, 100, "percent"),
+        MetricSpec("response_time_ms", "ms", "pod", "mean", "above", 3000.0, 0, kind="latency"),
+        MetricSpec("tps", "1/s", "pod", "sum", "above", 200.0, 0, kind="rate"),
+        # a monotonic counter of requests served; its series is the per-second rate
+        MetricSpec("requests_total", "1/s", "pod", "sum", "above", 200.0, 0, kind="counter"),
+        MetricSpec("disk_pct", "%", "node", "max", "above", 90.0, 0, 100, "percent"),
     )
 }
 
@@ -111,4 +151,4 @@ def validate(frame: pl.DataFrame | pl.LazyFrame, schema: dict[str, pl.DataType],
 def spec_for(metric: str) -> MetricSpec:
     """The catalogue entry for a metric; an unknown metric rolls up by mean with no range check."""
     return METRICS.get(metric) or MetricSpec(metric, "", "pod", "mean", "above", float("nan"),
-                                             float("-inf"), float("inf"))
+                                             float("-inf"), float("inf"), "gauge")

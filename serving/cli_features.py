@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -23,16 +24,31 @@ def _parse_rename(pairs: list[str]) -> dict[str, str]:
 def features_build(
     input: Annotated[str, typer.Option(help="Parquet file, folder (hive partitions) or glob.")],
     out: Annotated[Path, typer.Option(help="Output folder (replaced atomically).")],
-    step: Annotated[str, typer.Option(help="Grid step, e.g. 1m or 5m.")] = "5m",
-    max_fill: Annotated[int, typer.Option(help="Longest gap, in steps, to interpolate.")] = 3,
+    config: Annotated[Path | None, typer.Option(
+        help="TOML file describing the export ([export]) and the job ([build]).")] = None,
+    step: Annotated[str | None, typer.Option(
+        help="Grid step, e.g. 1m or 5m (default: config, then PREALERT_STEP, then 5m).")] = None,
+    max_fill: Annotated[int | None, typer.Option(
+        help="Longest gap, in steps, to interpolate (default: config, PREALERT_MAX_FILL, 3).")] = None,
     rename: Annotated[list[str], typer.Option(help="Map an export column: host=node.")] = [],  # noqa: B006
+    tables: Annotated[bool | None, typer.Option(
+        "--tables/--no-tables", help="Write per-entity feature tables.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No stage-by-stage progress on stderr.")] = False,
 ) -> None:
     """Validate an export, quarantine bad rows, roll pods up and write regular series."""
-    from features.build import run_build
+    from features.build import _stderr, run_build
+    from features.config import load_config
 
     try:
-        report = run_build(input, out, step=step, max_fill=max_fill, rename=_parse_rename(rename))
+        cfg = load_config(config)
+        # explicit options win over the environment, which wins over the file
+        cfg = replace(cfg, **{k: v for k, v in (("step", step), ("max_fill", max_fill),
+                                                 ("tables", tables)) if v is not None})
+        report = run_build(input, out, step=cfg.step, max_fill=cfg.max_fill,
+                           rename=_parse_rename(rename), config=cfg,
+                           progress=None if quiet else _stderr)
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(report.summary())
-    typer.echo(f"wrote {out}/series.parquet, quarantine.parquet, report.json")
+    typer.echo(f"wrote {out}/: series.parquet, quarantine.parquet, pods.parquet, "
+               f"{'tables/, ' if report.feature_tables else ''}report.json, manifest.json")

@@ -48,7 +48,7 @@ def sha256(path: Path) -> str:
 
 
 def folder_digest(folder: Path) -> dict[str, str]:
-    return {p.name: sha256(p) for p in sorted(folder.iterdir())}
+    return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 # --- pod name -> workload ---------------------------------------------------------------------
@@ -123,7 +123,8 @@ def quarantine_export() -> tuple[pl.DataFrame, dict[str, int], int]:
         ("2026-09-21T10:09:00", "app-1", "cpu_pct", 20.0),  # exact duplicate, merged
         ("2026-09-21T10:10:00", "app-0", "response_time_ms", 5e5),  # kept: no upper bound
         ("2026-09-21T10:11:00", "app-0", "m_custom", -5e6),  # kept: unknown metric, no range
-        ("2026-09-21T10:12:00", "nginx", "cpu_pct", 10.0),  # no_workload_or_node
+        ("2026-09-21T10:12:00", "nginx", "cpu_pct", 10.0),  # unknown_pod_name (no node fallback)
+        ("2026-09-21T10:12:30", None, "cpu_pct", 10.0),  # no_workload_or_node
         ("2026-09-21T10:13:00", "app-0", None, 1.0),  # missing_metric
     ]
     frame = pl.DataFrame(
@@ -136,6 +137,7 @@ def quarantine_export() -> tuple[pl.DataFrame, dict[str, int], int]:
         "infinite_value": 2,
         "out_of_range": 3,
         "duplicate_conflicting_value": 2,
+        "unknown_pod_name": 1,
         "no_workload_or_node": 1,
         "missing_metric": 1,
     }
@@ -606,7 +608,8 @@ def test_run_build_writes_series_quarantine_and_report(t0, rng, write_export, tm
     report = b.run_build(write_export(frame), out, step="5m")
 
     assert sorted(p.name for p in out.iterdir()) == [
-        "quarantine.parquet", "report.json", "series.parquet"
+        "manifest.json", "pods.parquet", "quarantine.parquet", "report.json", "series.parquet",
+        "tables",
     ]
     assert json.loads((out / "report.json").read_text()) == asdict(report)
     series = b.load_series(out)

@@ -37,6 +37,7 @@ class EvalConfig:
     n_paths: int = 256
     out_of_sample_errors: bool = True  # error paths from the previous model's replayed segment
     calibrate: bool = True  # recalibrate probabilities on that replay (isotonic)
+    tune_alarm: bool = True  # pick the alarm level that maximised F1 on that replay
     forecaster: dict = field(default_factory=dict)
 
     def as_params(self) -> dict[str, str]:
@@ -117,17 +118,17 @@ def replay_probabilities(y, expected, level, slope, idx, step: float, horizon: f
     return batch, true_minutes(y, idx, n_h, step, threshold, direction == "above")
 
 
-def calibration_from_replay(y, expected, idx, step: float, horizon: float, paths: np.ndarray,
-                            targets: list[tuple[float, str]]) -> ProbabilityCalibration:
-    """Fit the probability calibration on a replay the model was not trained on.
+def replay_outcomes(y, expected, idx, step: float, horizon: float, paths: np.ndarray,
+                    targets: list[tuple[float, str]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Raw probabilities and whether the crossing came, per (threshold, direction) target.
 
-    ``targets`` are (threshold, direction) pairs: several pool more crossings than the one
-    that matters. Indices whose horizon runs past the data, or already beyond, are left out.
+    A replay the model was not trained on; indices whose horizon runs past the data, or that
+    are already beyond the threshold, are left out.
     """
     level, slope = rolling_corrections(y - expected, step)
     n_h = int(round(horizon / step))
     idx = idx[idx + n_h < y.size]
-    p_raw, crossed = [], []
+    out = []
     for thr, direction in targets:
         cur = y[idx]
         live = idx[np.isfinite(cur) & ((cur < thr) if direction == "above" else (cur > thr))
@@ -135,11 +136,41 @@ def calibration_from_replay(y, expected, idx, step: float, horizon: float, paths
         if live.size:
             batch, truth = replay_probabilities(y, expected, level, slope, live, step, horizon,
                                                 paths, thr, direction)
-            p_raw.append(batch.probability)
-            crossed.append(np.isfinite(truth))
-    if not p_raw:
-        return ProbabilityCalibration()
-    return ProbabilityCalibration.fit(np.concatenate(p_raw), np.concatenate(crossed))
+            out.append((batch.probability, np.isfinite(truth)))
+        else:
+            out.append((np.empty(0), np.empty(0, dtype=bool)))
+    return out
+
+
+def calibration_from_replay(y, expected, idx, step: float, horizon: float, paths: np.ndarray,
+                            targets: list[tuple[float, str]]) -> ProbabilityCalibration:
+    """Fit the probability calibration on a replay the model was not trained on.
+
+    ``targets`` are (threshold, direction) pairs: several pool more crossings than one.
+    """
+    outcomes = replay_outcomes(y, expected, idx, step, horizon, paths, targets)
+    p_raw = np.concatenate([p for p, _ in outcomes])
+    crossed = np.concatenate([c for _, c in outcomes])
+    return ProbabilityCalibration.fit(p_raw, crossed)
+
+
+def best_alarm_probability(p: np.ndarray, crossed: np.ndarray, default: float,
+                           min_positives: int = 10) -> float:
+    """The alarm level that maximised F1 of "crosses within H" on a past replay.
+
+    What an operator tuning the alert rule on the last weeks would pick; ``default`` when
+    the replay holds too few crossings to choose from.
+    """
+    if crossed.sum() < min_positives:
+        return default
+    best, best_f1 = default, -1.0
+    for level in np.arange(0.1, 0.95, 0.05):
+        warn = p >= level
+        tp = np.sum(warn & crossed)
+        f1 = 2 * tp / (warn.sum() + crossed.sum()) if tp else 0.0
+        if f1 > best_f1 + 1e-9:
+            best, best_f1 = float(level), f1
+    return best
 
 
 def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
@@ -190,20 +221,27 @@ def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
             paths = error_paths(err_resid, step, h, config.n_paths)
             if paths.shape[0] < 10:
                 raise ValueError(f"{case.name}: too little history for error paths")
-            calibration = ProbabilityCalibration()
+            calibration, alarm = ProbabilityCalibration(), config.alarm_probability
             if prev is not None and config.calibrate:
                 q = [np.nanquantile(history, 0.95 if above else 0.05),
                      np.nanquantile(history, 0.995 if above else 0.005)]
-                calibration = calibration_from_replay(
-                    y, prev["expected"], prev["idx"], step, h, paths,
-                    [(thr, case.direction) for thr in (case.threshold, *q)])
+                outcomes = replay_outcomes(y, prev["expected"], prev["idx"], step, h, paths,
+                                           [(thr, case.direction) for thr in (case.threshold, *q)])
+                calibration = ProbabilityCalibration.fit(
+                    np.concatenate([p for p, _ in outcomes]),
+                    np.concatenate([c for _, c in outcomes]))
+                if config.tune_alarm:
+                    p_own, crossed_own = outcomes[0]
+                    alarm = best_alarm_probability(calibration.apply(p_own), crossed_own,
+                                                   config.alarm_probability)
             b, truth = replay_probabilities(y, expected, level, slope, seg, step, h, paths,
                                             case.threshold, case.direction)
             probability = calibration.apply(b.probability)
             base = {"series": case.name, "ts": case.ts[seg], "horizon": h,
                     "true_minutes": truth, "current": current}
             rows.append(pl.DataFrame({
-                **base, "predictor": PREALERT, "warn": probability >= config.alarm_probability,
+                **base, "predictor": PREALERT, "warn": probability >= alarm,
+                "alarm_probability": alarm,
                 "minutes": b.minutes, "earliest": b.earliest_minutes,
                 "latest": b.latest_minutes, "probability": probability,
                 "probability_raw": b.probability, "model_kind": model.kind_}))

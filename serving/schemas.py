@@ -91,16 +91,20 @@ class PredictResponse(BaseModel):
     direction: str
     horizon_minutes: float
     minutes_to_threshold: float | None = Field(
-        description="Median minutes until the threshold is reached; 0 if already crossed; null if "
-        "not within the horizon.")
+        description="Median crossing time of the plausible paths, in minutes; 0 if already "
+        "crossed; null if the median lies beyond the horizon.")
     crossing_at: datetime | None = Field(description="Predicted crossing time (UTC).")
-    earliest_minutes: float | None = Field(description="Crossing of the optimistic (P90) path.")
+    earliest_minutes: float | None = Field(description="P10 of the crossing time.")
     latest_minutes: float | None = Field(
-        description="Crossing of the pessimistic (P10) path; null if beyond the horizon.")
+        description="P90 of the crossing time; null if beyond the horizon.")
     earliest_at: datetime | None
     latest_at: datetime | None
     probability: float = Field(description="Probability of reaching the threshold within the horizon.")
     already_crossed: bool
+    alert: bool = Field(description="Whether to warn now: probability >= alarm_probability.")
+    alarm_probability: float = Field(
+        description="The alert level for this series and horizon, chosen on the model's holdout "
+        "replay (best F1), else 0.5.")
     driver: str | None = Field(
         description="What mainly drives the crossing: trend, seasonality, recent_level or "
         "recent_drift.")

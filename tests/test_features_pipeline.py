@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
+from test_features_build import export_rows
 from typer.testing import CliRunner
 
 from features import build as b
@@ -24,18 +25,7 @@ T0 = datetime(2026, 9, 21, 10, 0, tzinfo=UTC)
 
 def export(rows: list[tuple], t0: datetime = T0) -> pl.DataFrame:
     """``(second, pod, metric, value[, node[, service]])`` tuples -> an export frame."""
-    full = [(*r, None, None)[:6] for r in rows]
-    return pl.DataFrame(
-        {
-            s.TS: [t0 + timedelta(seconds=r[0]) for r in full],
-            s.SERVICE: [r[5] for r in full],
-            s.POD: [r[1] for r in full],
-            s.NODE: [r[4] for r in full],
-            s.METRIC: [r[2] for r in full],
-            s.VALUE: [r[3] for r in full],
-        },
-        schema=s.EXPORT_SCHEMA,
-    )
+    return export_rows(t0, rows)
 
 
 def digest(folder: Path) -> dict[str, str]:

@@ -48,8 +48,8 @@ def ramp():
 
 def test_linear_ramp_crossing_time(ramp):
     y, bundle = ramp
-    now_value = y[N - 1]
-    p = predict_series(bundle, "app/jvm_heap_pct", now_value + 1.0, "above", 240,
+    level_now = 40 + 0.5 * DAY[N - 1] * 24  # the noise-free level at the last observation
+    p = predict_series(bundle, "app/jvm_heap_pct", level_now + 1.0, "above", 240,
                        recent=recent_of(y, N))
     assert p.minutes_to_threshold == pytest.approx(120, abs=20)  # 1.0 at 0.5/h
     assert p.earliest_minutes <= p.minutes_to_threshold <= p.latest_minutes

@@ -85,3 +85,23 @@ def test_now_with_other_timezone_is_converted():
     a = minutes_to_threshold(grid(), ramp, ramp - 1, ramp + 1, 90, "above", kst)
     assert a.minutes == pytest.approx(100, abs=0.01)
     assert NOW + timedelta(minutes=a.minutes) == NOW + timedelta(minutes=100)
+
+
+def test_probability_calibration_is_monotone_and_round_trips():
+    from training.threshold import ProbabilityCalibration
+
+    rng = np.random.default_rng(0)
+    p = rng.random(2000)
+    crossed = rng.random(2000) < p**2  # raw probabilities too high: truth is p squared
+    cal = ProbabilityCalibration.fit(p, crossed)
+    grid = np.linspace(0, 1, 11)
+    out = cal.apply(grid)
+    assert np.all(np.diff(out) >= 0) and out[0] >= 0 and out[-1] <= 1
+    assert cal.apply(0.5) == pytest.approx(0.25, abs=0.08)
+    back = ProbabilityCalibration.from_dict(cal.to_dict())
+    np.testing.assert_allclose(back.apply(grid), out)
+    assert ProbabilityCalibration.fit(p[:50], crossed[:50]).n_fitted == 0  # too few: identity
+    assert ProbabilityCalibration().apply(0.3) == pytest.approx(0.3)
+    ranged = ProbabilityCalibration(above=(80.0, 95.0), below=(1.0, 5.0))
+    assert ranged.covers(90, "above") and not ranged.covers(99, "above")
+    assert ranged.covers(2, "below") and not ranged.covers(0.5, "below")

@@ -101,6 +101,7 @@ def error_paths(
     n_paths: int = 256,
     window_minutes: float = WINDOW_MINUTES,
     damping_minutes: float = DAMPING_MINUTES,
+    center: bool = True,
 ) -> np.ndarray:
     """Errors the corrected forecast made in history, as whole paths over the horizon.
 
@@ -120,4 +121,7 @@ def error_paths(
     e = e[np.isfinite(e).all(axis=1)]
     if e.shape[0] > n_paths:
         e = e[np.linspace(0, e.shape[0] - 1, n_paths).round().astype(int)]
+    if center and e.shape[0]:
+        # keep the spread and shape, drop the bias: the model refitted since has absorbed it
+        e = e - np.median(e, axis=0, keepdims=True)
     return e

@@ -20,6 +20,8 @@ from training.threshold import (
 
 PREALERT = "prealert"
 STATIC = "static_90pct"
+#: a threshold crossed fewer times than this in the replay keeps raw probabilities
+MIN_CROSSINGS_TO_CALIBRATE = 10
 
 
 @dataclass
@@ -227,13 +229,15 @@ def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
                      np.nanquantile(history, 0.995 if above else 0.005)]
                 outcomes = replay_outcomes(y, prev["expected"], prev["idx"], step, h, paths,
                                            [(thr, case.direction) for thr in (case.threshold, *q)])
-                calibration = ProbabilityCalibration.fit(
-                    np.concatenate([p for p, _ in outcomes]),
-                    np.concatenate([c for _, c in outcomes]))
-                if config.tune_alarm:
-                    p_own, crossed_own = outcomes[0]
-                    alarm = best_alarm_probability(calibration.apply(p_own), crossed_own,
-                                                   config.alarm_probability)
+                p_own, crossed_own = outcomes[0]
+                # only a threshold the replay saw crossed often enough gets recalibrated
+                if crossed_own.sum() >= MIN_CROSSINGS_TO_CALIBRATE:
+                    calibration = ProbabilityCalibration.fit(
+                        np.concatenate([p for p, _ in outcomes]),
+                        np.concatenate([c for _, c in outcomes]))
+                    if config.tune_alarm:
+                        alarm = best_alarm_probability(calibration.apply(p_own), crossed_own,
+                                                       config.alarm_probability)
             b, truth = replay_probabilities(y, expected, level, slope, seg, step, h, paths,
                                             case.threshold, case.direction)
             probability = calibration.apply(b.probability)

@@ -12,7 +12,12 @@ from features import schema as s
 from training.bundle import ModelBundle
 from training.correction import RealtimeCorrection, realtime_correction
 from training.forecast import horizon_grid
-from training.threshold import crossing_from_paths, minutes_to_threshold
+from training.threshold import (
+    DEFAULT_ALARM,
+    ProbabilityCalibration,
+    crossing_from_paths,
+    minutes_to_threshold,
+)
 
 
 @dataclass
@@ -33,6 +38,8 @@ class Prediction:
     latest_at: datetime | None
     probability: float
     already_crossed: bool
+    alert: bool
+    alarm_probability: float
     drivers: list[dict]
     driver: str | None
     level_correction: float
@@ -162,10 +169,15 @@ def predict_series(
     if use_paths:
         crossing = crossing_from_paths(minutes, point, paths[:, : grid.size], threshold,
                                        direction, current)
+        calibration = model.calibration_for(horizon_minutes)
+        if not calibration.covers(threshold, direction):  # a threshold the replay never tried
+            calibration = ProbabilityCalibration()
+        alarm = calibration.alarm
         if not crossing.already_crossed:
-            calibrated = float(model.calibration_for(horizon_minutes).apply(crossing.probability))
+            calibrated = float(calibration.apply(crossing.probability))
             crossing = dataclasses.replace(crossing, probability=round(calibrated, 4))
     else:  # the linear fallback: its Gaussian band
+        alarm = DEFAULT_ALARM
         crossing = minutes_to_threshold(
             grid, point, fc["yhat_lower"].to_numpy() + offset, fc["yhat_upper"].to_numpy() + offset,
             threshold, direction, now, current)
@@ -181,6 +193,7 @@ def predict_series(
         earliest_at=_at(now, crossing.earliest_minutes),
         latest_at=_at(now, crossing.latest_minutes),
         probability=crossing.probability, already_crossed=crossing.already_crossed,
+        alert=crossing.already_crossed or crossing.probability >= alarm, alarm_probability=alarm,
         drivers=drivers, driver=drivers[0]["component"] if drivers else None,
         level_correction=round(correction.level, 4),
         trend_correction_per_min=round(correction.slope_per_min, 5),

@@ -160,6 +160,10 @@ def crossing_from_paths(
                     round(float(b.probability[0]), 4))
 
 
+#: alert when the chance of crossing within the horizon reaches this, unless a replay chose better
+DEFAULT_ALARM = 0.5
+
+
 @dataclass(frozen=True)
 class ProbabilityCalibration:
     """A monotone map from the paths' raw crossing probability to the observed frequency.
@@ -171,6 +175,14 @@ class ProbabilityCalibration:
     knots: tuple[float, ...] = (0.0, 1.0)
     values: tuple[float, ...] = (0.0, 1.0)
     n_fitted: int = 0
+    alarm: float = DEFAULT_ALARM  # the calibrated probability at which to alert (best F1 on the replay)
+    #: thresholds the replay covered, per direction: beyond them the raw probability stands
+    above: tuple[float, float] = (float("-inf"), float("inf"))
+    below: tuple[float, float] = (float("-inf"), float("inf"))
+
+    def covers(self, threshold: float, direction: str) -> bool:
+        lo, hi = self.above if direction == "above" else self.below
+        return lo <= threshold <= hi
 
     def apply(self, p):
         return np.interp(np.asarray(p, dtype=np.float64), self.knots, self.values)
@@ -192,8 +204,14 @@ class ProbabilityCalibration:
         return cls(tuple(knots[keep].round(6)), tuple(values[keep].round(6)), int(p_raw.size))
 
     def to_dict(self) -> dict:
-        return {"knots": list(self.knots), "values": list(self.values), "n_fitted": self.n_fitted}
+        return {"knots": list(self.knots), "values": list(self.values), "n_fitted": self.n_fitted,
+                "alarm": self.alarm, "above": list(self.above), "below": list(self.below)}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> ProbabilityCalibration:
-        return cls(tuple(d["knots"]), tuple(d["values"]), d["n_fitted"]) if d else cls()
+        if not d:
+            return cls()
+        inf = float("inf")
+        return cls(tuple(d["knots"]), tuple(d["values"]), d["n_fitted"],
+                   d.get("alarm", DEFAULT_ALARM), tuple(d.get("above", (-inf, inf))),
+                   tuple(d.get("below", (-inf, inf))))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from dataclasses import asdict, dataclass, field
@@ -19,6 +20,7 @@ from training.correction import WINDOW_MINUTES as CORRECTION_WINDOW_MINUTES
 from training.correction import error_paths
 from training.forecast import SeriesForecaster
 from training.predict import MIN_ERROR_PATHS
+from training.threshold import DEFAULT_ALARM, ProbabilityCalibration
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +125,12 @@ CALIBRATION_HORIZONS = (30, 60, 120, 240, 360)
 
 def holdout_calibrations(model: SeriesForecaster, trial: SeriesForecaster, ts: np.ndarray,
                          y: np.ndarray, history: pl.DataFrame) -> dict:
-    """Probability calibrations from the trial model's replay of the holdout.
+    """Probability calibrations and alarm levels from the trial model's replay of the holdout.
 
     The thresholds the operator will use are unknown here: pool quantiles of the training
     history in both directions (P90, P95, P99 above; P10, P5, P1 below).
     """
-    from training.evaluate import calibration_from_replay
+    from training.evaluate import best_alarm_probability, replay_outcomes
 
     values = history[s.VALUE].drop_nulls().to_numpy()
     targets = [(float(np.quantile(values, q)), "above") for q in (0.9, 0.95, 0.99)]
@@ -138,10 +140,18 @@ def holdout_calibrations(model: SeriesForecaster, trial: SeriesForecaster, ts: n
     out = {}
     for h in CALIBRATION_HORIZONS:
         if h <= model.max_horizon_minutes:
-            calibration = calibration_from_replay(y, expected, idx, model.step_minutes_, h,
-                                                  model.error_paths_.astype(np.float64), targets)
+            outcomes = replay_outcomes(y, expected, idx, model.step_minutes_, h,
+                                       model.error_paths_.astype(np.float64), targets)
+            p_raw = np.concatenate([p for p, _ in outcomes])
+            crossed = np.concatenate([c for _, c in outcomes])
+            calibration = ProbabilityCalibration.fit(p_raw, crossed)
             if calibration.n_fitted:
-                out[float(h)] = calibration
+                alarm = best_alarm_probability(calibration.apply(p_raw), crossed, DEFAULT_ALARM)
+                ups = [thr for thr, d in targets if d == "above"]
+                downs = [thr for thr, d in targets if d == "below"]
+                out[float(h)] = dataclasses.replace(
+                    calibration, alarm=alarm, above=(min(ups), max(ups)),
+                    below=(min(downs), max(downs)))
     return out
 
 

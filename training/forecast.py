@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from functools import lru_cache
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -27,22 +29,46 @@ def _public_holidays(country: str, first_year: int, last_year: int) -> np.ndarra
     return np.array(sorted(days), dtype="datetime64[D]")
 
 
-def to_prophet_frame(ts: pl.Series | np.ndarray, tz: str, y=None, country: str | None = "KR"
-                     ) -> pd.DataFrame:
-    """The one adapter to Prophet's ``ds``/``y``: UTC instants become naive local times.
+@lru_cache(maxsize=64)
+def _fixed_offset(tz: str, first_year: int, last_year: int) -> np.timedelta64 | None:
+    """The zone's UTC offset if it is the same all through these years (no DST), else None."""
+    zone = ZoneInfo(tz)
+    offsets = {datetime(y, m, 1, tzinfo=zone).utcoffset()
+               for y in range(first_year - 1, last_year + 2) for m in range(1, 13)}
+    if len(offsets) != 1:
+        return None
+    return np.timedelta64(int(offsets.pop().total_seconds() * 1e6), "us")
+
+
+def local_calendar(ts: pl.Series | np.ndarray, tz: str, country: str | None = "KR"
+                   ) -> dict[str, np.ndarray]:
+    """UTC instants as naive local times ``ds``, with ``workday``/``offday`` flags.
 
     Local time, so that office hours and Korean holidays fall on the right hours and dates.
-    ``workday``/``offday`` flag weekdays that are not public holidays, for the conditional
-    daily seasonalities (an office-hour peak on workdays, a flat day on weekends and holidays).
+    ``workday`` marks weekdays that are not public holidays, for the conditional daily
+    seasonalities (an office-hour peak on workdays, a flat day on weekends and holidays).
     """
-    ds = pd.DatetimeIndex(np.asarray(ts, dtype="datetime64[us]"))
-    ds = ds.tz_localize("UTC").tz_convert(tz).tz_localize(None)
-    days = ds.values.astype("datetime64[D]")
+    utc = np.asarray(ts, dtype="datetime64[us]")
+    years = utc.astype("datetime64[Y]").astype(int) + 1970 if utc.size else np.array([1970])
+    offset = _fixed_offset(tz, int(years.min()), int(years.max()))
+    if offset is not None:  # numpy is ten times faster than pandas' zone conversion
+        ds = utc + offset
+    else:
+        ds = (pd.DatetimeIndex(utc).tz_localize("UTC").tz_convert(tz).tz_localize(None)
+              .values.astype("datetime64[us]"))
+    days = ds.astype("datetime64[D]")
     off = ((days.astype(np.int64) + 3) % 7) >= 5  # 1970-01-01 was a Thursday: Mon=0 .. Sun=6
     if country and days.size:
-        years = days.astype("datetime64[Y]").astype(int) + 1970
-        off |= np.isin(days, _public_holidays(country, int(years.min()), int(years.max())))
-    frame = pd.DataFrame({"ds": ds, "workday": ~off, "offday": off})
+        local_years = days.astype("datetime64[Y]").astype(int) + 1970
+        off |= np.isin(days, _public_holidays(country, int(local_years.min()),
+                                              int(local_years.max())))
+    return {"ds": ds, "workday": ~off, "offday": off}
+
+
+def to_prophet_frame(ts: pl.Series | np.ndarray, tz: str, y=None, country: str | None = "KR"
+                     ) -> pd.DataFrame:
+    """The one adapter to Prophet's ``ds``/``y``: :func:`local_calendar` as a pandas frame."""
+    frame = pd.DataFrame(local_calendar(ts, tz, country))
     if y is not None:
         frame["y"] = np.asarray(y, dtype=np.float64)
     return frame
@@ -200,9 +226,9 @@ class SeriesForecaster:
         """The forecast split into ``trend`` and ``seasonality`` (daily + weekly) at UTC times."""
         ts = np.asarray(ts, dtype="datetime64[us]")
         if self.kind_ == "prophet" and self.point_model_ is not None:
-            frame = to_prophet_frame(ts, self.timezone, None, self.holidays_country)
-            yhat = self.point_model_.yhat(frame["ds"], frame)
-            trend = self.point_model_.trend(frame["ds"].to_numpy())
+            cal = local_calendar(ts, self.timezone, self.holidays_country)
+            yhat = self.point_model_.yhat(cal["ds"], cal)
+            trend = self.point_model_.trend(cal["ds"])
         else:
             yhat = trend = self.predict(ts, with_interval=False)["yhat"].to_numpy()
         return {"trend": trend, "seasonality": yhat - trend}
@@ -214,12 +240,19 @@ class SeriesForecaster:
 
         return point_model_or_none(model)
 
+    def expected(self, ts) -> np.ndarray:
+        """The point forecast at UTC times as a plain array (the serving hot path)."""
+        ts = np.asarray(ts, dtype="datetime64[us]")
+        if self.kind_ == "prophet" and self.point_model_ is not None:
+            cal = local_calendar(ts, self.timezone, self.holidays_country)
+            return self.point_model_.yhat(cal["ds"], cal)
+        return self.predict(ts, with_interval=False)["yhat"].to_numpy()
+
     def _prophet_forecast(self, ts, with_interval: bool) -> pl.DataFrame:
-        frame = to_prophet_frame(ts, self.timezone, None, self.holidays_country)
         if not with_interval and self.point_model_ is not None:
-            yhat = self.point_model_.yhat(frame["ds"], frame)
-            lower = upper = yhat
+            yhat = lower = upper = self.expected(ts)
         else:
+            frame = to_prophet_frame(ts, self.timezone, None, self.holidays_country)
             model = self.model_
             saved = model.uncertainty_samples
             model.uncertainty_samples = saved if with_interval else 0

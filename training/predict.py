@@ -155,8 +155,15 @@ def predict_series(
             f"this model learned its errors for; ask for a shorter horizon")
     # one forecast call for the observed times and the horizon
     n_obs = int(finite.sum())
-    fc = model.predict(np.concatenate([obs_ts[finite], grid]), with_interval=not use_paths)
-    expected, fc = fc["yhat"].to_numpy()[:n_obs], fc.slice(n_obs)
+    times = np.concatenate([obs_ts[finite], grid])
+    if use_paths:
+        yhat = model.expected(times)
+        fc = {"yhat": yhat[n_obs:]}
+    else:
+        full = model.predict(times, with_interval=True)
+        yhat = full["yhat"].to_numpy()
+        fc = {k: full[k].to_numpy()[n_obs:] for k in ("yhat", "yhat_lower", "yhat_upper")}
+    expected = yhat[:n_obs]
 
     correction, current, z_now = RealtimeCorrection(), None, None
     if n_obs:
@@ -165,7 +172,7 @@ def predict_series(
         z_now = (current - expected[-1]) / max(model.sigma_, 1e-9)
 
     offset = correction.at(minutes)
-    point = fc["yhat"].to_numpy() + offset
+    point = fc["yhat"] + offset
     if use_paths:
         crossing = crossing_from_paths(minutes, point, paths[:, : grid.size], threshold,
                                        direction, current)
@@ -179,7 +186,7 @@ def predict_series(
     else:  # the linear fallback: its Gaussian band
         alarm = DEFAULT_ALARM
         crossing = minutes_to_threshold(
-            grid, point, fc["yhat_lower"].to_numpy() + offset, fc["yhat_upper"].to_numpy() + offset,
+            grid, point, fc["yhat_lower"] + offset, fc["yhat_upper"] + offset,
             threshold, direction, now, current)
     drivers = crossing_drivers(model, now, grid, point, correction, crossing.minutes, direction)
     score, top = anomaly_now(bundle, series_id, z_now, context, now)

@@ -208,6 +208,9 @@ def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
             err_resid = (y - prev["expected"])[prev["span"]]
         else:  # before the first retrain only in-sample residuals exist
             err_resid = np.where(fit_idx, resid, np.nan)[span_idx]
+            # and the calibration replays the model on its own recent history (in sample)
+            prev = {"expected": np.where(fit_idx, expected, np.nan),
+                    "idx": np.flatnonzero((case.ts >= hist_start) & (case.ts < t0 - lead_in))[::every]}
         level, slope = rolling_corrections(resid, step)
         lin = {w: rolling_corrections(y, step, w) for w in config.linear_windows}
         seg = np.flatnonzero((case.ts >= t0) & (case.ts < t1))
@@ -224,7 +227,7 @@ def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
             if paths.shape[0] < 10:
                 raise ValueError(f"{case.name}: too little history for error paths")
             calibration, alarm = ProbabilityCalibration(), config.alarm_probability
-            if prev is not None and config.calibrate:
+            if config.calibrate:
                 q = [np.nanquantile(history, 0.95 if above else 0.05),
                      np.nanquantile(history, 0.995 if above else 0.005)]
                 outcomes = replay_outcomes(y, prev["expected"], prev["idx"], step, h, paths,

@@ -21,8 +21,12 @@ app.command("evaluate")(cli_evaluate.evaluate)
 app.command("score-anomalies")(cli_anomaly.score_anomalies)
 app.command("evaluate-anomalies")(cli_anomaly.evaluate_anomalies)
 
-for _k, _v in (("BENTOML_DO_NOT_TRACK", "true"), ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")):
-    os.environ.setdefault(_k, _v)
+@app.callback()
+def _quiet_libraries() -> None:
+    """Runs before every command: no usage tracking, no download progress bars."""
+    for key, value in (("BENTOML_DO_NOT_TRACK", "true"),
+                       ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")):
+        os.environ.setdefault(key, value)
 
 
 @app.command()

@@ -38,8 +38,11 @@ def predict_linear(
     return level + slope * minutes
 
 
-def static_warning(current: float, threshold: float, direction: str, fraction: float = 0.9) -> bool:
-    """The static warning level: alarm when the value is past ``fraction`` of the threshold."""
+def static_warning(current, threshold: float, direction: str, fraction: float = 0.9):
+    """The static warning level: alarm when the value is past ``fraction`` of the threshold.
+
+    ``current`` may be a number or an array (one answer per element).
+    """
     if direction == "above":
         return current >= fraction * threshold
     return current <= threshold / fraction

@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 
 from features import schema as s
+from training.baselines import static_warning
 from training.correction import damped, error_paths, rolling_corrections
 from training.forecast import SeriesForecaster
 from training.threshold import (
@@ -144,18 +145,6 @@ def replay_outcomes(y, expected, idx, step: float, horizon: float, paths: np.nda
     return out
 
 
-def calibration_from_replay(y, expected, idx, step: float, horizon: float, paths: np.ndarray,
-                            targets: list[tuple[float, str]]) -> ProbabilityCalibration:
-    """Fit the probability calibration on a replay the model was not trained on.
-
-    ``targets`` are (threshold, direction) pairs: several pool more crossings than one.
-    """
-    outcomes = replay_outcomes(y, expected, idx, step, horizon, paths, targets)
-    p_raw = np.concatenate([p for p, _ in outcomes])
-    crossed = np.concatenate([c for _, c in outcomes])
-    return ProbabilityCalibration.fit(p_raw, crossed)
-
-
 def best_alarm_probability(p: np.ndarray, crossed: np.ndarray, default: float,
                            min_positives: int = 10) -> float:
     """The alarm level that maximised F1 of "crosses within H" on a past replay.
@@ -258,8 +247,7 @@ def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
                 m = np.where(first >= 0, minutes[np.maximum(first, 0)], np.nan)
                 rows.append(pl.DataFrame({**base, "predictor": f"predict_linear_{w}m",
                                           "warn": first >= 0, "minutes": m}))
-            static = (current >= config.static_fraction * case.threshold if above
-                      else current <= case.threshold / config.static_fraction)
+            static = static_warning(current, case.threshold, case.direction, config.static_fraction)
             rows.append(pl.DataFrame({**base, "predictor": STATIC, "warn": static}))
         prev = {"expected": expected,
                 "span": (case.ts >= t0 - lead_in) & (case.ts < t1),

@@ -32,7 +32,7 @@ def rolling_origin_errors(
     lookback = np.timedelta64(int(linear_window_minutes * 60e6), "us")
     span = ts >= start64 - lookback
     expected = np.full(ts.shape, np.nan)
-    expected[span] = model.predict(ts[span], with_interval=False)["yhat"].to_numpy()
+    expected[span] = model.expected(ts[span])
     horizon = np.timedelta64(int(horizon_minutes * 60e6), "us")
     errs = {"model": [], "predict_linear": [], "last_value": []}
     origin = start64

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -145,6 +146,24 @@ def replay_outcomes(y, expected, idx, step: float, horizon: float, paths: np.nda
     return out
 
 
+def calibrate_on_replay(outcomes: list[tuple[np.ndarray, np.ndarray]], default_alarm: float,
+                        alarm_on: tuple[np.ndarray, np.ndarray] | None = None,
+                        tune_alarm: bool = True) -> ProbabilityCalibration:
+    """Isotonic calibration on all replay outcomes, with the alarm level that maximised F1.
+
+    The alarm is chosen on ``alarm_on`` (one target's outcomes) or, without it, on all of them;
+    with ``tune_alarm`` off it stays ``default_alarm``.
+    """
+    p_raw = np.concatenate([p for p, _ in outcomes])
+    crossed = np.concatenate([c for _, c in outcomes])
+    calibration = ProbabilityCalibration.fit(p_raw, crossed)
+    alarm = default_alarm
+    if tune_alarm:
+        p, c = alarm_on if alarm_on is not None else (p_raw, crossed)
+        alarm = best_alarm_probability(calibration.apply(p), c, default_alarm)
+    return dataclasses.replace(calibration, alarm=alarm)
+
+
 def best_alarm_probability(p: np.ndarray, crossed: np.ndarray, default: float,
                            min_positives: int = 10) -> float:
     """The alarm level that maximised F1 of "crosses within H" on a past replay.
@@ -191,7 +210,7 @@ def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
         hist_start = t0 - np.timedelta64(int(config.error_history_days * 86400e6), "us")
         span_idx = np.flatnonzero((case.ts >= hist_start) & (case.ts < t1 + lead_in))
         expected = np.full(y.shape, np.nan)
-        expected[span_idx] = model.predict(case.ts[span_idx], with_interval=False)["yhat"].to_numpy()
+        expected[span_idx] = model.expected(case.ts[span_idx])
         resid = y - expected
         if prev is not None and config.out_of_sample_errors:
             err_resid = (y - prev["expected"])[prev["span"]]
@@ -221,15 +240,11 @@ def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
                      np.nanquantile(history, 0.995 if above else 0.005)]
                 outcomes = replay_outcomes(y, prev["expected"], prev["idx"], step, h, paths,
                                            [(thr, case.direction) for thr in (case.threshold, *q)])
-                p_own, crossed_own = outcomes[0]
                 # only a threshold the replay saw crossed often enough gets recalibrated
-                if crossed_own.sum() >= MIN_CROSSINGS_TO_CALIBRATE:
-                    calibration = ProbabilityCalibration.fit(
-                        np.concatenate([p for p, _ in outcomes]),
-                        np.concatenate([c for _, c in outcomes]))
-                    if config.tune_alarm:
-                        alarm = best_alarm_probability(calibration.apply(p_own), crossed_own,
-                                                       config.alarm_probability)
+                if outcomes[0][1].sum() >= MIN_CROSSINGS_TO_CALIBRATE:
+                    calibration = calibrate_on_replay(outcomes, config.alarm_probability,
+                                                      outcomes[0], config.tune_alarm)
+                    alarm = calibration.alarm
             b, truth = replay_probabilities(y, expected, level, slope, seg, step, h, paths,
                                             case.threshold, case.direction)
             probability = calibration.apply(b.probability)

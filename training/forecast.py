@@ -153,7 +153,7 @@ class SeriesForecaster:
     def _learn_error_paths(self, ts, y) -> np.ndarray:
         """Whole-horizon errors of the corrected forecast over the recent history (float32).
 
-        None for the linear fallback: a line fitted to the last window says nothing about the
+        None (an empty array) for the linear fallback: a line fitted to the last window says nothing about the
         errors it would have made further back, so its answers use its Gaussian band instead.
         """
         from training.correction import error_paths
@@ -169,7 +169,7 @@ class SeriesForecaster:
         pos = np.searchsorted(grid, ts)
         ok = (pos < grid.size) & (grid[np.minimum(pos, grid.size - 1)] == ts)
         observed[pos[ok]] = np.asarray(y, dtype=np.float64)[ok]
-        resid = observed - self.predict(grid, with_interval=False)["yhat"].to_numpy()
+        resid = observed - self.expected(grid)
         paths = error_paths(resid, self.step_minutes_, self.max_horizon_minutes, self.n_error_paths)
         return paths.astype(np.float32)
 
@@ -197,8 +197,7 @@ class SeriesForecaster:
         self.kind_ = "prophet"
         self.model_ = model
         self.point_model_ = self._point_model(model)
-        fitted = self._prophet_forecast(ts, with_interval=False)
-        self.sigma_ = float(np.std(y - fitted["yhat"].to_numpy()))
+        self.sigma_ = float(np.std(y - self.expected(ts)))
 
     def _fit_linear(self, ts, y):
         cutoff = ts[-1] - np.timedelta64(int(self.fallback_window_minutes * 60), "s")

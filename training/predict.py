@@ -223,7 +223,7 @@ def anomaly_now(bundle: ModelBundle, series_id: str, z_series: float | None,
         elif context and m in context and f"{entity}/{m}" in bundle.forecasters:
             other = bundle.forecasters[f"{entity}/{m}"]
             t = np.array([np.datetime64(now.replace(tzinfo=None), "us")])
-            exp = other.predict(t, with_interval=False)["yhat"][0]
+            exp = other.expected(t)[0]
             row[i] = (context[m] - exp) / max(other.sigma_, 1e-9)
     return round(float(det.score(row)[0]), 4), det.explain(row)
 

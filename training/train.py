@@ -20,7 +20,7 @@ from training.correction import WINDOW_MINUTES as CORRECTION_WINDOW_MINUTES
 from training.correction import error_paths
 from training.forecast import SeriesForecaster
 from training.predict import MIN_ERROR_PATHS
-from training.threshold import DEFAULT_ALARM, ProbabilityCalibration
+from training.threshold import DEFAULT_ALARM
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _fit_one(sid: str, frame: pl.DataFrame, config: TrainConfig) -> dict:
         model = SeriesForecaster(**config.forecaster).fit(frame)
         errors["error_paths_from"] = use_holdout_errors(model, trial, frame, holdout_start)
         clean = frame.drop_nulls(s.VALUE)
-        expected = model.predict(clean[s.TS].to_numpy(), with_interval=False)["yhat"].to_numpy()
+        expected = model.expected(clean[s.TS].to_numpy())
         z = (clean[s.VALUE].to_numpy() - expected) / max(model.sigma_, 1e-9)
         return {"sid": sid, "model": model, "errors": errors,
                 "residual_z": pl.DataFrame({s.TS: clean[s.TS], sid: z})}
@@ -109,7 +109,7 @@ def use_holdout_errors(model: SeriesForecaster, trial: SeriesForecaster, frame: 
     part = frame.filter(pl.col(s.TS) >= holdout_start - warmup).sort(s.TS)
     ts = part[s.TS].dt.replace_time_zone(None).to_numpy().astype("datetime64[us]")
     resid = (part[s.VALUE].fill_null(np.nan).to_numpy()
-             - trial.predict(ts, with_interval=False)["yhat"].to_numpy())
+             - trial.expected(ts))
     paths = error_paths(resid, model.step_minutes_, model.max_horizon_minutes, model.n_error_paths)
     if paths.shape[0] < MIN_ERROR_PATHS:
         return "in-sample (holdout too short)"
@@ -130,28 +130,24 @@ def holdout_calibrations(model: SeriesForecaster, trial: SeriesForecaster, ts: n
     The thresholds the operator will use are unknown here: pool quantiles of the training
     history in both directions (P90, P95, P99 above; P10, P5, P1 below).
     """
-    from training.evaluate import best_alarm_probability, replay_outcomes
+    from training.evaluate import calibrate_on_replay, replay_outcomes
 
     values = history[s.VALUE].drop_nulls().to_numpy()
     targets = [(float(np.quantile(values, q)), "above") for q in (0.9, 0.95, 0.99)]
     targets += [(float(np.quantile(values, q)), "below") for q in (0.1, 0.05, 0.01)]
-    expected = trial.predict(ts, with_interval=False)["yhat"].to_numpy()
+    expected = trial.expected(ts)
     idx = np.arange(y.size)
     out = {}
     for h in CALIBRATION_HORIZONS:
         if h <= model.max_horizon_minutes:
             outcomes = replay_outcomes(y, expected, idx, model.step_minutes_, h,
                                        model.error_paths_.astype(np.float64), targets)
-            p_raw = np.concatenate([p for p, _ in outcomes])
-            crossed = np.concatenate([c for _, c in outcomes])
-            calibration = ProbabilityCalibration.fit(p_raw, crossed)
+            calibration = calibrate_on_replay(outcomes, DEFAULT_ALARM)
             if calibration.n_fitted:
-                alarm = best_alarm_probability(calibration.apply(p_raw), crossed, DEFAULT_ALARM)
                 ups = [thr for thr, d in targets if d == "above"]
                 downs = [thr for thr, d in targets if d == "below"]
                 out[float(h)] = dataclasses.replace(
-                    calibration, alarm=alarm, above=(min(ups), max(ups)),
-                    below=(min(downs), max(downs)))
+                    calibration, above=(min(ups), max(ups)), below=(min(downs), max(downs)))
     return out
 
 

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from serving.cli_common import SMD_DIR
 from serving.cli_common import fail as _fail
 
 
@@ -54,7 +55,7 @@ def score_anomalies(
 
 def evaluate_anomalies(
     data: Annotated[Path, typer.Option(help="Folder of <machine>.parquet and <machine>.labels.parquet.")] =
-        Path("../shared/data/smd-dev"),
+        SMD_DIR,
     report: Annotated[Path, typer.Option(help="Markdown report; PNG plots go beside it.")] =
         Path("reports/anomaly_eval.md"),
     machine: Annotated[list[str], typer.Option(help="Evaluate only this machine (repeat).")] = [],  # noqa: B006

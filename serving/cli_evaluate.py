@@ -8,10 +8,9 @@ from typing import Annotated
 
 import typer
 
-from serving.cli_common import fail
+from serving.cli_common import SMD_DIR, fail
 
 SAMPLE_EXPORT = Path(__file__).resolve().parents[1] / "data" / "sample" / "export"
-SMD_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "smd-dev"
 
 
 def evaluate(

@@ -1,5 +1,7 @@
 """Time one 240-minute forecast: Prophet's ``predict`` against the numpy point model, and ``predict_series``.
 
+``predict_series`` answers the alert rule's earlier checks too; the one-check line is the answer alone.
+
 Run: ``uv run python bench/predict_bench.py [--repeats 200] [--days 14]``. Fits one model on a
 seeded synthetic 5-minute series in memory (nothing is written), warms every path up, then
 prints the median wall time of each over ``--repeats`` calls. No assertions: numbers only.
@@ -22,6 +24,7 @@ from training.bundle import ModelBundle
 from training.fast_forecast import ProphetPointModel
 from training.forecast import SeriesForecaster, horizon_grid, to_prophet_frame
 from training.predict import predict_series
+from training.threshold import AlertRule
 
 SERIES_ID = "bench-svc/cpu_pct"
 START = datetime(2026, 9, 1, tzinfo=UTC)
@@ -84,6 +87,9 @@ def main(argv: list[str] | None = None) -> None:
                              with_interval=False)["yhat"].to_numpy()
     recent = list(zip(recent_ts, (expected + 1.0).tolist(), strict=True))
     bundle = ModelBundle({"data_fingerprint": "bench"}, {SERIES_ID: model})
+    checks = bundle.alert_rule.lookback_checks + 1
+    single = ModelBundle({"data_fingerprint": "bench", "alert_rule": AlertRule(0, 0).to_dict()},
+                         {SERIES_ID: model})
     threshold = float(expected.max() + 20)
 
     r = args.repeats
@@ -97,8 +103,11 @@ def main(argv: list[str] | None = None) -> None:
             lambda: to_prophet_frame(grid, model.timezone, None, model.holidays_country), r),
         "SeriesForecaster.predict(with_interval=False)": median_ms(
             lambda: model.predict(grid, with_interval=False), r),
-        "predict_series, 60 recent obs (error paths, drivers)": median_ms(
+        f"predict_series, 60 recent obs, alert rule ({checks} checks)": median_ms(
             lambda: predict_series(bundle, SERIES_ID, threshold, "above", args.horizon, recent),
+            max(r // 10, 5), warmup=2),
+        "predict_series, 60 recent obs, one check (no for/keep_firing)": median_ms(
+            lambda: predict_series(single, SERIES_ID, threshold, "above", args.horizon, recent),
             max(r // 10, 5), warmup=2),
     }
     diff = np.max(np.abs(point.yhat(prophet_frame["ds"], prophet_frame) - prophet_point().to_numpy()))

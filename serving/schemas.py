@@ -91,20 +91,30 @@ class PredictResponse(BaseModel):
     direction: str
     horizon_minutes: float
     minutes_to_threshold: float | None = Field(
-        description="Median crossing time of the plausible paths, in minutes; 0 if already "
-        "crossed; null if the median lies beyond the horizon.")
+        description="If the series crosses within the horizon, when: the median crossing time "
+        "of the plausible paths that cross, in minutes (how likely that is: 'probability'); 0 "
+        "if already crossed; null if no path crosses. The linear fallback model gives its "
+        "point forecast's crossing instead.")
     crossing_at: datetime | None = Field(description="Predicted crossing time (UTC).")
-    earliest_minutes: float | None = Field(description="P10 of the crossing time.")
+    earliest_minutes: float | None = Field(
+        description="P10 of the crossing time given a crossing (fallback: its P90 band's).")
     latest_minutes: float | None = Field(
-        description="P90 of the crossing time; null if beyond the horizon.")
+        description="P90 of the crossing time given a crossing (fallback: its P10 band's, null "
+        "if beyond the horizon).")
     earliest_at: datetime | None
     latest_at: datetime | None
     probability: float = Field(description="Probability of reaching the threshold within the horizon.")
     already_crossed: bool
-    alert: bool = Field(description="Whether to warn now: probability >= alarm_probability.")
+    alert: bool = Field(
+        description="Whether to warn now, by alert_rule: probability >= alarm_probability at "
+        "every check for the rule's 'for' period (each check answered from the observations up "
+        "to it; checks before the first observation use the model alone), kept firing for its "
+        "'keep_firing_for' after. Send the last 90 minutes of observations for the rule to see "
+        "them all.")
     alarm_probability: float = Field(
         description="The alert level for this series and horizon, chosen on the model's holdout "
-        "replay (best F1), else 0.5.")
+        "replay under the alert rule (the quietest level within 3% of the best F1), else 0.5.")
+    alert_rule: str = Field(description="The rule behind 'alert', as a Prometheus rule says it.")
     driver: str | None = Field(
         description="What mainly drives the crossing: trend, seasonality, recent_level or "
         "recent_drift.")

@@ -1,23 +1,30 @@
 """The walk-forward backtest against hand-computed truth, and its no-look-ahead promise."""
 
+import dataclasses
+
 import numpy as np
 import polars as pl
 import pytest
 
 from training.correction import error_paths, realtime_correction, rolling_corrections
 from training.evaluate import (
+    LINEAR_60_RULE,
     PREALERT,
     STATIC,
     EvalConfig,
+    ReplayOutcome,
     SeriesCase,
+    _false_alarm_runs,
+    best_alert,
     episode_metrics,
     interval_coverage,
+    reliability,
     replay_series,
     summarize,
     threshold_from_rule,
     true_minutes,
 )
-from training.threshold import crossing_distribution
+from training.threshold import AlertRule, crossing_distribution
 
 T0 = np.datetime64("2026-09-01T00:00", "us")
 
@@ -53,6 +60,57 @@ def test_episode_metrics_by_hand():
     assert m["days"] == pytest.approx(50 / 1440)
     g2 = g.with_columns(pl.Series("warn", [True, True, False] + [False] * 7))
     assert episode_metrics(g2, 60, 5)["sustained"] == 0  # off at the last time before crossing
+
+
+def test_alert_rule_for_and_keep_firing_by_hand():
+    rule = AlertRule(for_minutes=10, keep_firing_minutes=5, every_minutes=5)
+    assert (rule.pending_checks, rule.keep_checks, rule.lookback_checks) == (3, 1, 3)
+    on = np.array([1, 1, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0], dtype=bool)
+    # fires at the third check in a row, keeps firing one check after the condition last held
+    expect = [0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1]
+    np.testing.assert_array_equal(rule.firing(on), np.array(expect, dtype=bool))
+    plain = AlertRule(for_minutes=0, keep_firing_minutes=0)
+    np.testing.assert_array_equal(plain.firing(on), on)
+    assert AlertRule.from_dict(rule.to_dict()) == rule
+    with pytest.raises(ValueError):
+        AlertRule(every_minutes=0)
+
+
+def test_best_alert_is_the_quietest_setting_with_the_best_f1():
+    # crossings follow probabilities >= 0.6 exactly; 0.3-0.5 are false alarms
+    p = np.tile([0.05, 0.35, 0.65, 0.95, 0.05, 0.45], 10)
+    crossed = p >= 0.6
+    out = [ReplayOutcome(p, crossed, np.zeros(p.size, dtype=bool))]
+    assert best_alert(out, 0.5) == (0.65, None)  # 0.5..0.65 all give F1 = 1: the highest
+    # too few crossings to choose: the default
+    few = [ReplayOutcome(p[:6], crossed[:6], np.zeros(6, dtype=bool))]
+    assert best_alert(few, 0.42) == (0.42, None)
+    # a rule that needs two checks in a row only fires at the crossings if the 0.35 check
+    # before them counts: the level drops to 0.35
+    two = AlertRule(for_minutes=5, keep_firing_minutes=0, every_minutes=5, for_choices=())
+    assert best_alert(out, 0.42, two) == (0.35, 5.0)
+    # given the choice, no `for` at 0.65 is as good and needs no earlier check
+    free = AlertRule(for_minutes=5, keep_firing_minutes=0, every_minutes=5, for_choices=(0.0,))
+    assert best_alert(out, 0.42, free) == (0.65, 0.0)
+
+
+def test_best_alert_prefers_fewer_false_alarms_at_near_equal_f1():
+    # ten 8-check crossing episodes, each followed by a one-check blip that crosses nothing
+    block = np.r_[np.full(8, 0.92), 0.05, 0.05, 0.92, 0.05, 0.05]
+    p = np.tile(block, 10)
+    crossed = np.tile(np.r_[np.ones(8, bool), np.zeros(5, bool)], 10)
+    out = [ReplayOutcome(p, crossed, np.zeros(p.size, dtype=bool))]
+    rule = AlertRule(for_minutes=0, keep_firing_minutes=0, every_minutes=5, for_choices=(5.0,))
+    # without `for`: F1 = 160/170 and 10 false alarms; `for: 5m` misses one check per
+    # episode (F1 = 140/150, within 3%) but never fires on a blip
+    assert best_alert(out, 0.5, rule) == (0.9, 5.0)
+    assert best_alert(out, 0.5, dataclasses.replace(rule, for_choices=())) == (0.9, 0.0)
+
+
+def test_false_alarm_runs_by_hand():
+    warn = np.array([1, 1, 0, 1, 0, 0, 1, 1, 1, 0, 1], dtype=bool)
+    crossed = np.array([0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0], dtype=bool)
+    assert _false_alarm_runs(warn, crossed) == 3  # the runs at 3, at 6-8 and at 10
 
 
 def test_rolling_corrections_equal_the_serving_correction():
@@ -103,7 +161,7 @@ def ramp_results():
 def test_replay_warns_before_a_leak_crosses(ramp_results):
     case, config, res = ramp_results
     assert set(res["predictor"].unique()) == {PREALERT, STATIC, "predict_linear_30m",
-                                              "predict_linear_60m"}
+                                              "predict_linear_60m", LINEAR_60_RULE}
     crossing = case.ts[np.argmax(case.values >= 90)]
     p = res.filter(pl.col("predictor") == PREALERT).sort("ts")
     assert p["ts"].max() < crossing  # nothing is evaluated once the series is beyond
@@ -154,3 +212,15 @@ def test_evaluate_any_timestamp_value_file(tmp_path):
     bad = CliRunner().invoke(app, ["evaluate", "--input", str(tmp_path / "none.csv"),
                                    "--no-log-mlflow", "--report", str(report)])
     assert bad.exit_code != 0
+
+
+def test_reliability_counts_independent_outcomes():
+    # 120 checks 5 minutes apart at a 60-minute horizon: about 10 independent outcomes
+    g = pl.DataFrame({"probability": np.full(120, 0.75), "horizon": 60,
+                      "true_minutes": np.where(np.arange(120) % 2 == 0, 10.0, np.nan)})
+    plain = reliability(g)
+    assert plain.columns == ["bin", "n", "predicted", "observed", "gap"]
+    r = reliability(g, every=5).row(0, named=True)
+    assert r["n"] == 120 and r["outcomes"] == 10.0
+    assert r["observed"] == 0.5 and r["gap"] == pytest.approx(0.25)
+    assert r["se"] == pytest.approx(np.sqrt(0.5 * 0.5 / 10))

@@ -89,8 +89,10 @@ def test_spike_noise_near_the_threshold_gets_honest_odds():
     bundle = fitted(y[:N], sid="app/gc_time_pct")
     near = predict_series(bundle, "app/gc_time_pct", 54, "above", 120, recent=recent_of(y, N))
     far = predict_series(bundle, "app/gc_time_pct", 70, "above", 120, recent=recent_of(y, N))
-    assert near.minutes_to_threshold is None  # the mean path stays below
-    assert 0.3 < near.probability <= 1.0  # but over 2 hours a spike is likely
+    # the mean path stays below, but over 2 hours a spike is likely; if one comes, any time
+    assert 0.3 < near.probability <= 1.0
+    assert 0 < near.earliest_minutes <= near.minutes_to_threshold <= near.latest_minutes <= 120
+    assert near.latest_minutes - near.earliest_minutes >= 30
     assert far.probability < 0.05
 
 
@@ -144,3 +146,32 @@ def test_notebook_estimator_gives_the_service_answer(ramp):
                        recent=recent_of(y, N))
     assert a.minutes_to_threshold == b.minutes_to_threshold
     assert a.probability == b.probability
+
+
+def test_alert_is_the_rule_over_the_answers_at_the_earlier_checks(ramp):
+    y, bundle = ramp
+    rule = bundle.alert_rule
+    threshold = y[N - 1] + 1.0  # about two hours ahead at 0.5 per hour
+    now = predict_series(bundle, "app/jvm_heap_pct", threshold, "above", 240,
+                         recent=recent_of(y, N, hours=1.5))
+    every = int(rule.every_minutes / STEP)
+    checks = [predict_series(bundle, "app/jvm_heap_pct", threshold, "above", 240,
+                             recent=recent_of(y, N - k * every, hours=1.5))
+              for k in range(rule.lookback_checks, -1, -1)]
+    holds = np.array([c.probability >= c.alarm_probability for c in checks])
+    assert checks[-1].probability == now.probability
+    assert now.alert == bool(rule.firing(holds)[-1]) and now.alert
+    assert "for 10m" in now.alert_rule and "keep_firing_for 15m" in now.alert_rule
+
+
+def test_a_single_check_blip_does_not_alert(ramp):
+    y, bundle = ramp
+    threshold = y[N - 1] + 3.0  # six hours ahead: out of reach within two
+    recent = recent_of(y, N, hours=1.5)
+    recent[-1] = (recent[-1][0], threshold - 0.2)  # only the latest observation jumps
+    p = predict_series(bundle, "app/jvm_heap_pct", threshold, "above", 120, recent=recent)
+    assert p.probability >= p.alarm_probability  # the latest check alone would warn
+    assert not p.alert
+    calm = predict_series(bundle, "app/jvm_heap_pct", threshold, "above", 120,
+                          recent=recent_of(y, N, hours=1.5))
+    assert calm.probability < calm.alarm_probability and not calm.alert

@@ -105,3 +105,21 @@ def test_probability_calibration_is_monotone_and_round_trips():
     ranged = ProbabilityCalibration(above=(80.0, 95.0), below=(1.0, 5.0))
     assert ranged.covers(90, "above") and not ranged.covers(99, "above")
     assert ranged.covers(2, "below") and not ranged.covers(0.5, "below")
+
+
+def test_calibration_shrinks_blocks_of_few_independent_outcomes():
+    from training.threshold import PRIOR_OUTCOMES, ProbabilityCalibration
+
+    # 1000 quiet checks that never crossed, then 120 confident checks that all did:
+    # with a 60-minute horizon checked every 5 minutes, those 120 are only 10 outcomes
+    p = np.concatenate([np.full(1000, 0.05), np.full(120, 0.95)])
+    crossed = np.concatenate([np.zeros(1000, bool), np.ones(120, bool)])
+    independent = ProbabilityCalibration.fit(p, crossed)
+    overlapping = ProbabilityCalibration.fit(p, crossed, checks_per_outcome=12)
+    # the m-estimate by hand: (n * rate + m * what the model said) / (n + m)
+    assert overlapping.apply(0.95) == pytest.approx(
+        (10 * 1.0 + PRIOR_OUTCOMES * 0.95) / (10 + PRIOR_OUTCOMES), abs=1e-6)
+    assert independent.apply(0.95) > overlapping.apply(0.95)
+    assert overlapping.apply(0.05) == pytest.approx(
+        PRIOR_OUTCOMES * 0.05 / (1000 / 12 + PRIOR_OUTCOMES), abs=1e-6)
+    assert np.all(np.diff(overlapping.apply(np.linspace(0, 1, 21))) >= 0)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from training.anomaly import WorkloadAnomalyDetector
 from training.forecast import SeriesForecaster
+from training.threshold import AlertRule
 
 #: bump when the folder layout or a file format changes; loaders refuse newer versions
 BUNDLE_SCHEMA_VERSION = 1
@@ -73,6 +74,11 @@ class ModelBundle:
             for entity, name in manifest["detector_folders"].items()
         }
         return cls(manifest, forecasters, detectors)
+
+    @property
+    def alert_rule(self) -> AlertRule:
+        """The rule the alarm levels were tuned under (the default for bundles before it)."""
+        return AlertRule.from_dict(self.manifest.get("alert_rule"))
 
     @property
     def version_label(self) -> str:

@@ -6,8 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.baselines import ols_line
-
 #: the correction fits the residuals of the last hour and follows their drift for about an hour
 WINDOW_MINUTES = 60.0
 DAMPING_MINUTES = 60.0
@@ -49,17 +47,44 @@ def realtime_correction(
     seasonality and trend are not fitted twice. Non-finite residuals are ignored; with fewer
     than four points the level is their mean and the slope 0.
     """
+    return realtime_corrections(obs_ts, residuals, [len(obs_ts)], window_minutes,
+                                damping_minutes)[0]
+
+
+def realtime_corrections(
+    obs_ts, residuals, ends, window_minutes: float = WINDOW_MINUTES,
+    damping_minutes: float = DAMPING_MINUTES,
+) -> list[RealtimeCorrection]:
+    """:func:`realtime_correction` of the first ``end`` observations, for each of ``ends``.
+
+    One pass for all of them (the alert rule's earlier checks see prefixes of the same
+    observations).
+    """
     obs_ts = np.asarray(obs_ts, dtype="datetime64[us]")
     residuals = np.asarray(residuals, dtype=np.float64)
     ok = np.isfinite(residuals)
-    if not ok.any():
-        return RealtimeCorrection(damping_minutes=damping_minutes)
+    ends = np.asarray(ends, dtype=np.int64)
+    n_ok = np.concatenate([[0], np.cumsum(ok)])[ends]  # finite residuals among each prefix
     obs_ts, residuals = obs_ts[ok], residuals[ok]
-    recent = obs_ts > obs_ts.max() - np.timedelta64(int(window_minutes * 60e6), "us")
-    if recent.sum() < MIN_POINTS_FOR_SLOPE:
-        return RealtimeCorrection(float(np.mean(residuals[recent])), 0.0, damping_minutes)
-    slope, level = ols_line(obs_ts[recent], residuals[recent])
-    return RealtimeCorrection(level, slope, damping_minutes)
+    out = [RealtimeCorrection(damping_minutes=damping_minutes)] * ends.size
+    live = np.flatnonzero(n_ok > 0)
+    if live.size == 0:
+        return out
+    latest = obs_ts[n_ok[live] - 1]
+    x = (obs_ts[None, :] - latest[:, None]).astype(np.float64) / 60e6  # minutes before latest
+    inside = (x > -window_minutes) & (np.arange(obs_ts.size)[None, :] < n_ok[live, None])
+    cnt = inside.sum(axis=1)
+    xs, rs = np.where(inside, x, 0.0), np.where(inside, residuals[None, :], 0.0)
+    xm, rm = xs.sum(axis=1) / cnt, rs.sum(axis=1) / cnt
+    dx = np.where(inside, x - xm[:, None], 0.0)
+    sxx = (dx * dx).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = np.where((cnt >= MIN_POINTS_FOR_SLOPE) & (sxx > 0),
+                         (dx * (rs - rm[:, None] * inside)).sum(axis=1) / sxx, 0.0)
+    level = rm - slope * xm
+    for j, i in enumerate(live):
+        out[i] = RealtimeCorrection(float(level[j]), float(slope[j]), damping_minutes)
+    return out
 
 
 def rolling_corrections(

@@ -15,6 +15,7 @@ from training.baselines import static_warning
 from training.correction import damped, error_paths, rolling_corrections
 from training.forecast import SeriesForecaster
 from training.threshold import (
+    AlertRule,
     ProbabilityCalibration,
     crossing_distribution,
     first_crossing_index,
@@ -22,7 +23,9 @@ from training.threshold import (
 
 PREALERT = "prealert"
 STATIC = "static_90pct"
-#: a threshold crossed fewer times than this in the replay keeps raw probabilities
+#: predict_linear over 60 minutes behind prealert's own alert rule, for a like-for-like look
+LINEAR_60_RULE = "predict_linear_60m_rule"
+#: a threshold crossed fewer times than this in the replay does not choose its own alarm level
 MIN_CROSSINGS_TO_CALIBRATE = 10
 
 
@@ -42,6 +45,8 @@ class EvalConfig:
     out_of_sample_errors: bool = True  # error paths from the previous model's replayed segment
     calibrate: bool = True  # recalibrate probabilities on that replay (isotonic)
     tune_alarm: bool = True  # pick the alarm level that maximised F1 on that replay
+    #: prealert's alert rule (``for`` / ``keep_firing_for``); None warns on every check alone
+    alert_rule: AlertRule | None = field(default_factory=AlertRule)
     forecaster: dict = field(default_factory=dict)
 
     def as_params(self) -> dict[str, str]:
@@ -122,65 +127,123 @@ def replay_probabilities(y, expected, level, slope, idx, step: float, horizon: f
     return batch, true_minutes(y, idx, n_h, step, threshold, direction == "above")
 
 
+@dataclass
+class ReplayOutcome:
+    """One target's replay, check by check in time order."""
+
+    probability: np.ndarray  # raw P(cross within H); NaN where not evaluated
+    crossed: np.ndarray  # the crossing came within H
+    beyond: np.ndarray  # already beyond the threshold (an alert rule counts it as holding)
+
+    @property
+    def live(self) -> np.ndarray:
+        return np.isfinite(self.probability)
+
+
 def replay_outcomes(y, expected, idx, step: float, horizon: float, paths: np.ndarray,
-                    targets: list[tuple[float, str]]) -> list[tuple[np.ndarray, np.ndarray]]:
+                    targets: list[tuple[float, str]]) -> list[ReplayOutcome]:
     """Raw probabilities and whether the crossing came, per (threshold, direction) target.
 
-    A replay the model was not trained on; indices whose horizon runs past the data, or that
-    are already beyond the threshold, are left out.
+    A replay the model was not trained on, at the regular checks ``idx``; checks whose horizon
+    runs past the data are left out, checks already beyond the threshold are not evaluated.
     """
     level, slope = rolling_corrections(y - expected, step)
     n_h = int(round(horizon / step))
     idx = idx[idx + n_h < y.size]
     out = []
+    cur = y[idx]
     for thr, direction in targets:
-        cur = y[idx]
-        live = idx[np.isfinite(cur) & ((cur < thr) if direction == "above" else (cur > thr))
-                   & np.isfinite(expected[idx])]
-        if live.size:
-            batch, truth = replay_probabilities(y, expected, level, slope, live, step, horizon,
-                                                paths, thr, direction)
-            out.append((batch.probability, np.isfinite(truth)))
-        else:
-            out.append((np.empty(0), np.empty(0, dtype=bool)))
+        beyond = np.isfinite(cur) & ((cur >= thr) if direction == "above" else (cur <= thr))
+        live = np.isfinite(cur) & ~beyond & np.isfinite(expected[idx])
+        p = np.full(idx.size, np.nan)
+        crossed = np.zeros(idx.size, dtype=bool)
+        if live.any():
+            batch, truth = replay_probabilities(y, expected, level, slope, idx[live], step,
+                                                horizon, paths, thr, direction)
+            p[live], crossed[live] = batch.probability, np.isfinite(truth)
+        out.append(ReplayOutcome(p, crossed, beyond))
     return out
 
 
-def calibrate_on_replay(outcomes: list[tuple[np.ndarray, np.ndarray]], default_alarm: float,
-                        alarm_on: tuple[np.ndarray, np.ndarray] | None = None,
-                        tune_alarm: bool = True) -> ProbabilityCalibration:
-    """Isotonic calibration on all replay outcomes, with the alarm level that maximised F1.
+def calibrate_on_replay(outcomes: list[ReplayOutcome], default_alarm: float,
+                        alarm_on: ReplayOutcome | None = None, tune_alarm: bool = True,
+                        rule: AlertRule | None = None, checks_per_outcome: float = 1.0
+                        ) -> ProbabilityCalibration:
+    """Isotonic calibration on all replay outcomes, with the alarm level chosen on the replay.
 
-    The alarm is chosen on ``alarm_on`` (one target's outcomes) or, without it, on all of them;
-    with ``tune_alarm`` off it stays ``default_alarm``.
+    ``checks_per_outcome`` is the horizon over the spacing of the checks (see
+    :meth:`ProbabilityCalibration.fit`). The alarm is chosen (:func:`best_alert`,
+    under ``rule``) on ``alarm_on`` (one target's outcomes) or, without it, on each target's
+    and pooled; with ``tune_alarm`` off it stays ``default_alarm``.
     """
-    p_raw = np.concatenate([p for p, _ in outcomes])
-    crossed = np.concatenate([c for _, c in outcomes])
-    calibration = ProbabilityCalibration.fit(p_raw, crossed)
-    alarm = default_alarm
+    p_raw = np.concatenate([o.probability[o.live] for o in outcomes])
+    crossed = np.concatenate([o.crossed[o.live] for o in outcomes])
+    calibration = ProbabilityCalibration.fit(p_raw, crossed, checks_per_outcome=checks_per_outcome)
+    alarm, for_minutes = default_alarm, None
     if tune_alarm:
-        p, c = alarm_on if alarm_on is not None else (p_raw, crossed)
-        alarm = best_alarm_probability(calibration.apply(p), c, default_alarm)
-    return dataclasses.replace(calibration, alarm=alarm)
+        on = [alarm_on] if alarm_on is not None else outcomes
+        alarm, for_minutes = best_alert(
+            [dataclasses.replace(o, probability=calibration.apply(o.probability)) for o in on],
+            default_alarm, rule)
+    return dataclasses.replace(calibration, alarm=alarm, for_minutes=for_minutes)
 
 
-def best_alarm_probability(p: np.ndarray, crossed: np.ndarray, default: float,
-                           min_positives: int = 10) -> float:
-    """The alarm level that maximised F1 of "crosses within H" on a past replay.
+#: among alert settings whose F1 on the replay is within this share of the best, take the quietest
+QUIET_WITHIN = 0.03
 
-    What an operator tuning the alert rule on the last weeks would pick; ``default`` when
-    the replay holds too few crossings to choose from.
+
+def best_alert(outcomes: list[ReplayOutcome], default: float, rule: AlertRule | None = None,
+               min_positives: int = 10) -> tuple[float, float | None]:
+    """The alarm level, and the rule's ``for``, an operator tuning the alert on the past replay picks.
+
+    F1 of "crosses within H" over the evaluated checks, each of ``rule.choices()`` applied
+    along each outcome's time order. Of the settings within :data:`QUIET_WITHIN` of the best
+    F1, the one with the fewest false alarms (runs of alerts none of whose checks saw a
+    crossing), then the highest level, then the shortest ``for``: the same skill with fewer
+    pages. ``(default, None)`` when the replay holds too few crossings to choose from.
     """
-    if crossed.sum() < min_positives:
-        return default
-    best, best_f1 = default, -1.0
-    for level in np.arange(0.1, 0.95, 0.05):
-        warn = p >= level
-        tp = np.sum(warn & crossed)
-        f1 = 2 * tp / (warn.sum() + crossed.sum()) if tp else 0.0
-        if f1 > best_f1 + 1e-9:
-            best, best_f1 = float(level), f1
-    return best
+    crossed = [o.crossed[o.live] for o in outcomes]
+    n_crossed = sum(int(c.sum()) for c in crossed)
+    if n_crossed < min_positives:
+        return default, None
+    levels = np.round(np.arange(0.1, 0.95, 0.05), 2)
+    found = []  # (f1, false alarms, level, for)
+    for r in rule.choices() if rule is not None else [None]:
+        for level in levels:
+            tp = n_warn = false_alarms = 0
+            for o, c in zip(outcomes, crossed, strict=True):
+                on = (np.nan_to_num(o.probability, nan=-1.0) >= level) | o.beyond
+                warn = (r.firing(on) if r is not None else on)[o.live]
+                tp += int(np.sum(warn & c))
+                n_warn += int(warn.sum())
+                false_alarms += _false_alarm_runs(warn, c)
+            f1 = 2 * tp / (n_warn + n_crossed) if tp else 0.0
+            found.append((f1, false_alarms, float(level), None if r is None else r.for_minutes))
+    best = max(f[0] for f in found)
+    if best <= 0:
+        return default, None
+    near = [f for f in found if f[0] >= (1 - QUIET_WITHIN) * best]
+    _, _, level, for_minutes = min(near, key=lambda f: (f[1], -f[2], f[3] or 0.0))
+    return level, for_minutes
+
+
+def _false_alarm_runs(warn: np.ndarray, crossed: np.ndarray) -> int:
+    """Runs of consecutive warnings none of whose checks saw a crossing within H."""
+    edges = np.diff(np.concatenate([[0], warn.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    hits = np.concatenate([[0], np.cumsum(warn & crossed)])
+    return int(np.sum(hits[ends] - hits[starts] == 0))
+
+
+def _alerting(rule: AlertRule | None, checked, on_live: np.ndarray) -> np.ndarray:
+    """The alert rule along a segment's checks (beyond the threshold holds) at the reported ones.
+
+    ``checked`` is ``(beyond, live, keep)``: masks over the checks, and over the live ones.
+    """
+    beyond, live, keep = checked
+    on = beyond.copy()
+    on[live] = on_live
+    return (rule.firing(on) if rule is not None else on)[live][keep]
 
 
 def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
@@ -196,6 +259,9 @@ def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
     every = max(1, int(round(config.every_minutes / step)))
     cadence = np.timedelta64(int(config.retrain_every_hours * 3600e6), "us")
     max_h = max(config.horizons)
+    rule = config.alert_rule
+    if rule is not None:  # checked at the backtest's evaluation times
+        rule = dataclasses.replace(rule, every_minutes=every * step)
     lead_in = np.timedelta64(int(max_h * 60e6), "us")
     rows = []
     t0 = case.eval_start
@@ -221,14 +287,21 @@ def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
                     "idx": np.flatnonzero((case.ts >= hist_start) & (case.ts < t0 - lead_in))[::every]}
         level, slope = rolling_corrections(resid, step)
         lin = {w: rolling_corrections(y, step, w) for w in config.linear_windows}
-        seg = np.flatnonzero((case.ts >= t0) & (case.ts < t1))
-        seg = seg[(seg % every == 0) & (seg + 1 <= last_index)]
-        current = y[seg]
-        live = np.isfinite(current) & (current < case.threshold if above
-                                       else current > case.threshold)
-        seg, current = seg[live], current[live]
+        # the checks of this segment, plus the earlier ones the alert rule looks back at
+        back = np.timedelta64(int(rule.max_lookback_checks * rule.every_minutes * 60e6), "us") \
+            if rule is not None else np.timedelta64(0, "us")
+        checks = np.flatnonzero((case.ts >= t0 - back) & (case.ts < t1))
+        checks = checks[(checks % every == 0) & (checks + 1 <= last_index)]
+        current = y[checks]
+        beyond = np.isfinite(current) & (current >= case.threshold if above
+                                         else current <= case.threshold)
+        live = np.isfinite(current) & ~beyond
+        keep = (case.ts[checks] >= t0)[live]  # live checks reported (the look-back ones are not)
+        seg, current = checks[live], current[live]
         history = y[fit_idx]
-        for h in config.horizons if seg.size else ():
+        checked = (beyond, live, keep)
+
+        for h in config.horizons if keep.any() else ():
             n_h = int(round(h / step))
             minutes = np.arange(1, n_h + 1) * step
             paths = error_paths(err_resid, step, h, config.n_paths)
@@ -240,29 +313,39 @@ def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
                      np.nanquantile(history, 0.995 if above else 0.005)]
                 outcomes = replay_outcomes(y, prev["expected"], prev["idx"], step, h, paths,
                                            [(thr, case.direction) for thr in (case.threshold, *q)])
-                # only a threshold the replay saw crossed often enough gets recalibrated
-                if outcomes[0][1].sum() >= MIN_CROSSINGS_TO_CALIBRATE:
-                    calibration = calibrate_on_replay(outcomes, config.alarm_probability,
-                                                      outcomes[0], config.tune_alarm)
-                    alarm = calibration.alarm
+                # calibrated on all the replayed thresholds, as training does; the operator's
+                # own threshold picks the alarm level if the replay saw it crossed often enough
+                own = outcomes[0] if outcomes[0].crossed.sum() >= MIN_CROSSINGS_TO_CALIBRATE \
+                    else None
+                calibration = calibrate_on_replay(outcomes, config.alarm_probability, own,
+                                                  config.tune_alarm, rule, h / (every * step))
+                alarm = calibration.alarm
             b, truth = replay_probabilities(y, expected, level, slope, seg, step, h, paths,
                                             case.threshold, case.direction)
             probability = calibration.apply(b.probability)
-            base = {"series": case.name, "ts": case.ts[seg], "horizon": h,
-                    "true_minutes": truth, "current": current}
+            base = {"series": case.name, "ts": case.ts[seg][keep], "horizon": h,
+                    "true_minutes": truth[keep], "current": current[keep]}
             rows.append(pl.DataFrame({
-                **base, "predictor": PREALERT, "warn": probability >= alarm,
+                **base, "predictor": PREALERT,
+                "warn": _alerting(rule and rule.with_for(calibration.for_minutes), checked,
+                                  probability >= alarm),
                 "alarm_probability": alarm,
-                "minutes": b.minutes, "earliest": b.earliest_minutes,
-                "latest": b.latest_minutes, "probability": probability,
-                "probability_raw": b.probability, "model_kind": model.kind_}))
+                "alert_for_minutes": rule.with_for(calibration.for_minutes).for_minutes
+                if rule is not None else 0.0,
+                "minutes": b.minutes[keep], "earliest": b.earliest_minutes[keep],
+                "latest": b.latest_minutes[keep], "probability": probability[keep],
+                "probability_raw": b.probability[keep], "model_kind": model.kind_}))
             for w, (lv, sl) in lin.items():
                 path = lv[seg, None] + sl[seg, None] * minutes[None, :]
                 first = first_crossing_index(path, case.threshold, above)
-                m = np.where(first >= 0, minutes[np.maximum(first, 0)], np.nan)
+                m = np.where(first >= 0, minutes[np.maximum(first, 0)], np.nan)[keep]
                 rows.append(pl.DataFrame({**base, "predictor": f"predict_linear_{w}m",
-                                          "warn": first >= 0, "minutes": m}))
-            static = static_warning(current, case.threshold, case.direction, config.static_fraction)
+                                          "warn": (first >= 0)[keep], "minutes": m}))
+                if w == 60 and rule is not None:
+                    rows.append(pl.DataFrame({**base, "predictor": LINEAR_60_RULE,
+                                              "warn": _alerting(rule, checked, first >= 0), "minutes": m}))
+            static = static_warning(current[keep], case.threshold, case.direction,
+                                    config.static_fraction)
             rows.append(pl.DataFrame({**base, "predictor": STATIC, "warn": static}))
         prev = {"expected": expected,
                 "span": (case.ts >= t0 - lead_in) & (case.ts < t1),
@@ -368,21 +451,38 @@ def interval_coverage(g: pl.DataFrame) -> float:
     return float(np.mean((lo <= t) & (t <= hi)))
 
 
-def reliability(g: pl.DataFrame, bins: int = 10, min_count: int = 30) -> pl.DataFrame:
-    """Decile table: mean predicted probability vs observed frequency of a crossing within H."""
+def reliability(g: pl.DataFrame, bins: int = 10, min_count: int = 30,
+                every: float | None = None) -> pl.DataFrame:
+    """Decile table: mean predicted probability vs observed frequency of a crossing within H.
+
+    With ``every`` (minutes between checks) it also says how many independent outcomes a
+    bin holds (checks one horizon apart share nothing; closer ones share most of their
+    future) and the observed frequency's standard error over those.
+    """
     p = g["probability"].to_numpy()
     obs = np.isfinite(g["true_minutes"].fill_null(np.nan).to_numpy())
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    per_outcome = float(g["horizon"][0]) / every if every and g.height else 1.0
     rows = []
     for b in range(bins):
         sel = which == b
         if sel.sum() >= min_count:
-            rows.append({"bin": f"{edges[b]:.1f}-{edges[b + 1]:.1f}", "n": int(sel.sum()),
-                         "predicted": float(p[sel].mean()), "observed": float(obs[sel].mean()),
-                         "gap": float(p[sel].mean() - obs[sel].mean())})
-    return pl.DataFrame(rows, schema={"bin": pl.String, "n": pl.Int64, "predicted": pl.Float64,
-                                      "observed": pl.Float64, "gap": pl.Float64})
+            rate = float(obs[sel].mean())
+            row = {"bin": f"{edges[b]:.1f}-{edges[b + 1]:.1f}", "n": int(sel.sum()),
+                   "predicted": float(p[sel].mean()), "observed": rate,
+                   "gap": float(p[sel].mean() - rate)}
+            if every:
+                outcomes = max(sel.sum() / per_outcome, 1.0)
+                smoothed = (rate * outcomes + 1) / (outcomes + 2)  # never a zero error at 0 or 1
+                row.update(outcomes=round(outcomes, 1),
+                           se=float(np.sqrt(smoothed * (1 - smoothed) / outcomes)))
+            rows.append(row)
+    schema = {"bin": pl.String, "n": pl.Int64, "predicted": pl.Float64, "observed": pl.Float64,
+              "gap": pl.Float64}
+    if every:
+        schema.update(outcomes=pl.Float64, se=pl.Float64)
+    return pl.DataFrame(rows, schema=schema)
 
 
 def run_evaluation(cases: list[SeriesCase], config: EvalConfig, echo=print) -> pl.DataFrame:

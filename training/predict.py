@@ -10,12 +10,12 @@ import numpy as np
 
 from features import schema as s
 from training.bundle import ModelBundle
-from training.correction import RealtimeCorrection, realtime_correction
+from training.correction import RealtimeCorrection, realtime_corrections
 from training.forecast import horizon_grid
 from training.threshold import (
     DEFAULT_ALARM,
     ProbabilityCalibration,
-    crossing_from_paths,
+    crossings_from_paths,
     minutes_to_threshold,
 )
 
@@ -40,6 +40,7 @@ class Prediction:
     already_crossed: bool
     alert: bool
     alarm_probability: float
+    alert_rule: str
     drivers: list[dict]
     driver: str | None
     level_correction: float
@@ -61,8 +62,11 @@ class Prediction:
                     f"(probability {self.probability:.2f})")
         lo = "?" if self.earliest_minutes is None else f"{self.earliest_minutes:.0f}"
         hi = f">{self.horizon_minutes:g}" if self.latest_minutes is None else f"{self.latest_minutes:.0f}"
-        return (f"{what} in {self.minutes_to_threshold:.0f} min (between {lo} and {hi}, "
-                f"probability {self.probability:.2f})")
+        when = f"in {self.minutes_to_threshold:.0f} min (between {lo} and {hi}"
+        if self.probability < 0.5:
+            return (f"{what}: unlikely within {self.horizon_minutes:g} min (probability "
+                    f"{self.probability:.2f}); if it crosses, {when})")
+        return f"{what} {when}, probability {self.probability:.2f})"
 
 
 #: fewer historical error paths than this and the answer uses the model's Gaussian band
@@ -125,9 +129,11 @@ def predict_series(
 
     ``recent`` observations (time, value) anchor the forecast: ``now`` becomes the latest of
     them and the forecast follows their residuals (level and damped drift, see correction.py).
-    Without them ``now`` defaults to the end of the training data. ``context`` gives the latest values
-    of the entity's other metrics for the anomaly score; metrics not given count as expected.
-    Raises ``KeyError`` for a series the bundle does not know.
+    Without them ``now`` defaults to the end of the training data. ``alert`` applies the
+    bundle's alert rule to the checks now and every few minutes before, each answered from the
+    observations up to it (see :class:`~training.threshold.AlertRule`). ``context`` gives the
+    latest values of the entity's other metrics for the anomaly score; metrics not given count
+    as expected. Raises ``KeyError`` for a series the bundle does not know.
     """
     if series_id not in bundle.forecasters:
         raise KeyError(series_id)
@@ -136,58 +142,38 @@ def predict_series(
                       dtype="datetime64[us]")
     obs_y = np.array([v for _, v in recent or []], dtype=np.float64)
     order = np.argsort(obs_ts, kind="stable")
-    obs_ts, obs_y = obs_ts[order], obs_y[order]
-    finite = np.isfinite(obs_y)
-    if finite.any():
-        now = _to_utc(obs_ts[finite][-1].astype(datetime))
+    finite = np.isfinite(obs_y[order])
+    obs_ts, obs_y = obs_ts[order][finite], obs_y[order][finite]
+    if obs_ts.size:
+        now = _to_utc(obs_ts[-1].astype(datetime))
     elif now is None:
         now = _to_utc(model.last_ts_)
     else:
         now = _to_utc(now)
 
-    grid = horizon_grid(now, horizon_minutes, model.step_minutes_)
-    minutes = np.arange(1, grid.size + 1) * model.step_minutes_
     paths = model.error_paths_
-    use_paths = paths.shape[0] >= MIN_ERROR_PATHS and paths.shape[1] >= grid.size
+    n_h = horizon_grid(now, horizon_minutes, model.step_minutes_).size
+    use_paths = paths.shape[0] >= MIN_ERROR_PATHS and paths.shape[1] >= n_h
     if model.kind_ == "prophet" and not use_paths:
         raise ValueError(
             f"horizon {horizon_minutes:g} min is beyond the {model.max_horizon_minutes:g} min "
             f"this model learned its errors for; ask for a shorter horizon")
-    # one forecast call for the observed times and the horizon
-    n_obs = int(finite.sum())
-    times = np.concatenate([obs_ts[finite], grid])
+    calibration, alarm = ProbabilityCalibration(), DEFAULT_ALARM
     if use_paths:
-        yhat = model.expected(times)
-        fc = {"yhat": yhat[n_obs:]}
-    else:
-        full = model.predict(times, with_interval=True)
-        yhat = full["yhat"].to_numpy()
-        fc = {k: full[k].to_numpy()[n_obs:] for k in ("yhat", "yhat_lower", "yhat_upper")}
-    expected = yhat[:n_obs]
-
-    correction, current, z_now = RealtimeCorrection(), None, None
-    if n_obs:
-        correction = realtime_correction(obs_ts[finite], obs_y[finite] - expected)
-        current = float(obs_y[finite][-1])
-        z_now = (current - expected[-1]) / max(model.sigma_, 1e-9)
-
-    offset = correction.at(minutes)
-    point = fc["yhat"] + offset
-    if use_paths:
-        crossing = crossing_from_paths(minutes, point, paths[:, : grid.size], threshold,
-                                       direction, current)
         calibration = model.calibration_for(horizon_minutes)
         if not calibration.covers(threshold, direction):  # a threshold the replay never tried
             calibration = ProbabilityCalibration()
         alarm = calibration.alarm
-        if not crossing.already_crossed:
-            calibrated = float(calibration.apply(crossing.probability))
-            crossing = dataclasses.replace(crossing, probability=round(calibrated, 4))
-    else:  # the linear fallback: its Gaussian band
-        alarm = DEFAULT_ALARM
-        crossing = minutes_to_threshold(
-            grid, point, fc["yhat_lower"] + offset, fc["yhat_upper"] + offset,
-            threshold, direction, now, current)
+    rule = bundle.alert_rule.with_for(calibration.for_minutes)
+    # the checks the alert rule looks at, oldest first, then now
+    origins = [now - timedelta(minutes=k * rule.every_minutes)
+               for k in range(rule.lookback_checks, -1, -1)]
+    answers = _answers_at(model, obs_ts, obs_y, threshold, direction, horizon_minutes, use_paths,
+                          calibration, origins)
+    holds = np.array([c.already_crossed or c.probability >= alarm for c, *_ in answers])
+    alert = bool(rule.firing(holds)[-1])
+    crossing, grid, point, correction, z_now = answers[-1]
+
     drivers = crossing_drivers(model, now, grid, point, correction, crossing.minutes, direction)
     score, top = anomaly_now(bundle, series_id, z_now, context, now)
     r2 = lambda v: None if v is None else round(v, 2)  # noqa: E731
@@ -200,13 +186,55 @@ def predict_series(
         earliest_at=_at(now, crossing.earliest_minutes),
         latest_at=_at(now, crossing.latest_minutes),
         probability=crossing.probability, already_crossed=crossing.already_crossed,
-        alert=crossing.already_crossed or crossing.probability >= alarm, alarm_probability=alarm,
+        alert=alert, alarm_probability=alarm, alert_rule=rule.describe(alarm),
         drivers=drivers, driver=drivers[0]["component"] if drivers else None,
         level_correction=round(correction.level, 4),
         trend_correction_per_min=round(correction.slope_per_min, 5),
         anomaly_score=score, anomaly_top_metrics=top,
         model_version=bundle.version_label,
     )
+
+
+def _answers_at(model, obs_ts: np.ndarray, obs_y: np.ndarray, threshold: float, direction: str,
+                horizon_minutes: float, use_paths: bool, calibration: ProbabilityCalibration,
+                origins: list[datetime]) -> list[tuple]:
+    """The crossing as it looked at each origin, from the (finite, sorted) observations up to it.
+
+    One ``(crossing, grid, point, correction, z_now)`` per origin; an origin before the first
+    observation is answered by the model alone. One forecast call covers every origin.
+    """
+    ends = [int(np.searchsorted(obs_ts, np.datetime64(o.replace(tzinfo=None), "us"), "right"))
+            for o in origins]
+    last = horizon_grid(origins[-1], horizon_minutes, model.step_minutes_)
+    grids = [last - (np.datetime64(origins[-1].replace(tzinfo=None), "us")
+                     - np.datetime64(o.replace(tzinfo=None), "us")) for o in origins]
+    n_obs = max(ends)
+    times, where = np.unique(np.concatenate([obs_ts[:n_obs], *grids]), return_inverse=True)
+    if use_paths:
+        fc = {"yhat": model.expected(times)[where]}
+    else:
+        full = model.predict(times, with_interval=True)
+        fc = {k: full[k].to_numpy()[where] for k in ("yhat", "yhat_lower", "yhat_upper")}
+    n_h = grids[0].size
+    minutes = np.arange(1, n_h + 1) * model.step_minutes_
+    at = lambda k, i: fc[k][n_obs + i * n_h: n_obs + (i + 1) * n_h]  # noqa: E731  origin i's horizon
+    resid = obs_y[:n_obs] - fc["yhat"][:n_obs]
+    corrections = realtime_corrections(obs_ts[:n_obs], resid, ends)
+    currents = [float(obs_y[e - 1]) if e else None for e in ends]
+    zs = [resid[e - 1] / max(model.sigma_, 1e-9) if e else None for e in ends]
+    offsets = [c.at(minutes) for c in corrections]
+    points = np.stack([at("yhat", i) + off for i, off in enumerate(offsets)])
+    if use_paths:
+        crossings = crossings_from_paths(minutes, points, model.error_paths_[:, :n_h], threshold,
+                                         direction, currents)
+        crossings = [c if c.already_crossed else dataclasses.replace(
+            c, probability=round(float(calibration.apply(c.probability)), 4)) for c in crossings]
+    else:  # the linear fallback: its Gaussian band
+        crossings = [minutes_to_threshold(grids[i], points[i], at("yhat_lower", i) + off,
+                                          at("yhat_upper", i) + off, threshold, direction,
+                                          origins[i], currents[i])
+                     for i, off in enumerate(offsets)]
+    return list(zip(crossings, grids, points, corrections, zs, strict=True))
 
 
 def anomaly_now(bundle: ModelBundle, series_id: str, z_series: float | None,

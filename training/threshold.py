@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -16,9 +16,12 @@ Z90 = 1.2815515655446004
 class Crossing:
     """When a forecast reaches a threshold, relative to ``now``.
 
-    ``minutes`` is the median crossing (the point forecast), ``earliest``/``latest`` the
-    crossings of the P90/P10 paths (for direction "above"), each ``None`` when not within
-    the horizon; ``probability`` is the chance of reaching the threshold within the horizon.
+    From error paths (:func:`crossing_distribution`): ``minutes`` is the median and
+    ``earliest``/``latest`` the P10/P90 of the crossing time given a crossing within the
+    horizon, ``None`` when no path crosses. From the Gaussian band of the linear fallback
+    (:func:`minutes_to_threshold`): the crossings of the point forecast and of the P90/P10
+    bands (for "above"), each ``None`` when not within the horizon. ``probability`` is the
+    chance of reaching the threshold within the horizon.
     """
 
     minutes: float | None
@@ -94,11 +97,15 @@ def first_crossing_index(paths: np.ndarray, threshold: float, above: bool) -> np
 
 @dataclass(frozen=True)
 class CrossingBatch:
-    """Vectorized answers for many evaluation times (one row each); NaN where not within H."""
+    """Vectorized answers for many evaluation times (one row each).
 
-    minutes: np.ndarray  # median (P50) of the crossing-time distribution
-    earliest_minutes: np.ndarray  # P10 of the crossing-time distribution
-    latest_minutes: np.ndarray  # P90 of the crossing-time distribution
+    The times are quantiles of the crossing time *given* a crossing within H (the paths that
+    cross), NaN where no path crosses; ``probability`` says how likely that crossing is.
+    """
+
+    minutes: np.ndarray  # median (P50) of the crossing time among the paths that cross
+    earliest_minutes: np.ndarray  # its P10
+    latest_minutes: np.ndarray  # its P90
     probability: np.ndarray  # share of plausible paths that reach the threshold within H
 
 
@@ -115,8 +122,9 @@ def crossing_distribution(
     point forecasts, ``error_paths`` (K, n_h) forecast errors seen in history at the same
     offsets (kept whole, so their correlation over the horizon is real). Each path
     ``point + error`` is one plausible future: the probability is the share whose extreme
-    reaches the threshold, and P10/P50/P90 are quantiles of their first-crossing times
-    (NaN where that quantile lies beyond the horizon), so P10 <= P50 <= P90 always holds.
+    reaches the threshold, and P10/P50/P90 are quantiles of the first-crossing times of
+    those that do ("if it crosses, when"), so P10 <= P50 <= P90 always holds; NaN when none
+    crosses. "Heap will cross in 38 min (between 25 and 55, probability 0.8)".
     """
     if direction not in ("above", "below"):
         raise ValueError(f"direction must be 'above' or 'below', not {direction!r}")
@@ -131,11 +139,14 @@ def crossing_distribution(
     for lo in range(0, n_t, chunk):
         paths = point[lo:lo + chunk, None, :] + errors[None, :, :]
         first = first_crossing_index(paths, threshold, above)  # (chunk, K)
-        t_cross = np.where(first >= 0, minutes[np.maximum(first, 0)], np.inf)
-        prob[lo:lo + chunk] = np.mean(first >= 0, axis=1)
-        q10, q50, q90 = np.quantile(t_cross, [0.1, 0.5, 0.9], axis=1, method="inverted_cdf")
-        for key, q in (("earliest", q10), ("minutes", q50), ("latest", q90)):
-            out[key][lo:lo + chunk] = np.where(np.isfinite(q), q, np.nan)
+        t_cross = np.sort(np.where(first >= 0, minutes[np.maximum(first, 0)], np.inf), axis=1)
+        n_cross = np.sum(first >= 0, axis=1)
+        prob[lo:lo + chunk] = n_cross / errors.shape[0]
+        rows = np.arange(t_cross.shape[0])
+        for key, q in (("earliest", 0.1), ("minutes", 0.5), ("latest", 0.9)):
+            # the inverted-CDF quantile of the n_cross finite (sorted first) crossing times
+            k = np.clip(np.ceil(q * n_cross).astype(np.int64) - 1, 0, None)
+            out[key][lo:lo + chunk] = np.where(n_cross > 0, t_cross[rows, k], np.nan)
     return CrossingBatch(out["minutes"], out["earliest"], out["latest"], prob)
 
 
@@ -148,20 +159,39 @@ def crossing_from_paths(
     current: float | None = None,
 ) -> Crossing:
     """One evaluation time's :class:`Crossing` from a point path and historical error paths."""
+    return crossings_from_paths(minutes, point[None, :], error_paths, threshold, direction,
+                                [current])[0]
+
+
+def crossings_from_paths(
+    minutes: np.ndarray,
+    points: np.ndarray,
+    error_paths: np.ndarray,
+    threshold: float,
+    direction: str,
+    currents: list[float | None],
+) -> list[Crossing]:
+    """:class:`Crossing` per row of ``points`` (n, n_h), each with its latest observed value."""
     above = direction == "above"
-    if current is not None and (current >= threshold if above else current <= threshold):
-        return Crossing(0.0, 0.0, 0.0, 1.0, already_crossed=True)
-    b = crossing_distribution(minutes, point[None, :], error_paths, threshold, direction)
+    b = crossing_distribution(minutes, points, error_paths, threshold, direction)
 
     def _opt(x: float) -> float | None:
         return None if np.isnan(x) else float(x)
 
-    return Crossing(_opt(b.minutes[0]), _opt(b.earliest_minutes[0]), _opt(b.latest_minutes[0]),
-                    round(float(b.probability[0]), 4))
+    out = []
+    for i, current in enumerate(currents):
+        if current is not None and (current >= threshold if above else current <= threshold):
+            out.append(Crossing(0.0, 0.0, 0.0, 1.0, already_crossed=True))
+        else:
+            out.append(Crossing(_opt(b.minutes[i]), _opt(b.earliest_minutes[i]),
+                                _opt(b.latest_minutes[i]), round(float(b.probability[i]), 4)))
+    return out
 
 
 #: alert when the chance of crossing within the horizon reaches this, unless a replay chose better
 DEFAULT_ALARM = 0.5
+#: pseudo-outcomes at the model's own probability that each calibration block is shrunk with
+PRIOR_OUTCOMES = 2.0
 
 
 @dataclass(frozen=True)
@@ -176,6 +206,8 @@ class ProbabilityCalibration:
     values: tuple[float, ...] = (0.0, 1.0)
     n_fitted: int = 0
     alarm: float = DEFAULT_ALARM  # the calibrated probability at which to alert (best F1 on the replay)
+    #: the alert rule's ``for`` chosen with the alarm on the replay; None keeps the bundle's
+    for_minutes: float | None = None
     #: thresholds the replay covered, per direction: beyond them the raw probability stands
     above: tuple[float, float] = (float("-inf"), float("inf"))
     below: tuple[float, float] = (float("-inf"), float("inf"))
@@ -189,7 +221,16 @@ class ProbabilityCalibration:
 
     @classmethod
     def fit(cls, p_raw: np.ndarray, crossed: np.ndarray, min_samples: int = 200,
-            min_positives: int = 10) -> ProbabilityCalibration:
+            min_positives: int = 10, checks_per_outcome: float = 1.0,
+            prior_weight: float = PRIOR_OUTCOMES) -> ProbabilityCalibration:
+        """Isotonic regression of ``crossed`` on ``p_raw``, each block's rate m-estimated.
+
+        Checks a few minutes apart share most of their horizon, so a block of ``n`` checks
+        holds only about ``n / checks_per_outcome`` independent outcomes. Each block's rate is
+        an m-estimate (Zadrozny & Elkan): the replay's rate, shrunk toward what the model
+        itself said (the block's mean raw probability) by ``prior_weight`` such outcomes. A
+        block of a few outcomes moves the model's probability only a little.
+        """
         from sklearn.isotonic import IsotonicRegression
 
         p_raw = np.asarray(p_raw, dtype=np.float64)
@@ -197,15 +238,23 @@ class ProbabilityCalibration:
         if p_raw.size < min_samples or crossed.sum() < min_positives:
             return cls()
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p_raw, crossed)
+        rate, block = np.unique(iso.predict(p_raw), return_inverse=True)  # ascending block rates
+        count = np.bincount(block, minlength=rate.size)
+        said = np.bincount(block, weights=p_raw, minlength=rate.size) / count  # the model's own
+        n = count / max(checks_per_outcome, 1.0)
+        shrunk = (n * rate + prior_weight * said) / (n + prior_weight)
+        shrunk = np.maximum.accumulate(shrunk)  # still monotone
         knots = np.concatenate([[0.0], iso.X_thresholds_, [1.0]])
         values = np.concatenate([[iso.predict([0.0])[0]], iso.y_thresholds_,
                                  [iso.predict([1.0])[0]]])
+        values = np.interp(values, rate, shrunk)
         keep = np.concatenate([[True], np.diff(knots) > 0])
         return cls(tuple(knots[keep].round(6)), tuple(values[keep].round(6)), int(p_raw.size))
 
     def to_dict(self) -> dict:
         return {"knots": list(self.knots), "values": list(self.values), "n_fitted": self.n_fitted,
-                "alarm": self.alarm, "above": list(self.above), "below": list(self.below)}
+                "alarm": self.alarm, "above": list(self.above), "below": list(self.below),
+                "for_minutes": self.for_minutes}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> ProbabilityCalibration:
@@ -214,4 +263,85 @@ class ProbabilityCalibration:
         inf = float("inf")
         return cls(tuple(d["knots"]), tuple(d["values"]), d["n_fitted"],
                    d.get("alarm", DEFAULT_ALARM), tuple(d.get("above", (-inf, inf))),
-                   tuple(d.get("below", (-inf, inf))))
+                   tuple(d.get("below", (-inf, inf))), d.get("for_minutes"))
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """When the probability becomes an alert, in the terms of a Prometheus alerting rule.
+
+    Checks run every ``every_minutes``. The alert fires once ``P >= alarm`` has held at every
+    check for ``for_minutes`` (Prometheus ``for``) and keeps firing ``keep_firing_minutes``
+    after the last check where that was still true (``keep_firing_for``): a single blip of
+    probability is not a page, and a warning that flickers on the way to a crossing stays on.
+    Times already beyond the threshold count as ``P >= alarm``.
+    """
+
+    for_minutes: float = 10.0
+    keep_firing_minutes: float = 15.0
+    every_minutes: float = 5.0
+    #: the ``for`` durations a replay may choose from, per series and horizon, with the alarm
+    for_choices: tuple[float, ...] = (0.0, 5.0, 10.0, 15.0, 20.0)
+
+    def __post_init__(self):
+        if self.every_minutes <= 0 or self.for_minutes < 0 or self.keep_firing_minutes < 0:
+            raise ValueError(f"alert rule needs every > 0 and for, keep_firing >= 0: {self}")
+
+    @property
+    def pending_checks(self) -> int:
+        """Consecutive checks that must all hold: ``for: 10m`` at 5 min is t-10, t-5 and t."""
+        return int(round(self.for_minutes / self.every_minutes)) + 1
+
+    @property
+    def keep_checks(self) -> int:
+        return int(round(self.keep_firing_minutes / self.every_minutes))
+
+    @property
+    def lookback_checks(self) -> int:
+        """How many checks before now the rule looks at."""
+        return self.pending_checks - 1 + self.keep_checks
+
+    def choices(self) -> list[AlertRule]:
+        """The rules a replay chooses from: this one with each of ``for_choices``."""
+        fors = sorted(set(self.for_choices) | {self.for_minutes})
+        return [replace(self, for_minutes=float(f)) for f in fors]
+
+    def with_for(self, for_minutes: float | None) -> AlertRule:
+        return self if for_minutes is None else replace(self, for_minutes=float(for_minutes))
+
+    @property
+    def max_lookback_checks(self) -> int:
+        """The look-back of the longest rule among the choices."""
+        return max(r.lookback_checks for r in self.choices())
+
+    def firing(self, on: np.ndarray) -> np.ndarray:
+        """The alert at each check of a regular, time-ordered sequence of ``P >= alarm`` flags.
+
+        Checks before the sequence starts count as not holding.
+        """
+        on = np.asarray(on, dtype=bool)
+        held = on.copy()
+        for j in range(1, self.pending_checks):
+            held[j:] &= on[:-j]
+            held[:j] = False
+        out = held.copy()
+        for j in range(1, self.keep_checks + 1):
+            out[j:] |= held[:-j]
+        return out
+
+    def describe(self, alarm: float) -> str:
+        return (f"P >= {alarm:g} for {self.for_minutes:g}m (checked every {self.every_minutes:g}m), "
+                f"keep_firing_for {self.keep_firing_minutes:g}m")
+
+    def to_dict(self) -> dict:
+        return {"for_minutes": self.for_minutes, "keep_firing_minutes": self.keep_firing_minutes,
+                "every_minutes": self.every_minutes, "for_choices": list(self.for_choices)}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> AlertRule:
+        if not d:
+            return cls()
+        d = dict(d)
+        if "for_choices" in d:
+            d["for_choices"] = tuple(d["for_choices"])
+        return cls(**d)

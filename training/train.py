@@ -20,7 +20,7 @@ from training.correction import WINDOW_MINUTES as CORRECTION_WINDOW_MINUTES
 from training.correction import error_paths
 from training.forecast import SeriesForecaster
 from training.predict import MIN_ERROR_PATHS
-from training.threshold import DEFAULT_ALARM
+from training.threshold import DEFAULT_ALARM, AlertRule
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,13 @@ class TrainConfig:
     include: list[str] = field(default_factory=list)  # series ids or entities; empty = all
     n_jobs: int = 2
     forecaster: dict = field(default_factory=dict)  # SeriesForecaster hyperparameters
+    alert_rule: AlertRule = field(default_factory=AlertRule)  # the alarm level is tuned under it
     detector: dict = field(default_factory=dict)  # WorkloadAnomalyDetector hyperparameters
 
     def as_params(self) -> dict[str, str]:
-        flat = {k: v for k, v in asdict(self).items() if k not in ("forecaster", "detector")}
+        flat = {k: v for k, v in asdict(self).items()
+                if k not in ("forecaster", "detector", "alert_rule")}
+        flat.update({f"alert_rule.{k}": v for k, v in self.alert_rule.to_dict().items()})
         flat.update({f"forecaster.{k}": v for k, v in SeriesForecaster(**self.forecaster)
                      .get_params().items()})
         flat.update({f"detector.{k}": v for k, v in self.detector.items()})
@@ -86,7 +89,8 @@ def _fit_one(sid: str, frame: pl.DataFrame, config: TrainConfig) -> dict:
             linear_window_minutes=config.predict_linear_window_minutes,
         )
         model = SeriesForecaster(**config.forecaster).fit(frame)
-        errors["error_paths_from"] = use_holdout_errors(model, trial, frame, holdout_start)
+        errors["error_paths_from"] = use_holdout_errors(model, trial, frame, holdout_start,
+                                                        config.alert_rule)
         clean = frame.drop_nulls(s.VALUE)
         expected = model.expected(clean[s.TS].to_numpy())
         z = (clean[s.VALUE].to_numpy() - expected) / max(model.sigma_, 1e-9)
@@ -97,7 +101,7 @@ def _fit_one(sid: str, frame: pl.DataFrame, config: TrainConfig) -> dict:
 
 
 def use_holdout_errors(model: SeriesForecaster, trial: SeriesForecaster, frame: pl.DataFrame,
-                       holdout_start) -> str:
+                       holdout_start, rule: AlertRule | None = None) -> str:
     """Give the served model the errors the trial model made on the holdout (out of sample).
 
     In-sample residuals understate what a deployed model gets wrong; the holdout replay is what
@@ -115,7 +119,8 @@ def use_holdout_errors(model: SeriesForecaster, trial: SeriesForecaster, frame: 
         return "in-sample (holdout too short)"
     model.error_paths_ = paths.astype(np.float32)
     model.calibrations_ = holdout_calibrations(model, trial, ts, part[s.VALUE].fill_null(np.nan)
-                                               .to_numpy(), frame.filter(pl.col(s.TS) < holdout_start))
+                                               .to_numpy(), frame.filter(pl.col(s.TS) < holdout_start),
+                                               rule or AlertRule())
     return "holdout"
 
 
@@ -124,11 +129,12 @@ CALIBRATION_HORIZONS = (30, 60, 120, 240, 360)
 
 
 def holdout_calibrations(model: SeriesForecaster, trial: SeriesForecaster, ts: np.ndarray,
-                         y: np.ndarray, history: pl.DataFrame) -> dict:
+                         y: np.ndarray, history: pl.DataFrame, rule: AlertRule) -> dict:
     """Probability calibrations and alarm levels from the trial model's replay of the holdout.
 
     The thresholds the operator will use are unknown here: pool quantiles of the training
-    history in both directions (P90, P95, P99 above; P10, P5, P1 below).
+    history in both directions (P90, P95, P99 above; P10, P5, P1 below). The replay checks
+    every ``rule.every_minutes`` and the alarm level is chosen under the alert ``rule``.
     """
     from training.evaluate import calibrate_on_replay, replay_outcomes
 
@@ -136,13 +142,15 @@ def holdout_calibrations(model: SeriesForecaster, trial: SeriesForecaster, ts: n
     targets = [(float(np.quantile(values, q)), "above") for q in (0.9, 0.95, 0.99)]
     targets += [(float(np.quantile(values, q)), "below") for q in (0.1, 0.05, 0.01)]
     expected = trial.expected(ts)
-    idx = np.arange(y.size)
+    every = max(1, int(round(rule.every_minutes / model.step_minutes_)))
+    idx = np.arange(0, y.size, every)
     out = {}
     for h in CALIBRATION_HORIZONS:
         if h <= model.max_horizon_minutes:
             outcomes = replay_outcomes(y, expected, idx, model.step_minutes_, h,
                                        model.error_paths_.astype(np.float64), targets)
-            calibration = calibrate_on_replay(outcomes, DEFAULT_ALARM)
+            calibration = calibrate_on_replay(outcomes, DEFAULT_ALARM, rule=rule,
+                                              checks_per_outcome=h / (every * model.step_minutes_))
             if calibration.n_fitted:
                 ups = [thr for thr, d in targets if d == "above"]
                 downs = [thr for thr, d in targets if d == "below"]
@@ -198,6 +206,7 @@ def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None) -> Tra
             for o in fitted
         },
         "failed_series": failed,
+        "alert_rule": config.alert_rule.to_dict(),
         "score_mae_ratio_vs_predict_linear": score,
     }
     bundle = ModelBundle(manifest, {o["sid"]: o["model"] for o in fitted}, detectors)

@@ -88,7 +88,7 @@ def run_demo(
             asked = _utc(c["crossed_at"]) - timedelta(hours=lead_hours)
             recent = series.filter(
                 (pl.col(s.SERIES_ID) == c["series_id"]) & (pl.col(s.TS) <= asked)
-                & (pl.col(s.TS) > asked - timedelta(hours=1))
+                & (pl.col(s.TS) > asked - timedelta(minutes=90))  # the alert rule's checks too
             ).drop_nulls(s.VALUE)
             body = {
                 "series_id": c["series_id"], "threshold": c["threshold"],
@@ -113,6 +113,7 @@ def run_demo(
         drivers = ", ".join(f"{d['meaning']} {d['change']:+.2f}" for d in a["drivers"]) or "-"
         echo(f"      driven by: {drivers}; anomaly score {a['anomaly_score']}; "
              f"model {a['model_version']}")
+        echo(f"      alert: {'yes' if a['alert'] else 'no'} ({a['alert_rule']})")
     echo("Open the run in the MLflow UI:\n"
          f"  uv run mlflow ui --backend-store-uri {tracking_uri()} --host 127.0.0.1 --port 5000\n"
          f"  then http://127.0.0.1:5000 (experiment 'prealert', run {promo.run_id})")

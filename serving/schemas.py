@@ -112,8 +112,9 @@ class PredictResponse(BaseModel):
         "'keep_firing_for' after. Send the last 90 minutes of observations for the rule to see "
         "them all.")
     alarm_probability: float = Field(
-        description="The alert level for this series and horizon, chosen on the model's holdout "
-        "replay under the alert rule (the quietest level within 3% of the best F1), else 0.5.")
+        description="The alert level for this series and horizon, chosen with the rule's 'for' "
+        "on the model's holdout replay (of the settings within 3% of the best F1, the one with "
+        "the fewest false alarms), else 0.5.")
     alert_rule: str = Field(description="The rule behind 'alert', as a Prometheus rule says it.")
     driver: str | None = Field(
         description="What mainly drives the crossing: trend, seasonality, recent_level or "

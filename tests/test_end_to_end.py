@@ -58,7 +58,7 @@ def test_real_service_predicts_the_leak_crossing(trained):
     asked = trained["crossed_at"] - LEAD
     recent = trained["series"].filter(
         (pl.col(s.SERIES_ID) == LEAK) & (pl.col(s.TS) <= asked)
-        & (pl.col(s.TS) > asked - timedelta(hours=1))
+        & (pl.col(s.TS) > asked - timedelta(minutes=90))
     ).drop_nulls(s.VALUE)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -86,6 +86,9 @@ def test_real_service_predicts_the_leak_crossing(trained):
     assert answer["earliest_minutes"] <= answer["minutes_to_threshold"] <= (
         answer["latest_minutes"] or float("inf"))
     assert 0 <= answer["anomaly_score"] <= 1
+    # a leak two hours out, sure to cross within six: the alert is on, by the bundle's rule
+    assert answer["probability"] >= answer["alarm_probability"] and answer["alert"] is True
+    assert "keep_firing_for" in answer["alert_rule"]
     assert unknown.status_code == 404 and "no model for series 'nope/jvm_heap_pct'" in unknown.text
     assert malformed.status_code == 400 and "series_id" in malformed.text
     assert model["model_version"] == answer["model_version"]

@@ -26,7 +26,7 @@ STATIC = "static_90pct"
 #: predict_linear over 60 minutes behind prealert's own alert rule, for a like-for-like look
 LINEAR_60_RULE = "predict_linear_60m_rule"
 #: a threshold crossed fewer times than this in the replay does not choose its own alarm level
-MIN_CROSSINGS_TO_CALIBRATE = 10
+MIN_CROSSINGS_FOR_OWN_ALARM = 10
 
 
 @dataclass
@@ -44,7 +44,7 @@ class EvalConfig:
     n_paths: int = 256
     out_of_sample_errors: bool = True  # error paths from the previous model's replayed segment
     calibrate: bool = True  # recalibrate probabilities on that replay (isotonic)
-    tune_alarm: bool = True  # pick the alarm level that maximised F1 on that replay
+    tune_alarm: bool = True  # choose the alarm level and the rule's `for` on that replay
     #: prealert's alert rule (``for`` / ``keep_firing_for``); None warns on every check alone
     alert_rule: AlertRule | None = field(default_factory=AlertRule)
     forecaster: dict = field(default_factory=dict)
@@ -173,8 +173,8 @@ def calibrate_on_replay(outcomes: list[ReplayOutcome], default_alarm: float,
 
     ``checks_per_outcome`` is the horizon over the spacing of the checks (see
     :meth:`ProbabilityCalibration.fit`). The alarm is chosen (:func:`best_alert`,
-    under ``rule``) on ``alarm_on`` (one target's outcomes) or, without it, on each target's
-    and pooled; with ``tune_alarm`` off it stays ``default_alarm``.
+    under ``rule``) on ``alarm_on`` (one target's outcomes) or, without it, on all targets'
+    outcomes together; with ``tune_alarm`` off it stays ``default_alarm``.
     """
     p_raw = np.concatenate([o.probability[o.live] for o in outcomes])
     crossed = np.concatenate([o.crossed[o.live] for o in outcomes])
@@ -315,7 +315,7 @@ def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
                                            [(thr, case.direction) for thr in (case.threshold, *q)])
                 # calibrated on all the replayed thresholds, as training does; the operator's
                 # own threshold picks the alarm level if the replay saw it crossed often enough
-                own = outcomes[0] if outcomes[0].crossed.sum() >= MIN_CROSSINGS_TO_CALIBRATE \
+                own = outcomes[0] if outcomes[0].crossed.sum() >= MIN_CROSSINGS_FOR_OWN_ALARM \
                     else None
                 calibration = calibrate_on_replay(outcomes, config.alarm_probability, own,
                                                   config.tune_alarm, rule, h / (every * step))

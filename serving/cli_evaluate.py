@@ -113,7 +113,7 @@ def _most_eventful(cases, results):
     import polars as pl
 
     counts = (results.filter(pl.col("true_minutes").is_not_nan()).group_by("series").len()
-              .sort("len", descending=True))
+              .sort(["len", "series"], descending=[True, False]))
     if counts.is_empty():
         return None
     best = counts["series"][0]

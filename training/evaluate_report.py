@@ -66,6 +66,17 @@ def target_checks(summary: pl.DataFrame) -> list[dict]:
     return out
 
 
+def alert_settings(results: pl.DataFrame) -> pl.DataFrame:
+    """How often each (horizon, ``for``) was in force, and the alarm levels chosen with it."""
+    p = results.filter(pl.col("predictor") == PREALERT)
+    if "alert_for_minutes" not in p.columns:
+        return pl.DataFrame()
+    return (p.group_by("horizon", "alert_for_minutes")
+            .agg(pl.len().alias("checks"), pl.col("alarm_probability").median().alias("alarm_median"))
+            .with_columns((pl.col("checks") / pl.col("checks").sum().over("horizon")).alias("share"))
+            .sort("horizon", "alert_for_minutes"))
+
+
 def plot_reliability(results: pl.DataFrame, path: Path) -> Path:
     import matplotlib
 
@@ -149,6 +160,8 @@ def write_report(sources: dict[str, pl.DataFrame], configs: dict[str, EvalConfig
     for name, summ in summaries.items():
         lines += [f"## {name}", "", to_markdown(summ.select([c for c in cols if c in summ.columns])),
                   ""]
+    lines += ["## The alert settings the replays chose (share of prealert's checks)", "",
+              to_markdown(alert_settings(pooled)), ""]
     per_series = summarize(pooled, config.every_minutes, group=("series", "predictor", "horizon"))
     lines += ["## Per series (F1, sustained recall, false alarms/day)", "",
               to_markdown(per_series.select("series", "predictor", "horizon", "f1",

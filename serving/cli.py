@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from serving import cli_anomaly, cli_evaluate, cli_features
+from serving.cli_common import FOR_CHOICES_HELP, KEEP_FIRING_HELP, alert_rule
 from serving.cli_common import fail as _fail
 
 app = typer.Typer(help="prealert: minutes-to-threshold predictions and anomaly scores.",
@@ -38,6 +39,8 @@ def train(
     horizon_minutes: Annotated[int, typer.Option(help="Backtest forecast horizon.")] = 60,
     n_jobs: Annotated[int, typer.Option(envvar="PREALERT_N_JOBS", help="Parallel fits.")] = 2,
     save_bundle: Annotated[Path | None, typer.Option(help="Also write the bundle here.")] = None,
+    keep_firing_minutes: Annotated[float, typer.Option(help=KEEP_FIRING_HELP)] = 15.0,
+    for_choices: Annotated[str, typer.Option(help=FOR_CHOICES_HELP)] = "0,5,10,15,20",
 ) -> None:
     """Fit every series and detector, backtest, log to MLflow, promote @champion if better."""
     from features.build import load_series
@@ -45,7 +48,8 @@ def train(
     from training.train import TrainConfig, train_bundle
 
     config = TrainConfig(until=until, include=include, holdout_hours=holdout_hours,
-                         horizon_minutes=horizon_minutes, n_jobs=n_jobs)
+                         horizon_minutes=horizon_minutes, n_jobs=n_jobs,
+                         alert_rule=alert_rule(keep_firing_minutes, for_choices))
     try:
         result = train_bundle(load_series(features), config)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:

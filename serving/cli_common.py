@@ -14,3 +14,19 @@ def fail(message: str) -> None:
     """Print a clear error and exit non-zero (2): the scheduled job's runner sees it failed."""
     typer.secho(f"error: {message}", fg="red", err=True)
     raise typer.Exit(code=2)
+
+
+KEEP_FIRING_HELP = "The alert rule's keep_firing_for, minutes."
+FOR_CHOICES_HELP = ("The alert rule's `for` durations (minutes, comma-separated) the replay "
+                    "chooses from with the alarm level.")
+
+
+def alert_rule(keep_firing_minutes: float, for_choices: str):
+    """The alert rule from its CLI options; a clear error for a malformed list."""
+    from training.threshold import AlertRule
+
+    try:
+        fors = tuple(float(f) for f in for_choices.split(",") if f.strip())
+        return AlertRule(keep_firing_minutes=keep_firing_minutes, for_choices=fors)
+    except ValueError as exc:
+        fail(f"--for-choices takes minutes separated by commas, got {for_choices!r} ({exc})")

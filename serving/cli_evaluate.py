@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from serving.cli_common import SMD_DIR, fail
+from serving.cli_common import FOR_CHOICES_HELP, KEEP_FIRING_HELP, SMD_DIR, alert_rule, fail
 
 SAMPLE_EXPORT = Path(__file__).resolve().parents[1] / "data" / "sample" / "export"
 
@@ -25,7 +25,13 @@ def evaluate(
     eval_fraction: Annotated[float, typer.Option(help="For --input: evaluate after this share.")] = 0.5,
     horizons: Annotated[str, typer.Option(help="Comma-separated horizons in minutes.")] = "60,120",
     every_minutes: Annotated[int, typer.Option(help="Minutes between evaluation times.")] = 5,
-    alarm_probability: Annotated[float, typer.Option(help="prealert warns at this P(cross).")] = 0.5,
+    alarm_probability: Annotated[float, typer.Option(
+        help="prealert's alarm level where the replay has too few crossings to choose one.")] = 0.5,
+    use_alert_rule: Annotated[bool, typer.Option(
+        "--alert-rule/--no-alert-rule", help="Warn by the alert rule (for / keep_firing_for) "
+        "rather than on every check alone.")] = True,
+    keep_firing_minutes: Annotated[float, typer.Option(help=KEEP_FIRING_HELP)] = 15.0,
+    for_choices: Annotated[str, typer.Option(help=FOR_CHOICES_HELP)] = "0,5,10,15,20",
     report: Annotated[Path, typer.Option(help="Markdown report (plots beside it).")] = Path(
         "reports/evaluate.md"),
     log_mlflow: Annotated[bool, typer.Option(help="Record the run in MLflow.")] = True,
@@ -51,26 +57,27 @@ def evaluate(
         hs = tuple(int(h) for h in horizons.split(","))
     except ValueError:
         fail(f"--horizons takes minutes separated by commas, got {horizons!r}")
+    rule = alert_rule(keep_firing_minutes, for_choices) if use_alert_rule else None
     started = time.perf_counter()
     sources, cases_by_source = {}, {}
     try:
         if input is not None:
             cases_by_source[input.stem] = (file_cases(input, threshold, direction, eval_fraction),
                                            EvalConfig(horizons=hs, every_minutes=every_minutes,
-                                                      alarm_probability=alarm_probability))
+                                                      alarm_probability=alarm_probability, alert_rule=rule))
         else:
             if sample:
                 typer.echo(f"sample export {SAMPLE_EXPORT}:")
                 cases_by_source["sample"] = (
                     sample_cases(SAMPLE_EXPORT, echo=typer.echo),
                     EvalConfig(horizons=hs, every_minutes=every_minutes, retrain_every_hours=24,
-                               alarm_probability=alarm_probability))
+                               alarm_probability=alarm_probability, alert_rule=rule))
             if smd:
                 typer.echo(f"SMD machines {smd_dir}:")
                 cases_by_source["smd"] = (
                     smd_cases(smd_dir, echo=typer.echo),
                     EvalConfig(horizons=hs, every_minutes=every_minutes,
-                               alarm_probability=alarm_probability))
+                               alarm_probability=alarm_probability, alert_rule=rule))
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     if not cases_by_source:

@@ -224,3 +224,23 @@ def test_reliability_counts_independent_outcomes():
     assert r["n"] == 120 and r["outcomes"] == 10.0
     assert r["observed"] == 0.5 and r["gap"] == pytest.approx(0.25)
     assert r["se"] == pytest.approx(np.sqrt(0.5 * 0.5 / 10))
+
+
+def test_evaluate_without_the_alert_rule_and_a_bad_rule_option(tmp_path):
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+
+    case = ramp_case()
+    csv = tmp_path / "heap.csv"
+    pl.DataFrame({"timestamp": case.ts.astype("datetime64[s]").astype(str),
+                  "value": case.values}).write_csv(csv)
+    report = tmp_path / "evaluate.md"
+    args = ["evaluate", "--input", str(csv), "--threshold", "90", "--eval-fraction", "0.75",
+            "--horizons", "60", "--report", str(report), "--no-log-mlflow"]
+    plain = CliRunner().invoke(app, [*args, "--no-alert-rule"])
+    assert plain.exit_code == 0, plain.output
+    text = report.read_text()
+    assert f"| {LINEAR_60_RULE} |" not in text and "alert_rule=None" in text
+    bad = CliRunner().invoke(app, [*args, "--for-choices", "5,ten"])
+    assert bad.exit_code == 2 and "--for-choices takes minutes" in bad.output

@@ -146,11 +146,14 @@ def write_report(sources: dict[str, pl.DataFrame], configs: dict[str, EvalConfig
              "", f"Walk-forward replay, {runtime_s / 60:.1f} min on this machine.", ""]
     for name, cfg in configs.items():
         lines += [f"- `{name}`: " + ", ".join(f"`{k}={v}`" for k, v in cfg.as_params().items())]
-    lines += ["",
-             "prealert warns by its alert rule (`alert_rule`): P(cross within H) >= "
-             "alarm_probability at every check for `for_minutes`, kept firing for "
-             "`keep_firing_minutes`, as a Prometheus rule with `for` and `keep_firing_for`; the "
-             "alarm level is tuned on the previous week's replay under that rule. "
+    how = ("prealert warns by its alert rule (`alert_rule`): P(cross within H) >= "
+           "alarm_probability at every check for `for_minutes`, kept firing for "
+           "`keep_firing_minutes`, as a Prometheus rule with `for` and `keep_firing_for`; the "
+           "alarm level and the `for` are chosen on the previous week's replay. "
+           if config.alert_rule is not None else
+           "prealert warns at every check where P(cross within H) >= alarm_probability (no "
+           "alert rule); the alarm level is chosen on the previous week's replay. ")
+    lines += ["", how +
              "predict_linear warns when its OLS line reaches the threshold within H (as the "
              "issue defines the baseline); `predict_linear_60m_rule` is the same line behind "
              "prealert's alert rule, for a like-for-like look. The static warning fires at 90% "

@@ -175,3 +175,17 @@ def test_a_single_check_blip_does_not_alert(ramp):
     calm = predict_series(bundle, "app/jvm_heap_pct", threshold, "above", 120,
                           recent=recent_of(y, N, hours=1.5))
     assert calm.probability < calm.alarm_probability and not calm.alert
+
+
+def test_observation_times_naive_aware_or_text_mean_the_same_utc_instant():
+    from datetime import timezone
+
+    from training.predict import _as_datetime64
+
+    kst = timezone(timedelta(hours=9))
+    aware = datetime(2026, 10, 12, 9, 0, 0, 123456, tzinfo=UTC)
+    same = [aware, aware.replace(tzinfo=None), aware.astimezone(kst), aware.isoformat(),
+            "2026-10-12T18:00:00.123456+09:00"]
+    got = _as_datetime64(same)
+    assert (got == np.datetime64("2026-10-12T09:00:00.123456", "us")).all()
+    assert _as_datetime64([]).shape == (0,)

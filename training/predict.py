@@ -111,6 +111,12 @@ def _to_utc(t) -> datetime:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
+def _as_datetime64(times) -> np.ndarray:
+    """UTC ``datetime64[us]`` of datetimes (naive ones are UTC) or ISO strings, in one pass."""
+    secs = [(t if isinstance(t, datetime) and t.tzinfo else _to_utc(t)).timestamp() for t in times]
+    return np.round(np.array(secs, dtype=np.float64) * 1e6).astype(np.int64).astype("datetime64[us]")
+
+
 def _at(now: datetime, minutes: float | None) -> datetime | None:
     return None if minutes is None else now + timedelta(minutes=minutes)
 
@@ -138,8 +144,7 @@ def predict_series(
     if series_id not in bundle.forecasters:
         raise KeyError(series_id)
     model = bundle.forecasters[series_id]
-    obs_ts = np.array([np.datetime64(_to_utc(t).replace(tzinfo=None), "us") for t, _ in recent or []],
-                      dtype="datetime64[us]")
+    obs_ts = _as_datetime64([t for t, _ in recent or []])
     obs_y = np.array([v for _, v in recent or []], dtype=np.float64)
     order = np.argsort(obs_ts, kind="stable")
     finite = np.isfinite(obs_y[order])

@@ -59,7 +59,7 @@ def evaluate(
         fail(f"--horizons takes minutes separated by commas, got {horizons!r}")
     rule = alert_rule(keep_firing_minutes, for_choices) if use_alert_rule else None
     started = time.perf_counter()
-    sources, cases_by_source = {}, {}
+    sources, cases_by_source, skipped = {}, {}, {}
     try:
         if input is not None:
             cases_by_source[input.stem] = (file_cases(input, threshold, direction, eval_fraction),
@@ -69,13 +69,13 @@ def evaluate(
             if sample:
                 typer.echo(f"sample export {SAMPLE_EXPORT}:")
                 cases_by_source["sample"] = (
-                    sample_cases(SAMPLE_EXPORT, echo=typer.echo),
+                    sample_cases(SAMPLE_EXPORT),
                     EvalConfig(horizons=hs, every_minutes=every_minutes, retrain_every_hours=24,
                                alarm_probability=alarm_probability, alert_rule=rule))
             if smd:
                 typer.echo(f"SMD machines {smd_dir}:")
                 cases_by_source["smd"] = (
-                    smd_cases(smd_dir, echo=typer.echo),
+                    smd_cases(smd_dir),
                     EvalConfig(horizons=hs, every_minutes=every_minutes,
                                alarm_probability=alarm_probability, alert_rule=rule))
     except (ValueError, FileNotFoundError) as exc:
@@ -85,7 +85,8 @@ def evaluate(
     for name, (cases, config) in cases_by_source.items():
         typer.echo(f"replaying {len(cases)} series of {name} ...")
         try:
-            sources[name] = run_evaluation(cases, config, echo=typer.echo)
+            sources[name] = run_evaluation(cases, config, echo=typer.echo,
+                                           skipped=skipped.setdefault(name, {}))
         except RuntimeError as exc:
             fail(str(exc))
     runtime = time.perf_counter() - started
@@ -100,7 +101,7 @@ def evaluate(
                                        case.threshold, hs[0],
                                        report.with_name(f"timeline_{name}.png")))
     configs = {name: cfg for name, (_, cfg) in cases_by_source.items()}
-    out, summaries = write_report(sources, configs, report, runtime, plots)
+    out, summaries = write_report(sources, configs, report, runtime, plots, skipped)
     typer.echo(f"report: {out} ({runtime / 60:.1f} min)")
     for line in out.read_text().split("## ")[1].splitlines()[2:]:
         typer.echo(line)

@@ -20,6 +20,7 @@ from training.evaluate import (
     interval_coverage,
     reliability,
     replay_series,
+    run_evaluation,
     summarize,
     threshold_from_rule,
     true_minutes,
@@ -244,3 +245,18 @@ def test_evaluate_without_the_alert_rule_and_a_bad_rule_option(tmp_path):
     assert f"| {LINEAR_60_RULE} |" not in text and "alert_rule=None" in text
     bad = CliRunner().invoke(app, [*args, "--for-choices", "5,ten"])
     assert bad.exit_code == 2 and "--for-choices takes minutes" in bad.output
+
+
+def test_run_evaluation_says_why_a_series_was_not_scored():
+    good = ramp_case()
+    flat = SeriesCase("flat", good.ts, np.full(good.ts.size, 5.0), 90.0, "above", good.eval_start)
+    beyond = SeriesCase("beyond", good.ts, good.values, 10.0, "above", good.eval_start)
+    config = EvalConfig(horizons=(60,), retrain_every_hours=24 * 3)
+    skipped, lines = {}, []
+    res = run_evaluation([flat, beyond, good], config, echo=lines.append, skipped=skipped)
+    assert set(res["series"].unique()) == {"ramp"}
+    assert skipped["flat"].startswith("constant before evaluation")
+    assert skipped["beyond"].startswith("at or beyond the threshold 10")
+    assert any("beyond: not scored" in line for line in lines)
+    with pytest.raises(RuntimeError, match="no series could be scored: flat: constant"):
+        run_evaluation([flat], config, echo=lines.append)

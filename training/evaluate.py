@@ -485,21 +485,45 @@ def reliability(g: pl.DataFrame, bins: int = 10, min_count: int = 30,
     return pl.DataFrame(rows, schema=schema)
 
 
-def run_evaluation(cases: list[SeriesCase], config: EvalConfig, echo=print) -> pl.DataFrame:
-    """Replay every case; a failing series is reported and skipped, never sinks the run."""
+def run_evaluation(cases: list[SeriesCase], config: EvalConfig, echo=print,
+                   skipped: dict[str, str] | None = None) -> pl.DataFrame:
+    """Replay every case; a failing series is reported and skipped, never sinks the run.
+
+    ``skipped`` (if given) receives each series that got no scored check, with the reason.
+    """
+    skipped = {} if skipped is None else skipped
     frames = []
     for case in cases:
         t = time.perf_counter()
-        try:
-            frames.append(replay_series(case, config))
-            echo(f"  {case.name}: threshold {case.threshold:.4g} ({case.direction}), "
-                 f"{time.perf_counter() - t:.1f} s")
-        except Exception as exc:  # one bad series never sinks the batch
-            echo(f"  {case.name}: FAILED {type(exc).__name__}: {exc}")
+        reason = _unscorable(case)
+        if reason is None:
+            try:
+                frame = replay_series(case, config)
+                echo(f"  {case.name}: threshold {case.threshold:.4g} ({case.direction}), "
+                     f"{time.perf_counter() - t:.1f} s")
+                if frame.height:
+                    frames.append(frame)
+                    continue
+                reason = (f"at or beyond the threshold {case.threshold:.4g} at every check: "
+                          "nothing left to predict")
+            except Exception as exc:  # one bad series never sinks the batch
+                reason = f"failed: {type(exc).__name__}: {exc}"
+        skipped[case.name] = reason
+        echo(f"  {case.name}: not scored ({reason})")
     if not frames:
-        raise RuntimeError("every series failed to evaluate")
-    return pl.concat([f for f in frames if f.height], how="diagonal_relaxed")
+        raise RuntimeError("no series could be scored: " + "; ".join(
+            f"{k}: {v}" for k, v in skipped.items()))
+    return pl.concat(frames, how="diagonal_relaxed")
 
+
+def _unscorable(case: SeriesCase) -> str | None:
+    """Why a series cannot be replayed at all, or None."""
+    history = case.values[case.ts < case.eval_start]
+    if not np.isfinite(case.threshold):
+        return f"threshold {case.threshold}"
+    if np.nanstd(history) == 0:
+        return "constant before evaluation: nothing to learn"
+    return None
 
 
 # --- sources: the sample export, the SMD folder, any timestamp,value file -----------------------
@@ -507,16 +531,7 @@ def run_evaluation(cases: list[SeriesCase], config: EvalConfig, echo=print) -> p
 SMD_METRICS = ("d00_cpu_r", "d05_mem_u", "d12_disk_u")
 
 
-def _usable(case: SeriesCase, echo) -> bool:
-    history = case.values[case.ts < case.eval_start]
-    if np.nanstd(history) == 0 or not np.isfinite(case.threshold):
-        echo(f"  {case.name}: skipped (constant before evaluation, threshold {case.threshold})")
-        return False
-    return True
-
-
-def smd_cases(folder, metrics=SMD_METRICS, rule: str = "quantile:0.99", echo=print
-              ) -> list[SeriesCase]:
+def smd_cases(folder, metrics=SMD_METRICS, rule: str = "quantile:0.99") -> list[SeriesCase]:
     """CPU, memory and disk of every SMD machine; evaluation starts at its test half."""
     from pathlib import Path
 
@@ -531,11 +546,11 @@ def smd_cases(folder, metrics=SMD_METRICS, rule: str = "quantile:0.99", echo=pri
         labels = pl.read_parquet(path.with_name(path.stem + ".labels.parquet"))
         start = labels.filter(pl.col("split") == "test")[s.TS].min()
         rules = {sid: (rule, "above") for sid in series[s.SERIES_ID].unique()}
-        cases += [c for c in cases_from_series(series, rules, start) if _usable(c, echo)]
+        cases += cases_from_series(series, rules, start)
     return cases
 
 
-def sample_cases(export, eval_days: float = 4.0, step: str = "5m", echo=print) -> list[SeriesCase]:
+def sample_cases(export, eval_days: float = 4.0, step: str = "5m") -> list[SeriesCase]:
     """Every series of the sample export with its catalogue threshold; the last days evaluated."""
     from datetime import timedelta
 
@@ -547,7 +562,7 @@ def sample_cases(export, eval_days: float = 4.0, step: str = "5m", echo=print) -
     for sid in series[s.SERIES_ID].unique().sort():
         spec = s.spec_for(s.split_series_id(sid)[1])
         rules[sid] = (str(spec.threshold), spec.direction)
-    return [c for c in cases_from_series(series, rules, start) if _usable(c, echo)]
+    return cases_from_series(series, rules, start)
 
 
 def file_cases(path, rule: str, direction: str, eval_fraction: float = 0.5) -> list[SeriesCase]:

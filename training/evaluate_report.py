@@ -132,8 +132,13 @@ def plot_timeline(results: pl.DataFrame, values: tuple[np.ndarray, np.ndarray], 
 
 
 def write_report(sources: dict[str, pl.DataFrame], configs: dict[str, EvalConfig], out: Path,
-                 runtime_s: float, plots: list[Path]) -> tuple[Path, dict[str, pl.DataFrame]]:
-    """Markdown report with pooled and per-source tables; returns it and the summaries."""
+                 runtime_s: float, plots: list[Path],
+                 skipped: dict[str, dict[str, str]] | None = None
+                 ) -> tuple[Path, dict[str, pl.DataFrame]]:
+    """Markdown report with pooled and per-source tables; returns it and the summaries.
+
+    ``skipped`` lists, per source, the series that got no scored check and why.
+    """
     config = next(iter(configs.values()))
     pooled = pl.concat(list(sources.values()), how="diagonal_relaxed")
     summaries = {"pooled": summarize(pooled, config.every_minutes)}
@@ -163,6 +168,11 @@ def write_report(sources: dict[str, pl.DataFrame], configs: dict[str, EvalConfig
     for name, summ in summaries.items():
         lines += [f"## {name}", "", to_markdown(summ.select([c for c in cols if c in summ.columns])),
                   ""]
+    unscored = [{"source": src_name, "series": name, "reason": why}
+                for src_name, by_series in (skipped or {}).items()
+                for name, why in sorted(by_series.items())]
+    if unscored:
+        lines += ["## Series not scored", "", to_markdown(pl.DataFrame(unscored)), ""]
     lines += ["## The alert settings the replays chose (share of prealert's checks)", "",
               to_markdown(alert_settings(pooled)), ""]
     per_series = summarize(pooled, config.every_minutes, group=("series", "predictor", "horizon"))

@@ -108,9 +108,10 @@ class PredictResponse(BaseModel):
     alert: bool = Field(
         description="Whether to warn now, by alert_rule: probability >= alarm_probability at "
         "every check for the rule's 'for' period (each check answered from the observations up "
-        "to it; checks before the first observation use the model alone), kept firing for its "
-        "'keep_firing_for' after. Send the last 90 minutes of observations for the rule to see "
-        "them all.")
+        "to it), kept firing for its 'keep_firing_for' after. Send the last 90 minutes of "
+        "observations for the rule to see all its checks; with fewer, checks before the first "
+        "observation do not count and the rule shrinks to what they cover (alert_rule says "
+        "so).")
     alarm_probability: float = Field(
         description="The alert level for this series and horizon, chosen with the rule's 'for' "
         "on the model's holdout replay (of the settings within 3% of the best F1, the one with "

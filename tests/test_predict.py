@@ -189,3 +189,19 @@ def test_observation_times_naive_aware_or_text_mean_the_same_utc_instant():
     got = _as_datetime64(same)
     assert (got == np.datetime64("2026-10-12T09:00:00.123456", "us")).all()
     assert _as_datetime64([]).shape == (0,)
+
+
+def test_the_rule_shrinks_to_what_the_observations_cover(ramp):
+    y, bundle = ramp
+    threshold = y[N - 1] + 1.0
+    one = predict_series(bundle, "app/jvm_heap_pct", threshold, "above", 240,
+                         recent=recent_of(y, N, hours=STEP / 60))
+    assert one.alert == (one.probability >= one.alarm_probability)
+    assert "for 0m" in one.alert_rule and "shortened from" in one.alert_rule
+    # four observations 5 minutes apart cover the checks 0-15 min back: the rule fits into them
+    part = predict_series(bundle, "app/jvm_heap_pct", threshold, "above", 240,
+                          recent=recent_of(y, N, hours=20 / 60))
+    assert "for 10m" in part.alert_rule and "keep_firing_for 5m" in part.alert_rule
+    full = predict_series(bundle, "app/jvm_heap_pct", threshold, "above", 240,
+                          recent=recent_of(y, N, hours=1.5))
+    assert "shortened" not in full.alert_rule

@@ -14,6 +14,7 @@ from training.correction import RealtimeCorrection, realtime_corrections
 from training.forecast import horizon_grid
 from training.threshold import (
     DEFAULT_ALARM,
+    AlertRule,
     ProbabilityCalibration,
     crossings_from_paths,
     minutes_to_threshold,
@@ -137,7 +138,8 @@ def predict_series(
     them and the forecast follows their residuals (level and damped drift, see correction.py).
     Without them ``now`` defaults to the end of the training data. ``alert`` applies the
     bundle's alert rule to the checks now and every few minutes before, each answered from the
-    observations up to it (see :class:`~training.threshold.AlertRule`). ``context`` gives the
+    observations up to it (see :class:`~training.threshold.AlertRule` and :func:`_covered`
+    for fewer observations than the rule looks back over). ``context`` gives the
     latest values of the entity's other metrics for the anomaly score; metrics not given count
     as expected. Raises ``KeyError`` for a series the bundle does not know.
     """
@@ -176,6 +178,8 @@ def predict_series(
     answers = _answers_at(model, obs_ts, obs_y, threshold, direction, horizon_minutes, use_paths,
                           calibration, origins)
     holds = np.array([c.already_crossed or c.probability >= alarm for c, *_ in answers])
+    rule, holds, rule_text = _covered(rule, holds, [a[-1] is not None for a in answers],
+                                      bool(obs_ts.size), alarm)
     alert = bool(rule.firing(holds)[-1])
     crossing, grid, point, correction, z_now = answers[-1]
 
@@ -191,7 +195,7 @@ def predict_series(
         earliest_at=_at(now, crossing.earliest_minutes),
         latest_at=_at(now, crossing.latest_minutes),
         probability=crossing.probability, already_crossed=crossing.already_crossed,
-        alert=alert, alarm_probability=alarm, alert_rule=rule.describe(alarm),
+        alert=alert, alarm_probability=alarm, alert_rule=rule_text,
         drivers=drivers, driver=drivers[0]["component"] if drivers else None,
         level_correction=round(correction.level, 4),
         trend_correction_per_min=round(correction.slope_per_min, 5),
@@ -200,13 +204,34 @@ def predict_series(
     )
 
 
+def _covered(rule: AlertRule, holds: np.ndarray, seen: list[bool], observed: bool, alarm: float):
+    """The rule over the checks the observations cover; shortened if they cover too few.
+
+    A check before the first observation sent knows nothing the caller said, so it does not
+    count: ``for`` and ``keep_firing_for`` shrink to the minutes the covered checks span
+    (one observation: the alert is ``P >= alarm`` now). Without any observation every check
+    is the model's alone and the whole rule applies.
+    """
+    if not observed or all(seen):
+        return rule, holds, rule.describe(alarm)
+    first = seen.index(True)  # the covered checks are the latest ones
+    span = (len(seen) - 1 - first) * rule.every_minutes
+    short = dataclasses.replace(rule, for_minutes=min(rule.for_minutes, span),
+                                keep_firing_minutes=min(rule.keep_firing_minutes,
+                                                        span - min(rule.for_minutes, span)))
+    note = (f"{short.describe(alarm)}; shortened from {rule.describe(alarm)}: the observations "
+            f"sent cover {span:g} min of its checks")
+    return short, holds[first:], note
+
+
 def _answers_at(model, obs_ts: np.ndarray, obs_y: np.ndarray, threshold: float, direction: str,
                 horizon_minutes: float, use_paths: bool, calibration: ProbabilityCalibration,
                 origins: list[datetime]) -> list[tuple]:
     """The crossing as it looked at each origin, from the (finite, sorted) observations up to it.
 
     One ``(crossing, grid, point, correction, z_now)`` per origin; an origin before the first
-    observation is answered by the model alone. One forecast call covers every origin.
+    observation is answered by the model alone (``z_now`` None). One forecast call covers
+    every origin.
     """
     ends = [int(np.searchsorted(obs_ts, np.datetime64(o.replace(tzinfo=None), "us"), "right"))
             for o in origins]

@@ -37,7 +37,7 @@ class TrainConfig:
     include: list[str] = field(default_factory=list)  # series ids or entities; empty = all
     n_jobs: int = 2
     forecaster: dict = field(default_factory=dict)  # SeriesForecaster hyperparameters
-    alert_rule: AlertRule = field(default_factory=AlertRule)  # the alarm level is tuned under it
+    alert_rule: AlertRule = field(default_factory=AlertRule)  # alarm and `for` chosen under it
     detector: dict = field(default_factory=dict)  # WorkloadAnomalyDetector hyperparameters
 
     def as_params(self) -> dict[str, str]:
@@ -144,6 +144,7 @@ def holdout_calibrations(model: SeriesForecaster, trial: SeriesForecaster, ts: n
     expected = trial.expected(ts)
     every = max(1, int(round(rule.every_minutes / model.step_minutes_)))
     idx = np.arange(0, y.size, every)
+    rule = dataclasses.replace(rule, every_minutes=every * model.step_minutes_)  # as replayed
     out = {}
     for h in CALIBRATION_HORIZONS:
         if h <= model.max_horizon_minutes:

@@ -325,13 +325,12 @@ def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
             probability = calibration.apply(b.probability)
             base = {"series": case.name, "ts": case.ts[seg][keep], "horizon": h,
                     "true_minutes": truth[keep], "current": current[keep]}
+            used = rule.with_for(calibration.for_minutes) if rule is not None else None
             rows.append(pl.DataFrame({
                 **base, "predictor": PREALERT,
-                "warn": _alerting(rule and rule.with_for(calibration.for_minutes), checked,
-                                  probability >= alarm),
+                "warn": _alerting(used, checked, probability >= alarm),
                 "alarm_probability": alarm,
-                "alert_for_minutes": rule.with_for(calibration.for_minutes).for_minutes
-                if rule is not None else 0.0,
+                "alert_for_minutes": used.for_minutes if used is not None else 0.0,
                 "minutes": b.minutes[keep], "earliest": b.earliest_minutes[keep],
                 "latest": b.latest_minutes[keep], "probability": probability[keep],
                 "probability_raw": b.probability[keep], "model_kind": model.kind_}))
@@ -391,7 +390,7 @@ def episode_metrics(g: pl.DataFrame, horizon: float, every: float) -> dict:
                 while start > 0 and warn[start - 1] and not gap[start]:
                     start -= 1
                 leads.append((crossing_at[last] - ts[start]).astype("timedelta64[s]").astype(float) / 60)
-    false_alarms = sum(1 for a, b in _runs(warn) if not np.isfinite(truth[a:b + 1]).any())
+    false_alarms = _false_alarm_runs(warn, np.isfinite(truth))
     days = max(len(ts) * every / 1440, 1e-9)
     return {"episodes": episodes, "sustained": sustained,
             "lead_median": float(np.median(leads)) if leads else float("nan"),

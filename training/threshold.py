@@ -150,19 +150,6 @@ def crossing_distribution(
     return CrossingBatch(out["minutes"], out["earliest"], out["latest"], prob)
 
 
-def crossing_from_paths(
-    minutes: np.ndarray,
-    point: np.ndarray,
-    error_paths: np.ndarray,
-    threshold: float,
-    direction: str,
-    current: float | None = None,
-) -> Crossing:
-    """One evaluation time's :class:`Crossing` from a point path and historical error paths."""
-    return crossings_from_paths(minutes, point[None, :], error_paths, threshold, direction,
-                                [current])[0]
-
-
 def crossings_from_paths(
     minutes: np.ndarray,
     points: np.ndarray,

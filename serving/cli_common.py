@@ -27,6 +27,11 @@ def alert_rule(keep_firing_minutes: float, for_choices: str):
 
     try:
         fors = tuple(float(f) for f in for_choices.split(",") if f.strip())
-        return AlertRule(keep_firing_minutes=keep_firing_minutes, for_choices=fors)
     except ValueError as exc:
         fail(f"--for-choices takes minutes separated by commas, got {for_choices!r} ({exc})")
+    if any(f < 0 for f in fors):
+        fail(f"--for-choices must not be negative, got {for_choices!r}")
+    try:
+        return AlertRule(keep_firing_minutes=keep_firing_minutes, for_choices=fors)
+    except ValueError as exc:
+        fail(f"--keep-firing-minutes: {exc}")

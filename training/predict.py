@@ -159,8 +159,8 @@ def predict_series(
         now = _to_utc(now)
 
     paths = model.error_paths_
-    n_h = horizon_grid(now, horizon_minutes, model.step_minutes_).size
-    use_paths = paths.shape[0] >= MIN_ERROR_PATHS and paths.shape[1] >= n_h
+    grid = horizon_grid(now, horizon_minutes, model.step_minutes_)
+    use_paths = paths.shape[0] >= MIN_ERROR_PATHS and paths.shape[1] >= grid.size
     if model.kind_ == "prophet" and not use_paths:
         raise ValueError(
             f"horizon {horizon_minutes:g} min is beyond the {model.max_horizon_minutes:g} min "
@@ -175,7 +175,7 @@ def predict_series(
     # the checks the alert rule looks at, oldest first, then now
     origins = [now - timedelta(minutes=k * rule.every_minutes)
                for k in range(rule.lookback_checks, -1, -1)]
-    answers = _answers_at(model, obs_ts, obs_y, threshold, direction, horizon_minutes, use_paths,
+    answers = _answers_at(model, obs_ts, obs_y, threshold, direction, grid, use_paths,
                           calibration, origins)
     holds = np.array([c.already_crossed or c.probability >= alarm for c, *_ in answers])
     rule, holds, rule_text = _covered(rule, holds, [a[-1] is not None for a in answers],
@@ -225,9 +225,11 @@ def _covered(rule: AlertRule, holds: np.ndarray, seen: list[bool], observed: boo
 
 
 def _answers_at(model, obs_ts: np.ndarray, obs_y: np.ndarray, threshold: float, direction: str,
-                horizon_minutes: float, use_paths: bool, calibration: ProbabilityCalibration,
+                grid: np.ndarray, use_paths: bool, calibration: ProbabilityCalibration,
                 origins: list[datetime]) -> list[tuple]:
     """The crossing as it looked at each origin, from the (finite, sorted) observations up to it.
+
+    ``grid`` is the horizon after the last origin (now); the earlier ones are it shifted back.
 
     One ``(crossing, grid, point, correction, z_now)`` per origin; an origin before the first
     observation is answered by the model alone (``z_now`` None). One forecast call covers
@@ -235,8 +237,7 @@ def _answers_at(model, obs_ts: np.ndarray, obs_y: np.ndarray, threshold: float, 
     """
     ends = [int(np.searchsorted(obs_ts, np.datetime64(o.replace(tzinfo=None), "us"), "right"))
             for o in origins]
-    last = horizon_grid(origins[-1], horizon_minutes, model.step_minutes_)
-    grids = [last - (np.datetime64(origins[-1].replace(tzinfo=None), "us")
+    grids = [grid - (np.datetime64(origins[-1].replace(tzinfo=None), "us")
                      - np.datetime64(o.replace(tzinfo=None), "us")) for o in origins]
     n_obs = max(ends)
     times, where = np.unique(np.concatenate([obs_ts[:n_obs], *grids]), return_inverse=True)

@@ -27,6 +27,7 @@ class DemoCase:
     true_crossing: datetime
     asked_at: datetime
     answer: dict
+    request: dict
 
     @property
     def error_minutes(self) -> float | None:
@@ -34,6 +35,42 @@ class DemoCase:
             return None
         predicted = datetime.fromisoformat(self.answer["crossing_at"].replace("Z", "+00:00"))
         return (predicted - self.true_crossing).total_seconds() / 60
+
+
+    @property
+    def true_minutes(self) -> float:
+        return (self.true_crossing - self.asked_at).total_seconds() / 60
+
+    @property
+    def interval_verdict(self) -> str:
+        """Whether the true crossing fell inside the answer's P10-P90, said plainly either way."""
+        lo, hi = self.answer.get("earliest_minutes"), self.answer.get("latest_minutes")
+        truth = self.true_minutes
+        if lo is None or hi is None:
+            return f"MISSED: no crossing interval given; the true crossing came after {truth:.0f} min"
+        if lo <= truth <= hi:
+            return f"true crossing after {truth:.0f} min: inside the P10-P90 interval {lo:.0f}-{hi:.0f}"
+        return (f"MISSED: true crossing after {truth:.0f} min lies outside the P10-P90 interval "
+                f"{lo:.0f}-{hi:.0f} (intervals are meant to hold it about 8 times in 10)")
+
+
+def _same_from_the_notebook(case: DemoCase, series: pl.DataFrame, config: TrainConfig,
+                            horizon_minutes: float, echo) -> None:
+    """The README's notebook entry on the same data answers what the service answered."""
+    from training.predict import CrossingPredictor
+
+    history = series.filter(pl.col(s.SERIES_ID) == case.series_id)
+    if config.until is not None:
+        history = history.filter(pl.col(s.TS) < config.until)
+    recent = [(datetime.fromisoformat(o["ts"]), o["value"]) for o in case.request["recent"]]
+    est = CrossingPredictor(holdout_hours=config.holdout_hours, alert_rule=config.alert_rule,
+                            **config.forecaster).fit(history, series_id=case.series_id)
+    mine = est.predict(case.threshold, case.direction, horizon_minutes, recent=recent)
+    same = all(getattr(mine, k) == case.answer[k] for k in (
+        "minutes_to_threshold", "earliest_minutes", "latest_minutes", "probability", "alert"))
+    echo(f"notebook entry, CrossingPredictor().fit(history).predict(...) on {case.series_id}:")
+    echo(f"  {mine.sentence()}")
+    echo(f"  {'the same answer as the service' if same else 'DIFFERS from the service: ' + case.answer['message']}")
 
 
 def load_ground_truth(sample: Path = SAMPLE) -> dict:
@@ -99,7 +136,7 @@ def run_demo(
             resp = httpx.post(f"{url}/predict", json=body, timeout=60)
             resp.raise_for_status()
             cases.append(DemoCase(c["series_id"], c["threshold"], c["direction"],
-                                  _utc(c["crossed_at"]), asked, resp.json()))
+                                  _utc(c["crossed_at"]), asked, resp.json(), body))
     finally:
         stop_service(proc)
     echo("[4/4] answers beside the ground truth:")
@@ -110,10 +147,13 @@ def run_demo(
         echo(f"      asked at {case.asked_at:%Y-%m-%d %H:%M} UTC, predicted crossing "
              f"{a['crossing_at'] or '-'}, true crossing {case.true_crossing:%Y-%m-%d %H:%M} UTC"
              + (f", error {err:+.0f} min" if err is not None else ""))
+        echo(f"      {case.interval_verdict}")
         drivers = ", ".join(f"{d['meaning']} {d['change']:+.2f}" for d in a["drivers"]) or "-"
         echo(f"      driven by: {drivers}; anomaly score {a['anomaly_score']}; "
              f"model {a['model_version']}")
         echo(f"      alert: {'yes' if a['alert'] else 'no'} ({a['alert_rule']})")
+    if cases:
+        _same_from_the_notebook(cases[0], series, config, horizon_minutes, echo)
     echo("Open the run in the MLflow UI:\n"
          f"  uv run mlflow ui --backend-store-uri {tracking_uri()} --host 127.0.0.1 --port 5000\n"
          f"  then http://127.0.0.1:5000 (experiment 'prealert', run {promo.run_id})")

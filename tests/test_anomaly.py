@@ -82,19 +82,23 @@ def test_save_writes_npz_without_pickle_and_round_trips(rng, tmp_path):
     assert back.metrics_ == METRICS and back.n_estimators == 40
 
 
-def test_old_joblib_detector_folders_still_load(rng, tmp_path):
-    z = rng.normal(size=(800, 4))
-    det = WorkloadAnomalyDetector(n_estimators=40).fit(z, METRICS)
+def test_a_pickled_detector_is_refused_and_never_unpickled(rng, tmp_path):
+    """A folder claiming the old joblib format must not be unpickled: a pickle can run code."""
     old = tmp_path / "old"
     old.mkdir()
-    joblib.dump(det.forest_, old / "forest.joblib")  # the layout bundles had before format 2
-    np.save(old / "train_quantiles.npy", det.train_quantiles_)
+    marker = tmp_path / "pwned"
+
+    class Planted:
+        def __reduce__(self):
+            return (marker.write_text, ("ran",))
+
+    joblib.dump(Planted(), old / "forest.joblib")
     (old / "detector.json").write_text(json.dumps({
         "metrics": METRICS, "sklearn_version": sklearn.__version__,
         "params": {"n_estimators": 40, "max_samples": 256, "random_state": 0}}))
-    back = WorkloadAnomalyDetector.load(old)
-    probe = rng.normal(size=(100, 4))
-    np.testing.assert_array_equal(back.score(probe), det.score(probe))
+    with pytest.raises(ValueError, match="pickled forest"):
+        WorkloadAnomalyDetector.load(old)
+    assert not marker.exists()
 
 
 def test_explanation_names_the_metric_that_moved(rng):

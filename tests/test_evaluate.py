@@ -154,9 +154,44 @@ def ramp_case(n_days=12, leak_from_day=10, step=5):
 
 
 @pytest.fixture(scope="module")
-def ramp_results():
+def ramp_served():
     config = EvalConfig(horizons=(60,), retrain_every_hours=24, every_minutes=5)
-    return ramp_case(), config, replay_series(ramp_case(), config)
+    served = {}
+    return ramp_case(), config, replay_series(ramp_case(), config, served), served
+
+
+@pytest.fixture(scope="module")
+def ramp_results(ramp_served):
+    return ramp_served[:3]
+
+
+def test_replay_scores_what_the_saved_and_loaded_bundle_answers(ramp_served):
+    """At sampled checks the replay's row equals predict_series on the bundle it saved and loaded."""
+    from datetime import UTC, datetime
+
+    from training.predict import predict_series
+
+    case, config, res, served = ramp_served
+    rows = res.filter(pl.col("predictor") == PREALERT).sort("ts")
+    starts = sorted({t0 for t0, _ in served})
+    compared = 0
+    for row in rows[:: max(1, rows.height // 40)].iter_rows(named=True):
+        now = np.datetime64(row["ts"].replace(tzinfo=None), "us")
+        t0 = max(t for t in starts if t <= now)
+        upto = (case.ts <= now) & (case.ts > now - np.timedelta64(180, "m"))
+        recent = [(datetime.fromtimestamp(t.astype("int64") / 1e6, UTC), float(v))
+                  for t, v in zip(case.ts[upto], case.values[upto], strict=True)]
+        p = predict_series(served[(t0, 60)], case.name, case.threshold, case.direction, 60,
+                           recent=recent)
+        assert p.probability == pytest.approx(row["probability"], abs=2e-3)
+        for mine, theirs in ((p.minutes_to_threshold, row["minutes"]),
+                             (p.earliest_minutes, row["earliest"]), (p.latest_minutes, row["latest"])):
+            assert (mine is None and np.isnan(theirs)) or mine == pytest.approx(theirs, abs=0.01)
+        assert p.alarm_probability == row["alarm_probability"]
+        if abs(p.probability - p.alarm_probability) > 2e-3:
+            assert p.alert == row["warn"], row
+        compared += 1
+    assert compared >= 30 and rows["warn"].any()
 
 
 def test_replay_warns_before_a_leak_crosses(ramp_results):

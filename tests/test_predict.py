@@ -135,17 +135,59 @@ def test_short_history_falls_back_to_linear_and_still_answers():
     assert p.minutes_to_threshold == pytest.approx(60, abs=5)
 
 
-def test_notebook_estimator_gives_the_service_answer(ramp):
+@pytest.fixture(scope="module")
+def estimator(ramp):
     from training.predict import CrossingPredictor
 
-    y, bundle = ramp
-    est = CrossingPredictor().fit(frame(y[:N]), series_id="app/jvm_heap_pct")
-    assert hasattr(est, "bundle_") and est.bundle_.forecasters["app/jvm_heap_pct"].kind_ == "prophet"
-    a = est.predict(y[N - 1] + 1.0, "above", 240, recent=recent_of(y, N))
-    b = predict_series(bundle, "app/jvm_heap_pct", y[N - 1] + 1.0, "above", 240,
-                       recent=recent_of(y, N))
-    assert a.minutes_to_threshold == b.minutes_to_threshold
-    assert a.probability == b.probability
+    y, _ = ramp
+    return CrossingPredictor().fit(frame(y[:N]), series_id="app/jvm_heap_pct")
+
+
+def test_notebook_estimator_is_the_scheduled_jobs_model_as_served(ramp, estimator, tmp_path):
+    """The estimator trains as `prealert train` does, and a saved-and-loaded copy answers the same."""
+    from training.predict import history_frame
+    from training.train import TrainConfig, train_bundle
+
+    y, _ = ramp
+    model = estimator.model_
+    assert model.kind_ == "prophet"
+    assert estimator.bundle_.manifest["series"]["app/jvm_heap_pct"]["error_paths_from"] == "holdout"
+    job = train_bundle(history_frame(frame(y[:N]), "app/jvm_heap_pct"), TrainConfig(n_jobs=1)).bundle
+    estimator.save(tmp_path / "bundle")
+    served = ModelBundle.load(tmp_path / "bundle")
+    for threshold, direction in ((y[N - 1] + 1.0, "above"), (y[N - 1] + 6.0, "above"),
+                                 (y[N - 1] - 3.0, "below")):
+        a = estimator.predict(threshold, direction, 240, recent=recent_of(y, N)).as_dict()
+        for other in (job, served):
+            b = predict_series(other, "app/jvm_heap_pct", threshold, direction, 240,
+                               recent=recent_of(y, N)).as_dict()
+            a.pop("model_version", None), b.pop("model_version")
+            assert a == b
+
+
+def test_notebook_estimator_takes_pandas_and_epoch_times(ramp, estimator):
+    import pandas as pd
+
+    from training.predict import CrossingPredictor, history_frame
+
+    y, _ = ramp
+    plain = frame(y[:N]).rename({"ts": "timestamp"})
+    epochs = plain.with_columns(pl.col("timestamp").dt.epoch("ms"))
+    assert history_frame(plain.to_pandas(), "app/jvm_heap_pct").equals(
+        history_frame(epochs, "app/jvm_heap_pct"))
+    indexed = plain.to_pandas().set_index("timestamp")
+    assert history_frame(indexed, "app/jvm_heap_pct").equals(history_frame(plain, "app/jvm_heap_pct"))
+    recent = recent_of(y, N)
+    as_epochs = [(int(t.timestamp()), v) for t, v in recent]
+    as_ms = [(pd.Timestamp(t).value // 10**6, v) for t, v in recent]
+    want = estimator.predict(y[N - 1] + 1.0, recent=recent).as_dict()
+    assert estimator.predict(y[N - 1] + 1.0, recent=as_epochs).as_dict() == want
+    assert estimator.predict(y[N - 1] + 1.0, recent=as_ms).as_dict() == want
+    with pytest.raises(ValueError, match="time column"):
+        CrossingPredictor().fit(pl.DataFrame({"when": [1, 2, 3], "value": [1.0, 2.0, 3.0]}))
+    with pytest.raises(ValueError, match="could not be read"):
+        history_frame(pl.DataFrame({"timestamp": ["2026-01-01", "soon", "2026-01-03"],
+                                    "value": [1.0, 2.0, 3.0]}))
 
 
 def test_alert_is_the_rule_over_the_answers_at_the_earlier_checks(ramp):

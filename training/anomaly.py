@@ -6,7 +6,6 @@ import json
 import warnings
 from pathlib import Path
 
-import joblib
 import numpy as np
 import sklearn
 from sklearn.ensemble import IsolationForest
@@ -16,7 +15,7 @@ from training.iforest_numpy import FlatForest
 N_QUANTILES = 1001
 #: the feature kind that says how far a metric is from its expectation (residual z-score)
 Z_KIND = "z"
-#: detector folder format: 1 = joblib forest (still loaded), 2 = flattened forest as .npz
+#: detector folder format: 1 = joblib pickle (refused: loading it could run code), 2 = .npz arrays
 DETECTOR_FORMAT = 2
 _BIG = 1e30
 
@@ -131,7 +130,10 @@ class WorkloadAnomalyDetector:
         return [{"metric": self.metrics_[i], "z": round(float(np.nan_to_num(z[i])), 3),
                  "contribution": round(float(contrib[i]), 4)} for i in order]
 
-    # --- persistence: the flattened forest as .npz (no pickle); old joblib folders still load ---
+    # --- persistence: the flattened forest as .npz and JSON, never a pickle ---------------------
+    #: the files of a detector folder (a bundle's manifest has a checksum for each)
+    FILES = ("detector.json", "forest.npz", "train_quantiles.npy")
+
     def save(self, folder: Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -146,24 +148,21 @@ class WorkloadAnomalyDetector:
     @classmethod
     def load(cls, folder: Path) -> WorkloadAnomalyDetector:
         folder = Path(folder)
-        meta = json.loads((folder / "detector.json").read_text())
-        fmt = meta.get("format", 1)
+        try:
+            meta = json.loads((folder / "detector.json").read_text())
+            fmt = int(meta.get("format", 1))
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{folder / 'detector.json'}: unreadable detector ({exc})") from exc
         if fmt > DETECTOR_FORMAT:
             raise ValueError(f"{folder}: detector format {fmt} is newer than this prealert reads "
                              f"({DETECTOR_FORMAT}); upgrade prealert or retrain")
+        if fmt < 2:
+            raise ValueError(f"{folder}: detector format {fmt} is a pickled forest, which prealert "
+                             "refuses to load (it could run code); retrain with `prealert train`")
         self = cls(**meta["params"])
         self.metrics_ = meta["metrics"]
         self.columns_ = [tuple(c) for c in meta.get("columns", [[m, Z_KIND] for m in self.metrics_])]
         self.fill_ = np.asarray(meta.get("fill", [0.0] * len(self.columns_)), dtype=np.float64)
-        if fmt >= 2:
-            self.flat_ = FlatForest.load(folder / "forest.npz")
-        else:  # a joblib pickle is only trusted from the scikit-learn that wrote it
-            if meta["sklearn_version"] != sklearn.__version__:
-                raise ValueError(
-                    f"{folder}: isolation forest saved with scikit-learn {meta['sklearn_version']}, "
-                    f"this environment has {sklearn.__version__}; retrain with `prealert train`"
-                )
-            self.forest_ = joblib.load(folder / "forest.joblib")
-            self.flat_ = FlatForest.from_sklearn(self.forest_)
-        self.train_quantiles_ = np.load(folder / "train_quantiles.npy")
+        self.flat_ = FlatForest.load(folder / "forest.npz")
+        self.train_quantiles_ = np.load(folder / "train_quantiles.npy", allow_pickle=False)
         return self

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from features import schema as s
 from training.baselines import static_warning
+from training.bundle import ModelBundle
 from training.correction import damped, error_paths, rolling_corrections
 from training.forecast import SeriesForecaster
 from training.threshold import (
@@ -246,12 +249,23 @@ def _alerting(rule: AlertRule | None, checked, on_live: np.ndarray) -> np.ndarra
     return (rule.firing(on) if rule is not None else on)[live][keep]
 
 
-def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
+def served_bundle(case_name: str, model: SeriesForecaster, rule: AlertRule | None,
+                  folder: Path) -> ModelBundle:
+    """``model`` as a service would load it: written as a bundle into ``folder`` and read back."""
+    manifest = {"data_fingerprint": "replay", "alert_rule": rule.to_dict() if rule else None}
+    ModelBundle(manifest, {case_name: model}, {}).save(folder)
+    return ModelBundle.load(folder)
+
+
+def replay_series(case: SeriesCase, config: EvalConfig,
+                  served: dict | None = None) -> pl.DataFrame:
     """Walk forward through ``case`` and return one row per (time, horizon, predictor).
 
     At each retrain the model is fitted on the data before it; its error paths and its
     probability calibration come from the previous model's replay of the segment just
-    ended (out of sample), as the scheduled job would have them.
+    ended (out of sample), as the scheduled job would have them. prealert's answers come
+    from the model after a bundle save and load, so they are what a service would answer;
+    ``served`` (if given) receives that bundle per ``(retrain time, horizon)``.
     """
     above = case.direction == "above"
     step = case.step_minutes
@@ -272,6 +286,8 @@ def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
         fit_idx = case.ts < t0
         model = SeriesForecaster(**config.forecaster).fit(
             _fit_frame(case.ts[fit_idx], y[fit_idx], config.fit_step_minutes))
+        with tempfile.TemporaryDirectory(prefix="prealert-replay-") as tmp:
+            model = served_bundle(case.name, model, rule, Path(tmp)).forecasters[case.name]
         # expectation over the error history, the segment, and a horizon past its end
         hist_start = t0 - np.timedelta64(int(config.error_history_days * 86400e6), "us")
         span_idx = np.flatnonzero((case.ts >= hist_start) & (case.ts < t1 + lead_in))
@@ -304,7 +320,8 @@ def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
         for h in config.horizons if keep.any() else ():
             n_h = int(round(h / step))
             minutes = np.arange(1, n_h + 1) * step
-            paths = error_paths(err_resid, step, h, config.n_paths)
+            # float32, as a bundle stores them
+            paths = error_paths(err_resid, step, h, config.n_paths).astype(np.float32)
             if paths.shape[0] < 10:
                 raise ValueError(f"{case.name}: too little history for error paths")
             calibration, alarm = ProbabilityCalibration(), config.alarm_probability
@@ -319,13 +336,21 @@ def replay_series(case: SeriesCase, config: EvalConfig) -> pl.DataFrame:
                     else None
                 calibration = calibrate_on_replay(outcomes, config.alarm_probability, own,
                                                   config.tune_alarm, rule, h / (every * step))
-                alarm = calibration.alarm
+            # the paths and the calibration as the service reads them back from a bundle
+            model.error_paths_, model.calibrations_ = paths, {float(h): calibration}
+            with tempfile.TemporaryDirectory(prefix="prealert-replay-") as tmp:
+                bundle = served_bundle(case.name, model, rule, Path(tmp))
+            if served is not None:
+                served[(t0, h)] = bundle
+            loaded = bundle.forecasters[case.name]
+            paths, calibration = loaded.error_paths_.astype(np.float64), loaded.calibration_for(h)
+            alarm = calibration.alarm if config.calibrate else config.alarm_probability
             b, truth = replay_probabilities(y, expected, level, slope, seg, step, h, paths,
                                             case.threshold, case.direction)
             probability = calibration.apply(b.probability)
             base = {"series": case.name, "ts": case.ts[seg][keep], "horizon": h,
                     "true_minutes": truth[keep], "current": current[keep]}
-            used = rule.with_for(calibration.for_minutes) if rule is not None else None
+            used = bundle.alert_rule.with_for(calibration.for_minutes) if rule is not None else None
             rows.append(pl.DataFrame({
                 **base, "predictor": PREALERT,
                 "warn": _alerting(used, checked, probability >= alarm),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from datetime import datetime
@@ -284,9 +285,10 @@ class SeriesForecaster:
             "last_ts": self.last_ts_.isoformat(),
             "step_minutes": self.step_minutes_,
             "calibrations": {str(h): c.to_dict() for h, c in self.calibrations_.items()},
-            # 4 significant digits: the paths are a sample of errors, not exact quantities
-            "error_paths": np.round(self.error_paths_.astype(np.float64), 4 - int(np.floor(
-                np.log10(max(float(np.abs(self.error_paths_).max(initial=0)), 1e-12))))).tolist(),
+            # exactly the float32 paths that answer in memory: a loaded model answers the same
+            "error_paths_f32le": base64.b64encode(
+                np.ascontiguousarray(self.error_paths_, dtype="<f4").tobytes()).decode("ascii"),
+            "error_paths_shape": list(self.error_paths_.shape),
         }
         state["model"] = model_to_json(self.model_) if self.kind_ == "prophet" else self.model_
         return state
@@ -305,8 +307,12 @@ class SeriesForecaster:
         self.step_minutes_ = state["step_minutes"]
         self.calibrations_ = {float(h): ProbabilityCalibration.from_dict(c)
                               for h, c in state.get("calibrations", {}).items()}
-        self.error_paths_ = np.asarray(state["error_paths"], dtype=np.float32).reshape(
-            -1, max(1, int(round(self.max_horizon_minutes / self.step_minutes_))))
+        n_h = max(1, int(round(self.max_horizon_minutes / self.step_minutes_)))
+        if "error_paths_f32le" in state:
+            raw = np.frombuffer(base64.b64decode(state["error_paths_f32le"]), dtype="<f4")
+            self.error_paths_ = raw.astype(np.float32).reshape(state["error_paths_shape"])
+        else:  # bundles of schema version 1 stored them rounded, as lists
+            self.error_paths_ = np.asarray(state["error_paths"], dtype=np.float32).reshape(-1, n_h)
         model = state["model"]
         self.model_ = model_from_json(model) if self.kind_ == "prophet" else model
         # re-derived from the Prophet JSON, the one stored source of the parameters

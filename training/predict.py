@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import polars as pl
 
 from features import schema as s
 from training.bundle import ModelBundle
@@ -107,8 +109,30 @@ def crossing_drivers(model, now: datetime, grid: np.ndarray, point: np.ndarray,
             for k, v in ranked if sign * v > 0]
 
 
+def _epoch_seconds(n: float) -> float:
+    """An epoch count in s, ms, us or ns (told apart by magnitude, as the feature job does) in s."""
+    mag = abs(n)
+    return n if mag < 1e11 else n / 1e3 if mag < 1e14 else n / 1e6 if mag < 1e17 else n / 1e9
+
+
 def _to_utc(t) -> datetime:
-    t = t if isinstance(t, datetime) else datetime.fromisoformat(str(t))
+    """A datetime (naive = UTC), an ISO string, a ``numpy.datetime64`` or an epoch number, in UTC."""
+    if isinstance(t, datetime):
+        pass
+    elif isinstance(t, np.datetime64):
+        t = datetime.fromtimestamp(t.astype("datetime64[us]").astype(np.int64) / 1e6, UTC)
+    elif isinstance(t, int | float | np.integer | np.floating) and not isinstance(t, bool):
+        if not math.isfinite(t):
+            raise ValueError(f"time {t!r} is not a finite number")
+        try:
+            t = datetime.fromtimestamp(_epoch_seconds(float(t)), UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise ValueError(f"time {t!r} is out of range as an epoch") from exc
+    else:
+        try:
+            t = datetime.fromisoformat(str(t).replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValueError(f"time {str(t)[:60]!r} is not an ISO-8601 time or an epoch") from exc
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
@@ -271,6 +295,8 @@ def _answers_at(model, obs_ts: np.ndarray, obs_y: np.ndarray, threshold: float, 
 def anomaly_now(bundle: ModelBundle, series_id: str, z_series: float | None,
                 context: dict[str, float] | None, now: datetime) -> tuple[float | None, list]:
     """Score the entity's latest minute: the series' residual z plus any context metrics."""
+    if not bundle.detectors:
+        return None, []
     entity, metric = s.split_series_id(series_id)
     det = bundle.detectors.get(entity)
     if det is None or (z_series is None and not context):
@@ -287,26 +313,105 @@ def anomaly_now(bundle: ModelBundle, series_id: str, z_series: float | None,
     return round(float(det.score(row)[0]), 4), det.explain(row)
 
 
-class CrossingPredictor:
-    """Estimator-style entry for notebooks: one series, the service's own prediction path.
+#: column names a notebook frame may use for the time and the value
+TIME_COLUMNS = (s.TS, "timestamp", "time", "ds")
+VALUE_COLUMNS = (s.VALUE, "y")
 
-    ``CrossingPredictor().fit(history).predict(threshold, "above", 240, recent)`` where
-    ``history`` has ``ts`` (UTC) and ``value``; hyperparameters go to :class:`SeriesForecaster`.
+
+def history_frame(history, series_id: str = "series/value") -> pl.DataFrame:
+    """A notebook's frame as the feature job's series frame, the one training takes.
+
+    ``history`` is a polars or pandas frame: either the feature job's series frame (one series,
+    or several with ``series_id`` naming one), or plain ``timestamp,value`` columns (also
+    ``ts``/``time``/``ds`` and ``y``; a pandas ``DatetimeIndex`` counts as the time), with times
+    as datetimes (naive = UTC), ISO strings or epoch numbers (s, ms, us or ns, told apart by
+    magnitude). A plain frame is put on a regular grid at its median spacing, gaps left empty.
+    """
+    from features.ingest import as_utc
+
+    if not isinstance(history, pl.DataFrame):
+        import pandas as pd
+
+        if not isinstance(history, pd.DataFrame):
+            raise TypeError(f"history must be a polars or pandas DataFrame, not {type(history).__name__}")
+        if isinstance(history.index, pd.DatetimeIndex):
+            history = history.reset_index(names=next(c for c in TIME_COLUMNS if c not in history))
+        history = pl.from_pandas(history)
+    if all(c in history.columns for c in s.SERIES_SCHEMA):
+        if history[s.SERIES_ID].n_unique() > 1:
+            history = history.filter(pl.col(s.SERIES_ID) == series_id)
+            if history.is_empty():
+                raise ValueError(f"no rows of series {series_id!r} in the frame")
+        return s.validate(history.select(list(s.SERIES_SCHEMA)), s.SERIES_SCHEMA, what="history")
+    time_col = next((c for c in TIME_COLUMNS if c in history.columns), None)
+    value_col = next((c for c in VALUE_COLUMNS if c in history.columns), None)
+    if time_col is None or value_col is None:
+        raise ValueError(f"history needs a time column (one of {list(TIME_COLUMNS)}) and a value "
+                         f"column (one of {list(VALUE_COLUMNS)}); it has {history.columns}")
+    frame = history.select(as_utc(pl.col(time_col), history.schema[time_col], "auto").alias(s.TS),
+                           pl.col(value_col).cast(pl.Float64, strict=False).alias(s.VALUE))
+    bad = frame[s.TS].null_count()
+    if bad:
+        raise ValueError(f"history: {bad} of {frame.height} times in column {time_col!r} "
+                         "could not be read as datetimes, ISO strings or epoch numbers")
+    frame = frame.sort(s.TS)
+    dupes = frame.height - frame[s.TS].n_unique()
+    if dupes:
+        raise ValueError(f"history: {dupes} duplicate timestamps; keep one value per time "
+                         "(the feature job `prealert features build` resolves duplicates)")
+    if frame.height < 3:
+        raise ValueError(f"history: need at least 3 observations, got {frame.height}")
+    step = frame[s.TS].diff().drop_nulls().median()
+    grid = pl.datetime_range(frame[s.TS][0], frame[s.TS][-1], step, eager=True,
+                             time_unit="us", time_zone="UTC").alias(s.TS).to_frame()
+    entity, metric = s.split_series_id(series_id)
+    return grid.join(frame, on=s.TS, how="left").select(
+        pl.lit(series_id).alias(s.SERIES_ID), pl.lit(entity).alias(s.ENTITY),
+        pl.lit(metric).alias(s.METRIC), s.TS, pl.col(s.VALUE).fill_nan(None),
+        pl.lit(1, pl.UInt32).alias(s.N_PODS), pl.lit(False).alias(s.FILLED))
+
+
+class CrossingPredictor:
+    """Estimator-style entry for notebooks: one series, trained and answered as the service does.
+
+    ``CrossingPredictor().fit(history).predict(threshold, "above", 240, recent)``: ``fit`` runs
+    the scheduled job's training on the one series (the holdout replay that gives the error
+    paths, the probability calibration and the alarm level and ``for``), so ``predict`` answers
+    exactly as a service serving the same training would. ``history``: see
+    :func:`history_frame`. Keyword arguments are :class:`SeriesForecaster` hyperparameters.
     """
 
-    def __init__(self, **forecaster_params):
+    def __init__(self, holdout_hours: float = 24.0, alert_rule: AlertRule | None = None,
+                 **forecaster_params):
+        self.holdout_hours = holdout_hours
+        self.alert_rule = alert_rule
         self.forecaster_params = forecaster_params
 
     def fit(self, history, series_id: str = "series/value") -> CrossingPredictor:
-        from training.forecast import SeriesForecaster
+        from training.train import TrainConfig, train_bundle
 
-        self.series_id_ = series_id
-        model = SeriesForecaster(**self.forecaster_params).fit(history)
-        self.bundle_ = ModelBundle({"data_fingerprint": "notebook"}, {series_id: model}, {})
+        frame = history_frame(history, series_id)
+        self.series_id_ = frame[s.SERIES_ID][0]
+        config = TrainConfig(holdout_hours=self.holdout_hours, n_jobs=1,
+                             forecaster=dict(self.forecaster_params),
+                             alert_rule=self.alert_rule or AlertRule())
+        result = train_bundle(frame, config)
+        if result.failed:
+            raise ValueError(f"{self.series_id_}: {result.failed[self.series_id_]}")
+        self.bundle_ = result.bundle
+        self.backtest_ = result.backtest
         return self
+
+    @property
+    def model_(self):
+        return self.bundle_.forecasters[self.series_id_]
 
     def predict(self, threshold: float, direction: str = "above", horizon_minutes: float = 240,
                 recent: list[tuple[datetime, float]] | None = None,
                 now: datetime | None = None) -> Prediction:
         return predict_series(self.bundle_, self.series_id_, threshold, direction,
                               horizon_minutes, recent=recent, now=now)
+
+    def save(self, folder) -> None:
+        """Write the model as a bundle that ``prealert serve --bundle`` serves."""
+        self.bundle_.save(folder)

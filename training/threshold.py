@@ -248,9 +248,14 @@ class ProbabilityCalibration:
         if not d:
             return cls()
         inf = float("inf")
-        return cls(tuple(d["knots"]), tuple(d["values"]), d["n_fitted"],
-                   d.get("alarm", DEFAULT_ALARM), tuple(d.get("above", (-inf, inf))),
-                   tuple(d.get("below", (-inf, inf))), d.get("for_minutes"))
+        for_minutes = d.get("for_minutes")
+        # by keyword: the field order of the dataclass is not the order of the stored keys
+        return cls(knots=tuple(float(k) for k in d["knots"]),
+                   values=tuple(float(v) for v in d["values"]), n_fitted=int(d["n_fitted"]),
+                   alarm=float(d.get("alarm", DEFAULT_ALARM)),
+                   for_minutes=None if for_minutes is None else float(for_minutes),
+                   above=tuple(float(x) for x in d.get("above", (-inf, inf))),
+                   below=tuple(float(x) for x in d.get("below", (-inf, inf))))
 
 
 @dataclass(frozen=True)

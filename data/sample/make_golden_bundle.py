@@ -1,6 +1,7 @@
 """Write the small golden model bundle that tests load to prove each release still reads it.
 
-Run once per bundle schema version: ``uv run python data/sample/make_golden_bundle.py``;
+Run once per bundle schema version: ``uv run python data/sample/make_golden_bundle.py``
+(move the previous version's folder to ``golden_bundle_v<N>`` first: tests load every one);
 after a deliberate change of the answers, ``... make_golden_bundle.py --answers-only``.
 The bundle comes from a seeded synthetic workload (two metrics, three days, 15-minute step);
 ``expected.json`` records what it answered when written.
@@ -67,7 +68,7 @@ def main(answers_only: bool = False) -> None:
         shutil.rmtree(OUT, ignore_errors=True)
         result.bundle.manifest["created_at"] = "golden"
         result.bundle.save(OUT)
-        bundle = result.bundle
+        bundle = ModelBundle.load(OUT)  # the answers of what is served: the bundle as loaded
     print(f"wrote {OUT}: {record_answers(bundle)}")
 
 

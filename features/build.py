@@ -11,23 +11,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import NamedTuple
-from urllib.parse import quote
 
 import polars as pl
 
 from features import schema as s
 from features.config import BuildConfig, ExportConfig, load_config
-from features.ingest import as_utc, export_files, scan_export
+from features.ingest import as_utc, export_files, open_export, scan_export
 from features.pods import POD_PATTERNS, entity_of, patterns_with, with_entity, workload_of, workload_of_pod
 from features.quarantine import (
     COUNTER,
@@ -52,16 +54,16 @@ from features.rollup import (
     rollup_to_workload,
     step_microseconds,
 )
-from features.tables import entity_tables, feature_table, iter_entity_tables
+from features.tables import entity_tables, feature_table, iter_entity_tables, table_file_name
 
 __all__ = [
     "POD_PATTERNS", "REASON", "REASONS", "ROW", "BuildConfig", "BuildReport", "BuiltSeries",
-    "ExportConfig", "as_utc", "build_pods", "build_series", "entity_of", "entity_tables", "feature_table",
-    "load_config", "load_series", "pod_lifetimes", "run_build", "scan_export",
-    "with_entity", "workload_of", "workload_of_pod",
+    "ExportConfig", "NothingKeptError", "as_utc", "build_pods", "build_series", "entity_of",
+    "entity_tables", "feature_table", "load_config", "load_series", "pod_lifetimes", "run_build",
+    "scan_export", "table_file_name", "with_entity", "workload_of", "workload_of_pod",
 ]
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: tables/ file names are table_file_name(entity), listed under "tables"
 POD_COLUMNS = {"pod": pl.String, "workload": pl.String, "node": pl.String,
                "first_seen": pl.Datetime("us", "UTC"), "last_seen": pl.Datetime("us", "UTC"),
                "n_samples": pl.UInt32}
@@ -87,17 +89,33 @@ class BuildReport:
     pods: int = 0
     counter_resets: int = 0
     feature_tables: int = 0
+    epoch_unit: str | None = None  # the unit numeric timestamps were read in; None for others
+    epoch_unit_detected: bool = False  # chosen by magnitude (epoch_unit = "auto")
+
+    def quarantine_summary(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in sorted(self.quarantined.items())) or "none"
 
     def summary(self) -> str:
-        q = ", ".join(f"{k}={v}" for k, v in sorted(self.quarantined.items())) or "none"
+        q = self.quarantine_summary()
+        unit = (f"; epoch timestamps in {self.epoch_unit}"
+                f"{' (detected)' if self.epoch_unit_detected else ''}" if self.epoch_unit else "")
         return (
             f"{self.rows_read} rows read: {self.rows_kept} kept, "
             f"{self.exact_duplicates_merged} exact duplicates merged, quarantined: {q}; "
             f"{self.series} series on a {self.step} grid ({self.grid_points} points, "
             f"{self.gaps_filled} filled, {self.gaps_left_empty} left empty); "
             f"{self.pods} pods, {self.counter_resets} counter resets, "
-            f"{self.feature_tables} feature tables"
+            f"{self.feature_tables} feature tables{unit}"
         )
+
+
+class NothingKeptError(ValueError):
+    """The export gave no usable row (or no series point): nothing is written, and the previous
+    output stays in place. ``report`` says where every row went."""
+
+    def __init__(self, message: str, report: BuildReport):
+        super().__init__(message)
+        self.report = report
 
 
 class BuiltSeries(NamedTuple):
@@ -116,9 +134,9 @@ class _Plan(NamedTuple):
 
 
 def _plan(rows: pl.LazyFrame, labels: pl.LazyFrame, step: str, max_fill: int,
-          single_key_bits: int | None = None) -> _Plan:
-    tagged = tag_rows(rows, labels)
-    resolved = resolve_duplicates(sort_valid(tagged, single_key_bits))
+          window: tuple[datetime, datetime] | None = None) -> _Plan:
+    tagged = tag_rows(rows, labels, window or BuildConfig().time_window())
+    resolved = resolve_duplicates(sort_valid(tagged))
     kept_sorted = resolved.filter(~pl.col("_repeat"))
     rules = rollup_rules(labels)
     series = regular_grid(rollup_to_workload(per_pod_buckets(kept_sorted, step), rules), rules,
@@ -127,17 +145,19 @@ def _plan(rows: pl.LazyFrame, labels: pl.LazyFrame, step: str, max_fill: int,
 
 
 def build_series(lf: pl.LazyFrame, step: str = "5m", max_fill: int = 3,
-                 pod_patterns: Sequence[str] = ()) -> BuiltSeries:
+                 pod_patterns: Sequence[str] = (),
+                 window: tuple[datetime, datetime] | None = None) -> BuiltSeries:
     """Export rows -> regular series, quarantined rows with a reason, and the rows kept (lazy).
 
     Duplicates: among otherwise valid rows of one pod series and instant, the first one read is
     kept; a later one with another value is quarantined, an equal one is merged and counted.
-    ``pod_patterns`` are tried before the built-in pod-name shapes.
+    ``pod_patterns`` are tried before the built-in pod-name shapes. Rows timed outside
+    ``window`` (default: 2000-01-01 to now + 1 day) are quarantined as ``time_out_of_range``.
     """
     step_microseconds(step)  # refuse a calendar step before any work
     rows = with_label_hash(lf)
     labels = label_table(rows, patterns_with(pod_patterns))
-    plan = _plan(rows, labels, step, max_fill)
+    plan = _plan(rows, labels, step, max_fill, window)
     kept = (
         plan.kept_sorted.select(ROW)
         .join(rows.select(ROW, s.TS, s.SERVICE, s.POD, s.NODE, s.METRIC, s.VALUE, LABEL_HASH),
@@ -149,11 +169,12 @@ def build_series(lf: pl.LazyFrame, step: str = "5m", max_fill: int = 3,
     return BuiltSeries(plan.series, plan.quarantine, kept)
 
 
-def build_pods(lf: pl.LazyFrame, pod_patterns: Sequence[str] = ()) -> pl.LazyFrame:
+def build_pods(lf: pl.LazyFrame, pod_patterns: Sequence[str] = (),
+               window: tuple[datetime, datetime] | None = None) -> pl.LazyFrame:
     """Pod lifetimes of an export (lazy): what ``pods.parquet`` holds, for a notebook."""
     rows = with_label_hash(lf)
     labels = label_table(rows, patterns_with(pod_patterns))
-    return pod_lifetimes(_plan(rows, labels, "1m", 0).kept_sorted, labels)
+    return pod_lifetimes(_plan(rows, labels, "1m", 0, window).kept_sorted, labels)
 
 
 def pod_lifetimes(kept_sorted: pl.LazyFrame, labels: pl.LazyFrame) -> pl.LazyFrame:
@@ -241,12 +262,18 @@ def run_build(
     over it. The output folder is replaced atomically: a failed run leaves the previous output
     intact, and the same input gives byte-identical files. ``progress`` receives stage messages
     (the CLI passes a stderr printer).
+
+    Rows timed outside the config's window are quarantined before any grid is built. A run that
+    keeps no row (or builds no series point) raises :class:`NothingKeptError` and writes nothing.
+    Temporary folders a killed run of this job left beside ``out`` are removed first.
     """
     config = replace(config or BuildConfig(), step=step, max_fill=max_fill)
     step_microseconds(step)
+    window = config.time_window()
     stages = _Stages(progress)
-    lf = scan_export(source, rename, config.export)
-    (rows,) = _collect(source, [with_label_hash(lf)], engine="streaming")
+    _AtomicFolder(Path(out)).remove_stale()
+    export = open_export(source, rename, config.export, window)
+    (rows,) = _collect(source, [with_label_hash(export.frame)], engine="streaming")
     if rows.height == 0:
         raise ValueError(f"{source}: the export holds no rows")
     stages.done(f"read {rows.height:,} rows from {source}")
@@ -256,13 +283,16 @@ def run_build(
                          engine="streaming")
     check_label_hashes(labels)
     n_codes = int(labels[POD_SERIES].max() or 0) + 1
-    lo, hi = rows.select(pl.col(s.TS).min().alias("lo"), pl.col(s.TS).max().alias("hi")).row(0)
-    span = (hi - lo) // timedelta(microseconds=1) + 1 if lo is not None else 1
+    stages.done(f"found {labels.height:,} label sets")
+    (tagged,) = _collect(source, [tag_rows(rows.lazy(), labels.lazy(), window)])
+    stages.done("checked every row")
+    # the span of usable times only: out-of-window rows are already tagged and set aside
+    lo, hi = tagged.filter(pl.col(REASON).is_null()).select(
+        pl.col(s.TS).dt.epoch("us").min().alias("lo"), pl.col(s.TS).dt.epoch("us").max().alias("hi")
+    ).row(0)
+    span = hi - lo + 1 if lo is not None else 1
     # one 64-bit sort key (pod series, time) when it fits, else two stable sorts: same order
     single = span.bit_length() if span.bit_length() + n_codes.bit_length() <= 64 else None
-    stages.done(f"found {labels.height:,} label sets")
-    (tagged,) = _collect(source, [tag_rows(rows.lazy(), labels.lazy())])
-    stages.done("checked every row")
     (ordered,) = _collect(source, [sort_valid(tagged.lazy(), single)], engine="streaming")
     stages.done("sorted by pod series and time")
     (resolved,) = _collect(source, [resolve_duplicates(ordered.lazy())])
@@ -302,19 +332,28 @@ def run_build(
         gaps_left_empty=int(series[s.VALUE].is_null().sum()),
         pods=pods.height,
         counter_resets=int(resets.item()),
+        epoch_unit=export.epoch_unit,
+        epoch_unit_detected=export.epoch_unit_detected,
     )
     del kept_sorted
+    if report.grid_points == 0:
+        raise NothingKeptError(_nothing_kept(source, out, report, window), report)
     with _AtomicFolder(Path(out)) as tmp:
         series.write_parquet(tmp / "series.parquet")
         quarantine.write_parquet(tmp / "quarantine.parquet")
         pods.write_parquet(tmp / "pods.parquet")
         stages.done("wrote series, quarantine and pods")
+        tables: dict[str, str] = {}  # file -> entity: entity ids may be long or any script
         if config.tables:  # one table at a time: only one is ever held in memory
             (tmp / "tables").mkdir()
             for entity, table in iter_entity_tables(series, config.windows, step):
+                name = f"tables/{table_file_name(entity)}"
+                if name in tables:  # two entities sharing a 64-bit name hash: refuse, loudly
+                    raise RuntimeError(f"feature-table name clash for {entity!r} and "
+                                       f"{tables[name]!r}: report this bug")
+                tables[name] = entity
                 # lz4: the tables are large, derived and rebuilt each run; it writes twice as fast
-                table.write_parquet(tmp / "tables" / f"{quote(entity, safe='')}.parquet",
-                                    compression="lz4")
+                table.write_parquet(tmp / name, compression="lz4")
                 report.feature_tables += 1
             stages.done(f"built {report.feature_tables} feature tables "
                         f"({', '.join(config.windows)} windows)")
@@ -326,6 +365,7 @@ def run_build(
             "counts": asdict(report),
             "versions": _versions(),
             "outputs": sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*.parquet")),
+            "tables": dict(sorted(tables.items())),
         }
         for name, doc in (("report.json", asdict(report)), ("manifest.json", manifest)):
             (tmp / name).write_text(json.dumps(doc, indent=2, default=str) + "\n")
@@ -333,16 +373,63 @@ def run_build(
     return report
 
 
+def _nothing_kept(source, out, report: BuildReport, window: tuple[datetime, datetime]) -> str:
+    """One line: why nothing usable came out, and what to change."""
+    if report.rows_kept:
+        what = (f"{report.rows_kept} of {report.rows_read} rows kept but no series point built "
+                f"(a counter needs two samples of a pod for a rate)")
+    else:
+        what = f"no row kept of {report.rows_read} read"
+    hints = []
+    if "time_out_of_range" in report.quarantined:
+        lo, hi = (t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in window)
+        hint = f"times must fall in {lo} .. {hi} (--min-time/--max-time)"
+        if report.epoch_unit:
+            how = "detected" if report.epoch_unit_detected else "configured; 'auto' detects it"
+            hint += f"; numeric times were read as epoch {report.epoch_unit} ({how})"
+        hints.append(hint)
+    return (f"{source}: {what} (quarantined: {report.quarantine_summary()}); "
+            f"{'; '.join(hints) + '; ' if hints else ''}nothing written, {out} left as it was")
+
+
 class _AtomicFolder:
     """Write into a temporary sibling folder; on success swap it in with renames, on any
-    failure remove it: a retried or interrupted job never leaves half an output."""
+    failure remove it: a retried or interrupted job never leaves half an output.
+
+    Temporary folders are named ``.<out>.tmp-<host>-<pid>-<random>``, so one a killed run left
+    behind is recognised (by the name, this host and a dead pid) and removed by the next run; a
+    run on another host sharing the folder is never touched.
+    """
 
     def __init__(self, out: Path):
         self.out = out
+        self.old = out.with_name(f".{out.name}.old")
+        host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "host"
+        self.prefix = f".{out.name}.tmp-{host}-"
+        self.stale = re.compile(rf"{re.escape(self.prefix)}(\d+)-[A-Za-z0-9_]+")
+
+    def remove_stale(self) -> list[Path]:
+        """Remove this output's temporary folders whose run is dead; put back an output a run
+        killed mid-swap had moved aside. Returns what was removed."""
+        if not self.out.parent.is_dir():
+            return []
+        removed = []
+        for path in sorted(self.out.parent.iterdir()):
+            m = self.stale.fullmatch(path.name)
+            if m and path.is_dir() and not path.is_symlink() and not _alive(int(m.group(1))):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        if self.old.is_dir() and not self.old.is_symlink():
+            if self.out.exists():
+                shutil.rmtree(self.old, ignore_errors=True)
+                removed.append(self.old)
+            else:  # killed between the two renames: the previous output is the .old folder
+                self.old.rename(self.out)
+        return removed
 
     def __enter__(self) -> Path:
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.prefix}{os.getpid()}-", dir=self.out.parent))
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -351,16 +438,28 @@ class _AtomicFolder:
             return
         try:
             if self.out.exists():
-                old = self.out.with_name(f".{self.out.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                self.out.rename(old)
+                shutil.rmtree(self.old, ignore_errors=True)
+                self.out.rename(self.old)
                 self.tmp.rename(self.out)
-                shutil.rmtree(old)
+                shutil.rmtree(self.old)
             else:
                 self.tmp.rename(self.out)
         except BaseException:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (a reused id counts as alive: safe)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OverflowError, OSError):  # not ours to signal, or not a valid id: leave it
+        return True
+    return True
 
 
 def load_series(path: str | Path) -> pl.DataFrame:

@@ -7,6 +7,7 @@ import re
 import tomllib
 import zoneinfo
 from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +15,9 @@ from features import schema as s
 
 ENV_PREFIX = "PREALERT_"
 EPOCH_UNITS = ("s", "ms", "us", "ns", "auto")
+#: the plausible-time window's default start; its default end is "now + MAX_TIME_AHEAD"
+DEFAULT_MIN_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_TIME_AHEAD = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,8 @@ class ExportConfig:
     columns: dict[str, str] = field(default_factory=dict)
     #: wide format: the metric columns; empty means every column that is not ts or a label
     metrics: tuple[str, ...] = ()
-    epoch_unit: str = "s"  # numeric timestamps: s, ms, us, ns, or auto (guessed by magnitude)
+    #: numeric timestamps: s, ms, us, ns, or auto (one unit per column, chosen by magnitude)
+    epoch_unit: str = "auto"
     timezone: str = "UTC"  # the zone of naive timestamps; output is always UTC
     #: regexes tried before the built-in pod shapes; the first capture group is the workload
     pod_patterns: tuple[str, ...] = ()
@@ -47,9 +52,36 @@ class BuildConfig:
     max_fill: int = 3
     windows: tuple[str, ...] = ("15m", "60m")  # feature-table rolling windows
     tables: bool = True  # also write per-entity feature tables
+    #: rows timed outside [min_time, max_time] are quarantined; no max_time means now + 1 day
+    min_time: datetime = DEFAULT_MIN_TIME
+    max_time: datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def time_window(self, now: datetime | None = None) -> tuple[datetime, datetime]:
+        """The plausible-time window as two UTC instants; ``ValueError`` if it is empty."""
+        lo = parse_instant(self.min_time, "min_time")
+        hi = (parse_instant(self.max_time, "max_time") if self.max_time is not None
+              else (now or datetime.now(UTC)) + MAX_TIME_AHEAD)
+        if lo >= hi:
+            raise ValueError(f"min_time {lo.isoformat()} must be before max_time {hi.isoformat()}")
+        return lo, hi
+
+
+def parse_instant(value: datetime | date | str, what: str) -> datetime:
+    """A UTC instant from a datetime, a date or an ISO 8601 string (naive means UTC)."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError as exc:
+            raise ValueError(f"{what} must be an ISO 8601 date or time like 2000-01-01 or "
+                             f"2026-09-21T10:00:00Z, got {value!r}") from exc
+    if isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime.combine(value, time())
+    if not isinstance(value, datetime):
+        raise ValueError(f"{what} must be a date or time, got {value!r}")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 _OURS = {s.TS, s.SERVICE, s.POD, s.NODE, s.METRIC, s.VALUE}
@@ -68,7 +100,7 @@ def _export_from(table: dict[str, Any], where: str) -> ExportConfig:
         format=table.get("format", "long"),
         columns=columns,
         metrics=tuple(table.get("metrics", ())),
-        epoch_unit=table.get("epoch_unit", "s"),
+        epoch_unit=table.get("epoch_unit", "auto"),
         timezone=table.get("timezone", "UTC"),
         pod_patterns=tuple(table.get("pod_patterns", ())),
     )
@@ -114,13 +146,17 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
     if unknown:
         raise ValueError(f"{where}: unknown table(s) {sorted(unknown)}; expected [export] and [build]")
     build = dict(data.get("build", {}))
-    known = {"step", "max_fill", "windows", "tables"}
+    known = {"step", "max_fill", "windows", "tables", "min_time", "max_time"}
     if set(build) - known:
         raise ValueError(f"{where}: unknown key(s) {sorted(set(build) - known)} in [build]")
     cfg = BuildConfig(export=_export_from(data.get("export", {}), where))
     if "windows" in build:
         build["windows"] = tuple(build["windows"])
+    for key in ("min_time", "max_time"):
+        if key in build:
+            build[key] = parse_instant(build[key], f"{where}: [build] {key}")
     cfg = replace(cfg, **build)
+    cfg.time_window()  # an empty window is refused here, not after reading the export
     env = os.environ if env is None else env
     if f"{ENV_PREFIX}STEP" in env:
         cfg = replace(cfg, step=env[f"{ENV_PREFIX}STEP"])

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import glob
+from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import polars as pl
 
 from features import schema as s
-from features.config import ExportConfig, check_export
+from features.config import BuildConfig, ExportConfig, check_export
 
-#: multiply an epoch count in this unit by the factor to get microseconds (ns divides by 1000)
-_EPOCH_TO_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
+#: epoch counts per second, per unit, in the order a tie between units is decided
+_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+_US_LIMIT = 2**62  # |microseconds| beyond this are clipped: far outside any window, never overflow
 
 
 def export_files(source: str | Path) -> tuple[list[Path], str, bool]:
@@ -68,11 +71,44 @@ def _check_schemas(source: str | Path, schemas: dict[Path, dict], rename: dict[s
                                  f"(source {source})")
 
 
-def as_utc(ts: pl.Expr, dtype: pl.DataType, epoch_unit: str = "s", timezone: str = "UTC") -> pl.Expr:
+def _to_us(n: pl.Expr, unit: str, integer: bool) -> pl.Expr:
+    """Epoch counts in ``unit`` -> microseconds, clipped so no value can overflow 64 bits."""
+    per_s = _PER_SECOND[unit]
+    if integer:  # exact: no float rounding of big epochs
+        n = n.cast(pl.Int64, strict=False)
+        if per_s >= 1_000_000:
+            return n // (per_s // 1_000_000)
+        limit = _US_LIMIT // (1_000_000 // per_s)
+        return n.clip(-limit, limit) * (1_000_000 // per_s)
+    us = n.cast(pl.Float64) * (1_000_000 / per_s)
+    return us.clip(-float(_US_LIMIT), float(_US_LIMIT)).round(0).cast(pl.Int64, strict=False)
+
+
+def _unit_index(n: pl.Expr, window: tuple[datetime, datetime]) -> pl.Expr:
+    """One unit for the whole column (its index in s, ms, us, ns): the one under which most of
+    its numbers fall in ``window``; a tie goes to the coarser unit. Never one unit per value."""
+    lo, hi = (t.timestamp() for t in window)
+    f = n.cast(pl.Float64)
+    votes = [f.is_between(lo * k, hi * k).sum() for k in _PER_SECOND.values()]
+    return pl.concat_list(votes).list.arg_max()
+
+
+def _auto_us(n: pl.Expr, integer: bool, window: tuple[datetime, datetime]) -> pl.Expr:
+    """:func:`_to_us` in the unit :func:`_unit_index` picks for the column."""
+    pick = _unit_index(n, window)
+    out = pl.lit(None, pl.Int64)
+    for i, unit in reversed(list(enumerate(_PER_SECOND))):
+        out = pl.when(pick == i).then(_to_us(n, unit, integer)).otherwise(out)
+    return out
+
+
+def as_utc(ts: pl.Expr, dtype: pl.DataType, epoch_unit: str = "auto", timezone: str = "UTC",
+           window: tuple[datetime, datetime] | None = None) -> pl.Expr:
     """Any timestamp encoding -> ``Datetime('us', 'UTC')``; what cannot be parsed becomes null.
 
     Naive datetimes and strings are read in ``timezone``; numbers are epochs in ``epoch_unit``
-    (``auto`` guesses s/ms/us/ns per value from its magnitude).
+    (``auto``: one unit for the whole column, the one that puts most values in ``window``).
+    Numbers too large for any date are clipped far outside every window, never overflowed.
     """
     utc = pl.Datetime("us", "UTC")
     if isinstance(dtype, pl.Datetime):
@@ -85,24 +121,36 @@ def as_utc(ts: pl.Expr, dtype: pl.DataType, epoch_unit: str = "s", timezone: str
         parsed = ts.str.to_datetime(strict=False, time_unit="us", time_zone=timezone)
         return parsed.dt.convert_time_zone("UTC")
     if dtype.is_numeric():
-        if dtype.is_integer() and epoch_unit != "auto":  # exact: no float rounding of big epochs
-            n = ts.cast(pl.Int64)
-            return (n // 1000 if epoch_unit == "ns" else n * _EPOCH_TO_US[epoch_unit]).cast(utc)
-        f = ts.cast(pl.Float64)
+        integer = dtype.is_integer()
         if epoch_unit == "auto":
-            mag = f.abs()
-            us = (pl.when(mag < 1e11).then(f * 1e6).when(mag < 1e14).then(f * 1e3)
-                  .when(mag < 1e17).then(f).otherwise(f / 1e3))
-        else:
-            us = f / 1e3 if epoch_unit == "ns" else f * _EPOCH_TO_US[epoch_unit]
-        return us.round(0).cast(pl.Int64, strict=False).cast(utc)
+            return _auto_us(ts, integer, window or BuildConfig().time_window()).cast(utc)
+        return _to_us(ts, epoch_unit, integer).cast(utc)
     return pl.lit(None, utc)
+
+
+class Export(NamedTuple):
+    """A scanned export and how its timestamps were read."""
+
+    frame: pl.LazyFrame
+    #: the unit numeric timestamps were read in (None for datetimes and strings)
+    epoch_unit: str | None
+    epoch_unit_detected: bool  # chosen by magnitude (``auto``), not configured
+
+
+def detect_epoch_unit(source, lf: pl.LazyFrame, window: tuple[datetime, datetime]) -> str:
+    """The unit under which most of the export's numeric timestamps fall in ``window``."""
+    try:
+        pick = lf.select(_unit_index(pl.col(s.TS), window)).collect(engine="streaming").item()
+    except pl.exceptions.PolarsError as exc:
+        raise ValueError(f"{source}: could not read the timestamps ({exc})") from exc
+    return list(_PER_SECOND)[pick]
 
 
 def scan_export(
     source: str | Path,
     rename: dict[str, str] | None = None,
     export: ExportConfig | None = None,
+    window: tuple[datetime, datetime] | None = None,
 ) -> pl.LazyFrame:
     """Scan a Parquet file, folder (hive partitions welcome) or glob into the export schema.
 
@@ -110,7 +158,18 @@ def scan_export(
     label columns become null; ``rename`` (and ``export.columns``) map the export's names onto
     ours (e.g. ``{"host": "node"}``). Timestamps may be datetimes in any zone, strings or epochs;
     they come out in UTC. Every file is checked first: a broken one is a ``ValueError`` naming it.
+    ``window`` is the plausible-time window ``auto`` epochs are fitted to (default: the build's).
     """
+    return open_export(source, rename, export, window).frame
+
+
+def open_export(
+    source: str | Path,
+    rename: dict[str, str] | None = None,
+    export: ExportConfig | None = None,
+    window: tuple[datetime, datetime] | None = None,
+) -> Export:
+    """:func:`scan_export`, also saying which epoch unit numeric timestamps are read in."""
     export = export or ExportConfig()
     check_export(export, str(source))
     rename = {**export.rename(), **(rename or {})}
@@ -126,6 +185,10 @@ def scan_export(
         raise ValueError(f"{source}: not a readable Parquet export ({exc})") from exc
     lf = lf.rename({k: v for k, v in rename.items() if k in names})
     names = lf.collect_schema().names()
+    ts_type = lf.collect_schema().get(s.TS)
+    unit = export.epoch_unit if ts_type is not None and ts_type.is_numeric() else None
+    if unit == "auto":
+        unit = detect_epoch_unit(source, lf, window or BuildConfig().time_window())
     if export.format == "wide":
         lf = _unpivot_wide(source, lf, names, export)
         names = lf.collect_schema().names()
@@ -133,12 +196,13 @@ def scan_export(
     if missing:
         raise ValueError(f"{source}: missing column(s) {missing}; columns present: {names}")
     lf = lf.with_columns(pl.lit(None, pl.String).alias(c) for c in s.LABELS if c not in names)
-    return lf.select(
-        as_utc(pl.col(s.TS), lf.collect_schema()[s.TS], export.epoch_unit, export.timezone).alias(s.TS),
+    frame = lf.select(
+        as_utc(pl.col(s.TS), lf.collect_schema()[s.TS], unit or "s", export.timezone).alias(s.TS),
         *(pl.col(c).cast(pl.String) for c in s.LABELS),
         pl.col(s.METRIC).cast(pl.String),
         pl.col(s.VALUE).cast(pl.Float64, strict=False),
     )
+    return Export(frame, unit, unit is not None and export.epoch_unit == "auto")
 
 
 def _unpivot_wide(source, lf: pl.LazyFrame, names: list[str], export: ExportConfig) -> pl.LazyFrame:

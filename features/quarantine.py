@@ -8,6 +8,7 @@ code whose order is the order of the output (series id, then pod, then node).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import polars as pl
 
@@ -20,6 +21,7 @@ ROW = "row_in_export"  # position in the export as read: "first read" is decided
 #: every reason a row can be quarantined for, in the order they are checked
 REASONS = (
     "unparseable_timestamp",
+    "time_out_of_range",  # outside the build's plausible-time window (e.g. year 1, epoch 0)
     "missing_metric",
     "unknown_pod_name",  # a pod-level metric whose pod name matches no workload shape
     "no_workload_or_node",
@@ -92,13 +94,19 @@ def check_label_hashes(labels: pl.DataFrame) -> None:
         raise RuntimeError(f"label hash collision for {clash.height} label set(s): report this bug")
 
 
-def tag_rows(rows: pl.LazyFrame, labels: pl.LazyFrame) -> pl.LazyFrame:
-    """Add ``reason`` (null for a usable row) and each row's codes and metric rules."""
+def tag_rows(rows: pl.LazyFrame, labels: pl.LazyFrame,
+             window: tuple[datetime, datetime]) -> pl.LazyFrame:
+    """Add ``reason`` (null for a usable row) and each row's codes and metric rules.
+
+    Rows timed outside ``window`` are quarantined here, before any grid: one row in year 1
+    would otherwise stretch its series' grid over two thousand years.
+    """
     v = pl.col(s.VALUE)
     rules = labels.select(LABEL_HASH, s.ENTITY, "_label_reason", "lower", "upper",
                           (pl.col("kind") == "counter").alias(COUNTER), POD_SERIES, SERIES_CODE)
     reason = (
         pl.when(pl.col(s.TS).is_null()).then(pl.lit("unparseable_timestamp"))
+        .when(~pl.col(s.TS).is_between(*window)).then(pl.lit("time_out_of_range"))
         .when(pl.col("_label_reason").is_not_null()).then(pl.col("_label_reason"))
         .when(v.is_null() | v.is_nan()).then(pl.lit("missing_or_nan_value"))
         .when(v.is_infinite()).then(pl.lit("infinite_value"))

@@ -8,6 +8,8 @@ row and the rate compares with the value one window earlier, so a row never sees
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 
@@ -111,3 +113,22 @@ def iter_entity_tables(series: pl.DataFrame, windows: Sequence[str],
                            .scatter(rows["_pos"], rows[s.VALUE]))
         wide = pl.DataFrame(columns)
         yield entity, wide.select(s.ENTITY, s.TS, *rolling_exprs(metrics, windows, step_us))
+
+
+_PLAIN_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_READABLE_LEN = 40
+
+
+def table_file_name(entity: str) -> str:
+    """The file name of an entity's feature table: injective, at most 72 bytes, portable.
+
+    A short lower-case DNS-style name is used as is (``portal-demo.parquet``); any other name (long,
+    upper-case, non-ASCII, with ``/``) becomes a readable ASCII prefix, ``~`` and a hash of the
+    whole name. ``~`` never occurs in a plain name, so the two kinds cannot meet, and a
+    case-insensitive file system cannot merge two entities.
+    """
+    if _PLAIN_NAME.fullmatch(entity):
+        return f"{entity}.parquet"
+    readable = re.sub(r"[^a-z0-9._-]+", "_", entity.lower()).lstrip("._-")[:_READABLE_LEN]
+    digest = hashlib.sha256(entity.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{readable}~{digest}.parquet"

@@ -33,17 +33,31 @@ def features_build(
     rename: Annotated[list[str], typer.Option(help="Map an export column: host=node.")] = [],  # noqa: B006
     tables: Annotated[bool | None, typer.Option(
         "--tables/--no-tables", help="Write per-entity feature tables.")] = None,
+    min_time: Annotated[str | None, typer.Option(
+        help="Rows timed before this (ISO date/time, UTC if naive) are quarantined "
+             "(default: config, then 2000-01-01).")] = None,
+    max_time: Annotated[str | None, typer.Option(
+        help="Rows timed after this are quarantined (default: config, then now + 1 day).")] = None,
+    epoch_unit: Annotated[str | None, typer.Option(
+        help="Unit of numeric timestamps: s, ms, us, ns or auto (default: config, then auto: "
+             "detected per column by magnitude).")] = None,
     quiet: Annotated[bool, typer.Option(help="No stage-by-stage progress on stderr.")] = False,
 ) -> None:
     """Validate an export, quarantine bad rows, roll pods up and write regular series."""
     from features.build import _stderr, run_build
-    from features.config import load_config
+    from features.config import check_export, load_config, parse_instant
 
     try:
         cfg = load_config(config)
         # explicit options win over the environment, which wins over the file
         cfg = replace(cfg, **{k: v for k, v in (("step", step), ("max_fill", max_fill),
                                                  ("tables", tables)) if v is not None})
+        cfg = replace(cfg, **{k: parse_instant(v, f"--{k.replace('_', '-')}")
+                              for k, v in (("min_time", min_time), ("max_time", max_time))
+                              if v is not None})
+        if epoch_unit is not None:
+            cfg = replace(cfg, export=replace(cfg.export, epoch_unit=epoch_unit))
+            check_export(cfg.export, "--epoch-unit")
         report = run_build(input, out, step=cfg.step, max_fill=cfg.max_fill,
                            rename=_parse_rename(rename), config=cfg,
                            progress=None if quiet else _stderr)

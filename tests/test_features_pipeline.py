@@ -43,6 +43,7 @@ def accounted(report: b.BuildReport) -> bool:
 REASON_CASES = {
     "unparseable_timestamp": pl.DataFrame(
         {s.TS: ["not a time"], s.POD: ["app-0"], s.METRIC: ["cpu_pct"], s.VALUE: [1.0]}),
+    "time_out_of_range": export([(0, "app-0", "cpu_pct", 1.0)], t0=datetime(1999, 12, 31, tzinfo=UTC)),
     "missing_metric": export([(0, "app-0", None, 1.0)]),
     "unknown_pod_name": export([(0, "nginx", "cpu_pct", 1.0, "worker-1")]),
     "no_workload_or_node": export([(0, None, "cpu_pct", 1.0)]),
@@ -535,9 +536,11 @@ def test_first_read_wins_across_files_at_scale(rng, tmp_path):
     assert_frame_equal(kept.select(s.NODE, s.TS, s.VALUE).sort(s.NODE, s.TS), first)
 
 
-def test_an_export_whose_rows_are_all_quarantined_gives_empty_series(write_export, tmp_path):
-    source = write_export(export([(0, "nginx", "cpu_pct", 1.0), (0, "app-0", "cpu_pct", float("nan"))]))
-    report = b.run_build(source, tmp_path / "out", step="1m")
+def test_an_export_whose_rows_are_all_quarantined_is_refused(write_export, tmp_path):
+    frame = export([(0, "nginx", "cpu_pct", 1.0), (0, "app-0", "cpu_pct", float("nan"))])
+    assert b.build_series(frame.lazy(), step="1m").series.collect().is_empty()  # lazy: empty
+    with pytest.raises(b.NothingKeptError) as err:  # the job: an error, nothing written
+        b.run_build(write_export(frame), tmp_path / "out", step="1m")
+    report = err.value.report
     assert report.rows_kept == 0 and report.series == 0 and accounted(report)
-    assert b.load_series(tmp_path / "out").is_empty()
-    assert pl.read_parquet(tmp_path / "out" / "quarantine.parquet").height == 2
+    assert not (tmp_path / "out").exists()

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from training.anomaly import WorkloadAnomalyDetector
+from training.anomaly.detector import WorkloadAnomalyDetector
 
 
 def _times(fn, repeat: int) -> list[float]:

@@ -21,8 +21,8 @@ import polars as pl
 
 from features import schema as s
 from training.bundle import ModelBundle
-from training.fast_forecast import ProphetPointModel
-from training.forecast import SeriesForecaster, horizon_grid, to_prophet_frame
+from training.forecast.forecaster import SeriesForecaster, horizon_grid, to_prophet_frame
+from training.forecast.point_model import ProphetPointModel
 from training.predict import predict_series
 from training.threshold import AlertRule
 

@@ -1,0 +1,1 @@
+"""Feature jobs: Parquet metric exports in, validated regular per-series frames and feature tables out."""

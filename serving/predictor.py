@@ -10,7 +10,7 @@ from features.build import workload_of_pod
 from serving.schemas import PredictRequest, PredictResponse
 from training.bundle import ModelBundle
 from training.predict import predict_series
-from training.tracking import load_champion
+from training.registry import load_champion
 
 BUNDLE_ENV = "PREALERT_BUNDLE"
 

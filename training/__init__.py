@@ -1,0 +1,1 @@
+"""Models, the minutes-to-threshold math, training, evaluation, the bundle and the MLflow registry."""

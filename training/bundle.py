@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path, PurePosixPath
 
-from training.anomaly import WorkloadAnomalyDetector
-from training.forecast import SeriesForecaster
+from training.anomaly.detector import WorkloadAnomalyDetector
+from training.forecast.forecaster import SeriesForecaster
 from training.threshold import AlertRule
 
 #: bump when the folder layout or a file format changes; loaders refuse newer versions.

@@ -12,8 +12,8 @@ import polars as pl
 
 from features import schema as s
 from training.bundle import ModelBundle
-from training.correction import RealtimeCorrection, realtime_corrections
-from training.forecast import horizon_grid
+from training.forecast.correction import RealtimeCorrection, realtime_corrections
+from training.forecast.forecaster import horizon_grid
 from training.threshold import (
     DEFAULT_ALARM,
     AlertRule,

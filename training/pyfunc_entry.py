@@ -2,6 +2,6 @@
 
 import mlflow
 
-from training.tracking import BundleModel
+from training.registry import BundleModel
 
 mlflow.models.set_model(BundleModel())

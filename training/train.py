@@ -13,12 +13,12 @@ import polars as pl
 from joblib import Parallel, delayed
 
 from features import schema as s
-from training.anomaly import WorkloadAnomalyDetector
-from training.backtest import rolling_origin_errors
+from training.anomaly.detector import WorkloadAnomalyDetector
 from training.bundle import ModelBundle
-from training.correction import WINDOW_MINUTES as CORRECTION_WINDOW_MINUTES
-from training.correction import error_paths
-from training.forecast import SeriesForecaster
+from training.evaluation.replay import calibrate_on_replay, replay_outcomes, rolling_origin_errors
+from training.forecast.correction import WINDOW_MINUTES as CORRECTION_WINDOW_MINUTES
+from training.forecast.correction import error_paths
+from training.forecast.forecaster import SeriesForecaster
 from training.predict import MIN_ERROR_PATHS
 from training.threshold import DEFAULT_ALARM, AlertRule
 
@@ -136,8 +136,6 @@ def holdout_calibrations(model: SeriesForecaster, trial: SeriesForecaster, ts: n
     history in both directions (P90, P95, P99 above; P10, P5, P1 below). The replay checks
     every ``rule.every_minutes`` and the alarm level is chosen under the alert ``rule``.
     """
-    from training.evaluate import calibrate_on_replay, replay_outcomes
-
     values = history[s.VALUE].drop_nulls().to_numpy()
     targets = [(float(np.quantile(values, q)), "above") for q in (0.9, 0.95, 0.99)]
     targets += [(float(np.quantile(values, q)), "below") for q in (0.1, 0.05, 0.01)]

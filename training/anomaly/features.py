@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from training.anomaly import Z_KIND
+from training.anomaly.detector import Z_KIND
 
 #: what each feature kind is, in the order columns are laid out (kind-major)
 FEATURE_KINDS = {

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from training.anomaly_features import rolling_zscore_score, scale_floor, windowed_gaussian_score
-from training.anomaly_metrics import evaluate, point_adjust, prf, segments
-from training.anomaly_stream import EntityModel, StreamConfig
+from training.anomaly.features import rolling_zscore_score, scale_floor, windowed_gaussian_score
+from training.anomaly.metrics import evaluate, point_adjust, prf, segments
+from training.anomaly.stream import EntityModel, StreamConfig
 
 EXPERIMENT = "prealert-anomaly-eval"
 OURS = "prealert-iforest"
@@ -23,7 +23,7 @@ BASELINES = (ROLLING_Z, WINDOWED_GAUSSIAN)
 
 
 @dataclass
-class EvalConfig:
+class AnomalyEvalConfig:
     """Everything an evaluation depends on; logged to MLflow as params."""
 
     quantile: float = 0.99  # threshold = this quantile of each detector's training-part scores
@@ -74,7 +74,7 @@ def load_machine(folder: str | Path, name: str) -> Machine:
                    metrics, n_train, frame["anomaly"].to_numpy()[n_train:])
 
 
-def detector_scores(m: Machine, config: EvalConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def detector_scores(m: Machine, config: AnomalyEvalConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(training-part scores, test-part scores) of every detector; each fitted on the training part only.
 
     Ours is fitted on the training part and scores its own training minutes in-sample (they
@@ -108,10 +108,10 @@ class EvalResult:
     seconds: float
 
 
-def run_evaluation(folder: str | Path, config: EvalConfig | None = None,
+def run_evaluation(folder: str | Path, config: AnomalyEvalConfig | None = None,
                    machines: list[str] | None = None, echo=None) -> EvalResult:
     """Train on each machine's training part, score its test part, compare with the baselines."""
-    config = config or EvalConfig()
+    config = config or AnomalyEvalConfig()
     t0 = time.perf_counter()
     rows, scores, loaded, flags = [], {}, {}, {d: ([], []) for d in DETECTORS}
     for name in machines or machines_in(folder):
@@ -186,7 +186,7 @@ def _md_table(frame: pl.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_report(result: EvalResult, config: EvalConfig, path: Path, command: str,
+def write_report(result: EvalResult, config: AnomalyEvalConfig, path: Path, command: str,
                  plots: dict[str, Path]) -> Path:
     """A markdown report next to its plots."""
     cols = ["machine", "detector", "f1", "pa_f1", "best_f1", "best_pa_f1", "precision_at_top1pct",
@@ -244,11 +244,12 @@ def write_report(result: EvalResult, config: EvalConfig, path: Path, command: st
     return path
 
 
-def log_evaluation(result: EvalResult, config: EvalConfig, report: Path, plots: dict[str, Path]) -> str:
+def log_evaluation(result: EvalResult, config: AnomalyEvalConfig, report: Path,
+                   plots: dict[str, Path]) -> str:
     """Log params, per-machine and pooled metrics, the tables, report and plots as one MLflow run."""
     import mlflow
 
-    from training.tracking import use_experiment
+    from training.registry import use_experiment
 
     use_experiment(EXPERIMENT)
     with mlflow.start_run(run_name="smd") as run:

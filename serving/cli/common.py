@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 #: the real server metrics beside the repository (``../shared/data/smd-dev``)
-SMD_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "smd-dev"
+SMD_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "smd-dev"
 
 
 def fail(message: str) -> None:

@@ -1,4 +1,4 @@
-"""The walk-forward backtest: prealert against predict_linear and a static warning, as deployed."""
+"""The one replay of deployment: the walk-forward alert backtest and the training holdout's MAE origins."""
 
 from __future__ import annotations
 
@@ -6,17 +6,18 @@ import dataclasses
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from features import schema as s
-from training.baselines import static_warning
 from training.bundle import ModelBundle
-from training.correction import damped, error_paths, rolling_corrections
-from training.forecast import SeriesForecaster
+from training.evaluation.baselines import predict_linear_lines, static_warning
+from training.evaluation.metrics import false_alarm_runs
+from training.forecast.correction import WINDOW_MINUTES as CORRECTION_WINDOW
+from training.forecast.correction import damped, error_paths, rolling_corrections
+from training.forecast.forecaster import SeriesForecaster
 from training.threshold import (
     AlertRule,
     ProbabilityCalibration,
@@ -33,7 +34,7 @@ MIN_CROSSINGS_FOR_OWN_ALARM = 10
 
 
 @dataclass
-class EvalConfig:
+class ReplayConfig:
     """How the replay runs; every field is logged to MLflow."""
 
     horizons: tuple[int, ...] = (60, 120)  # minutes
@@ -70,30 +71,6 @@ class SeriesCase:
     @property
     def step_minutes(self) -> float:
         return float(np.median(np.diff(self.ts)).astype("timedelta64[s]").astype(float) / 60)
-
-
-def threshold_from_rule(rule: str, history: np.ndarray) -> float:
-    """``"quantile:0.99"`` of the history before evaluation, or a number."""
-    if rule.startswith("quantile:"):
-        q = float(rule.split(":", 1)[1])
-        return float(np.nanquantile(history, q))
-    return float(rule)
-
-
-def cases_from_series(series: pl.DataFrame, rules: dict[str, tuple[str, str]],
-                      eval_start: datetime) -> list[SeriesCase]:
-    """Cases from a feature-job series frame; ``rules`` maps series id -> (threshold rule, direction)."""
-    start = np.datetime64(eval_start.replace(tzinfo=None), "us")
-    cases = []
-    for sid, (rule, direction) in sorted(rules.items()):
-        g = series.filter(pl.col(s.SERIES_ID) == sid).sort(s.TS)
-        if g.is_empty():
-            raise ValueError(f"no series {sid!r} in the input")
-        ts = g[s.TS].dt.replace_time_zone(None).to_numpy().astype("datetime64[us]")
-        y = g[s.VALUE].fill_null(np.nan).to_numpy().astype(np.float64)
-        cases.append(SeriesCase(sid, ts, y, threshold_from_rule(rule, y[ts < start]),
-                                direction, start))
-    return cases
 
 
 def _fit_frame(ts, y, step_minutes: int) -> pl.DataFrame:
@@ -219,7 +196,7 @@ def best_alert(outcomes: list[ReplayOutcome], default: float, rule: AlertRule | 
                 warn = (r.firing(on) if r is not None else on)[o.live]
                 tp += int(np.sum(warn & c))
                 n_warn += int(warn.sum())
-                false_alarms += _false_alarm_runs(warn, c)
+                false_alarms += false_alarm_runs(warn, c)
             f1 = 2 * tp / (n_warn + n_crossed) if tp else 0.0
             found.append((f1, false_alarms, float(level), None if r is None else r.for_minutes))
     best = max(f[0] for f in found)
@@ -228,15 +205,6 @@ def best_alert(outcomes: list[ReplayOutcome], default: float, rule: AlertRule | 
     near = [f for f in found if f[0] >= (1 - QUIET_WITHIN) * best]
     _, _, level, for_minutes = min(near, key=lambda f: (f[1], -f[2], f[3] or 0.0))
     return level, for_minutes
-
-
-def _false_alarm_runs(warn: np.ndarray, crossed: np.ndarray) -> int:
-    """Runs of consecutive warnings none of whose checks saw a crossing within H."""
-    edges = np.diff(np.concatenate([[0], warn.astype(np.int8), [0]]))
-    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    hits = np.concatenate([[0], np.cumsum(warn & crossed)])
-    return int(np.sum(hits[ends] - hits[starts] == 0))
-
 
 def _alerting(rule: AlertRule | None, checked, on_live: np.ndarray) -> np.ndarray:
     """The alert rule along a segment's checks (beyond the threshold holds) at the reported ones.
@@ -257,7 +225,7 @@ def served_bundle(case_name: str, model: SeriesForecaster, rule: AlertRule | Non
     return ModelBundle.load(folder)
 
 
-def replay_series(case: SeriesCase, config: EvalConfig,
+def replay_series(case: SeriesCase, config: ReplayConfig,
                   served: dict | None = None) -> pl.DataFrame:
     """Walk forward through ``case`` and return one row per (time, horizon, predictor).
 
@@ -302,7 +270,7 @@ def replay_series(case: SeriesCase, config: EvalConfig,
             prev = {"expected": np.where(fit_idx, expected, np.nan),
                     "idx": np.flatnonzero((case.ts >= hist_start) & (case.ts < t0 - lead_in))[::every]}
         level, slope = rolling_corrections(resid, step)
-        lin = {w: rolling_corrections(y, step, w) for w in config.linear_windows}
+        lin = {w: predict_linear_lines(y, step, w) for w in config.linear_windows}
         # the checks of this segment, plus the earlier ones the alert rule looks back at
         back = np.timedelta64(int(rule.max_lookback_checks * rule.every_minutes * 60e6), "us") \
             if rule is not None else np.timedelta64(0, "us")
@@ -377,139 +345,7 @@ def replay_series(case: SeriesCase, config: EvalConfig,
         t0 = t1
     return pl.concat(rows, how="diagonal_relaxed") if rows else pl.DataFrame()
 
-
-# --- metrics computed from the long result frame ------------------------------------------------
-
-def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
-    """(start, end) index pairs of consecutive True runs, end inclusive."""
-    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
-    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1, strict=True))
-
-
-def episode_metrics(g: pl.DataFrame, horizon: float, every: float) -> dict:
-    """Sustained recall, lead and false alarms per day for one series x predictor x horizon.
-
-    An episode is a crossing: the evaluation times with the crossing within H that end where
-    the series crosses. A warning counts as sustained if it is on at the last evaluation time
-    before the crossing; its lead is how long that unbroken warning had been on. A run of
-    warnings none of whose times saw a crossing within H is one false alarm.
-    """
-    g = g.sort("ts")
-    ts = g["ts"].to_numpy()
-    warn = g["warn"].to_numpy()
-    truth = g["true_minutes"].to_numpy()
-    crossing_at = ts + (np.nan_to_num(truth) * 60e6).astype("timedelta64[us]")
-    gap = np.diff(ts, prepend=ts[:1]) > np.timedelta64(int(every * 60e6 * 1.5), "us")
-    episodes, sustained, leads = 0, 0, []
-    for a, b in _runs(np.isfinite(truth)):
-        # split a run where consecutive times point at different crossings (more than a step apart)
-        cut = [a] + [i for i in range(a + 1, b + 1)
-                     if gap[i] or crossing_at[i] - crossing_at[i - 1] > np.timedelta64(
-                         int(every * 60e6 * 1.5), "us")] + [b + 1]
-        for _lo, hi in zip(cut[:-1], cut[1:], strict=True):
-            episodes += 1
-            last = hi - 1
-            if warn[last]:
-                sustained += 1
-                start = last
-                while start > 0 and warn[start - 1] and not gap[start]:
-                    start -= 1
-                leads.append((crossing_at[last] - ts[start]).astype("timedelta64[s]").astype(float) / 60)
-    false_alarms = _false_alarm_runs(warn, np.isfinite(truth))
-    days = max(len(ts) * every / 1440, 1e-9)
-    return {"episodes": episodes, "sustained": sustained,
-            "lead_median": float(np.median(leads)) if leads else float("nan"),
-            "false_alarms": false_alarms, "days": days}
-
-
-def summarize(results: pl.DataFrame, every: float, group: tuple[str, ...] = ("predictor", "horizon")
-              ) -> pl.DataFrame:
-    """Precision/recall/F1, MAE on hits, sustained recall, lead, false alarms/day, coverage."""
-    rows = []
-    for key, g in results.group_by(list(group), maintain_order=True):
-        crosses = g["true_minutes"].is_not_null() & g["true_minutes"].is_not_nan()
-        warn = g["warn"]
-        tp = int((warn & crosses).sum())
-        fp = int((warn & ~crosses).sum())
-        fn = int((~warn & crosses).sum())
-        precision = tp / (tp + fp) if tp + fp else float("nan")
-        recall = tp / (tp + fn) if tp + fn else float("nan")
-        f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
-        hits = g.filter(warn & crosses)
-        mae = float("nan")
-        if "minutes" in g.columns and hits.height:
-            err = (hits["minutes"] - hits["true_minutes"]).abs().drop_nans().drop_nulls()
-            mae = float(err.mean()) if len(err) else float("nan")
-        ep = {"episodes": 0, "sustained": 0, "false_alarms": 0, "days": 0.0}
-        leads = []
-        for (_,), sg in g.group_by(["series"]):
-            e = episode_metrics(sg, float(sg["horizon"][0]), every)
-            for k in ep:
-                ep[k] += e[k]
-            if not np.isnan(e["lead_median"]):
-                leads.append(e["lead_median"])
-        row = dict(zip(group, key, strict=True))
-        row.update(tp=tp, fp=fp, fn=fn, precision=precision, recall=recall, f1=f1,
-                   mae_minutes=mae, episodes=ep["episodes"],
-                   sustained_recall=ep["sustained"] / ep["episodes"] if ep["episodes"] else float("nan"),
-                   lead_minutes_median=float(np.median(leads)) if leads else float("nan"),
-                   false_alarms_per_day=ep["false_alarms"] / ep["days"] if ep["days"] else float("nan"))
-        if "earliest" in g.columns and g["earliest"].is_not_null().any():
-            row.update(coverage_p10_p90=interval_coverage(g), calibration_max_gap=
-                       float(reliability(g)["gap"].abs().max() or float("nan")))
-        rows.append(row)
-    return pl.DataFrame(rows).sort(list(group))
-
-
-def interval_coverage(g: pl.DataFrame) -> float:
-    """Share of times with a crossing within H whose true time lies in [P10, P90].
-
-    P10/P90 beyond the horizon count as +infinity (the paths that never cross).
-    """
-    c = g.filter(g["true_minutes"].is_not_nan() & g["true_minutes"].is_not_null())
-    if c.is_empty():
-        return float("nan")
-    lo = c["earliest"].fill_nan(np.inf).fill_null(np.inf).to_numpy()
-    hi = c["latest"].fill_nan(np.inf).fill_null(np.inf).to_numpy()
-    t = c["true_minutes"].to_numpy()
-    return float(np.mean((lo <= t) & (t <= hi)))
-
-
-def reliability(g: pl.DataFrame, bins: int = 10, min_count: int = 30,
-                every: float | None = None) -> pl.DataFrame:
-    """Decile table: mean predicted probability vs observed frequency of a crossing within H.
-
-    With ``every`` (minutes between checks) it also says how many independent outcomes a
-    bin holds (checks one horizon apart share nothing; closer ones share most of their
-    future) and the observed frequency's standard error over those.
-    """
-    p = g["probability"].to_numpy()
-    obs = np.isfinite(g["true_minutes"].fill_null(np.nan).to_numpy())
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
-    per_outcome = float(g["horizon"][0]) / every if every and g.height else 1.0
-    rows = []
-    for b in range(bins):
-        sel = which == b
-        if sel.sum() >= min_count:
-            rate = float(obs[sel].mean())
-            row = {"bin": f"{edges[b]:.1f}-{edges[b + 1]:.1f}", "n": int(sel.sum()),
-                   "predicted": float(p[sel].mean()), "observed": rate,
-                   "gap": float(p[sel].mean() - rate)}
-            if every:
-                outcomes = max(sel.sum() / per_outcome, 1.0)
-                smoothed = (rate * outcomes + 1) / (outcomes + 2)  # never a zero error at 0 or 1
-                row.update(outcomes=round(outcomes, 1),
-                           se=float(np.sqrt(smoothed * (1 - smoothed) / outcomes)))
-            rows.append(row)
-    schema = {"bin": pl.String, "n": pl.Int64, "predicted": pl.Float64, "observed": pl.Float64,
-              "gap": pl.Float64}
-    if every:
-        schema.update(outcomes=pl.Float64, se=pl.Float64)
-    return pl.DataFrame(rows, schema=schema)
-
-
-def run_evaluation(cases: list[SeriesCase], config: EvalConfig, echo=print,
+def run_evaluation(cases: list[SeriesCase], config: ReplayConfig, echo=print,
                    skipped: dict[str, str] | None = None) -> pl.DataFrame:
     """Replay every case; a failing series is reported and skipped, never sinks the run.
 
@@ -550,67 +386,48 @@ def _unscorable(case: SeriesCase) -> str | None:
     return None
 
 
-# --- sources: the sample export, the SMD folder, any timestamp,value file -----------------------
+def rolling_origin_errors(
+    model: SeriesForecaster,
+    frame: pl.DataFrame,
+    start,
+    horizon_minutes: int = 60,
+    every_minutes: int = 60,
+    linear_window_minutes: int = 60,
+) -> dict[str, float]:
+    """Replay deployment after ``start``: every ``every_minutes`` forecast the next horizon.
 
-SMD_METRICS = ("d00_cpu_r", "d05_mem_u", "d12_disk_u")
-
-
-def smd_cases(folder, metrics=SMD_METRICS, rule: str = "quantile:0.99") -> list[SeriesCase]:
-    """CPU, memory and disk of every SMD machine; evaluation starts at its test half."""
-    from pathlib import Path
-
-    from features.build import build_series, scan_export
-
-    cases = []
-    for path in sorted(Path(folder).glob("*.parquet")):
-        if path.name.endswith(".labels.parquet"):
-            continue
-        lf = scan_export(path, {"host": "node"}).filter(pl.col(s.METRIC).is_in(list(metrics)))
-        series = build_series(lf, step="1m", max_fill=3).series.collect()
-        labels = pl.read_parquet(path.with_name(path.stem + ".labels.parquet"))
-        start = labels.filter(pl.col("split") == "test")[s.TS].min()
-        rules = {sid: (rule, "above") for sid in series[s.SERIES_ID].unique()}
-        cases += cases_from_series(series, rules, start)
-    return cases
-
-
-def sample_cases(export, eval_days: float = 4.0, step: str = "5m") -> list[SeriesCase]:
-    """Every series of the sample export with its catalogue threshold; the last days evaluated."""
-    from datetime import timedelta
-
-    from features.build import build_series, scan_export
-
-    series = build_series(scan_export(export), step=step).series.collect()
-    start = series[s.TS].max() - timedelta(days=eval_days)
-    rules = {}
-    for sid in series[s.SERIES_ID].unique().sort():
-        spec = s.spec_for(s.split_series_id(sid)[1])
-        rules[sid] = (str(spec.threshold), spec.direction)
-    return cases_from_series(series, rules, start)
-
-
-def file_cases(path, rule: str, direction: str, eval_fraction: float = 0.5) -> list[SeriesCase]:
-    """A CSV or Parquet of ``timestamp,value`` (one series), evaluated after ``eval_fraction``."""
-    from pathlib import Path
-
-    path = Path(path)
-    frame = pl.read_csv(path, try_parse_dates=True) if path.suffix == ".csv" else pl.read_parquet(path)
-    missing = {"timestamp", "value"} - set(frame.columns)
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; need timestamp,value")
-    ts = frame["timestamp"]
-    if ts.dtype == pl.String:
-        ts = ts.str.to_datetime(time_zone="UTC")
-    elif ts.dtype.is_numeric():
-        ts = (ts.cast(pl.Float64) * 1e6).cast(pl.Int64).cast(pl.Datetime("us", "UTC"))
-    elif getattr(ts.dtype, "time_zone", None) is None:
-        ts = ts.dt.replace_time_zone("UTC")
-    frame = pl.DataFrame({s.TS: ts.dt.convert_time_zone("UTC").dt.cast_time_unit("us"),
-                          s.VALUE: frame["value"].cast(pl.Float64)}).sort(s.TS)
-    step = frame[s.TS].diff().drop_nulls().mode()[0]
-    grid = pl.DataFrame({s.TS: pl.datetime_range(frame[s.TS][0], frame[s.TS][-1], step,
-                                                  eager=True, time_zone="UTC")})
-    frame = grid.join(frame.unique(s.TS, keep="first"), on=s.TS, how="left")
-    start = frame[s.TS][int(frame.height * eval_fraction)]
-    frame = frame.with_columns(pl.lit(path.stem).alias(s.SERIES_ID))
-    return cases_from_series(frame, {path.stem: (rule, direction)}, start)
+    ``frame`` is one regular series (null values are gaps). At each origin the model sees only
+    observations up to it, through the real-time correction serving applies; ``predict_linear``
+    fits its window ending at the origin. Returns each predictor's mean absolute error over
+    all (origin, minute) pairs with an observation, and the number of origins.
+    """
+    frame = frame.sort(s.TS)
+    ts = frame[s.TS].dt.replace_time_zone(None).to_numpy().astype("datetime64[us]")
+    y = frame[s.VALUE].fill_null(np.nan).to_numpy().astype(np.float64)
+    step = float(np.median(np.diff(ts)).astype("timedelta64[s]").astype(float) / 60)
+    n_h = max(1, int(round(horizon_minutes / step)))
+    minutes = np.arange(1, n_h + 1) * step
+    first = int(np.searchsorted(ts, np.datetime64(start.replace(tzinfo=None), "us")))
+    every = max(1, int(round(every_minutes / step)))
+    origins = np.arange(first, y.size - n_h, every)
+    lookback = max(first - int(np.ceil(max(linear_window_minutes, CORRECTION_WINDOW) / step)), 0)
+    expected = np.full(y.shape, np.nan)
+    expected[lookback:] = model.expected(ts[lookback:])
+    level, slope = rolling_corrections(y - expected, step)
+    lin_level, lin_slope = predict_linear_lines(y, step, linear_window_minutes)
+    seen = np.maximum.accumulate(np.where(np.isfinite(y), np.arange(y.size), -1))
+    origins = origins[(seen[origins] >= 0) & np.isfinite(level[origins])]
+    ahead = y[origins[:, None] + np.arange(1, n_h + 1)[None, :]]
+    origins = origins[np.isfinite(ahead).any(axis=1)]
+    ahead = y[origins[:, None] + np.arange(1, n_h + 1)[None, :]]
+    preds = {
+        "model": expected[origins[:, None] + np.arange(1, n_h + 1)[None, :]]
+        + damped(level[origins], slope[origins], minutes),
+        "predict_linear": lin_level[origins, None] + lin_slope[origins, None] * minutes[None, :],
+        "last_value": np.repeat(y[seen[origins]][:, None], n_h, axis=1),
+    }
+    with np.errstate(invalid="ignore"):
+        out = {f"mae_{k}": float(np.nanmean(np.abs(v - ahead))) if origins.size else float("nan")
+               for k, v in preds.items()}
+    out["n_origins"] = int(origins.size)
+    return out

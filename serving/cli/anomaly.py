@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from serving.cli_common import SMD_DIR
-from serving.cli_common import fail as _fail
+from serving.cli.common import SMD_DIR
+from serving.cli.common import fail as _fail
 
 
 def score_anomalies(
@@ -31,7 +31,7 @@ def score_anomalies(
         help="List top metrics where the score is at least this.")] = 0.99,
 ) -> None:
     """Score every row after the training part using only earlier rows; write timestamps and scores."""
-    from training.anomaly_stream import StreamConfig, as_timedelta, read_table, score_table, write_table
+    from training.anomaly.stream import StreamConfig, as_timedelta, read_table, score_table, write_table
 
     try:
         if not 0 < train_fraction < 1:
@@ -63,9 +63,15 @@ def evaluate_anomalies(
     mlflow_log: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log the run to MLflow.")] = True,
 ) -> None:
     """Train on each machine's training half, score its test half; ours vs two baselines, to MLflow."""
-    from training.anomaly_eval import EvalConfig, log_evaluation, plot_machine, run_evaluation, write_report
+    from training.anomaly.evaluation import (
+        AnomalyEvalConfig,
+        log_evaluation,
+        plot_machine,
+        run_evaluation,
+        write_report,
+    )
 
-    config = EvalConfig(quantile=quantile)
+    config = AnomalyEvalConfig(quantile=quantile)
     try:
         result = run_evaluation(data, config, machine or None, echo=typer.echo)
     except (ValueError, FileNotFoundError) as exc:
@@ -79,7 +85,7 @@ def evaluate_anomalies(
                                     "mean_precision_at_top1pct").__repr__())
     typer.echo(f"wrote {report} and {len(plots)} plots")
     if mlflow_log:
-        from training.tracking import tracking_uri
+        from training.registry import tracking_uri
 
         run_id = log_evaluation(result, config, report, plots)
         typer.echo(f"run {run_id} in {tracking_uri()} (experiment prealert-anomaly-eval)")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from serving.cli_common import fail as _fail
+from serving.cli.common import fail as _fail
 
 
 def _parse_rename(pairs: list[str]) -> dict[str, str]:

@@ -24,7 +24,7 @@ from training.bundle import ModelBundle
 from training.predict import predict_series
 from training.train import TrainConfig, train_bundle
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMD = ROOT.parent / "shared" / "data" / "smd-dev"
 #: quantiles of each series' history that become thresholds, per direction
 QUANTILES = {"above": (0.5, 0.9, 0.97, 0.995, 1.0), "below": (0.0, 0.005, 0.03, 0.1, 0.5)}

@@ -21,7 +21,7 @@ def frame(values: np.ndarray) -> pl.DataFrame:
 
 
 def fitted(values: np.ndarray, sid: str = "app/jvm_heap_pct", **params) -> ModelBundle:
-    from training.forecast import SeriesForecaster
+    from training.forecast.forecaster import SeriesForecaster
 
     model = SeriesForecaster(**params).fit(frame(values))
     return ModelBundle({"data_fingerprint": "test"}, {sid: model}, {})

@@ -15,7 +15,6 @@ import polars as pl
 from holidays import country_holidays
 
 from features import schema as s
-from training.baselines import ols_line
 from training.threshold import Z90, ProbabilityCalibration
 
 for _name in ("prophet", "cmdstanpy"):
@@ -157,7 +156,7 @@ class SeriesForecaster:
         None (an empty array) for the linear fallback: a line fitted to the last window says nothing about the
         errors it would have made further back, so its answers use its Gaussian band instead.
         """
-        from training.correction import error_paths
+        from training.forecast.correction import error_paths
 
         n_h = max(1, int(round(self.max_horizon_minutes / self.step_minutes_)))
         if self.kind_ != "prophet":
@@ -236,7 +235,7 @@ class SeriesForecaster:
     @staticmethod
     def _point_model(model):
         """Prophet's point forecast evaluated with numpy, or None if only ``predict`` can."""
-        from training.fast_forecast import point_model_or_none
+        from training.forecast.point_model import point_model_or_none
 
         return point_model_or_none(model)
 
@@ -325,6 +324,26 @@ class SeriesForecaster:
     @classmethod
     def from_json(cls, text: str) -> SeriesForecaster:
         return cls.from_dict(json.loads(text))
+
+
+def ols_line(ts: np.ndarray, values: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope (per minute) and level at the last sample time, as Prometheus fits.
+
+    ``predict_linear`` regresses value on time over the window's samples and extrapolates
+    from the evaluation time; with one sample the slope is 0.
+    """
+    ts = np.asarray(ts, dtype="datetime64[us]")
+    values = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(values)
+    ts, values = ts[ok], values[ok]
+    if values.size == 0:
+        return 0.0, float("nan")
+    x = (ts - ts[-1]).astype(np.float64) / 60e6
+    if values.size == 1 or np.ptp(x) == 0:
+        return 0.0, float(values[-1])
+    xm, ym = x.mean(), values.mean()
+    slope = float(((x - xm) * (values - ym)).sum() / ((x - xm) ** 2).sum())
+    return slope, float(ym - slope * xm)
 
 
 def _minutes_since(ts: np.ndarray, anchor: np.datetime64) -> np.ndarray:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-GOLDEN = Path(__file__).resolve().parents[1] / "data" / "sample" / "golden_bundle"
+GOLDEN = Path(__file__).resolve().parents[2] / "data" / "sample" / "golden_bundle"
 
 
 @pytest.fixture(scope="module")

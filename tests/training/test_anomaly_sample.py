@@ -10,9 +10,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from training.anomaly_stream import StreamConfig, score_causally
+from training.anomaly.stream import StreamConfig, score_causally
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
 TRAIN_UNTIL = datetime.fromisoformat("2026-09-28T00:00:00+00:00")
 
 

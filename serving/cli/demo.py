@@ -13,10 +13,10 @@ import polars as pl
 from features import schema as s
 from features.build import load_series, run_build
 from serving.server import free_port, start_service, stop_service, wait_ready
-from training.tracking import log_and_promote, tracking_uri
+from training.registry import log_and_promote, tracking_uri
 from training.train import TrainConfig, train_bundle
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
 
 
 @dataclass
@@ -70,7 +70,9 @@ def _same_from_the_notebook(case: DemoCase, series: pl.DataFrame, config: TrainC
         "minutes_to_threshold", "earliest_minutes", "latest_minutes", "probability", "alert"))
     echo(f"notebook entry, CrossingPredictor().fit(history).predict(...) on {case.series_id}:")
     echo(f"  {mine.sentence()}")
-    echo(f"  {'the same answer as the service' if same else 'DIFFERS from the service: ' + case.answer['message']}")
+    verdict = ("the same answer as the service" if same
+               else f"DIFFERS from the service: {case.answer['message']}")
+    echo(f"  {verdict}")
 
 
 def load_ground_truth(sample: Path = SAMPLE) -> dict:

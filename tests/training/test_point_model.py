@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 
 from features import schema as s
-from training.fast_forecast import ProphetPointModel, UnsupportedProphetModel, point_model_or_none
-from training.forecast import SeriesForecaster, to_prophet_frame
+from training.forecast.forecaster import SeriesForecaster, to_prophet_frame
+from training.forecast.point_model import ProphetPointModel, UnsupportedProphetModel, point_model_or_none
 
 RTOL = 1e-6
 START = datetime(2026, 9, 21, tzinfo=UTC)  # 10 days over Chuseok (Thu 24th, Fri 25th are holidays)

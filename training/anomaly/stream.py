@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from training.anomaly import WorkloadAnomalyDetector
-from training.anomaly_features import CausalFeatures
+from training.anomaly.detector import WorkloadAnomalyDetector
+from training.anomaly.features import CausalFeatures
 
 TIME_COLUMNS = ("timestamp", "ts", "time", "ds", "datetime", "date")
 SCORE = "anomaly_score"

@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from training.evaluate import (
+from training.evaluation.metrics import reliability, summarize
+from training.evaluation.replay import (
     LINEAR_60_RULE,
     PREALERT,
     STATIC,
-    EvalConfig,
-    reliability,
-    summarize,
+    ReplayConfig,
 )
 
 #: the better of these sets the F1 and sustained recall bars (the strictest reading)
@@ -131,7 +130,7 @@ def plot_timeline(results: pl.DataFrame, values: tuple[np.ndarray, np.ndarray], 
     return path
 
 
-def write_report(sources: dict[str, pl.DataFrame], configs: dict[str, EvalConfig], out: Path,
+def write_report(sources: dict[str, pl.DataFrame], configs: dict[str, ReplayConfig], out: Path,
                  runtime_s: float, plots: list[Path],
                  skipped: dict[str, dict[str, str]] | None = None
                  ) -> tuple[Path, dict[str, pl.DataFrame]]:
@@ -195,12 +194,12 @@ def write_report(sources: dict[str, pl.DataFrame], configs: dict[str, EvalConfig
     return out, summaries
 
 
-def log_evaluation(summaries: dict[str, pl.DataFrame], config: EvalConfig, report: Path,
+def log_evaluation(summaries: dict[str, pl.DataFrame], config: ReplayConfig, report: Path,
                    artifacts: list[Path]) -> str:
     """Record the backtest in MLflow (experiment ``prealert-evaluate``); returns the run id."""
     import mlflow
 
-    from training.tracking import use_experiment
+    from training.registry import use_experiment
 
     use_experiment("prealert-evaluate")
     with mlflow.start_run() as run:

@@ -13,10 +13,10 @@ import sklearn
 from sklearn.ensemble import IsolationForest
 from typer.testing import CliRunner
 
-from training.anomaly import WorkloadAnomalyDetector
-from training.anomaly_metrics import best_f1, point_adjust, precision_at_top, prf
-from training.anomaly_stream import StreamConfig, score_causally, score_table
-from training.iforest_numpy import FlatForest
+from training.anomaly.detector import WorkloadAnomalyDetector
+from training.anomaly.flat_forest import FlatForest
+from training.anomaly.metrics import best_f1, point_adjust, precision_at_top, prf
+from training.anomaly.stream import StreamConfig, score_causally, score_table
 
 METRICS = ["cpu_pct", "mem_pct", "error_rate_pct", "response_time_ms"]
 
@@ -135,7 +135,7 @@ def test_score_table_one_series_and_the_cli(rng, tmp_path):
 
     import typer
 
-    from serving.cli_anomaly import evaluate_anomalies, score_anomalies
+    from serving.cli.anomaly import evaluate_anomalies, score_anomalies
 
     app = typer.Typer()
     app.command("score-anomalies")(score_anomalies)

@@ -9,9 +9,11 @@ from typing import Annotated
 
 import typer
 
-from serving import cli_anomaly, cli_evaluate, cli_features
-from serving.cli_common import FOR_CHOICES_HELP, KEEP_FIRING_HELP, alert_rule
-from serving.cli_common import fail as _fail
+from serving.cli import anomaly as cli_anomaly
+from serving.cli import evaluate as cli_evaluate
+from serving.cli import features as cli_features
+from serving.cli.common import FOR_CHOICES_HELP, KEEP_FIRING_HELP, alert_rule
+from serving.cli.common import fail as _fail
 
 app = typer.Typer(help="prealert: minutes-to-threshold predictions and anomaly scores.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -44,7 +46,7 @@ def train(
 ) -> None:
     """Fit every series and detector, backtest, log to MLflow, promote @champion if better."""
     from features.build import load_series
-    from training.tracking import log_and_promote, tracking_uri
+    from training.registry import log_and_promote, tracking_uri
     from training.train import TrainConfig, train_bundle
 
     config = TrainConfig(until=until, include=include, holdout_hours=holdout_hours,
@@ -91,7 +93,7 @@ def demo(
     horizon_minutes: Annotated[float, typer.Option(help="Prediction horizon.")] = 360.0,
 ) -> None:
     """Sample data -> features -> train (MLflow) -> bentoml serve -> answers vs ground truth."""
-    from serving.demo import run_demo
+    from serving.cli.demo import run_demo
 
     workdir.mkdir(parents=True, exist_ok=True)
     run_demo(workdir, lead_hours=lead_hours, horizon_minutes=horizon_minutes, echo=typer.echo)

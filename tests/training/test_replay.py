@@ -6,25 +6,29 @@ import numpy as np
 import polars as pl
 import pytest
 
-from training.correction import error_paths, realtime_correction, rolling_corrections
-from training.evaluate import (
+from training.evaluation.baselines import predict_linear_lines
+from training.evaluation.metrics import (
+    episode_metrics,
+    false_alarm_runs,
+    interval_coverage,
+    reliability,
+    summarize,
+)
+from training.evaluation.replay import (
     LINEAR_60_RULE,
     PREALERT,
     STATIC,
-    EvalConfig,
+    ReplayConfig,
     ReplayOutcome,
     SeriesCase,
-    _false_alarm_runs,
     best_alert,
-    episode_metrics,
-    interval_coverage,
-    reliability,
     replay_series,
+    rolling_origin_errors,
     run_evaluation,
-    summarize,
-    threshold_from_rule,
     true_minutes,
 )
+from training.evaluation.sources import threshold_from_rule
+from training.forecast.correction import error_paths, realtime_correction, rolling_corrections
 from training.threshold import AlertRule, crossing_distribution
 
 T0 = np.datetime64("2026-09-01T00:00", "us")
@@ -111,7 +115,7 @@ def test_best_alert_prefers_fewer_false_alarms_at_near_equal_f1():
 def test_false_alarm_runs_by_hand():
     warn = np.array([1, 1, 0, 1, 0, 0, 1, 1, 1, 0, 1], dtype=bool)
     crossed = np.array([0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0], dtype=bool)
-    assert _false_alarm_runs(warn, crossed) == 3  # the runs at 3, at 6-8 and at 10
+    assert false_alarm_runs(warn, crossed) == 3  # the runs at 3, at 6-8 and at 10
 
 
 def test_rolling_corrections_equal_the_serving_correction():
@@ -123,6 +127,47 @@ def test_rolling_corrections_equal_the_serving_correction():
         c = realtime_correction(ts[: i + 1], r[: i + 1])
         assert c.level == pytest.approx(level[i], abs=1e-9)
         assert c.slope_per_min == pytest.approx(slope[i], abs=1e-9)
+
+
+def _predict_linear_oracle(ts, values, now, window_minutes, at):
+    """Prometheus' predict_linear fitted per evaluation time: OLS over (now - window, now]."""
+    from training.forecast.forecaster import ols_line
+
+    inside = (ts > now - np.timedelta64(int(window_minutes * 60e6), "us")) & (ts <= now)
+    slope, level = ols_line(ts[inside], values[inside])
+    return level + slope * (at - ts[inside][-1]).astype(np.float64) / 60e6
+
+
+def test_predict_linear_lines_equal_prometheus_per_origin_fit():
+    rng = np.random.default_rng(4)
+    y = 50 + np.cumsum(rng.normal(0, 0.5, 300))
+    y[[40, 41, 150]] = np.nan  # gaps
+    ts = grid(300, 5)
+    level, slope = predict_linear_lines(y, 5.0, 60)
+    for i in (5, 12, 42, 100, 151, 299):
+        at = ts[i] + np.array([10, 60], dtype="timedelta64[m]")
+        want = _predict_linear_oracle(ts[: i + 1], y[: i + 1], ts[i], 60, at)
+        got = level[i] + slope[i] * np.array([10.0, 60.0])
+        if np.isfinite(y[i]):  # Prometheus extrapolates from the last sample, here the origin
+            np.testing.assert_allclose(got, want, atol=1e-9)
+
+
+def test_rolling_origin_errors_score_the_model_and_predict_linear():
+    """A seasonal series the model knows: its errors beat predict_linear's, by hand-checkable setup."""
+    from datetime import UTC, datetime
+
+    from training.forecast.forecaster import SeriesForecaster
+
+    n = 6 * 288
+    ts = grid(n, 5)
+    y = 50 + 10 * np.sin(2 * np.pi * np.arange(n) / 288) + np.random.default_rng(1).normal(0, 0.3, n)
+    frame = pl.DataFrame({"ts": ts, "value": y}).with_columns(pl.col("ts").dt.replace_time_zone("UTC"))
+    start = datetime(2026, 9, 6, tzinfo=UTC)
+    model = SeriesForecaster(min_history_hours=24).fit(frame.filter(pl.col("ts") < start))
+    out = rolling_origin_errors(model, frame, start)
+    assert out["n_origins"] == 23  # hourly origins over the last day, each with a full hour ahead
+    assert out["mae_model"] < 0.85 * out["mae_predict_linear"]
+    assert out["mae_model"] < out["mae_last_value"]
 
 
 def test_error_paths_shape_and_gaps():
@@ -155,7 +200,7 @@ def ramp_case(n_days=12, leak_from_day=10, step=5):
 
 @pytest.fixture(scope="module")
 def ramp_served():
-    config = EvalConfig(horizons=(60,), retrain_every_hours=24, every_minutes=5)
+    config = ReplayConfig(horizons=(60,), retrain_every_hours=24, every_minutes=5)
     served = {}
     return ramp_case(), config, replay_series(ramp_case(), config, served), served
 
@@ -286,7 +331,7 @@ def test_run_evaluation_says_why_a_series_was_not_scored():
     good = ramp_case()
     flat = SeriesCase("flat", good.ts, np.full(good.ts.size, 5.0), 90.0, "above", good.eval_start)
     beyond = SeriesCase("beyond", good.ts, good.values, 10.0, "above", good.eval_start)
-    config = EvalConfig(horizons=(60,), retrain_every_hours=24 * 3)
+    config = ReplayConfig(horizons=(60,), retrain_every_hours=24 * 3)
     skipped, lines = {}, []
     res = run_evaluation([flat, beyond, good], config, echo=lines.append, skipped=skipped)
     assert set(res["series"].unique()) == {"ramp"}

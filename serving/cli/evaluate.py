@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from serving.cli_common import FOR_CHOICES_HELP, KEEP_FIRING_HELP, SMD_DIR, alert_rule, fail
+from serving.cli.common import FOR_CHOICES_HELP, KEEP_FIRING_HELP, SMD_DIR, alert_rule, fail
 
-SAMPLE_EXPORT = Path(__file__).resolve().parents[1] / "data" / "sample" / "export"
+SAMPLE_EXPORT = Path(__file__).resolve().parents[2] / "data" / "sample" / "export"
 
 
 def evaluate(
@@ -37,19 +37,14 @@ def evaluate(
     log_mlflow: Annotated[bool, typer.Option(help="Record the run in MLflow.")] = True,
 ) -> None:
     """Replay history as deployed: retrain on the cadence, warn, and score against the truth."""
-    from training.evaluate import (
-        EvalConfig,
-        file_cases,
-        run_evaluation,
-        sample_cases,
-        smd_cases,
-    )
-    from training.evaluate_report import (
+    from training.evaluation.replay import ReplayConfig, run_evaluation
+    from training.evaluation.report import (
         log_evaluation,
         plot_reliability,
         plot_timeline,
         write_report,
     )
+    from training.evaluation.sources import file_cases, sample_cases, smd_cases
 
     if direction not in ("above", "below"):
         fail(f"--direction must be above or below, not {direction!r}")
@@ -63,20 +58,20 @@ def evaluate(
     try:
         if input is not None:
             cases_by_source[input.stem] = (file_cases(input, threshold, direction, eval_fraction),
-                                           EvalConfig(horizons=hs, every_minutes=every_minutes,
+                                           ReplayConfig(horizons=hs, every_minutes=every_minutes,
                                                       alarm_probability=alarm_probability, alert_rule=rule))
         else:
             if sample:
                 typer.echo(f"sample export {SAMPLE_EXPORT}:")
                 cases_by_source["sample"] = (
                     sample_cases(SAMPLE_EXPORT),
-                    EvalConfig(horizons=hs, every_minutes=every_minutes, retrain_every_hours=24,
+                    ReplayConfig(horizons=hs, every_minutes=every_minutes, retrain_every_hours=24,
                                alarm_probability=alarm_probability, alert_rule=rule))
             if smd:
                 typer.echo(f"SMD machines {smd_dir}:")
                 cases_by_source["smd"] = (
                     smd_cases(smd_dir),
-                    EvalConfig(horizons=hs, every_minutes=every_minutes,
+                    ReplayConfig(horizons=hs, every_minutes=every_minutes,
                                alarm_probability=alarm_probability, alert_rule=rule))
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))

@@ -11,7 +11,7 @@ import pytest
 from training.bundle import BUNDLE_SCHEMA_VERSION, BundleIntegrityError, ModelBundle, file_stem
 from training.predict import predict_series
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
 GOLDEN = SAMPLE / "golden_bundle"
 #: the current golden bundle, then one per earlier schema version
 GOLDENS = [GOLDEN, SAMPLE / "golden_bundle_v1"]

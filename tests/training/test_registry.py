@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from training.tracking import CHAMPION, MODEL_NAME, load_champion, log_and_promote
+from training.registry import CHAMPION, MODEL_NAME, load_champion, log_and_promote
 from training.train import TrainConfig, train_bundle
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data" / "sample"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "data" / "sample"))
 from make_golden_bundle import golden_series  # noqa: E402
 
 

@@ -12,10 +12,10 @@ from mlflow import MlflowClient
 from features import schema as s
 from features.build import load_series, run_build
 from serving.server import free_port, start_service, stop_service, wait_ready
-from training.tracking import CHAMPION, MODEL_NAME, log_and_promote
+from training.registry import CHAMPION, MODEL_NAME, log_and_promote
 from training.train import TrainConfig, train_bundle
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
 LEAK = "portal-demo/jvm_heap_pct"
 LEAD = timedelta(hours=2)
 #: the predicted crossing must land within this of the true one when asked 2 hours ahead

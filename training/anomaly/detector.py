@@ -10,7 +10,7 @@ import numpy as np
 import sklearn
 from sklearn.ensemble import IsolationForest
 
-from training.iforest_numpy import FlatForest
+from training.anomaly.flat_forest import FlatForest
 
 N_QUANTILES = 1001
 #: the feature kind that says how far a metric is from its expectation (residual z-score)
@@ -31,7 +31,7 @@ class WorkloadAnomalyDetector:
     Rows may also carry more features per metric (rate of change, rolling spread, ...): pass
     ``columns`` to :meth:`fit` as ``(metric, kind)`` pairs, one per column; the column of kind
     ``"z"`` is the metric's residual z-score. Scoring walks the trees with numpy
-    (:class:`~training.iforest_numpy.FlatForest`, equal to scikit-learn's ``score_samples``).
+    (:class:`~training.anomaly.flat_forest.FlatForest`, equal to scikit-learn's ``score_samples``).
     """
 
     def __init__(self, n_estimators: int = 200, max_samples: int = 256, random_state: int = 0):

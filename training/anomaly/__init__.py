@@ -1,0 +1,1 @@
+"""Anomaly detection: the workload isolation forest, causal features, streaming scores, evaluation."""

@@ -1,0 +1,143 @@
+"""Alert-quality metrics from the replay's long result frame: episodes, F1, coverage, reliability."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+
+def false_alarm_runs(warn: np.ndarray, crossed: np.ndarray) -> int:
+    """Runs of consecutive warnings none of whose checks saw a crossing within H."""
+    edges = np.diff(np.concatenate([[0], warn.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    hits = np.concatenate([[0], np.cumsum(warn & crossed)])
+    return int(np.sum(hits[ends] - hits[starts] == 0))
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) index pairs of consecutive True runs, end inclusive."""
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1, strict=True))
+
+
+def episode_metrics(g: pl.DataFrame, horizon: float, every: float) -> dict:
+    """Sustained recall, lead and false alarms per day for one series x predictor x horizon.
+
+    An episode is a crossing: the evaluation times with the crossing within H that end where
+    the series crosses. A warning counts as sustained if it is on at the last evaluation time
+    before the crossing; its lead is how long that unbroken warning had been on. A run of
+    warnings none of whose times saw a crossing within H is one false alarm.
+    """
+    g = g.sort("ts")
+    ts = g["ts"].to_numpy()
+    warn = g["warn"].to_numpy()
+    truth = g["true_minutes"].to_numpy()
+    crossing_at = ts + (np.nan_to_num(truth) * 60e6).astype("timedelta64[us]")
+    gap = np.diff(ts, prepend=ts[:1]) > np.timedelta64(int(every * 60e6 * 1.5), "us")
+    episodes, sustained, leads = 0, 0, []
+    for a, b in _runs(np.isfinite(truth)):
+        # split a run where consecutive times point at different crossings (more than a step apart)
+        cut = [a] + [i for i in range(a + 1, b + 1)
+                     if gap[i] or crossing_at[i] - crossing_at[i - 1] > np.timedelta64(
+                         int(every * 60e6 * 1.5), "us")] + [b + 1]
+        for _lo, hi in zip(cut[:-1], cut[1:], strict=True):
+            episodes += 1
+            last = hi - 1
+            if warn[last]:
+                sustained += 1
+                start = last
+                while start > 0 and warn[start - 1] and not gap[start]:
+                    start -= 1
+                leads.append((crossing_at[last] - ts[start]).astype("timedelta64[s]").astype(float) / 60)
+    false_alarms = false_alarm_runs(warn, np.isfinite(truth))
+    days = max(len(ts) * every / 1440, 1e-9)
+    return {"episodes": episodes, "sustained": sustained,
+            "lead_median": float(np.median(leads)) if leads else float("nan"),
+            "false_alarms": false_alarms, "days": days}
+
+
+def summarize(results: pl.DataFrame, every: float, group: tuple[str, ...] = ("predictor", "horizon")
+              ) -> pl.DataFrame:
+    """Precision/recall/F1, MAE on hits, sustained recall, lead, false alarms/day, coverage."""
+    rows = []
+    for key, g in results.group_by(list(group), maintain_order=True):
+        crosses = g["true_minutes"].is_not_null() & g["true_minutes"].is_not_nan()
+        warn = g["warn"]
+        tp = int((warn & crosses).sum())
+        fp = int((warn & ~crosses).sum())
+        fn = int((~warn & crosses).sum())
+        precision = tp / (tp + fp) if tp + fp else float("nan")
+        recall = tp / (tp + fn) if tp + fn else float("nan")
+        f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
+        hits = g.filter(warn & crosses)
+        mae = float("nan")
+        if "minutes" in g.columns and hits.height:
+            err = (hits["minutes"] - hits["true_minutes"]).abs().drop_nans().drop_nulls()
+            mae = float(err.mean()) if len(err) else float("nan")
+        ep = {"episodes": 0, "sustained": 0, "false_alarms": 0, "days": 0.0}
+        leads = []
+        for (_,), sg in g.group_by(["series"]):
+            e = episode_metrics(sg, float(sg["horizon"][0]), every)
+            for k in ep:
+                ep[k] += e[k]
+            if not np.isnan(e["lead_median"]):
+                leads.append(e["lead_median"])
+        row = dict(zip(group, key, strict=True))
+        row.update(tp=tp, fp=fp, fn=fn, precision=precision, recall=recall, f1=f1,
+                   mae_minutes=mae, episodes=ep["episodes"],
+                   sustained_recall=ep["sustained"] / ep["episodes"] if ep["episodes"] else float("nan"),
+                   lead_minutes_median=float(np.median(leads)) if leads else float("nan"),
+                   false_alarms_per_day=ep["false_alarms"] / ep["days"] if ep["days"] else float("nan"))
+        if "earliest" in g.columns and g["earliest"].is_not_null().any():
+            row.update(coverage_p10_p90=interval_coverage(g), calibration_max_gap=
+                       float(reliability(g)["gap"].abs().max() or float("nan")))
+        rows.append(row)
+    return pl.DataFrame(rows).sort(list(group))
+
+
+def interval_coverage(g: pl.DataFrame) -> float:
+    """Share of times with a crossing within H whose true time lies in [P10, P90].
+
+    P10/P90 beyond the horizon count as +infinity (the paths that never cross).
+    """
+    c = g.filter(g["true_minutes"].is_not_nan() & g["true_minutes"].is_not_null())
+    if c.is_empty():
+        return float("nan")
+    lo = c["earliest"].fill_nan(np.inf).fill_null(np.inf).to_numpy()
+    hi = c["latest"].fill_nan(np.inf).fill_null(np.inf).to_numpy()
+    t = c["true_minutes"].to_numpy()
+    return float(np.mean((lo <= t) & (t <= hi)))
+
+
+def reliability(g: pl.DataFrame, bins: int = 10, min_count: int = 30,
+                every: float | None = None) -> pl.DataFrame:
+    """Decile table: mean predicted probability vs observed frequency of a crossing within H.
+
+    With ``every`` (minutes between checks) it also says how many independent outcomes a
+    bin holds (checks one horizon apart share nothing; closer ones share most of their
+    future) and the observed frequency's standard error over those.
+    """
+    p = g["probability"].to_numpy()
+    obs = np.isfinite(g["true_minutes"].fill_null(np.nan).to_numpy())
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    per_outcome = float(g["horizon"][0]) / every if every and g.height else 1.0
+    rows = []
+    for b in range(bins):
+        sel = which == b
+        if sel.sum() >= min_count:
+            rate = float(obs[sel].mean())
+            row = {"bin": f"{edges[b]:.1f}-{edges[b + 1]:.1f}", "n": int(sel.sum()),
+                   "predicted": float(p[sel].mean()), "observed": rate,
+                   "gap": float(p[sel].mean() - rate)}
+            if every:
+                outcomes = max(sel.sum() / per_outcome, 1.0)
+                smoothed = (rate * outcomes + 1) / (outcomes + 2)  # never a zero error at 0 or 1
+                row.update(outcomes=round(outcomes, 1),
+                           se=float(np.sqrt(smoothed * (1 - smoothed) / outcomes)))
+            rows.append(row)
+    schema = {"bin": pl.String, "n": pl.Int64, "predicted": pl.Float64, "observed": pl.Float64,
+              "gap": pl.Float64}
+    if every:
+        schema.update(outcomes=pl.Float64, se=pl.Float64)
+    return pl.DataFrame(rows, schema=schema)

@@ -1,0 +1,1 @@
+"""Forecasting one series: Prophet and its fallback, the numpy point model, correction, error paths."""

@@ -14,6 +14,7 @@ from serving.cli import evaluate as cli_evaluate
 from serving.cli import features as cli_features
 from serving.cli.common import FOR_CHOICES_HELP, KEEP_FIRING_HELP, alert_rule
 from serving.cli.common import fail as _fail
+from serving.cli.prometheus import register as register_prometheus
 
 app = typer.Typer(help="prealert: minutes-to-threshold predictions and anomaly scores.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -23,6 +24,7 @@ features_app.command("build")(cli_features.features_build)
 app.command("evaluate")(cli_evaluate.evaluate)
 app.command("score-anomalies")(cli_anomaly.score_anomalies)
 app.command("evaluate-anomalies")(cli_anomaly.evaluate_anomalies)
+register_prometheus(app)  # export prometheus, watch
 
 @app.callback()
 def _quiet_libraries() -> None:

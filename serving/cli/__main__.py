@@ -1,0 +1,5 @@
+"""`python -m serving.cli`: the `prealert` command."""
+
+from serving.cli import app
+
+app()

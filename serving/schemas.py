@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model_validator
 
 #: times before this are a client's mistake (a zero date, a wrong epoch), not monitoring data
 EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
@@ -24,7 +24,10 @@ def _plausible_time(t: datetime) -> datetime:
     return t
 
 
-PlausibleTime = Annotated[datetime, AfterValidator(_plausible_time)]
+#: strict: an ISO-8601 string, not a number of seconds; within the plausible window
+PlausibleTime = Annotated[datetime, Strict(), AfterValidator(_plausible_time)]
+#: strict: a JSON number, not a string or a boolean (finite by REQUEST_CONFIG)
+Number = Annotated[float, Strict()]
 
 
 class Observation(BaseModel):
@@ -32,7 +35,7 @@ class Observation(BaseModel):
 
     ts: PlausibleTime = Field(description="Sample time; ISO-8601, UTC when no offset is given.",
                               examples=["2026-10-03T14:00:00Z"])
-    value: float = Field(description="Observed value in the metric's unit (a finite number).",
+    value: Number = Field(description="Observed value in the metric's unit (a finite number).",
                          examples=[81.5])
 
 
@@ -50,12 +53,12 @@ class PredictRequest(BaseModel):
         description="Labels locating the series: 'service' (workload), or 'pod' (its workload is "
         "derived from the name, so a brand-new pod uses its workload's model), or 'node'.",
         examples=[{"service": "portal-demo"}])
-    threshold: float | None = Field(
+    threshold: Number | None = Field(
         None, description="The operator's threshold; default: the metric catalogue's.", examples=[90])
     direction: Literal["above", "below"] | None = Field(
         None, description="'above' for rising danger (heap), 'below' for falling (APDEX); "
         "default: the metric catalogue's.", examples=["above"])
-    horizon_minutes: float = Field(
+    horizon_minutes: Number = Field(
         240, gt=0, le=24 * 60, description="How far ahead to look, in minutes (the model "
         "answers up to the horizon it learned its errors for, 360 by default).", examples=[240])
     recent: list[Observation] = Field(
@@ -64,7 +67,7 @@ class PredictRequest(BaseModel):
         "forecast's level in real time.",
         examples=[[{"ts": "2026-10-03T14:00:00Z", "value": 81.5},
                    {"ts": "2026-10-03T14:05:00Z", "value": 81.9}]])
-    context: dict[str, float] = Field(
+    context: dict[str, Number] = Field(
         default_factory=dict, max_length=200,
         description="Latest values of the same workload's other metrics, by metric name, for "
         "the anomaly score; metrics not given count as at their expectation.",

@@ -64,7 +64,7 @@ def train(
 
 
 class _Terminated(Exception):
-    """SIGTERM arrived: stop like Ctrl-C does."""
+    """SIGTERM or SIGINT arrived: stop the server."""
 
 
 def _raise_terminated(signum, frame) -> None:
@@ -99,7 +99,8 @@ def serve(
     if port_in_use(port, host):
         _fail(f"port {port} on {host} is already in use; stop what listens there or pick --port")
     url = f"http://{host}:{port}"
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a shell may start us with it ignored
+        signal.signal(sig, _raise_terminated)
     proc = start_service(port, host, bundle, log_file=log_file)
     where = f"; server log: {log_file}" if log_file else ""
     typer.echo(f"starting on {url} (pid {proc.pid}), loading the model{where}", err=True)
@@ -114,7 +115,7 @@ def serve(
     except ServiceFailed as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         code = 1
-    except (KeyboardInterrupt, _Terminated):
+    except _Terminated:
         typer.echo("stopping", err=True)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the stop short

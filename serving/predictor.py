@@ -10,12 +10,30 @@ from features.build import workload_of_pod
 from serving.schemas import PredictRequest, PredictResponse
 from training.bundle import ModelBundle
 from training.predict import predict_series
-from training.registry import load_champion
 
 BUNDLE_ENV = "PREALERT_BUNDLE"
+#: user input quoted back in an error message is cut to this many characters
+ECHO_CHARS = 100
+
+
+def shortened(text: object, limit: int = ECHO_CHARS) -> str:
+    """``text`` as a string of at most ``limit`` characters, marked when cut."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one short line: its type when the message is empty, never a traceback."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return shortened(text, limit)
+
 
 class UnknownSeries(LookupError):
     """The request names a series the model bundle has no model for."""
+
+
+class ModelLoadError(RuntimeError):
+    """The service has no model to answer with; the message says why in one line."""
 
 
 class Predictor:
@@ -24,9 +42,26 @@ class Predictor:
 
     @classmethod
     def from_environment(cls) -> Predictor:
-        """A bundle folder from ``PREALERT_BUNDLE`` if set, else the registry's ``@champion``."""
+        """A bundle folder from ``PREALERT_BUNDLE`` if set, else the registry's ``@champion``.
+
+        Any failure to load becomes a ``ModelLoadError`` naming the source and the cause.
+        """
         folder = os.environ.get(BUNDLE_ENV)
-        return cls(ModelBundle.load(Path(folder)) if folder else load_champion())
+        if folder:
+            try:
+                return cls(ModelBundle.load(Path(folder)))
+            except Exception as exc:
+                raise ModelLoadError(f"cannot load the bundle folder {folder}: {one_line(exc)}") from exc
+        # imported here: a bundle folder is served without importing mlflow (a large heap to collect)
+        from training.registry import load_champion, tracking_uri
+
+        try:
+            return cls(load_champion())
+        except LookupError as exc:  # no @champion: the message says what to do
+            raise ModelLoadError(one_line(exc)) from exc
+        except Exception as exc:
+            raise ModelLoadError(
+                f"cannot load prealert@champion from {tracking_uri()}: {one_line(exc)}") from exc
 
     @property
     def model_version(self) -> str:
@@ -45,12 +80,13 @@ class Predictor:
                 entity = entity or labels.get("node") or labels.get("host")
             if not entity:
                 raise UnknownSeries(
-                    f"cannot locate a series for metric {req.metric!r} with labels {labels}: "
-                    "give 'service', a pod name of a known shape, or 'node'")
+                    f"cannot locate a series for metric {shortened(repr(req.metric))} with labels "
+                    f"{shortened(labels)}: give 'service', a pod name of a known shape, or 'node'")
             sid = s.series_id(entity, req.metric)
         if sid not in self.bundle.forecasters:
             known = ", ".join(sorted(self.bundle.forecasters)[:20])
-            raise UnknownSeries(f"no model for series {sid!r}; known series: {known}")
+            raise UnknownSeries(f"no model for series {shortened(repr(sid))}; known series: "
+                                f"{shortened(known, 300)}")
         return sid
 
     def predict(self, req: PredictRequest) -> PredictResponse:
@@ -58,7 +94,7 @@ class Predictor:
         spec = s.spec_for(s.split_series_id(sid)[1])
         threshold = req.threshold if req.threshold is not None else spec.threshold
         if threshold != threshold:  # NaN: unknown metric and no threshold given
-            raise ValueError(f"metric of {sid!r} has no default threshold: send 'threshold'")
+            raise ValueError(f"metric of {shortened(repr(sid))} has no default threshold: send 'threshold'")
         p = predict_series(
             self.bundle, sid, threshold, req.direction or spec.direction, req.horizon_minutes,
             recent=[(o.ts, o.value) for o in req.recent], now=req.now, context=req.context,

@@ -2,73 +2,99 @@
 
 from __future__ import annotations
 
-import math
-from datetime import datetime
-from typing import Literal
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model_validator
+
+#: times before this are a client's mistake (a zero date, a wrong epoch), not monitoring data
+EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+#: how far past the server's clock a sample time may lie (clock skew, time zones gone wrong)
+LATEST_AHEAD = timedelta(days=1)
+#: finite numbers only, everywhere: NaN and +-Infinity are refused as JSON and as strings
+REQUEST_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _plausible_time(t: datetime) -> datetime:
+    aware = t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+    latest = datetime.now(UTC) + LATEST_AHEAD
+    if not EARLIEST_TIME <= aware <= latest:
+        raise ValueError(f"time must lie between {EARLIEST_TIME:%Y-%m-%d} and {latest:%Y-%m-%dT%H:%MZ} "
+                         "(server time + 1 day)")
+    return t
+
+
+#: strict: an ISO-8601 string, not a number of seconds; within the plausible window
+PlausibleTime = Annotated[datetime, Strict(), AfterValidator(_plausible_time)]
+#: strict: a JSON number, not a string or a boolean (finite by REQUEST_CONFIG)
+Number = Annotated[float, Strict()]
 
 
 class Observation(BaseModel):
-    ts: datetime = Field(description="Sample time; ISO-8601, UTC when no offset is given.")
-    value: float = Field(description="Observed value in the metric's unit.")
+    model_config = REQUEST_CONFIG
 
-    @field_validator("value")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("value must be a finite number")
-        return v
+    ts: PlausibleTime = Field(description="Sample time; ISO-8601, UTC when no offset is given.",
+                              examples=["2026-10-03T14:00:00Z"])
+    value: Number = Field(description="Observed value in the metric's unit (a finite number).",
+                         examples=[81.5])
 
 
 class PredictRequest(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [{
-                "metric": "jvm_heap_pct", "labels": {"service": "portal-demo"},
-                "threshold": 90, "direction": "above", "horizon_minutes": 240,
-                "recent": [{"ts": "2026-10-03T14:00:00Z", "value": 81.5},
-                           {"ts": "2026-10-03T14:05:00Z", "value": 81.9}],
-            }]
-        },
-    )
+    model_config = REQUEST_CONFIG
 
     series_id: str | None = Field(
-        None, description="Series id '<workload or node>/<metric>', e.g. 'portal-demo/jvm_heap_pct'. "
-        "Alternative to metric + labels.", examples=["portal-demo/jvm_heap_pct"])
-    metric: str | None = Field(None, description="Metric name, e.g. 'jvm_heap_pct'.")
+        None, max_length=200, description="Series id '<workload or node>/<metric>', e.g. "
+        "'portal-demo/jvm_heap_pct'. Alternative to metric + labels.",
+        examples=["portal-demo/jvm_heap_pct"])
+    metric: str | None = Field(None, max_length=100, description="Metric name.",
+                               examples=["jvm_heap_pct"])
     labels: dict[str, str] = Field(
-        default_factory=dict,
+        default_factory=dict, max_length=50,
         description="Labels locating the series: 'service' (workload), or 'pod' (its workload is "
-        "derived from the name, so a brand-new pod uses its workload's model), or 'node'.")
-    threshold: float | None = Field(
-        None, description="The operator's threshold; default: the metric catalogue's.")
+        "derived from the name, so a brand-new pod uses its workload's model), or 'node'.",
+        examples=[{"service": "portal-demo"}])
+    threshold: Number | None = Field(
+        None, description="The operator's threshold; default: the metric catalogue's.", examples=[90])
     direction: Literal["above", "below"] | None = Field(
         None, description="'above' for rising danger (heap), 'below' for falling (APDEX); "
-        "default: the metric catalogue's.")
-    horizon_minutes: float = Field(
+        "default: the metric catalogue's.", examples=["above"])
+    horizon_minutes: Number = Field(
         240, gt=0, le=24 * 60, description="How far ahead to look, in minutes (the model "
-        "answers up to the horizon it learned its errors for, 360 by default).")
+        "answers up to the horizon it learned its errors for, 360 by default).", examples=[240])
     recent: list[Observation] = Field(
         default_factory=list, max_length=10_000,
         description="Most recent observations of the series; they set 'now' and correct the "
-        "forecast's level in real time.")
-    context: dict[str, float] = Field(
-        default_factory=dict,
+        "forecast's level in real time.",
+        examples=[[{"ts": "2026-10-03T14:00:00Z", "value": 81.5},
+                   {"ts": "2026-10-03T14:05:00Z", "value": 81.9}]])
+    context: dict[str, Number] = Field(
+        default_factory=dict, max_length=200,
         description="Latest values of the same workload's other metrics, by metric name, for "
-        "the anomaly score; metrics not given count as at their expectation.")
-    now: datetime | None = Field(
+        "the anomaly score; metrics not given count as at their expectation.",
+        examples=[{"gc_pause_ms": 35.0}])
+    now: PlausibleTime | None = Field(
         None, description="Evaluation time when no recent observations are sent; default: the "
-        "end of the model's training data.")
+        "end of the model's training data.", examples=["2026-10-03T14:05:00Z"])
 
     @model_validator(mode="after")
     def _series_named(self) -> PredictRequest:
         if not self.series_id and not self.metric:
             raise ValueError("give either 'series_id' or 'metric' with 'labels'")
-        if self.threshold is not None and not math.isfinite(self.threshold):
-            raise ValueError("threshold must be a finite number")
         return self
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Machine-readable kind: bad_request, not_found, payload_too_large, "
+                      "unsupported_media_type, model_not_loaded, internal_error, ...",
+                      examples=["not_found"])
+    message: str = Field(description="What is wrong, for a person; user input in it is shortened.",
+                         examples=["no model for series 'nope/jvm_heap_pct'; known series: ..."])
+
+
+class ErrorResponse(BaseModel):
+    """The one shape of every error answer (4xx and 5xx)."""
+
+    error: ErrorDetail
 
 
 class TopMetric(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import signal
 import socket
@@ -16,6 +18,13 @@ from serving.predictor import BUNDLE_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 QUIET_ENV = {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+#: an unreachable or hanging registry fails the start within about a minute, not MLflow's 10+
+REGISTRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "20", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
+PR_SET_PDEATHSIG = 1
+
+
+class ServiceFailed(RuntimeError):
+    """The server will not answer; the message says why in one line."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -24,43 +33,95 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something already listens on ``host:port`` (a socket left in TIME_WAIT does not count)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the server gets SIGTERM if the process that started it dies, even by SIGKILL."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def start_service(
     port: int, host: str = "127.0.0.1", bundle: str | Path | None = None,
     env: dict[str, str] | None = None, log_file: Path | None = None,
 ) -> subprocess.Popen:
-    """Launch ``bentoml serve serving.service:PreAlert`` in its own process group."""
-    child_env = {**os.environ, **QUIET_ENV, **(env or {})}
+    """Launch ``bentoml serve serving.service:PreAlert`` in its own process group.
+
+    Its output goes to ``log_file`` (appended) when given, else to this process's terminal.
+    """
+    child_env = {**REGISTRY_DEFAULTS, **os.environ, **QUIET_ENV, **(env or {})}
     if bundle is not None:
         child_env[BUNDLE_ENV] = str(Path(bundle).resolve())
     cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:PreAlert",
            "--host", host, "--port", str(port), "--working-dir", str(PROJECT_ROOT)]
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-    return subprocess.Popen(cmd, env=child_env, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    out = open(log_file, "ab") if log_file else None  # noqa: SIM115 - the child holds it
+    try:
+        return subprocess.Popen(
+            cmd, env=child_env, stdout=out, stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None)  # noqa: PLW1509
+    finally:
+        if out:
+            out.close()
 
 
-def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 120.0) -> None:
-    """Poll ``/readyz`` until the service answers; raise if it dies or times out."""
+def _not_ready_reason(response: httpx.Response) -> str | None:
+    """The load failure a 503 from ``/readyz`` reports, or None while it is still starting."""
+    try:
+        error = response.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return error["message"] if error.get("code") == "model_not_loaded" else None
+
+
+def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 300.0,
+               log_file: Path | None = None) -> None:
+    """Poll ``/readyz`` until the service answers 200; raise ``ServiceFailed`` if it reports a
+    model that failed to load, dies, or is not ready within ``timeout`` seconds."""
+    see = f"; see {log_file}" if log_file else ""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with code {proc.returncode} before ready")
+            raise ServiceFailed(f"bentoml serve exited with code {proc.returncode} before it was ready{see}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
+            response = httpx.get(f"{url}/readyz", timeout=2)
+        except httpx.HTTPError:  # not listening yet, or the worker is still loading the model
+            response = None
+        if response is not None and response.status_code == 200:
+            return
+        if response is not None and response.status_code == 503 and (
+                reason := _not_ready_reason(response)):
+            raise ServiceFailed(f"no model to serve: {reason}")
         time.sleep(0.5)
-    raise TimeoutError(f"service at {url} not ready after {timeout:.0f} s")
+    raise ServiceFailed(f"service at {url} not ready after {timeout:.0f} s{see}")
 
 
 def stop_service(proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    """Stop the server and its workers by process group id."""
+    """Stop the server and its workers by process group id (SIGTERM, then SIGKILL)."""
     if proc.poll() is not None:
+        _kill_group(proc.pid, signal.SIGKILL)  # workers its exit may have left behind
         return
-    os.killpg(proc.pid, signal.SIGTERM)
+    _kill_group(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_group(proc.pid, signal.SIGKILL)
         proc.wait(timeout)
+    _kill_group(proc.pid, signal.SIGKILL)
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the group is gone: nothing left to stop
+        os.killpg(pgid, sig)

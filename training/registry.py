@@ -143,7 +143,11 @@ def log_and_promote(result: TrainResult, config: TrainConfig, tolerance: float =
 
 
 def load_champion(dst: str | Path | None = None) -> ModelBundle:
-    """Download and load the ``@champion`` bundle; the bundle knows its registry version."""
+    """Download and load the ``@champion`` bundle; the bundle knows its registry version.
+
+    The bundle is read fully into memory, so without ``dst`` the download goes to a temporary
+    folder that is removed before returning (nothing accumulates in /tmp across starts).
+    """
     client = _use_store()
     try:
         mv = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
@@ -151,10 +155,10 @@ def load_champion(dst: str | Path | None = None) -> ModelBundle:
         raise LookupError(
             f"no '{MODEL_NAME}@{CHAMPION}' in {tracking_uri()}: run `prealert train` first"
         ) from exc
-    dst = Path(dst or tempfile.mkdtemp(prefix="prealert-champion-"))
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{MODEL_NAME}@{CHAMPION}", dst_path=str(dst)
-    )
-    bundle = ModelBundle.load(Path(local) / "artifacts" / "bundle")
+    with tempfile.TemporaryDirectory(prefix="prealert-champion-") as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{MODEL_NAME}@{CHAMPION}", dst_path=str(dst or tmp)
+        )
+        bundle = ModelBundle.load(Path(local) / "artifacts" / "bundle")
     bundle.manifest["registered_version"] = f"{MODEL_NAME}/{mv.version}"
     return bundle

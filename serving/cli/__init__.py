@@ -67,25 +67,65 @@ def train(
                f"promoted={promo.promoted} ({promo.reason})")
 
 
+class _Terminated(Exception):
+    """SIGTERM or SIGINT arrived: stop the server."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated
+
+
 @app.command()
 def serve(
     port: Annotated[int, typer.Option(help="Port on the host.")] = 3000,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    bundle: Annotated[Path | None, typer.Option(help="Serve this bundle folder, not @champion.")] = None,
+    bundle: Annotated[Path | None, typer.Option(
+        exists=True, file_okay=False, help="Serve this bundle folder, not @champion.")] = None,
+    log_file: Annotated[Path | None, typer.Option(
+        help="Write the server's output here (appended); default: this terminal.")] = None,
+    start_timeout: Annotated[float, typer.Option(
+        help="Seconds to wait for the model to load before giving up.")] = 300.0,
 ) -> None:
-    """Run the BentoML service in the foreground (Ctrl-C stops it)."""
-    from serving.server import start_service, stop_service
+    """Run the BentoML service in the foreground until Ctrl-C or SIGTERM stops it.
 
-    proc = start_service(port, host, bundle)
-    typer.echo(f"serving on http://{host}:{port} (pid {proc.pid}); POST /predict, docs at /docs")
+    Exit codes: 0 stopped on request; 1 the service failed to start (the reason is printed) or
+    died; 2 a bad invocation (e.g. the port is taken).
+    """
+    import signal
+
+    from serving.http_edge import max_body_bytes
+    from serving.server import ServiceFailed, port_in_use, start_service, stop_service, wait_ready
+
     try:
+        max_body_bytes()
+    except ValueError as exc:
+        _fail(str(exc))
+    if port_in_use(port, host):
+        _fail(f"port {port} on {host} is already in use; stop what listens there or pick --port")
+    url = f"http://{host}:{port}"
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a shell may start us with it ignored
+        signal.signal(sig, _raise_terminated)
+    proc = start_service(port, host, bundle, log_file=log_file)
+    where = f"; server log: {log_file}" if log_file else ""
+    typer.echo(f"starting on {url} (pid {proc.pid}), loading the model{where}", err=True)
+    code = 0
+    try:
+        wait_ready(proc, url, timeout=start_timeout, log_file=log_file)
+        typer.echo(f"serving on {url}: POST {url}/predict, POST {url}/model; "
+                   f"API docs at {url}/ (OpenAPI: {url}/docs.json); Ctrl-C stops", err=True)
         proc.wait()
-    except KeyboardInterrupt:
-        pass
+        typer.secho(f"error: bentoml serve exited with code {proc.returncode}{where}", fg="red", err=True)
+        code = 1
+    except ServiceFailed as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        code = 1
+    except _Terminated:
+        typer.echo("stopping", err=True)
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the stop short
+            signal.signal(sig, signal.SIG_IGN)
         stop_service(proc)
-    if proc.returncode not in (0, -15, None):
-        raise typer.Exit(code=1)
+    raise typer.Exit(code=code)
 
 
 @app.command()

@@ -71,8 +71,9 @@ def test_corrupt_bundle_fails_fast_with_the_reason(tmp_path):
     proc = prealert_serve(tmp_path, "--port", str(free_port()), "--bundle", str(tmp_path / "bad"))
     code, lines = finished(proc, tmp_path)
     assert code == 1, lines
-    reason = f"cannot load the bundle folder {tmp_path / 'bad'}: Expecting value"
+    reason = f"cannot load the bundle folder {tmp_path / 'bad'}: "
     assert lines[-1].startswith(f"error: no model to serve: {reason}"), lines
+    assert "manifest.json: not valid JSON (Expecting value" in lines[-1], lines
     assert not group_alive(server_group(tmp_path))
 
 
@@ -98,8 +99,14 @@ def test_a_signal_stops_the_whole_tree(tmp_path, stop):
         while "serving on" not in (tmp_path / "serve.err").read_text():
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.err").read_text()
             time.sleep(0.5)
-        httpx.post(f"{url}/predict", json={"series_id": "golden-app/apdex"}, timeout=60)
-        metrics = httpx.get(f"{url}/metrics", timeout=30).text
+        answer = httpx.post(f"{url}/predict", json={"series_id": "golden-app/apdex"}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        metrics = ""
+        for _ in range(20):  # the counters are written by the worker; read until they show
+            metrics = httpx.get(f"{url}/metrics", timeout=30).text
+            if "prealert_requests_total{" in metrics:
+                break
+            time.sleep(0.5)
         pgid = server_group(tmp_path)
         proc.send_signal(stop)
         code, lines = finished(proc, tmp_path, timeout=60)

@@ -1,4 +1,4 @@
-"""The end-to-end demo: sample export -> features -> MLflow champion -> real service -> answers vs truth."""
+"""The end-to-end demo: sample export -> features -> a registered MLflow version -> service -> answers."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import polars as pl
 from features import schema as s
 from features.build import load_series, run_build
 from serving.server import free_port, start_service, stop_service, wait_ready
-from training.registry import log_and_promote, tracking_uri
+from training.registry import log_and_register, tracking_uri
 from training.train import TrainConfig, train_bundle
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
@@ -111,15 +111,16 @@ def run_demo(
     config = TrainConfig(until=until, include=include or [], n_jobs=n_jobs)
     echo(f"[2/4] training on data before {until.isoformat()} ({tracking_uri()})")
     result = train_bundle(series, config)
-    promo = log_and_promote(result, config)
+    run_id, version = log_and_register(result, config)
+    bundle_dir = result.bundle.save(workdir / "bundle")
     echo(f"      {len(result.bundle.forecasters)} series, backtest MAE ratio to "
-         f"predict_linear {result.score:.3f}; registered version {promo.version}, "
-         f"promoted={promo.promoted} ({promo.reason})")
+         f"predict_linear {result.score:.3f}; registered version {version} (not promoted: "
+         "only `prealert retrain`'s gate or `prealert promote` moves @champion)")
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    echo(f"[3/4] bentoml serve on {url} (loads prealert@champion)")
-    proc = start_service(port, log_file=workdir / "bentoml.log")
+    echo(f"[3/4] bentoml serve on {url} (serves version {version}'s bundle, {bundle_dir})")
+    proc = start_service(port, bundle=bundle_dir, log_file=workdir / "bentoml.log")
     cases = []
     try:
         wait_ready(proc, url)
@@ -158,5 +159,5 @@ def run_demo(
         _same_from_the_notebook(cases[0], series, config, horizon_minutes, echo)
     echo("Open the run in the MLflow UI:\n"
          f"  uv run mlflow ui --backend-store-uri {tracking_uri()} --host 127.0.0.1 --port 5000\n"
-         f"  then http://127.0.0.1:5000 (experiment 'prealert', run {promo.run_id})")
+         f"  then http://127.0.0.1:5000 (experiment 'prealert', run {run_id})")
     return cases

@@ -1,11 +1,11 @@
-"""MLflow as the system of record: log a training run, register its bundle, promote by alias."""
+"""MLflow as the system of record: log a training run, register its bundle, move ``@champion``."""
 
 from __future__ import annotations
 
-import math
+import json
 import os
 import tempfile
-from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
@@ -21,7 +21,6 @@ from training.train import TrainConfig, TrainResult
 MODEL_NAME = "prealert"
 EXPERIMENT = "prealert"
 CHAMPION = "champion"
-SCORE_KEY = "score_mae_ratio_vs_predict_linear"
 
 
 def default_store() -> Path:
@@ -83,63 +82,162 @@ class BundleModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(rows)
 
 
-@dataclass
-class Promotion:
-    run_id: str
-    version: str
-    promoted: bool
-    reason: str
+def series_counts(result: TrainResult) -> dict[str, int]:
+    """Fitted (Prophet), fallback (any simpler model) and failed (no model) series of a run."""
+    kinds = [entry.get("kind") for entry in result.bundle.manifest.get("series", {}).values()]
+    return {"series_fitted": sum(k == "prophet" for k in kinds),
+            "series_fallback": sum(k != "prophet" for k in kinds),
+            "series_failed": len(result.failed)}
 
 
-def champion_score(client: MlflowClient) -> float | None:
+def code_version() -> str:
+    """The git commit this code runs from (``+dirty`` with local changes), else the package version."""
+    import subprocess
+    from importlib.metadata import version
+
+    root = Path(__file__).resolve().parents[1]
     try:
-        mv = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
-    except MlflowException:
-        return None
-    run = client.get_run(mv.run_id)
-    return run.data.metrics.get(SCORE_KEY)
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"prealert {version('prealert')}"
+    return f"git {commit}{'+dirty' if dirty else ''}"
 
 
-def log_and_promote(result: TrainResult, config: TrainConfig, tolerance: float = 0.05) -> Promotion:
-    """Log the run and register its bundle; move ``@champion`` only if it is no worse.
+def log_training(result: TrainResult, config: TrainConfig) -> dict[str, str]:
+    """Log a training result into the active run: params, counts, backtest, and the tags it says.
 
-    Better means a lower median MAE ratio to predict_linear on the run's own holdout
-    (within ``tolerance``), and every series trained. A run whose score is not finite is
-    registered for inspection but never promoted.
+    Returns the tags: training window, data fingerprint, code version and the series counts.
     """
-    client = _use_store()
-    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
-        mlflow.log_params(config.as_params())
-        mlflow.log_metric(SCORE_KEY, result.score)
-        mlflow.log_metric("series_trained", len(result.bundle.forecasters))
-        mlflow.log_metric("series_failed", len(result.failed))
-        mlflow.log_metric("series_fallback", sum(
-            fc.kind_ != "prophet" for fc in result.bundle.forecasters.values()))
-        for col in ("mae_model", "mae_predict_linear", "mae_last_value"):
-            mlflow.log_metric(f"median_{col}", float(result.backtest[col].median()))
-        mlflow.log_table(result.backtest.to_pandas(), "backtest.json")
-        bundle_dir = result.bundle.save(Path(tmp) / "bundle")
+    manifest = result.bundle.manifest
+    mlflow.log_params(config.as_params())
+    counts = series_counts(result)
+    for key, value in counts.items():
+        mlflow.log_metric(key, value)
+    mlflow.log_metric("holdout_mae_ratio_vs_predict_linear", result.score)
+    for col in ("mae_model", "mae_predict_linear", "mae_last_value"):
+        mlflow.log_metric(f"median_{col}", float(result.backtest[col].median()))
+    mlflow.log_table(result.backtest.to_pandas(), "backtest.json")
+    window = manifest.get("training_window", {})
+    tags = {"prealert.training_window": f"{window.get('start')} .. {window.get('end')}",
+            "prealert.data_fingerprint": str(manifest.get("data_fingerprint")),
+            "prealert.code_version": code_version(),
+            **{f"prealert.{k}": str(v) for k, v in counts.items()}}
+    mlflow.set_tags(tags)
+    return tags
+
+
+def register_bundle(bundle: ModelBundle, staging: Path | None = None) -> str:
+    """Log the bundle into the active run and register it as a new version (never promoted here).
+
+    ``staging`` is where the bundle is written first (a temporary folder if None).
+    """
+    with tempfile.TemporaryDirectory(prefix="prealert-bundle-", dir=staging) as tmp:
+        bundle_dir = bundle.save(Path(tmp) / "bundle")
         info = mlflow.pyfunc.log_model(
             name="bundle", python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
             artifacts={"bundle": str(bundle_dir)}, signature=PYFUNC_SIGNATURE,
             registered_model_name=MODEL_NAME,
         )
-        version = str(info.registered_model_version)
-        current = champion_score(client)
-        if not math.isfinite(result.score):
-            promoted, reason = False, f"score {result.score} is not finite"
-        elif result.failed:
-            promoted, reason = False, f"{len(result.failed)} series failed to train"
-        elif current is None:
-            promoted, reason = True, "no champion yet"
-        elif result.score <= current * (1 + tolerance):
-            promoted, reason = True, f"score {result.score:.4f} vs champion {current:.4f}"
-        else:
-            promoted, reason = False, f"score {result.score:.4f} worse than champion {current:.4f}"
-        if promoted:
-            client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
-        mlflow.set_tags({"promoted": str(promoted), "promotion_reason": reason})
-        return Promotion(run.info.run_id, version, promoted, reason)
+    return str(info.registered_model_version)
+
+
+def log_and_register(result: TrainResult, config: TrainConfig, staging: Path | None = None,
+                     tags: dict[str, str] | None = None) -> tuple[str, str]:
+    """One run for a training result and its bundle registered as a new version: ``(run, version)``.
+
+    It never moves ``@champion``: only the gate (:func:`training.retrain.retrain`) and a human
+    (:func:`promote_version`, :func:`rollback`) do.
+    """
+    _use_store()
+    with mlflow.start_run(tags={"prealert.job": "train", **(tags or {})}) as run:
+        log_training(result, config)
+        version = register_bundle(result.bundle, staging)
+        mlflow.set_tags({"prealert.version": version, "prealert.decision": "registered"})
+    return run.info.run_id, version
+
+
+def champion_version(client: MlflowClient) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+HISTORY_TAG = "prealert.champion_history"
+
+
+def champion_history(client: MlflowClient) -> list[str]:
+    """The versions that have been ``@champion``, oldest first (what ``rollback`` walks back)."""
+    try:
+        tags = client.get_registered_model(MODEL_NAME).tags
+    except MlflowException:
+        return []
+    return json.loads(tags.get(HISTORY_TAG, "[]"))
+
+
+def set_champion(client: MlflowClient, version: str, why: str) -> None:
+    """Move ``@champion`` to ``version`` and remember it; every promotion goes through here."""
+    client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+    history = [v for v in champion_history(client) if v != version] + [version]
+    client.set_registered_model_tag(MODEL_NAME, HISTORY_TAG, json.dumps(history[-50:]))
+    client.set_model_version_tag(MODEL_NAME, version, "prealert.promoted",
+                                 f"{datetime.now(UTC).isoformat(timespec='seconds')}: {why}")
+
+
+def check_promotable(client: MlflowClient, version: str) -> None:
+    """Raise ``LookupError`` unless ``version`` exists, its run finished, and its bundle loads."""
+    try:
+        mv = client.get_model_version(MODEL_NAME, version)
+    except MlflowException as exc:
+        raise LookupError(f"no version {version} of model '{MODEL_NAME}' in {tracking_uri()}") from exc
+    status = client.get_run(mv.run_id).info.status if mv.run_id else "FINISHED"
+    if status != "FINISHED":
+        raise LookupError(f"version {version} comes from run {mv.run_id}, which is {status} "
+                          "(killed or failed): refusing to serve it")
+    load_version(version)  # raises on a missing or altered bundle file
+
+
+def load_version(version: str, dst: str | Path | None = None) -> ModelBundle:
+    """Download and load one registered version's bundle (checksums verified)."""
+    dst = Path(dst or tempfile.mkdtemp(prefix="prealert-version-"))
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{MODEL_NAME}/{version}", dst_path=str(dst))
+    bundle = ModelBundle.load(Path(local) / "artifacts" / "bundle")
+    bundle.manifest["registered_version"] = f"{MODEL_NAME}/{version}"
+    return bundle
+
+
+def promote_version(version: str, why: str = "promoted by hand") -> str | None:
+    """Make ``version`` the champion (a human's decision); returns the version it replaced."""
+    client = _use_store()
+    check_promotable(client, version)
+    before = champion_version(client)
+    set_champion(client, version, why)
+    return before
+
+
+def rollback() -> tuple[str, str]:
+    """Move ``@champion`` back to the champion before the current one: ``(from, to)``."""
+    client = _use_store()
+    current = champion_version(client)
+    if current is None:
+        raise LookupError(f"no '{MODEL_NAME}@{CHAMPION}' in {tracking_uri()}: nothing to roll back")
+    history = champion_history(client)
+    earlier = history[:history.index(current)] if current in history else history
+    if not earlier:
+        raise LookupError(f"version {current} is the first champion on record: nothing to roll "
+                          "back to (`prealert promote VERSION` picks one)")
+    target = earlier[-1]
+    check_promotable(client, target)
+    client.set_registered_model_alias(MODEL_NAME, CHAMPION, target)
+    # the rolled-back version leaves the history, so a second rollback goes one further back
+    client.set_registered_model_tag(MODEL_NAME, HISTORY_TAG, json.dumps(earlier))
+    client.set_model_version_tag(MODEL_NAME, current, "prealert.rolled_back",
+                                 datetime.now(UTC).isoformat(timespec="seconds"))
+    return current, target
 
 
 def load_champion(dst: str | Path | None = None) -> ModelBundle:

@@ -12,6 +12,7 @@ import typer
 from serving.cli import anomaly as cli_anomaly
 from serving.cli import evaluate as cli_evaluate
 from serving.cli import features as cli_features
+from serving.cli import registry as cli_registry
 from serving.cli.common import FOR_CHOICES_HELP, KEEP_FIRING_HELP, alert_rule
 from serving.cli.common import fail as _fail
 from serving.cli.prometheus import register as register_prometheus
@@ -25,6 +26,9 @@ app.command("evaluate")(cli_evaluate.evaluate)
 app.command("score-anomalies")(cli_anomaly.score_anomalies)
 app.command("evaluate-anomalies")(cli_anomaly.evaluate_anomalies)
 register_prometheus(app)  # export prometheus, watch
+app.command("retrain")(cli_registry.retrain)
+app.command("promote")(cli_registry.promote)
+app.command("rollback")(cli_registry.rollback)
 
 @app.callback()
 def _quiet_libraries() -> None:
@@ -46,25 +50,37 @@ def train(
     keep_firing_minutes: Annotated[float, typer.Option(help=KEEP_FIRING_HELP)] = 15.0,
     for_choices: Annotated[str, typer.Option(help=FOR_CHOICES_HELP)] = "0,5,10,15,20",
 ) -> None:
-    """Fit every series and detector, backtest, log to MLflow, promote @champion if better."""
+    """Fit every series and detector, log the run and register the bundle; never promotes.
+
+    `prealert retrain` promotes through the gate; `prealert promote VERSION` by hand.
+    """
     from features.build import load_series
-    from training.registry import log_and_promote, tracking_uri
+    from training.lock import LockBusy
+    from training.registry import log_and_register, tracking_uri
+    from training.retrain import staging_dir, writing_registry
     from training.train import TrainConfig, train_bundle
 
     config = TrainConfig(until=until, include=include, holdout_hours=holdout_hours,
                          horizon_minutes=horizon_minutes, n_jobs=n_jobs,
                          alert_rule=alert_rule(keep_firing_minutes, for_choices))
     try:
-        result = train_bundle(load_series(features), config)
+        with writing_registry("prealert train") as (_, notes):
+            for note in notes:
+                typer.echo(note)
+            result = train_bundle(load_series(features), config)
+            if save_bundle:
+                result.bundle.save(save_bundle)
+            run_id, version = log_and_register(result, config, staging_dir())
+    except LockBusy as exc:
+        typer.secho(f"skipped: {exc}", fg="yellow", err=True)
+        raise typer.Exit(code=4) from None
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         _fail(str(exc))
-    if save_bundle:
-        result.bundle.save(save_bundle)
-    promo = log_and_promote(result, config)
     typer.echo(f"{len(result.bundle.forecasters)} series trained, {len(result.failed)} failed; "
                f"backtest MAE ratio to predict_linear {result.score:.3f}")
-    typer.echo(f"run {promo.run_id} in {tracking_uri()}: version {promo.version}, "
-               f"promoted={promo.promoted} ({promo.reason})")
+    typer.echo(f"run {run_id} in {tracking_uri()}: registered version {version}, not promoted "
+               f"(`prealert train` never moves @champion: `prealert retrain` promotes through the "
+               f"gate, `prealert promote {version}` by hand)")
 
 
 class _Terminated(Exception):

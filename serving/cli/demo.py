@@ -1,4 +1,4 @@
-"""The end-to-end demo: sample export -> features -> MLflow champion -> real service -> answers vs truth."""
+"""The end-to-end demo: sample export -> features -> retrain (gate, @champion) -> real service -> answers."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import polars as pl
 from features import schema as s
 from features.build import load_series, run_build
 from serving.server import free_port, start_service, stop_service, wait_ready
-from training.registry import log_and_promote, tracking_uri
-from training.train import TrainConfig, train_bundle
+from training.registry import load_version, tracking_uri
+from training.retrain import PROMOTED, RetrainConfig, retrain
+from training.train import TrainConfig
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
 
@@ -55,13 +56,11 @@ class DemoCase:
 
 
 def _same_from_the_notebook(case: DemoCase, series: pl.DataFrame, config: TrainConfig,
-                            horizon_minutes: float, echo) -> None:
-    """The README's notebook entry on the same data answers what the service answered."""
+                            until: datetime, horizon_minutes: float, echo) -> None:
+    """The README's notebook entry on the data the served model saw answers what the service did."""
     from training.predict import CrossingPredictor
 
-    history = series.filter(pl.col(s.SERIES_ID) == case.series_id)
-    if config.until is not None:
-        history = history.filter(pl.col(s.TS) < config.until)
+    history = series.filter(pl.col(s.SERIES_ID) == case.series_id, pl.col(s.TS) < until)
     recent = [(datetime.fromisoformat(o["ts"]), o["value"]) for o in case.request["recent"]]
     est = CrossingPredictor(holdout_hours=config.holdout_hours, alert_rule=config.alert_rule,
                             **config.forecaster).fit(history, series_id=case.series_id)
@@ -95,8 +94,9 @@ def run_demo(
 ) -> list[DemoCase]:
     """Run the whole path and return each injected crossing with the service's answer.
 
-    The model is trained on data before ``lead_hours`` ahead of the earliest injected
-    crossing; each request sends the hour of observations before its own ask time.
+    ``prealert retrain`` runs on the data before ``lead_hours`` ahead of the earliest injected
+    crossing (the candidate learns on what precedes its gate window, the gate judges it on that
+    window and moves ``@champion``); each request sends the 90 minutes before its own ask time.
     """
     truth = load_ground_truth(sample)
     crossings = truth["crossings"]
@@ -108,18 +108,21 @@ def run_demo(
 
     first = min(_utc(c["crossed_at"]) for c in crossings)
     until = first - timedelta(hours=lead_hours)
-    config = TrainConfig(until=until, include=include or [], n_jobs=n_jobs)
-    echo(f"[2/4] training on data before {until.isoformat()} ({tracking_uri()})")
-    result = train_bundle(series, config)
-    promo = log_and_promote(result, config)
-    echo(f"      {len(result.bundle.forecasters)} series, backtest MAE ratio to "
-         f"predict_linear {result.score:.3f}; registered version {promo.version}, "
-         f"promoted={promo.promoted} ({promo.reason})")
+    config = RetrainConfig(until=until, train=TrainConfig(include=include or [], n_jobs=n_jobs))
+    echo(f"[2/4] prealert retrain on the data before {until.isoformat()} ({tracking_uri()})")
+    outcome = retrain(series, config, echo=lambda line: echo(f"      {line}"))
+    echo(f"      {outcome.summary()}")
+    serving_note, bundle_dir = "loads prealert@champion", None
+    if outcome.status != PROMOTED and outcome.champion_before is None:
+        # nothing to serve as champion: show the candidate, and say plainly that it is not one
+        bundle_dir = load_version(outcome.version).save(workdir / "candidate-bundle")
+        serving_note = (f"NO champion (the gate kept none: {outcome.reason}); serving candidate "
+                        f"v{outcome.version} from {bundle_dir} for the demo only")
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    echo(f"[3/4] bentoml serve on {url} (loads prealert@champion)")
-    proc = start_service(port, log_file=workdir / "bentoml.log")
+    echo(f"[3/4] bentoml serve on {url} ({serving_note})")
+    proc = start_service(port, bundle=bundle_dir, log_file=workdir / "bentoml.log")
     cases = []
     try:
         wait_ready(proc, url)
@@ -155,8 +158,9 @@ def run_demo(
              f"model {a['model_version']}")
         echo(f"      alert: {'yes' if a['alert'] else 'no'} ({a['alert_rule']})")
     if cases:
-        _same_from_the_notebook(cases[0], series, config, horizon_minutes, echo)
+        gate_start = datetime.fromisoformat(outcome.window["gate_start"])
+        _same_from_the_notebook(cases[0], series, config.train, gate_start, horizon_minutes, echo)
     echo("Open the run in the MLflow UI:\n"
          f"  uv run mlflow ui --backend-store-uri {tracking_uri()} --host 127.0.0.1 --port 5000\n"
-         f"  then http://127.0.0.1:5000 (experiment 'prealert', run {promo.run_id})")
+         f"  then http://127.0.0.1:5000 (experiment 'prealert', run {outcome.run_id})")
     return cases

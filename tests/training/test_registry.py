@@ -1,4 +1,4 @@
-"""Promotion by alias: a worse or partly failed retrain never replaces the champion."""
+"""The registry: `train` registers without promoting; promote and rollback move `@champion` by hand."""
 
 import dataclasses
 import sys
@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from training.registry import CHAMPION, MODEL_NAME, load_champion, log_and_promote
+from training.registry import (
+    CHAMPION,
+    MODEL_NAME,
+    champion_version,
+    load_champion,
+    log_and_register,
+    promote_version,
+    rollback,
+)
 from training.train import TrainConfig, train_bundle
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "data" / "sample"))
@@ -20,31 +28,28 @@ def result():
                                                      forecaster={"min_history_hours": 24}))
 
 
-def test_champion_moves_only_for_a_run_that_is_no_worse(result, tmp_path, monkeypatch):
+def test_train_registers_but_never_moves_the_champion(result, tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = MlflowClient(uri, uri)
     config = TrainConfig(holdout_hours=12)
 
-    first = log_and_promote(result, config)
-    assert first.promoted and first.reason == "no champion yet"
-
-    worse = dataclasses.replace(result, score=result.score * 1.5)
-    second = log_and_promote(worse, config)
-    assert not second.promoted and "worse than champion" in second.reason
+    run_id, version = log_and_register(result, config)
+    assert version == "1" and champion_version(client) is None  # only the gate or a human moves it
+    tags = client.get_run(run_id).data.tags
+    assert tags["prealert.series_fitted"] == str(len(result.bundle.forecasters))
+    assert tags["prealert.data_fingerprint"] == result.bundle.manifest["data_fingerprint"]
 
     failed = dataclasses.replace(result, failed={"golden-app/cpu_pct": "boom"})
-    third = log_and_promote(failed, config)
-    assert not third.promoted and "failed to train" in third.reason
-
-    assert client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version == int(first.version)
-    assert len(client.search_model_versions(f"name='{MODEL_NAME}'")) == 3  # all kept for inspection
-
-    better = dataclasses.replace(result, score=result.score * 0.9)
-    fourth = log_and_promote(better, config)
-    assert fourth.promoted
+    _, second = log_and_register(failed, config)
+    assert client.get_run(client.get_model_version(MODEL_NAME, second).run_id).data.tags[
+        "prealert.series_failed"] == "1"
+    assert promote_version(version) is None
+    assert promote_version(second) == version
+    assert client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version == int(second)
+    assert rollback() == (second, version)
     bundle = load_champion(tmp_path / "champion")
-    assert bundle.manifest["registered_version"] == f"{MODEL_NAME}/{fourth.version}"
+    assert bundle.manifest["registered_version"] == f"{MODEL_NAME}/{version}"
     assert set(bundle.forecasters) == set(result.bundle.forecasters)
 
 

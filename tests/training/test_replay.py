@@ -340,3 +340,27 @@ def test_run_evaluation_says_why_a_series_was_not_scored():
     assert any("beyond: not scored" in line for line in lines)
     with pytest.raises(RuntimeError, match="no series could be scored: flat: constant"):
         run_evaluation([flat], config, echo=lines.append)
+
+
+def test_replay_given_answers_as_the_walk_forward_replay_of_the_same_bundle(ramp_served):
+    """The gate's replay of a given bundle equals the walk-forward replay's rows it was served for."""
+    from training.evaluation.replay import replay_given
+
+    case, config, res, served = ramp_served
+    t0 = max(t for t, _ in served)
+    bundle = served[(t0, 60)]
+    window = dataclasses.replace(case, eval_start=t0)
+    given = replay_given(window, bundle.forecasters[case.name], bundle.alert_rule, config)
+    assert set(given["predictor"].unique()) == set(res["predictor"].unique())
+    cols = ["warn", "minutes", "earliest", "latest", "probability", "true_minutes"]
+    walk = res.filter(pl.col("ts") >= pl.lit(t0).dt.replace_time_zone(None).cast(pl.Datetime("us")))
+    joined = given.join(walk, on=["predictor", "horizon", "ts"], suffix="_walk")
+    assert joined.height == given.height > 100  # every check the gate scored, the walk scored too
+    for col in cols:
+        mine, theirs = joined[col].to_numpy(), joined[f"{col}_walk"].to_numpy()
+        if mine.dtype == bool:
+            assert (mine == theirs).all(), col
+        else:
+            assert np.allclose(mine.astype(float), theirs.astype(float), equal_nan=True), col
+    prealert = joined.filter(pl.col("predictor") == PREALERT)
+    assert prealert["warn"].any() and prealert["model_kind"][0] == "prophet"

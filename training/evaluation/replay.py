@@ -431,3 +431,114 @@ def rolling_origin_errors(
                for k, v in preds.items()}
     out["n_origins"] = int(origins.size)
     return out
+
+
+# --- the promotion gate: replay a GIVEN model over a recent window, no refit ----------------
+
+def replay_given(case: SeriesCase, model: SeriesForecaster, rule: AlertRule | None,
+                 config: ReplayConfig) -> pl.DataFrame:
+    """Replay an already trained ``model`` over ``case`` from ``case.eval_start``, as served.
+
+    The long frame of :func:`replay_series` (prealert and the same baselines) with no refit:
+    the model's own error paths, calibration (``calibration_for(h)``, its alarm and ``for``)
+    and the alert ``rule`` it was tuned under answer every check. Data before
+    ``eval_start`` only warms up the real-time correction, ``predict_linear`` and the rule's
+    look-back. Checks whose horizon runs past the data are not reported (no truth yet).
+    A linear fallback (no error paths) answers from its Gaussian band, as serving does.
+    """
+    from training.predict import MIN_ERROR_PATHS  # local: keeps this section's imports with it
+
+    step = case.step_minutes
+    if abs(step - model.step_minutes_) > 1e-6:
+        raise ValueError(f"{case.name}: the replay grid is {step:g} min but the model was "
+                         f"fitted at {model.step_minutes_:g} min")
+    y, above = case.values, case.direction == "above"
+    every = max(1, int(round(config.every_minutes / step)))
+    if rule is not None:
+        rule = dataclasses.replace(rule, every_minutes=every * step)
+    back = rule.max_lookback_checks * every if rule is not None else 0
+    first = int(np.searchsorted(case.ts, case.eval_start))
+    checks = np.arange(max(first - back, 0), y.size - 1)
+    checks = checks[checks % every == 0]
+    expected = model.expected(case.ts)
+    level, slope = rolling_corrections(y - expected, step)
+    current = y[checks]
+    beyond = np.isfinite(current) & (current >= case.threshold if above else current <= case.threshold)
+    live = np.isfinite(current) & ~beyond
+    seg, current = checks[live], current[live]
+    paths = model.error_paths_
+    frames = []
+    for h in config.horizons:
+        n_h = int(round(h / step))
+        keep = (seg >= first) & (seg + n_h < y.size)
+        if not keep.any():
+            continue
+        use_paths = paths.shape[0] >= MIN_ERROR_PATHS and paths.shape[1] >= n_h
+        if model.kind_ == "prophet" and not use_paths:
+            raise ValueError(f"{case.name}: the model learned no errors for a {h} min horizon")
+        calibration = model.calibration_for(h) if use_paths else ProbabilityCalibration()
+        if not calibration.covers(case.threshold, case.direction):  # as serving: identity
+            calibration = ProbabilityCalibration()
+        answers, truth = _given_answers(model, use_paths, y, expected, level, slope, seg, step, h,
+                                        case)
+        probability = calibration.apply(answers["probability_raw"])
+        used = rule.with_for(calibration.for_minutes) if rule is not None else None
+        warn = _alerting(used, (beyond, live, keep), probability >= calibration.alarm)
+        base = {"series": case.name, "ts": case.ts[seg][keep], "horizon": h,
+                "true_minutes": truth[keep], "current": current[keep]}
+        frames.append(pl.DataFrame({
+            **base, "predictor": PREALERT, "warn": warn, "alarm_probability": calibration.alarm,
+            "alert_for_minutes": used.for_minutes if used is not None else 0.0,
+            **{k: v[keep] for k, v in answers.items()},
+            "probability": probability[keep], "model_kind": model.kind_}))
+        frames += [pl.DataFrame({**base, "predictor": name, **cols})
+                   for name, cols in _baseline_answers(case, config, rule, seg, keep, n_h,
+                                                       (beyond, live, keep)).items()]
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+
+def _given_answers(model: SeriesForecaster, use_paths: bool, y, expected, level, slope,
+                   seg: np.ndarray, step: float, horizon: float, case: SeriesCase):
+    """Raw probability and P50/P10/P90 minutes at the checks ``seg``, and the true minutes."""
+    if use_paths:
+        b, truth = replay_probabilities(y, expected, level, slope, seg, step, horizon,
+                                        model.error_paths_.astype(np.float64), case.threshold,
+                                        case.direction)
+        return {"probability_raw": b.probability, "minutes": b.minutes,
+                "earliest": b.earliest_minutes, "latest": b.latest_minutes}, truth
+    from training.threshold import Z90, minutes_to_threshold
+
+    n_h = int(round(horizon / step))
+    minutes = np.arange(1, n_h + 1) * step
+    cols = np.clip(seg[:, None] + np.arange(1, n_h + 1)[None, :], 0, y.size - 1)
+    points = expected[cols] + damped(level[seg], slope[seg], minutes)
+    half = Z90 * model.sigma_
+    grid = np.datetime64("2000-01-01", "us") + (minutes * 60e6).astype("timedelta64[us]")
+    found = [minutes_to_threshold(grid, p, p - half, p + half, case.threshold, case.direction,
+                                  np.datetime64("2000-01-01", "us")) for p in points]
+    nan = lambda v: np.nan if v is None else v  # noqa: E731
+    answers = {"probability_raw": np.array([c.probability for c in found], dtype=np.float64)}
+    for key, attr in (("minutes", "minutes"), ("earliest", "earliest_minutes"),
+                      ("latest", "latest_minutes")):
+        answers[key] = np.array([nan(getattr(c, attr)) for c in found], dtype=np.float64)
+    return answers, true_minutes(y, seg, n_h, step, case.threshold, case.direction == "above")
+
+
+def _baseline_answers(case: SeriesCase, config: ReplayConfig, rule: AlertRule | None,
+                      seg: np.ndarray, keep: np.ndarray, n_h: int, checked) -> dict[str, dict]:
+    """The baselines at the reported checks: ``predict_linear`` per window (and the 60-minute
+    line behind ``rule``), and the static warning; ``{predictor: {"warn", "minutes"}}``."""
+    step, above = case.step_minutes, case.direction == "above"
+    minutes = np.arange(1, n_h + 1) * step
+    out = {}
+    for w in config.linear_windows:
+        lv, sl = predict_linear_lines(case.values, step, w)
+        first = first_crossing_index(lv[seg, None] + sl[seg, None] * minutes[None, :],
+                                     case.threshold, above)
+        m = np.where(first >= 0, minutes[np.maximum(first, 0)], np.nan)[keep]
+        out[f"predict_linear_{w}m"] = {"warn": (first >= 0)[keep], "minutes": m}
+        if w == 60 and rule is not None:
+            out[LINEAR_60_RULE] = {"warn": _alerting(rule, checked, first >= 0), "minutes": m}
+    out[STATIC] = {"warn": static_warning(case.values[seg][keep], case.threshold, case.direction,
+                                          config.static_fraction)}
+    return out

@@ -1,0 +1,181 @@
+"""The promotion gate: candidate vs champion vs predict_linear on the alert replay of one recent window."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+
+from features import schema as s
+from training.bundle import ModelBundle
+from training.evaluation.metrics import summarize
+from training.evaluation.replay import PREALERT, ReplayConfig, SeriesCase, replay_given
+from training.evaluation.sources import cases_from_series
+
+#: the replay warms up its corrections, predict_linear and the alert rule's look-back on this
+WARMUP = timedelta(hours=3)
+
+
+@dataclass
+class GateConfig:
+    """What the gate replays and how much worse than the champion a candidate may be.
+
+    Defaults: the last 24 h, horizons 60 and 120 min, a check every 5 min; per horizon the
+    candidate's F1 may be at most 0.02 below the champion's, its false alarms per day at most
+    0.25 above, its MAE of minutes (on warned crossings, compared once both have 10) at most
+    10 % above; and its F1 must
+    reach the best ``predict_linear`` variant's whatever the champion.
+    """
+
+    window_hours: float = 24.0
+    horizons: tuple[int, ...] = (60, 120)
+    every_minutes: int = 5
+    f1_tolerance: float = 0.02
+    false_alarms_tolerance: float = 0.25  # per day
+    mae_tolerance: float = 0.10  # relative
+    #: MAE of minutes is compared only when both models warned this many checks before a crossing
+    mae_min_hits: int = 10
+    #: thresholds per series besides the catalogue one: these quantiles of the data before the
+    #: window (in the metric's direction), so every series has crossings to be judged on
+    quantiles: tuple[float, ...] = (0.99,)
+    allow_shrink: bool = False
+
+    def as_params(self) -> dict[str, str]:
+        return {f"gate.{k}": str(v) for k, v in asdict(self).items()}
+
+    def replay(self) -> ReplayConfig:
+        return ReplayConfig(horizons=self.horizons, every_minutes=self.every_minutes)
+
+
+@dataclass
+class GateDecision:
+    promote: bool
+    reason: str
+    #: one row per (model, predictor, horizon): ``summarize``'s metrics of each model's replay
+    scores: pl.DataFrame = field(default_factory=pl.DataFrame)
+    skipped: dict[str, str] = field(default_factory=dict)  # case -> why it was not scored
+
+
+def gate_cases(series: pl.DataFrame, series_ids: set[str], window_start: datetime,
+               config: GateConfig) -> list[SeriesCase]:
+    """The cases both models replay: per series its catalogue threshold and the history quantiles."""
+    data = series.filter(pl.col(s.SERIES_ID).is_in(sorted(series_ids))
+                         & (pl.col(s.TS) >= window_start - WARMUP))
+    history = series.filter(pl.col(s.SERIES_ID).is_in(sorted(series_ids))
+                            & (pl.col(s.TS) < window_start))
+    cases = []
+    for sid in sorted(set(data[s.SERIES_ID].unique()) & series_ids):
+        spec = s.spec_for(s.split_series_id(sid)[1])
+        before = history.filter(pl.col(s.SERIES_ID) == sid)[s.VALUE].drop_nulls().drop_nans()
+        rules = [str(spec.threshold)] if np.isfinite(spec.threshold) else []
+        if before.len():
+            rules += [f"{float(before.quantile(q if spec.direction == 'above' else 1 - q)):.6g}"
+                      for q in config.quantiles]
+        for rule in dict.fromkeys(rules):  # a quantile equal to the catalogue threshold once
+            (case,) = cases_from_series(data, {sid: (rule, spec.direction)}, window_start)
+            case.name = f"{sid} {spec.direction} {case.threshold:g}"
+            cases.append(case)
+    return cases
+
+
+def replay_bundle(bundle: ModelBundle, cases: list[SeriesCase], config: GateConfig,
+                  skipped: dict[str, str]) -> pl.DataFrame:
+    """The bundle's answers on every case it has a model for; a failing case goes to ``skipped``."""
+    replay, frames = config.replay(), []
+    for case in cases:
+        sid = case.name.rsplit(" ", 2)[0]
+        try:
+            frame = replay_given(case, bundle.forecasters[sid], bundle.alert_rule, replay)
+        except (ValueError, KeyError) as exc:
+            skipped[case.name] = f"{type(exc).__name__}: {exc}"
+            continue
+        if frame.height:
+            frames.append(frame)
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+
+def _at(scores: pl.DataFrame, predictor: str, h: int) -> dict:
+    rows = scores.filter((pl.col("predictor") == predictor) & (pl.col("horizon") == h))
+    return rows.row(0, named=True) if rows.height else {}
+
+
+def judge(candidate: ModelBundle, champion: ModelBundle | None, series: pl.DataFrame,
+          window_start: datetime, config: GateConfig | None = None) -> GateDecision:
+    """Promote ``candidate`` over ``champion``? Both replay ``series`` from ``window_start`` on.
+
+    In order: the candidate covers every series the champion serves (unless ``allow_shrink``);
+    the window holds crossings to judge on; per horizon the candidate's F1 reaches the best
+    ``predict_linear`` variant's (never promoted otherwise); and, on the series both serve,
+    it is no worse than the champion on F1, false alarms per day and MAE of minutes, within
+    the config's tolerances.
+    """
+    config = config or GateConfig()
+    ours, theirs = set(candidate.forecasters), set(champion.forecasters) if champion else set()
+    missing = sorted(theirs - ours)
+    if missing and not config.allow_shrink:
+        return GateDecision(False, f"covers {len(ours & theirs)} of the champion's {len(theirs)} "
+                                   f"series (missing {', '.join(missing[:3])}"
+                                   f"{', ...' if len(missing) > 3 else ''}); --allow-shrink accepts")
+    skipped: dict[str, str] = {}
+    cases = gate_cases(series, ours, window_start, config)
+    mine = replay_bundle(candidate, cases, config, skipped)
+    if mine.is_empty():
+        return GateDecision(False, "the candidate answered no check in the gate window", skipped=skipped)
+    every = config.every_minutes
+    scores = summarize(mine, every).with_columns(pl.lit("candidate").alias("model"))
+    reasons = []
+    for h in config.horizons:
+        me = _at(scores, PREALERT, h)
+        if not me or me["tp"] + me["fn"] == 0:
+            return GateDecision(False, f"no crossing within {h} min in the gate window: nothing to "
+                                       "judge on", scores, skipped)
+        lines = scores.filter(pl.col("predictor").str.starts_with("predict_linear")
+                              & (pl.col("horizon") == h)).sort("f1", descending=True)
+        best = lines.row(0, named=True)
+        if me["f1"] <= 0 or me["f1"] < best["f1"]:
+            return GateDecision(False, f"loses to {best['predictor']} at H={h}: F1 {me['f1']:.3f} "
+                                       f"< {best['f1']:.3f}", scores, skipped)
+    if champion is None:
+        return GateDecision(True, "no champion; beats predict_linear: " + _f1s(scores, config),
+                            scores, skipped)
+    common = [c for c in cases if c.name.rsplit(" ", 2)[0] in theirs and c.name not in skipped]
+    names = [c.name for c in common]
+    theirs_rows = replay_bundle(champion, common, config, skipped)
+    if theirs_rows.is_empty():
+        return GateDecision(True, "the champion answered no check in the window (step or horizon "
+                                  "it cannot serve); beats predict_linear: " + _f1s(scores, config),
+                            scores, skipped)
+    names = sorted(set(names) & set(theirs_rows["series"].unique()))
+    pair = {m: summarize(rows.filter(pl.col("series").is_in(names)
+                                     & (pl.col("predictor") == PREALERT)), every)
+            for m, rows in (("candidate", mine), ("champion", theirs_rows))}
+    scores = pl.concat([scores, *(v.with_columns(pl.lit(f"{m} on common").alias("model"))
+                                  for m, v in pair.items())], how="diagonal_relaxed")
+    said = []
+    for h in config.horizons:
+        me, them = _at(pair["candidate"], PREALERT, h), _at(pair["champion"], PREALERT, h)
+        if not me or not them:
+            continue
+        if me["f1"] < them["f1"] - config.f1_tolerance:
+            reasons.append(f"F1 {me['f1']:.3f} < champion {them['f1']:.3f} at H={h}")
+        if me["false_alarms_per_day"] > them["false_alarms_per_day"] + config.false_alarms_tolerance:
+            reasons.append(f"false alarms/day {me['false_alarms_per_day']:.2f} > champion "
+                           f"{them['false_alarms_per_day']:.2f} at H={h}")
+        if (min(me["tp"], them["tp"]) >= config.mae_min_hits
+                and me["mae_minutes"] > them["mae_minutes"] * (1 + config.mae_tolerance)):
+            reasons.append(f"MAE {me['mae_minutes']:.1f} min > champion {them['mae_minutes']:.1f} "
+                           f"at H={h}")
+        said.append(f"H={h} F1 {me['f1']:.3f} vs {them['f1']:.3f}, false alarms/day "
+                    f"{me['false_alarms_per_day']:.2f} vs {them['false_alarms_per_day']:.2f}, "
+                    f"MAE {me['mae_minutes']:.1f} vs {them['mae_minutes']:.1f} min")
+    if reasons:
+        return GateDecision(False, "worse than the champion: " + "; ".join(reasons), scores, skipped)
+    shrink = f" (accepted shrink: {len(missing)} series dropped)" if missing else ""
+    return GateDecision(True, "no worse than the champion on " + f"{len(names)} cases: "
+                        + "; ".join(said) + shrink, scores, skipped)
+
+
+def _f1s(scores: pl.DataFrame, config: GateConfig) -> str:
+    return ", ".join(f"F1 {_at(scores, PREALERT, h)['f1']:.3f} at H={h}" for h in config.horizons)

@@ -15,6 +15,9 @@ from serving.cli import features as cli_features
 from serving.cli.common import FOR_CHOICES_HELP, KEEP_FIRING_HELP, alert_rule
 from serving.cli.common import fail as _fail
 
+ENGINE_HELP = ("Where series are fitted: 'local' (a process pool of --n-jobs) or 'ray' "
+               "(the cluster at RAY_ADDRESS, else a local Ray of --n-jobs CPUs).")
+
 app = typer.Typer(help="prealert: minutes-to-threshold predictions and anomaly scores.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 features_app = typer.Typer(help="Feature jobs.", no_args_is_help=True)
@@ -43,22 +46,35 @@ def train(
     save_bundle: Annotated[Path | None, typer.Option(help="Also write the bundle here.")] = None,
     keep_firing_minutes: Annotated[float, typer.Option(help=KEEP_FIRING_HELP)] = 15.0,
     for_choices: Annotated[str, typer.Option(help=FOR_CHOICES_HELP)] = "0,5,10,15,20",
+    engine: Annotated[str, typer.Option(envvar="PREALERT_ENGINE", help=ENGINE_HELP)] = "local",
+    series_time_limit: Annotated[float, typer.Option(
+        help="Seconds one series may take; past it, it is served by the linear fallback.")] = 300.0,
+    verbose: Annotated[bool, typer.Option(help="Let cmdstanpy, Prophet, MLflow and Ray log.")] = False,
 ) -> None:
     """Fit every series and detector, backtest, log to MLflow, promote @champion if better."""
     from features.build import load_series
+    from training.fanout import quiet_libraries
+    from training.progress import run_with_progress
     from training.registry import log_and_promote, tracking_uri
     from training.train import TrainConfig, train_bundle
 
-    config = TrainConfig(until=until, include=include, holdout_hours=holdout_hours,
-                         horizon_minutes=horizon_minutes, n_jobs=n_jobs,
-                         alert_rule=alert_rule(keep_firing_minutes, for_choices))
+    quiet_libraries(verbose)
     try:
-        result = train_bundle(load_series(features), config)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        config = TrainConfig(until=until, include=include, holdout_hours=holdout_hours,
+                             horizon_minutes=horizon_minutes, n_jobs=n_jobs, engine=engine,
+                             series_time_limit_seconds=series_time_limit,
+                             alert_rule=alert_rule(keep_firing_minutes, for_choices))
+        series = load_series(features)
+    except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
-    if save_bundle:
-        result.bundle.save(save_bundle)
-    promo = log_and_promote(result, config)
+    with run_with_progress() as progress:  # the MLflow run shows progress while it trains
+        try:
+            result = train_bundle(series, config, progress=progress, verbose=verbose)
+        except (ValueError, RuntimeError, FileNotFoundError) as exc:
+            _fail(str(exc))
+        if save_bundle:
+            result.bundle.save(save_bundle)
+        promo = log_and_promote(result, config)
     typer.echo(f"{len(result.bundle.forecasters)} series trained, {len(result.failed)} failed; "
                f"backtest MAE ratio to predict_linear {result.score:.3f}")
     typer.echo(f"run {promo.run_id} in {tracking_uri()}: version {promo.version}, "

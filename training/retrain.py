@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from features import schema as s
 from training.evaluation.gate import GateConfig, judge
 from training.lock import RegistryLock
+from training.progress import MlflowProgress, ProgressBar, both
 from training.registry import (
     EXPERIMENT,
     MODEL_NAME,
@@ -208,7 +209,9 @@ def retrain(series: pl.DataFrame, config: RetrainConfig | None = None, echo=prin
             mlflow.log_params({"history_days": config.history_days, **config.gate.as_params()})
             echo(f"training {scoped[s.SERIES_ID].n_unique()} series on {window['start']} .. "
                  f"{window['gate_start']} ...")
-            result = train_bundle(data.filter(pl.col(s.TS) < gate_start), train_config)
+            progress = both(ProgressBar(), MlflowProgress(client, run.info.run_id))
+            result = train_bundle(data.filter(pl.col(s.TS) < gate_start), train_config,
+                                  progress=progress)
             tags = log_training(result, train_config)
             counts = {k.removeprefix("prealert."): int(v) for k, v in tags.items()
                       if k.startswith("prealert.series_")}

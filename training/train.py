@@ -5,17 +5,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import numpy as np
 import polars as pl
-from joblib import Parallel, delayed
 
 from features import schema as s
 from training.anomaly.detector import WorkloadAnomalyDetector
 from training.bundle import ModelBundle
 from training.evaluation.replay import calibrate_on_replay, replay_outcomes, rolling_origin_errors
+from training.fanout import ENGINES, Progress, SeriesTimeLimit, fan_out, time_limit
 from training.forecast.correction import WINDOW_MINUTES as CORRECTION_WINDOW_MINUTES
 from training.forecast.correction import error_paths
 from training.forecast.forecaster import SeriesForecaster
@@ -35,10 +38,17 @@ class TrainConfig:
     predict_linear_window_minutes: int = 60
     until: datetime | None = None  # train only on data strictly before this instant (UTC)
     include: list[str] = field(default_factory=list)  # series ids or entities; empty = all
-    n_jobs: int = 2
+    n_jobs: int = 2  # local engine: worker processes; a local Ray started for the run: its CPUs
+    engine: str = "local"  # "local" (a process pool) or "ray" (RAY_ADDRESS, else a local Ray)
+    batch_size: int = 0  # series per task; 0 = about four tasks per worker, at most 32 series
+    series_time_limit_seconds: float | None = 300.0  # a fit past this is served by the fallback
     forecaster: dict = field(default_factory=dict)  # SeriesForecaster hyperparameters
     alert_rule: AlertRule = field(default_factory=AlertRule)  # alarm and `for` chosen under it
     detector: dict = field(default_factory=dict)  # WorkloadAnomalyDetector hyperparameters
+
+    def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
 
     def as_params(self) -> dict[str, str]:
         flat = {k: v for k, v in asdict(self).items()
@@ -77,18 +87,51 @@ def fingerprint(series: pl.DataFrame) -> str:
     return hashlib.sha256(rows.to_numpy().tobytes()).hexdigest()
 
 
-def _fit_one(sid: str, frame: pl.DataFrame, config: TrainConfig) -> dict:
-    """Backtest a fresh model on the holdout, then fit the served model on all history."""
+def _fit_guarded(sid: str, frame: pl.DataFrame, config: TrainConfig) -> dict:
+    """:func:`_fit_one` under the per-series time limit; a fit that raises or runs past it is
+    served by the linear fallback, the reason recorded. Adds the wall and CPU seconds it took."""
+    wall, cpu = time.perf_counter(), _cpu_seconds()
+    try:
+        with time_limit(config.series_time_limit_seconds):
+            out = _fit_one(sid, frame, config)
+    except SeriesTimeLimit:
+        out = {"error": f"ran past the time limit of {config.series_time_limit_seconds:g} s"}
+    if "error" in out:
+        reason = f"fit failed: {out['error']}"
+        out = _fit_one(sid, frame, config, fallback_reason=reason)
+        if "error" in out:
+            out["error"] = f"{reason}; the fallback too: {out['error']}"
+    out["fit_seconds"] = round(time.perf_counter() - wall, 3)
+    out["fit_cpu_seconds"] = round(_cpu_seconds() - cpu, 3)
+    return out
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (cmdstan)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _fit_one(sid: str, frame: pl.DataFrame, config: TrainConfig,
+             fallback_reason: str | None = None) -> dict:
+    """Backtest a fresh model on the holdout, then fit the served model on all history.
+
+    With a ``fallback_reason``, both are the linear fallback, which records that reason.
+    """
+    def fit(part: pl.DataFrame) -> SeriesForecaster:
+        model = SeriesForecaster(**config.forecaster)
+        return model.fit(part) if fallback_reason is None else model.fit_fallback(part, fallback_reason)
+
     try:
         holdout_start = frame[s.TS].max() - timedelta(hours=config.holdout_hours)
-        trial = SeriesForecaster(**config.forecaster).fit(frame.filter(pl.col(s.TS) < holdout_start))
+        trial = fit(frame.filter(pl.col(s.TS) < holdout_start))
         errors = rolling_origin_errors(
             trial, frame, holdout_start,
             horizon_minutes=config.horizon_minutes,
             every_minutes=config.origin_every_minutes,
             linear_window_minutes=config.predict_linear_window_minutes,
         )
-        model = SeriesForecaster(**config.forecaster).fit(frame)
+        model = fit(frame)
         errors["error_paths_from"] = use_holdout_errors(model, trial, frame, holdout_start,
                                                         config.alert_rule)
         clean = frame.drop_nulls(s.VALUE)
@@ -158,14 +201,20 @@ def holdout_calibrations(model: SeriesForecaster, trial: SeriesForecaster, ts: n
     return out
 
 
-def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None) -> TrainResult:
-    """Fit and backtest every series, then each entity's anomaly detector; return the bundle."""
+def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None, *,
+                 progress: Progress | None = None, verbose: bool = False) -> TrainResult:
+    """Fit and backtest every series, then each entity's anomaly detector; return the bundle.
+
+    The series fan out over ``config.engine``; ``progress(done, total)`` is called here after each
+    finished batch; ``verbose`` lets the libraries log (in the workers too).
+    """
     config = config or TrainConfig()
     data = select_training_data(series, config)
-    groups = {sid: g.sort(s.TS) for (sid,), g in data.group_by(s.SERIES_ID)}
-    outcomes = Parallel(n_jobs=config.n_jobs)(
-        delayed(_fit_one)(sid, groups[sid], config) for sid in sorted(groups)
-    )
+    # only what a fit reads travels to the workers
+    groups = {sid: g.select(s.TS, s.VALUE).sort(s.TS) for (sid,), g in data.group_by(s.SERIES_ID)}
+    outcomes = fan_out(partial(_fit_guarded, config=config), [(sid, groups[sid]) for sid in sorted(groups)],
+                       engine=config.engine, n_jobs=config.n_jobs, batch_size=config.batch_size,
+                       verbose=verbose, progress=progress)
     failed = {o["sid"]: o["error"] for o in outcomes if "error" in o}
     fitted = [o for o in outcomes if "error" not in o]
     if not fitted:
@@ -201,10 +250,13 @@ def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None) -> Tra
         "series": {
             o["sid"]: {"kind": o["model"].kind_, "fallback_reason": o["model"].fallback_reason_,
                        "n_points": o["model"].n_points_, "sigma": o["model"].sigma_,
+                       "fit_step_minutes": o["model"].fit_step_minutes_,
+                       "fit_seconds": o["fit_seconds"], "fit_cpu_seconds": o["fit_cpu_seconds"],
                        **o["errors"]}
             for o in fitted
         },
         "failed_series": failed,
+        "fit_seconds_total": round(sum(o["fit_seconds"] for o in outcomes), 3),
         "alert_rule": config.alert_rule.to_dict(),
         "score_mae_ratio_vs_predict_linear": score,
     }

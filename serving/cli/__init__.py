@@ -13,7 +13,7 @@ from serving.cli import anomaly as cli_anomaly
 from serving.cli import evaluate as cli_evaluate
 from serving.cli import features as cli_features
 from serving.cli import registry as cli_registry
-from serving.cli.common import FOR_CHOICES_HELP, KEEP_FIRING_HELP, alert_rule
+from serving.cli.common import ENGINE_HELP, FOR_CHOICES_HELP, KEEP_FIRING_HELP, alert_rule
 from serving.cli.common import fail as _fail
 from serving.cli.prometheus import register as register_prometheus
 
@@ -49,28 +49,41 @@ def train(
     save_bundle: Annotated[Path | None, typer.Option(help="Also write the bundle here.")] = None,
     keep_firing_minutes: Annotated[float, typer.Option(help=KEEP_FIRING_HELP)] = 15.0,
     for_choices: Annotated[str, typer.Option(help=FOR_CHOICES_HELP)] = "0,5,10,15,20",
+    engine: Annotated[str, typer.Option(envvar="PREALERT_ENGINE", help=ENGINE_HELP)] = "local",
+    series_time_limit: Annotated[float, typer.Option(
+        help="Seconds one series may take; past it, it is served by the linear fallback.")] = 300.0,
+    verbose: Annotated[bool, typer.Option(help="Let cmdstanpy, Prophet, MLflow and Ray log.")] = False,
 ) -> None:
     """Fit every series and detector, log the run and register the bundle; never promotes.
 
     `prealert retrain` promotes through the gate; `prealert promote VERSION` by hand.
     """
     from features.build import load_series
+    from training.fanout import quiet_libraries
     from training.lock import LockBusy
+    from training.progress import run_with_progress
     from training.registry import log_and_register, tracking_uri
     from training.retrain import staging_dir, writing_registry
     from training.train import TrainConfig, train_bundle
 
-    config = TrainConfig(until=until, include=include, holdout_hours=holdout_hours,
-                         horizon_minutes=horizon_minutes, n_jobs=n_jobs,
-                         alert_rule=alert_rule(keep_firing_minutes, for_choices))
+    quiet_libraries(verbose)
+    try:
+        config = TrainConfig(until=until, include=include, holdout_hours=holdout_hours,
+                             horizon_minutes=horizon_minutes, n_jobs=n_jobs, engine=engine,
+                             series_time_limit_seconds=series_time_limit,
+                             alert_rule=alert_rule(keep_firing_minutes, for_choices))
+        series = load_series(features)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
     try:
         with writing_registry("prealert train") as (_, notes):
             for note in notes:
                 typer.echo(note)
-            result = train_bundle(load_series(features), config)
-            if save_bundle:
-                result.bundle.save(save_bundle)
-            run_id, version = log_and_register(result, config, staging_dir())
+            with run_with_progress() as progress:  # the MLflow run shows progress while it trains
+                result = train_bundle(series, config, progress=progress, verbose=verbose)
+                if save_bundle:
+                    result.bundle.save(save_bundle)
+                run_id, version = log_and_register(result, config, staging_dir())
     except LockBusy as exc:
         typer.secho(f"skipped: {exc}", fg="yellow", err=True)
         raise typer.Exit(code=4) from None

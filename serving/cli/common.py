@@ -16,6 +16,8 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+ENGINE_HELP = ("Where series are fitted: 'local' (a process pool of --n-jobs) or 'ray' "
+               "(the cluster at RAY_ADDRESS, else a local Ray of --n-jobs CPUs).")
 KEEP_FIRING_HELP = "The alert rule's keep_firing_for, minutes."
 FOR_CHOICES_HELP = ("The alert rule's `for` durations (minutes, comma-separated) the replay "
                     "chooses from with the alarm level.")

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from serving.cli.common import FOR_CHOICES_HELP, KEEP_FIRING_HELP, alert_rule, fail
+from serving.cli.common import ENGINE_HELP, FOR_CHOICES_HELP, KEEP_FIRING_HELP, alert_rule, fail
 
 EXIT_PROMOTED, EXIT_FAILED, EXIT_KEPT, EXIT_BUSY = 0, 2, 3, 4
 
@@ -51,6 +51,10 @@ def retrain(
     for_choices: Annotated[str, typer.Option(help=FOR_CHOICES_HELP)] = "0,5,10,15,20",
     lock_max_age_hours: Annotated[float, typer.Option(
         help="A registry lock older than this is taken as left by a killed run.")] = 6.0,
+    engine: Annotated[str, typer.Option(envvar="PREALERT_ENGINE", help=ENGINE_HELP)] = "local",
+    series_time_limit: Annotated[float, typer.Option(
+        help="Seconds one series may take; past it, it is served by the linear fallback.")] = 300.0,
+    verbose: Annotated[bool, typer.Option(help="Let cmdstanpy, Prophet, MLflow and Ray log.")] = False,
 ) -> None:
     """The scheduled job: features, train, the gate on the alert replay, promote or keep.
 
@@ -59,6 +63,7 @@ def retrain(
     """
     from features.build import load_series, run_build
     from training.evaluation.gate import GateConfig
+    from training.fanout import quiet_libraries
     from training.lock import LockBusy
     from training.retrain import PROMOTED, RetrainConfig
     from training.retrain import retrain as run_retrain
@@ -66,9 +71,11 @@ def retrain(
 
     if (export is None) == (features is None):
         fail("give exactly one of --export (runs the feature job) or --features")
+    quiet_libraries(verbose)
     config = RetrainConfig(
         history_days=history_days, until=until, lock_max_age_hours=lock_max_age_hours,
         train=TrainConfig(include=include, holdout_hours=holdout_hours, n_jobs=n_jobs,
+                          engine=engine, series_time_limit_seconds=series_time_limit,
                           alert_rule=alert_rule(keep_firing_minutes, for_choices)),
         gate=GateConfig(window_hours=gate_hours, f1_tolerance=f1_tolerance,
                         false_alarms_tolerance=false_alarms_tolerance,

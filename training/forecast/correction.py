@@ -141,12 +141,26 @@ def error_paths(
     origins = np.arange(n_h, r.size - n_h)
     if origins.size == 0:
         return np.empty((0, n_h))
-    ahead = r[origins[:, None] + np.arange(1, n_h + 1)[None, :]]
+    # pick the paths before building them: a (origins x horizon) matrix is 58 MB at 1 minute
+    bad = np.concatenate([[0], np.cumsum(~np.isfinite(r))])
+    rows = origins[(bad[origins + n_h + 1] == bad[origins + 1])
+                   & np.isfinite(level[origins]) & np.isfinite(slope[origins])]
+    if rows.size > n_paths:
+        rows = rows[np.linspace(0, rows.size - 1, n_paths).round().astype(int)]
+    e = r[rows[:, None] + np.arange(1, n_h + 1)[None, :]] - damped(
+        level[rows], slope[rows], minutes, damping_minutes)
+    if not np.isfinite(e).all():  # an overflow the check above cannot see: every path, then drop
+        e = _every_finite_path(r, level, slope, origins, minutes, damping_minutes, n_paths)
+    if center and e.shape[0]:
+        # keep the spread and shape, drop the bias: the model refitted since has absorbed it
+        e = e - np.median(e, axis=0, keepdims=True)
+    return e
+
+
+def _every_finite_path(r, level, slope, origins, minutes, damping_minutes, n_paths) -> np.ndarray:
+    ahead = r[origins[:, None] + np.arange(1, minutes.size + 1)[None, :]]
     e = ahead - damped(level[origins], slope[origins], minutes, damping_minutes)
     e = e[np.isfinite(e).all(axis=1)]
     if e.shape[0] > n_paths:
         e = e[np.linspace(0, e.shape[0] - 1, n_paths).round().astype(int)]
-    if center and e.shape[0]:
-        # keep the spread and shape, drop the bias: the model refitted since has absorbed it
-        e = e - np.median(e, axis=0, keepdims=True)
     return e

@@ -21,6 +21,8 @@ for _name in ("prophet", "cmdstanpy"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 FORECAST_COLUMNS = (s.TS, "yhat", "yhat_lower", "yhat_upper")
+#: the steps (minutes) Prophet may be fitted at; the finest that keeps the fit small is chosen
+FIT_STEPS_MINUTES = (1, 2, 5, 10, 15, 20, 30, 60, 120)
 
 
 @lru_cache(maxsize=32)
@@ -81,6 +83,13 @@ class SeriesForecaster:
     and for weekends or Korean public holidays)
     when the history is long and varied enough; otherwise, or when Prophet fails, a linear
     trend over the recent window (``kind_ == "linear"``, the reason in ``fallback_reason_``).
+
+    Prophet's cost grows faster than linearly with the points it sees, so it is fitted on the
+    last ``fit_history_days`` at the finest step of ``FIT_STEPS_MINUTES`` that keeps it within
+    ``fit_max_points`` (means over each step; ``fit_step_minutes_``), e.g. 14 days at 1 minute
+    -> 15-minute means. Everything else (sigma, error paths, the holdout replay) uses the series'
+    own resolution. ``uncertainty_samples=0``: no served answer uses Prophet's sampled band
+    (Prophet answers use error paths, the linear fallback its Gaussian band).
     """
 
     def __init__(
@@ -92,11 +101,13 @@ class SeriesForecaster:
         min_history_hours: float = 48.0,
         fallback_window_minutes: float = 120.0,
         holidays_country: str | None = "KR",
-        uncertainty_samples: int = 300,
+        uncertainty_samples: int = 0,
         daily_fourier_order: int = 10,
         max_horizon_minutes: float = 360.0,
         n_error_paths: int = 200,
         error_history_days: float = 14.0,
+        fit_max_points: int | None = 1500,
+        fit_history_days: float | None = 28.0,
     ):
         self.timezone = timezone
         self.interval_width = interval_width
@@ -110,6 +121,8 @@ class SeriesForecaster:
         self.max_horizon_minutes = max_horizon_minutes
         self.n_error_paths = n_error_paths
         self.error_history_days = error_history_days
+        self.fit_max_points = fit_max_points
+        self.fit_history_days = fit_history_days
 
     def get_params(self) -> dict:
         return {k: v for k, v in vars(self).items() if not k.endswith("_")}
@@ -130,18 +143,64 @@ class SeriesForecaster:
         elif np.nanstd(y) < 1e-9:
             self.fallback_reason_ = "flat series"
         self.step_minutes_ = float(np.median(np.diff(ts)).astype("timedelta64[s]").astype(float) / 60)
+        self.fit_step_minutes_ = self.step_minutes_
         fitted = False
         if self.fallback_reason_ is None:
             try:
-                self._fit_prophet(ts, y)
+                self._fit_prophet(*self._prophet_input(ts, y))
                 fitted = True
             except Exception as exc:  # Stan or data failure: the series still gets a model
                 self.fallback_reason_ = f"prophet failed: {type(exc).__name__}: {exc}"[:300]
         if not fitted:
             self._fit_linear(ts, y)
         self.error_paths_ = self._learn_error_paths(ts, y)
+        if fitted:  # at the series' own resolution, not the fit's
+            self.sigma_ = float(np.std(y - self.expected(ts)))
         self.calibrations_: dict[float, ProbabilityCalibration] = {}
         return self
+
+    def fit_fallback(self, frame: pl.DataFrame, reason: str) -> SeriesForecaster:
+        """Fit the linear fallback only, recording why (a fit that raised or ran too long)."""
+        frame = frame.select(s.TS, s.VALUE).drop_nulls().sort(s.TS)
+        if frame.height < 1:
+            raise ValueError("no observations to fit a fallback on")
+        ts, y = frame[s.TS].to_numpy(), frame[s.VALUE].to_numpy()
+        self.n_points_ = frame.height
+        self.first_ts_, self.last_ts_ = frame[s.TS][0], frame[s.TS][-1]
+        diffs = np.diff(ts).astype("timedelta64[s]").astype(float) / 60
+        self.step_minutes_ = float(np.median(diffs)) if diffs.size else 1.0
+        self.fit_step_minutes_ = self.step_minutes_
+        self.fallback_reason_ = reason[:300]
+        self._fit_linear(ts, y)
+        self.error_paths_ = self._learn_error_paths(ts, y)
+        self.calibrations_ = {}
+        return self
+
+    def _prophet_input(self, ts: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The last ``fit_history_days``, as means over the step chosen for Prophet.
+
+        Each mean is placed at the mean time of its observations, so no cycle shifts phase.
+        """
+        ts = np.asarray(ts, dtype="datetime64[us]")
+        if self.fit_history_days is not None:
+            keep = ts > ts[-1] - np.timedelta64(int(self.fit_history_days * 86400e6), "us")
+            ts, y = ts[keep], y[keep]
+        if self.fit_max_points is None or ts.size <= self.fit_max_points:
+            return ts, y
+        span = (ts[-1] - ts[0]).astype("timedelta64[s]").astype(float) / 60
+        wanted = span / max(self.fit_max_points - 1, 1)
+        step = next((m for m in FIT_STEPS_MINUTES if m >= max(wanted, self.step_minutes_)),
+                    FIT_STEPS_MINUTES[-1])
+        if step <= self.step_minutes_:
+            return ts, y
+        self.fit_step_minutes_ = float(step)
+        micros = ts.astype(np.int64)
+        bucket = micros // int(step * 60e6)
+        _, which, counts = np.unique(bucket, return_inverse=True, return_counts=True)
+        # times relative to the first, so the sum of a bucket's microseconds stays exact
+        mean_ts = np.bincount(which, weights=(micros - micros[0]).astype(np.float64)) / counts
+        means = np.bincount(which, weights=np.asarray(y, dtype=np.float64)) / counts
+        return (micros[0] + np.round(mean_ts).astype(np.int64)).astype("datetime64[us]"), means
 
     def calibration_for(self, horizon_minutes: float) -> ProbabilityCalibration:
         """The calibration fitted at the horizon nearest this one (ratio-wise); identity if none."""
@@ -197,7 +256,6 @@ class SeriesForecaster:
         self.kind_ = "prophet"
         self.model_ = model
         self.point_model_ = self._point_model(model)
-        self.sigma_ = float(np.std(y - self.expected(ts)))
 
     def _fit_linear(self, ts, y):
         cutoff = ts[-1] - np.timedelta64(int(self.fallback_window_minutes * 60), "s")
@@ -263,8 +321,11 @@ class SeriesForecaster:
             back = np.empty(len(frame), dtype=np.intp)
             back[np.argsort(frame["ds"].to_numpy(), kind="stable")] = np.arange(len(frame))
             yhat = fc["yhat"].to_numpy()[back]
-            lower = fc["yhat_lower"].to_numpy()[back] if with_interval else yhat
-            upper = fc["yhat_upper"].to_numpy()[back] if with_interval else yhat
+            lower = upper = yhat
+            if with_interval and "yhat_lower" in fc:
+                lower, upper = fc["yhat_lower"].to_numpy()[back], fc["yhat_upper"].to_numpy()[back]
+            elif with_interval:  # fitted without sampling: the same Gaussian band as the fallback
+                lower, upper = yhat - Z90 * self.sigma_, yhat + Z90 * self.sigma_
         return pl.DataFrame(
             {s.TS: np.asarray(ts, dtype="datetime64[us]"), "yhat": yhat,
              "yhat_lower": lower, "yhat_upper": upper}
@@ -283,6 +344,7 @@ class SeriesForecaster:
             "first_ts": self.first_ts_.isoformat(),
             "last_ts": self.last_ts_.isoformat(),
             "step_minutes": self.step_minutes_,
+            "fit_step_minutes": self.fit_step_minutes_,
             "calibrations": {str(h): c.to_dict() for h, c in self.calibrations_.items()},
             # exactly the float32 paths that answer in memory: a loaded model answers the same
             "error_paths_f32le": base64.b64encode(
@@ -304,6 +366,7 @@ class SeriesForecaster:
         self.first_ts_ = pd.Timestamp(state["first_ts"]).to_pydatetime()
         self.last_ts_ = pd.Timestamp(state["last_ts"]).to_pydatetime()
         self.step_minutes_ = state["step_minutes"]
+        self.fit_step_minutes_ = state.get("fit_step_minutes", self.step_minutes_)
         self.calibrations_ = {float(h): ProbabilityCalibration.from_dict(c)
                               for h, c in state.get("calibrations", {}).items()}
         n_h = max(1, int(round(self.max_horizon_minutes / self.step_minutes_)))

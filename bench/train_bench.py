@@ -1,0 +1,157 @@
+"""Training wall time on synthetic 1-minute series: local pool against Ray, and the fit settings before.
+
+Run: ``uv run python bench/train_bench.py [--series 10000] [--days 14] [--n-jobs 2]
+[--engines local,ray] [--reference 100]``. Generates ``--series`` seeded series (10 metrics per
+workload; a workday office-hour peak, a quieter weekend, a trend, an AR(1) wander and noise) in
+memory, nothing is written but temporary bundles. For each engine: ``train_bundle`` plus
+``bundle.save`` wall time (a local Ray of ``--n-jobs`` CPUs is started first, its start timed
+apart), series per second per core, the summed per-series fit CPU seconds, and the peak RSS of the
+process tree. Then the first ``--reference`` series with the settings before issue 11 (Prophet on
+every point at the series' own resolution, 300 uncertainty samples) on the local pool: the same
+run's per-series cost before/after. Load average before and after each phase, as the machine is
+shared: ratios within one run count. No assertions: numbers only, and one JSON line at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import psutil
+
+from features import schema as s
+from training.train import TrainConfig, train_bundle
+
+START = datetime(2026, 9, 7, tzinfo=UTC)  # a Monday, 00:00 UTC (09:00 in Seoul)
+METRICS = ("cpu_pct", "mem_pct", "jvm_heap_pct", "gc_time_pct", "db_pool_pct", "disk_pct",
+           "apdex", "latency_ms", "request_rate", "error_rate")
+#: the settings before issue 11: Prophet on all points, all history, a sampled band
+BEFORE = {"fit_max_points": None, "fit_history_days": None, "uncertainty_samples": 300}
+
+
+def synthetic_series(n: int, days: float, step_minutes: int = 1, seed: int = 20261128) -> pl.DataFrame:
+    """``n`` series in the training schema with daily (workday peak) and weekly (weekend) cycles."""
+    rng = np.random.default_rng(seed)
+    m = int(days * 1440 / step_minutes)
+    minutes = np.arange(m) * step_minutes
+    local_hour = (minutes / 60 + 9) % 24  # Seoul is UTC+9
+    local_day = (minutes / 60 + 9) // 24
+    weekend = (local_day % 7) >= 5  # START is a Monday
+    ts = pl.datetime_range(START, START + timedelta(minutes=step_minutes * (m - 1)),
+                           timedelta(minutes=step_minutes), time_zone="UTC", eager=True)
+    frames = []
+    for i in range(n):
+        peak = rng.uniform(10, 16)
+        daily = np.exp(-((local_hour - peak) / rng.uniform(2, 4)) ** 2)
+        level, amp = rng.uniform(20, 60), rng.uniform(5, 25)
+        wander = np.cumsum(rng.normal(0, 0.05, m))
+        y = (level + amp * daily * np.where(weekend, rng.uniform(0.1, 0.5), 1.0)
+             + rng.uniform(-1, 1) * minutes / 1440 + wander + rng.normal(0, rng.uniform(0.5, 3), m))
+        entity, metric = f"svc-{i // len(METRICS):05d}", METRICS[i % len(METRICS)]
+        frames.append(pl.DataFrame({s.TS: ts, s.VALUE: y}).with_columns(
+            pl.lit(f"{entity}/{metric}").alias(s.SERIES_ID), pl.lit(entity).alias(s.ENTITY),
+            pl.lit(metric).alias(s.METRIC), pl.lit(1, dtype=pl.UInt32).alias(s.N_PODS),
+            pl.lit(False).alias(s.FILLED)))
+    return pl.concat(frames).select(list(s.SERIES_SCHEMA))
+
+
+class PeakRss:
+    """Samples the summed RSS of this process and all its descendants (pool or Ray workers)."""
+
+    def __init__(self, every: float = 0.5):
+        self.every, self.peak, self._stop = every, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    total += p.memory_info().rss
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def run(label: str, series: pl.DataFrame, config: TrainConfig, cores: int) -> dict:
+    load_before = os.getloadavg()[0]
+    n = series[s.SERIES_ID].n_unique()
+    with PeakRss() as rss, tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = train_bundle(series, config)
+        result.bundle.save(f"{tmp}/bundle")
+        wall = time.perf_counter() - start
+    entries = result.bundle.manifest["series"].values()
+    out = {
+        "label": label, "series": n, "wall_s": round(wall, 1),
+        "series_per_s_per_core": round(n / wall / cores, 4),
+        "fit_cpu_s_per_series": round(float(np.mean([e["fit_cpu_seconds"] for e in entries])), 3),
+        "fit_wall_s_per_series": round(float(np.mean([e["fit_seconds"] for e in entries])), 3),
+        "fit_step_minutes": sorted({e["fit_step_minutes"] for e in entries}),
+        "fallback": sum(e["kind"] != "prophet" for e in entries), "failed": len(result.failed),
+        "peak_rss_gb": round(rss.peak / 2**30, 2),
+        "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
+    }
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--series", type=int, default=10_000)
+    parser.add_argument("--days", type=float, default=14.0)
+    parser.add_argument("--n-jobs", type=int, default=2)
+    parser.add_argument("--engines", default="local,ray")
+    parser.add_argument("--reference", type=int, default=100, help="series fitted with the settings before")
+    args = parser.parse_args()
+
+    made = time.perf_counter()
+    series = synthetic_series(args.series, args.days)
+    print(f"{args.series} series x {args.days:g} days at 1 minute: {series.height:,} rows, "
+          f"generated in {time.perf_counter() - made:.1f} s; {os.cpu_count()} CPUs, "
+          f"load {os.getloadavg()}", flush=True)
+    results = []
+    for engine in args.engines.split(","):
+        if engine == "ray":
+            os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+            # Ray renices its workers to 15; on a shared machine that measures the neighbours
+            os.environ.setdefault("RAY_worker_niceness", "0")
+            import ray
+
+            began = time.perf_counter()
+            ray.init(num_cpus=args.n_jobs, include_dashboard=False, logging_level="error",
+                     log_to_driver=False)
+            print(f"ray.init: {time.perf_counter() - began:.1f} s", flush=True)
+        try:
+            results.append(run(engine, series, TrainConfig(engine=engine, n_jobs=args.n_jobs),
+                               args.n_jobs))
+        finally:
+            if engine == "ray":
+                ray.shutdown()
+    if args.reference:
+        ids = sorted(series[s.SERIES_ID].unique())[: args.reference]
+        subset = series.filter(pl.col(s.SERIES_ID).is_in(ids))
+        results.append(run("before", subset, TrainConfig(n_jobs=args.n_jobs, forecaster=BEFORE,
+                                                         series_time_limit_seconds=None), args.n_jobs))
+        results.append(run("after", subset, TrainConfig(n_jobs=args.n_jobs), args.n_jobs))
+    print(json.dumps({"args": vars(args), "results": results}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The per-series fan-out: a local process pool (default) or Ray tasks, in batches, each under a limit."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import os
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
+
+ENGINES = ("local", "ray")
+#: (done, total) after each finished batch, in the calling process
+Progress = Callable[[int, int], None]
+#: batches in flight per Ray CPU: enough to keep workers busy, few enough to bound the object store
+_RAY_BATCHES_PER_CPU = 2
+
+
+class SeriesTimeLimit(BaseException):  # noqa: N818 -- a BaseException, so no `except Exception` in a fit swallows it
+    """One item ran past its time limit."""
+
+
+def quiet_libraries(verbose: bool = False) -> None:
+    """cmdstanpy, Prophet (and its "Importing plotly failed"), MLflow and Ray logging: off unless verbose.
+
+    Safe to call again in every worker process, before or after the libraries are imported.
+    """
+    chatty = logging.INFO if verbose else logging.CRITICAL
+    # cmdstanpy adds its own INFO stream handler to a logger that has none: give it one first
+    for name in ("cmdstanpy", "prophet.plot"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(logging.NullHandler())
+        logger.setLevel(chatty)
+    import prophet  # noqa: F401 -- importing it sets the "prophet" logger to INFO: set ours after
+
+    logging.getLogger("prophet").setLevel(chatty)
+    for name in ("mlflow", "alembic", "ray"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    if not verbose:  # e.g. "An input example was not provided when logging the model"
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\.")
+    if verbose and not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`SeriesTimeLimit` in this thread once ``seconds`` have passed inside the block.
+
+    A watchdog thread kills the child processes started inside the block (cmdstan), so a thread
+    waiting on one wakes up, then raises the exception in this thread at its next Python
+    instruction. Children that existed before the block are left alone.
+    """
+    if not seconds or seconds <= 0 or math.isinf(seconds):
+        yield
+        return
+    import psutil
+
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    target = threading.get_ident()
+    lock, state = threading.Lock(), {"inside": True}
+
+    def expire() -> None:
+        with lock:
+            if not state["inside"]:
+                return
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target),
+                                                       ctypes.py_object(SeriesTimeLimit))
+            for child in me.children(recursive=True):
+                if child.pid not in before:
+                    with suppress(psutil.Error):
+                        child.kill()
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        with lock:
+            state["inside"] = False
+        timer.cancel()
+
+
+def run_batch(fn: Callable[[str, Any], Any], batch: Sequence[tuple[str, Any]], verbose: bool) -> list:
+    """``fn(key, payload)`` for every item of one batch, in a worker process."""
+    quiet_libraries(verbose)
+    return [fn(key, payload) for key, payload in batch]
+
+
+def batches_of(items: Sequence[tuple[str, Any]], workers: int, batch_size: int = 0) -> list[list]:
+    """Consecutive batches: ``batch_size`` items, or (0) about four batches per worker, at most 32."""
+    size = batch_size or max(1, min(32, len(items) // (4 * max(workers, 1))))
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def fan_out(fn: Callable[[str, Any], Any], items: Sequence[tuple[str, Any]], *, engine: str = "local",
+            n_jobs: int = 2, batch_size: int = 0, verbose: bool = False,
+            progress: Progress | None = None) -> list:
+    """Run ``fn(key, payload)`` for every item on the engine; results in the order of ``items``.
+
+    ``fn`` must be picklable (a module-level function or a partial of one) and catch its own
+    errors: a batch that still fails (a worker killed, out of memory) fails the whole call.
+    ``local``: a process pool of ``n_jobs`` (1: in this process). ``ray``: tasks on the cluster
+    already initialised, else on ``RAY_ADDRESS``, else on a local Ray of ``n_jobs`` CPUs, which
+    is shut down again at the end.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    quiet_libraries(verbose)  # here too: results unpickled here import prophet
+    keys = [key for key, _ in items]
+    if len(set(keys)) != len(keys):
+        raise ValueError("fan_out needs distinct keys")
+    runner = _run_on_ray if engine == "ray" else _run_locally
+    results: dict[str, Any] = {}
+    for batch_keys, batch_results in runner(fn, items, n_jobs, batch_size, verbose):
+        results.update(zip(batch_keys, batch_results, strict=True))
+        if progress is not None:
+            progress(len(results), len(items))
+    return [results[key] for key in keys]
+
+
+def _run_locally(fn, items, n_jobs, batch_size, verbose):
+    from joblib import Parallel, delayed
+
+    batches = batches_of(items, n_jobs, batch_size)
+    if n_jobs == 1:
+        for batch in batches:
+            yield [k for k, _ in batch], run_batch(fn, batch, verbose)
+        return
+    keyed = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
+        delayed(_keyed_batch)(fn, batch, verbose) for batch in batches)
+    yield from keyed
+
+
+def _keyed_batch(fn, batch, verbose) -> tuple[list[str], list]:
+    return [k for k, _ in batch], run_batch(fn, batch, verbose)
+
+
+def _run_on_ray(fn, items, n_jobs, batch_size, verbose):
+    # under `uv run`, Ray would package this folder and start every worker through `uv run`:
+    # the workers of a local Ray run this interpreter anyway, and a cluster's image has prealert
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        address = os.environ.get("RAY_ADDRESS") or None
+        ray.init(address=address, num_cpus=None if address else n_jobs, include_dashboard=False,
+                 logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=verbose)
+    try:
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        remote = ray.remote(num_cpus=1)(_keyed_batch)
+        pending = list(reversed(batches_of(items, cpus, batch_size)))
+        running = []
+        while pending or running:
+            while pending and len(running) < _RAY_BATCHES_PER_CPU * cpus:
+                running.append(remote.remote(fn, pending.pop(), verbose))
+            done, running = ray.wait(running, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -9,13 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, Schema
 
 from training.bundle import ModelBundle
+
+# BundleModel stays importable from here: registered versions' copied pyfunc_entry.py import it
+from training.mlflow_model import PYFUNC_SIGNATURE, BundleModel, input_example  # noqa: F401
+from training.plots import log_crossing_plots
+from training.run_record import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, log_holdout_scores, run_name
 from training.train import TrainConfig, TrainResult
 
 MODEL_NAME = "prealert"
@@ -46,41 +48,16 @@ def use_experiment(name: str = EXPERIMENT) -> MlflowClient:
         artifacts = None
         if uri.startswith("sqlite:///"):  # keep artifacts beside a local database
             artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
-        mlflow.create_experiment(name, artifact_location=artifacts)
-    mlflow.set_experiment(name)
+        mlflow.create_experiment(name, artifact_location=artifacts,
+                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    experiment = mlflow.set_experiment(name)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # a store made before the tag was set
+        mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return MlflowClient(uri, uri)
 
 
 def _use_store() -> MlflowClient:
     return use_experiment(EXPERIMENT)
-
-
-PYFUNC_SIGNATURE = ModelSignature(inputs=Schema([
-    ColSpec("string", "series_id"),
-    ColSpec("double", "threshold"),
-    ColSpec("string", "direction", required=False),
-    ColSpec("double", "horizon_minutes", required=False),
-]))
-
-
-class BundleModel(mlflow.pyfunc.PythonModel):
-    """The bundle as an MLflow pyfunc: ``mlflow.pyfunc.load_model('models:/prealert@champion')``.
-
-    ``predict`` takes rows of ``series_id, threshold, direction, horizon_minutes``.
-    """
-
-    def load_context(self, context):
-        self.bundle = ModelBundle.load(context.artifacts["bundle"])
-
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from training.predict import predict_series
-
-        rows = []
-        for rec in model_input.to_dict("records"):
-            p = predict_series(self.bundle, rec["series_id"], float(rec["threshold"]),
-                               rec.get("direction", "above"), float(rec.get("horizon_minutes", 60)))
-            rows.append(p.as_dict())
-        return pd.DataFrame(rows)
 
 
 @dataclass
@@ -108,20 +85,21 @@ def log_and_promote(result: TrainResult, config: TrainConfig, tolerance: float =
     registered for inspection but never promoted.
     """
     client = _use_store()
-    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
+    with mlflow.start_run(run_name=run_name(result)) as run, tempfile.TemporaryDirectory() as tmp:
         mlflow.log_params(config.as_params())
         mlflow.log_metric(SCORE_KEY, result.score)
         mlflow.log_metric("series_trained", len(result.bundle.forecasters))
         mlflow.log_metric("series_failed", len(result.failed))
         mlflow.log_metric("series_fallback", sum(
             fc.kind_ != "prophet" for fc in result.bundle.forecasters.values()))
-        for col in ("mae_model", "mae_predict_linear", "mae_last_value"):
-            mlflow.log_metric(f"median_{col}", float(result.backtest[col].median()))
+        log_holdout_scores(result.backtest)
         mlflow.log_table(result.backtest.to_pandas(), "backtest.json")
+        log_crossing_plots(result.bundle, n=3)
         bundle_dir = result.bundle.save(Path(tmp) / "bundle")
         info = mlflow.pyfunc.log_model(
             name="bundle", python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
             artifacts={"bundle": str(bundle_dir)}, signature=PYFUNC_SIGNATURE,
+            input_example=input_example(result.bundle),
             registered_model_name=MODEL_NAME,
         )
         version = str(info.registered_model_version)

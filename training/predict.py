@@ -19,6 +19,7 @@ from training.threshold import (
     AlertRule,
     ProbabilityCalibration,
     crossings_from_paths,
+    first_crossing_index,
     minutes_to_threshold,
 )
 
@@ -70,6 +71,35 @@ class Prediction:
             return (f"{what}: unlikely within {self.horizon_minutes:g} min (probability "
                     f"{self.probability:.2f}); if it crosses, {when})")
         return f"{what} {when}, probability {self.probability:.2f})"
+
+    def _repr_html_(self) -> str:
+        """The answer as a small table in Jupyter: the sentence, then the numbers behind it."""
+        from html import escape
+
+        def minutes(m: float | None, at: datetime | None) -> str:
+            return "–" if m is None else f"{m:g} min ({at:%Y-%m-%d %H:%M} UTC)"
+
+        drivers = ", ".join(f"{d['meaning']} {d['change']:+.3g}" for d in self.drivers) or "–"
+        behind = ", ".join(f"{m['metric']} z={m['z']:+.1f}" for m in self.anomaly_top_metrics)
+        anomaly = "–" if self.anomaly_score is None else f"{self.anomaly_score:.2f} ({behind})"
+        rows = [
+            ("crossing (median)", minutes(self.minutes_to_threshold, self.crossing_at)),
+            ("between (P10–P90)", f"{minutes(self.earliest_minutes, self.earliest_at)} and "
+             + (f">{self.horizon_minutes:g} min" if self.latest_minutes is None
+                and self.minutes_to_threshold is not None
+                else minutes(self.latest_minutes, self.latest_at))),
+            (f"P(reach within {self.horizon_minutes:g} min)", f"{self.probability:.2f}"),
+            ("alert", f"{'yes' if self.alert else 'no'} ({self.alert_rule})"),
+            ("drivers", drivers),
+            ("real-time correction", f"level {self.level_correction:+.3g}, drift "
+             f"{self.trend_correction_per_min:+.3g}/min (damped)"),
+            ("anomaly score", anomaly),
+            ("now", f"{self.now:%Y-%m-%d %H:%M} UTC"),
+            ("model", f"{self.model_version} ({self.model_kind})"),
+        ]
+        body = "".join(f"<tr><th style='text-align:left'>{escape(k)}</th>"
+                       f"<td style='text-align:left'>{escape(v)}</td></tr>" for k, v in rows)
+        return f"<p><b>{escape(self.sentence())}</b></p><table>{body}</table>"
 
 
 #: fewer historical error paths than this and the answer uses the model's Gaussian band
@@ -170,11 +200,7 @@ def predict_series(
     if series_id not in bundle.forecasters:
         raise KeyError(series_id)
     model = bundle.forecasters[series_id]
-    obs_ts = _as_datetime64([t for t, _ in recent or []])
-    obs_y = np.array([v for _, v in recent or []], dtype=np.float64)
-    order = np.argsort(obs_ts, kind="stable")
-    finite = np.isfinite(obs_y[order])
-    obs_ts, obs_y = obs_ts[order][finite], obs_y[order][finite]
+    obs_ts, obs_y = observations(recent)
     if obs_ts.size:
         now = _to_utc(obs_ts[-1].astype(datetime))
     elif now is None:
@@ -226,6 +252,15 @@ def predict_series(
         anomaly_score=score, anomaly_top_metrics=top,
         model_version=bundle.version_label,
     )
+
+
+def observations(recent) -> tuple[np.ndarray, np.ndarray]:
+    """The observations sent as sorted UTC ``datetime64[us]`` times and finite values."""
+    obs_ts = _as_datetime64([t for t, _ in recent or []])
+    obs_y = np.array([v for _, v in recent or []], dtype=np.float64)
+    order = np.argsort(obs_ts, kind="stable")
+    finite = np.isfinite(obs_y[order])
+    return obs_ts[order][finite], obs_y[order][finite]
 
 
 def _covered(rule: AlertRule, holds: np.ndarray, seen: list[bool], observed: bool, alarm: float):
@@ -415,3 +450,82 @@ class CrossingPredictor:
     def save(self, folder) -> None:
         """Write the model as a bundle that ``prealert serve --bundle`` serves."""
         self.bundle_.save(folder)
+
+    def forecast_detail(self, threshold: float, direction: str = "above",
+                        horizon_minutes: float = 240,
+                        recent: list[tuple[datetime, float]] | None = None,
+                        now: datetime | None = None) -> ForecastDetail:
+        """:meth:`predict` with the forecast behind it, for plots (see :func:`forecast_detail`)."""
+        return forecast_detail(self.bundle_, self.series_id_, threshold, direction,
+                               horizon_minutes, recent=recent, now=now)
+
+
+@dataclass(frozen=True)
+class ForecastDetail:
+    """The service's answer with the forecast it came from, for plots and checks.
+
+    Everything is what :func:`predict_series` computed for ``prediction``: ``point`` is the
+    forecast after the real-time correction (the model plus the level and the damped drift of
+    ``correction``); ``paths`` are the plausible futures (``point`` plus each of the model's
+    error paths) whose first crossings give the answer's P10/P50/P90 and (before calibration)
+    its probability. The linear fallback has no paths: its answer uses ``band``, the
+    corrected Gaussian P10/P90.
+    """
+
+    prediction: Prediction
+    ts: np.ndarray  # forecast times after ``prediction.now``, UTC datetime64[us]
+    minutes: np.ndarray  # their offsets from now
+    point: np.ndarray
+    correction: RealtimeCorrection
+    paths: np.ndarray  # (K, n_h); (0, n_h) for the linear fallback
+    band: tuple[np.ndarray, np.ndarray] | None  # the linear fallback's P10/P90, else None
+    crossing_minutes: np.ndarray  # (K,) each path's first-crossing minute, NaN if it never does
+    observed_ts: np.ndarray  # the finite observations sent, sorted, UTC datetime64[us]
+    observed: np.ndarray
+
+    @property
+    def model_alone(self) -> np.ndarray:
+        """The model's forecast before the real-time correction."""
+        return self.point - self.correction.at(self.minutes)
+
+
+def forecast_detail(
+    bundle: ModelBundle,
+    series_id: str,
+    threshold: float,
+    direction: str,
+    horizon_minutes: float,
+    recent: list[tuple[datetime, float]] | None = None,
+    now: datetime | None = None,
+    context: dict[str, float] | None = None,
+) -> ForecastDetail:
+    """:func:`predict_series`'s answer and the corrected forecast and paths it was computed from.
+
+    The point forecast comes from the same :func:`_answers_at` call (same observations, same
+    correction, same grid) as the answer's, so a plot of it shows exactly what the service
+    answered; the crossing times per path are those whose quantiles are the answer's interval.
+    """
+    prediction = predict_series(bundle, series_id, threshold, direction, horizon_minutes,
+                                recent=recent, now=now, context=context)
+    model = bundle.forecasters[series_id]
+    obs_ts, obs_y = observations(recent)
+    grid = horizon_grid(prediction.now, horizon_minutes, model.step_minutes_)
+    errors = model.error_paths_
+    use_paths = errors.shape[0] >= MIN_ERROR_PATHS and errors.shape[1] >= grid.size
+    # the calibration only changes the probability, which ``prediction`` already holds
+    ((_, grid, point, correction, _),) = _answers_at(
+        model, obs_ts, obs_y, threshold, direction, grid, use_paths, ProbabilityCalibration(),
+        [prediction.now])
+    minutes = np.arange(1, grid.size + 1) * model.step_minutes_
+    band = None
+    if use_paths:
+        paths = point[None, :] + errors[:, :grid.size].astype(np.float64)
+    else:
+        paths = np.empty((0, grid.size))
+        fc = model.predict(grid, with_interval=True)
+        offset = point - fc["yhat"].to_numpy()
+        band = (fc["yhat_lower"].to_numpy() + offset, fc["yhat_upper"].to_numpy() + offset)
+    first = first_crossing_index(paths, threshold, direction == "above")
+    crossing = np.where(first >= 0, minutes[np.maximum(first, 0)], np.nan)
+    return ForecastDetail(prediction, grid, minutes, point, correction, paths, band, crossing,
+                          obs_ts, obs_y)

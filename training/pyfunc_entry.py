@@ -2,6 +2,6 @@
 
 import mlflow
 
-from training.registry import BundleModel
+from training.mlflow_model import BundleModel
 
 mlflow.models.set_model(BundleModel())

@@ -9,13 +9,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, Schema
 
 from training.bundle import ModelBundle
+
+# BundleModel stays importable from here: registered versions' copied pyfunc_entry.py import it
+from training.mlflow_model import PYFUNC_SIGNATURE, BundleModel, input_example  # noqa: F401
+from training.plots import log_crossing_plots
+from training.run_record import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    HOLDOUT_SCORE_KEY,
+    log_holdout_scores,
+    run_name,
+)
 from training.train import TrainConfig, TrainResult
 
 MODEL_NAME = "prealert"
@@ -45,41 +53,16 @@ def use_experiment(name: str = EXPERIMENT) -> MlflowClient:
         artifacts = None
         if uri.startswith("sqlite:///"):  # keep artifacts beside a local database
             artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
-        mlflow.create_experiment(name, artifact_location=artifacts)
-    mlflow.set_experiment(name)
+        mlflow.create_experiment(name, artifact_location=artifacts,
+                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    experiment = mlflow.set_experiment(name)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # a store made before the tag was set
+        mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return MlflowClient(uri, uri)
 
 
 def _use_store() -> MlflowClient:
     return use_experiment(EXPERIMENT)
-
-
-PYFUNC_SIGNATURE = ModelSignature(inputs=Schema([
-    ColSpec("string", "series_id"),
-    ColSpec("double", "threshold"),
-    ColSpec("string", "direction", required=False),
-    ColSpec("double", "horizon_minutes", required=False),
-]))
-
-
-class BundleModel(mlflow.pyfunc.PythonModel):
-    """The bundle as an MLflow pyfunc: ``mlflow.pyfunc.load_model('models:/prealert@champion')``.
-
-    ``predict`` takes rows of ``series_id, threshold, direction, horizon_minutes``.
-    """
-
-    def load_context(self, context):
-        self.bundle = ModelBundle.load(context.artifacts["bundle"])
-
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from training.predict import predict_series
-
-        rows = []
-        for rec in model_input.to_dict("records"):
-            p = predict_series(self.bundle, rec["series_id"], float(rec["threshold"]),
-                               rec.get("direction", "above"), float(rec.get("horizon_minutes", 60)))
-            rows.append(p.as_dict())
-        return pd.DataFrame(rows)
 
 
 def series_counts(result: TrainResult) -> dict[str, int]:
@@ -116,10 +99,10 @@ def log_training(result: TrainResult, config: TrainConfig) -> dict[str, str]:
     counts = series_counts(result)
     for key, value in counts.items():
         mlflow.log_metric(key, value)
-    mlflow.log_metric("holdout_mae_ratio_vs_predict_linear", result.score)
-    for col in ("mae_model", "mae_predict_linear", "mae_last_value"):
-        mlflow.log_metric(f"median_{col}", float(result.backtest[col].median()))
+    mlflow.log_metric(HOLDOUT_SCORE_KEY, result.score)
+    log_holdout_scores(result.backtest)
     mlflow.log_table(result.backtest.to_pandas(), "backtest.json")
+    log_crossing_plots(result.bundle, n=3)
     window = manifest.get("training_window", {})
     tags = {"prealert.training_window": f"{window.get('start')} .. {window.get('end')}",
             "prealert.data_fingerprint": str(manifest.get("data_fingerprint")),
@@ -139,6 +122,7 @@ def register_bundle(bundle: ModelBundle, staging: Path | None = None) -> str:
         info = mlflow.pyfunc.log_model(
             name="bundle", python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
             artifacts={"bundle": str(bundle_dir)}, signature=PYFUNC_SIGNATURE,
+            input_example=input_example(bundle),
             registered_model_name=MODEL_NAME,
         )
     return str(info.registered_model_version)
@@ -152,7 +136,8 @@ def log_and_register(result: TrainResult, config: TrainConfig, staging: Path | N
     (:func:`promote_version`, :func:`rollback`) do.
     """
     _use_store()
-    with mlflow.start_run(tags={"prealert.job": "train", **(tags or {})}) as run:
+    with mlflow.start_run(run_name=run_name(result),
+                          tags={"prealert.job": "train", **(tags or {})}) as run:
         log_training(result, config)
         version = register_bundle(result.bundle, staging)
         mlflow.set_tags({"prealert.version": version, "prealert.decision": "registered"})

@@ -305,6 +305,27 @@ class SeriesForecaster:
             return self.point_model_.yhat(cal["ds"], cal)
         return self.predict(ts, with_interval=False)["yhat"].to_numpy()
 
+    def training_tail(self, minutes: float) -> tuple[np.ndarray, np.ndarray]:
+        """The last ``minutes`` of the data the model was fitted on: UTC ``datetime64[us]``, values.
+
+        Prophet keeps its training frame (in local time) in the model; the linear fallback
+        keeps none, so it gives empty arrays.
+        """
+        if self.kind_ != "prophet":
+            return np.array([], dtype="datetime64[us]"), np.array([])
+        hist = self.model_.history
+        local = hist["ds"].to_numpy().astype("datetime64[us]")
+        keep = local >= local[-1] - np.timedelta64(int(minutes * 60e6), "us")
+        years = local[keep].astype("datetime64[Y]").astype(int) + 1970
+        offset = _fixed_offset(self.timezone, int(years.min()), int(years.max()))
+        if offset is not None:
+            utc = local[keep] - offset
+        else:
+            utc = (pd.DatetimeIndex(local[keep]).tz_localize(self.timezone, ambiguous="NaT",
+                                                             nonexistent="NaT")
+                   .tz_convert("UTC").tz_localize(None).values.astype("datetime64[us]"))
+        return utc, hist["y"].to_numpy()[keep]
+
     def _prophet_forecast(self, ts, with_interval: bool) -> pl.DataFrame:
         if not with_interval and self.point_model_ is not None:
             yhat = lower = upper = self.expected(ts)

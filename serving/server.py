@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,19 +64,31 @@ def start_service(
     Its output goes to ``log_file`` (appended) when given, else to this process's terminal.
     """
     child_env = {**REGISTRY_DEFAULTS, **os.environ, **QUIET_ENV, **(env or {})}
+    home = None
+    if "BENTOML_HOME" not in child_env:
+        # BentoML keeps /metrics' multiprocess files under its home and wipes them at every start:
+        # a shared home lets two servers on one host erase and mix each other's counters
+        home = tempfile.mkdtemp(prefix="prealert-bentoml-home-")
+        child_env["BENTOML_HOME"] = home
     if bundle is not None:
         child_env[BUNDLE_ENV] = str(Path(bundle).resolve())
     cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:PreAlert",
            "--host", host, "--port", str(port), "--working-dir", str(PROJECT_ROOT)]
     out = open(log_file, "ab") if log_file else None  # noqa: SIM115 - the child holds it
     try:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             cmd, env=child_env, stdout=out, stderr=subprocess.STDOUT if out else None,
             start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None)  # noqa: PLW1509
+    except BaseException:
+        if home:
+            shutil.rmtree(home, ignore_errors=True)
+        raise
     finally:
         if out:
             out.close()
+    proc.prealert_home = home  # removed by stop_service
+    return proc
 
 
 def _not_ready_reason(response: httpx.Response) -> str | None:
@@ -110,16 +124,17 @@ def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 300.0,
 
 def stop_service(proc: subprocess.Popen, timeout: float = 20.0) -> None:
     """Stop the server and its workers by process group id (SIGTERM, then SIGKILL)."""
-    if proc.poll() is not None:
-        _kill_group(proc.pid, signal.SIGKILL)  # workers its exit may have left behind
-        return
-    _kill_group(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc.pid, signal.SIGKILL)
-        proc.wait(timeout)
-    _kill_group(proc.pid, signal.SIGKILL)
+    if proc.poll() is None:
+        _kill_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+    _kill_group(proc.pid, signal.SIGKILL)  # workers its exit may have left behind
+    home = getattr(proc, "prealert_home", None)
+    if home:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _kill_group(pgid: int, sig: int) -> None:

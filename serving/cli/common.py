@@ -18,6 +18,17 @@ def fail(message: str) -> None:
 
 ENGINE_HELP = ("Where series are fitted: 'local' (a process pool of --n-jobs) or 'ray' "
                "(the cluster at RAY_ADDRESS, else a local Ray of --n-jobs CPUs).")
+def pairs(values: list[str], option: str, form: str) -> dict[str, str]:
+    """``KEY=VALUE`` option values as a mapping; a clear error for one that is not of that form."""
+    out = {}
+    for value in values:
+        key, sep, to = value.partition("=")
+        if not sep or not key or not to:
+            fail(f"{option} takes {form}, got {value!r}")
+        out[key] = to
+    return out
+
+
 KEEP_FIRING_HELP = "The alert rule's keep_firing_for, minutes."
 FOR_CHOICES_HELP = ("The alert rule's `for` durations (minutes, comma-separated) the replay "
                     "chooses from with the alarm level.")

@@ -9,16 +9,7 @@ from typing import Annotated
 import typer
 
 from serving.cli.common import fail as _fail
-
-
-def _parse_rename(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        src, sep, dst = pair.partition("=")
-        if not sep or not src or not dst:
-            _fail(f"--rename takes EXPORT_NAME=OUR_NAME, got {pair!r}")
-        out[src] = dst
-    return out
+from serving.cli.common import pairs
 
 
 def features_build(
@@ -59,7 +50,7 @@ def features_build(
             cfg = replace(cfg, export=replace(cfg.export, epoch_unit=epoch_unit))
             check_export(cfg.export, "--epoch-unit")
         report = run_build(input, out, step=cfg.step, max_fill=cfg.max_fill,
-                           rename=_parse_rename(rename), config=cfg,
+                           rename=pairs(rename, "--rename", "EXPORT_NAME=OUR_NAME"), config=cfg,
                            progress=None if quiet else _stderr)
     except ValueError as exc:
         _fail(str(exc))

@@ -11,18 +11,9 @@ from typing import Annotated
 import typer
 
 from serving.cli.common import fail as _fail
+from serving.cli.common import pairs
 
 PROMETHEUS_URL_HELP = "Prometheus base URL, e.g. http://prometheus:9090 (env PREALERT_PROMETHEUS_URL)."
-
-
-def _label_map(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        src, sep, dst = pair.partition("=")
-        if not sep or not src or not dst:
-            _fail(f"--label takes PROMETHEUS_LABEL=COLUMN, e.g. instance=node, got {pair!r}")
-        out[src] = dst
-    return out
 
 
 def export_prometheus(
@@ -46,10 +37,11 @@ def export_prometheus(
     """Pull series through /api/v1/query_range into a Parquet export `features build` reads."""
     from features.prometheus import PrometheusError, export_range, parse_duration, parse_time
 
+    label_map = pairs(label, "--label", "PROMETHEUS_LABEL=COLUMN, e.g. instance=node")
     try:
         t0, t1 = parse_time(start, "--start"), parse_time(end, "--end")
         frame, result = export_range(url, query, t0, t1, parse_duration(step, "--step"),
-                                     label_map=_label_map(label), metric=metric,
+                                     label_map=label_map, metric=metric,
                                      max_points=max_points, timeout=timeout)
     except (ValueError, PrometheusError) as exc:
         _fail(str(exc))

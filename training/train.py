@@ -18,7 +18,7 @@ from training.bundle import ModelBundle
 from training.evaluation.replay import calibrate_on_replay, replay_outcomes, rolling_origin_errors
 from training.forecast.correction import WINDOW_MINUTES as CORRECTION_WINDOW_MINUTES
 from training.forecast.correction import error_paths
-from training.forecast.forecaster import SeriesForecaster
+from training.forecast.forecaster import SeriesForecaster, calendar_setting
 from training.predict import MIN_ERROR_PATHS
 from training.threshold import DEFAULT_ALARM, AlertRule
 
@@ -206,6 +206,7 @@ def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None) -> Tra
         },
         "failed_series": failed,
         "alert_rule": config.alert_rule.to_dict(),
+        "calendar": calendar_setting(config.forecaster),
         "score_mae_ratio_vs_predict_linear": score,
     }
     bundle = ModelBundle(manifest, {o["sid"]: o["model"] for o in fitted}, detectors)

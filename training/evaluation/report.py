@@ -15,6 +15,7 @@ from training.evaluation.replay import (
     STATIC,
     ReplayConfig,
 )
+from training.forecast.forecaster import calendar_setting
 
 #: the issue's baselines: the better of these sets the F1 and sustained-recall bars
 BASELINES = ("predict_linear_30m", "predict_linear_60m", STATIC)
@@ -171,7 +172,8 @@ def write_report(sources: dict[str, pl.DataFrame], configs: dict[str, ReplayConf
     lines = ["# prealert backtest: minutes-to-threshold against predict_linear and a static warning",
              "", f"Walk-forward replay, {runtime_s / 60:.1f} min on this machine.", ""]
     for name, cfg in configs.items():
-        lines += [f"- `{name}`: " + ", ".join(f"`{k}={v}`" for k, v in cfg.as_params().items())]
+        lines += [f"- `{name}`: " + ", ".join(f"`{k}={v}`" for k, v in cfg.as_params().items())
+                  + f", calendar `{calendar_setting(cfg.forecaster)}`"]
     how = ("prealert warns by its alert rule (`alert_rule`): P(cross within H) >= "
            "alarm_probability at every check for `for_minutes`, kept firing for "
            "`keep_firing_minutes`, as a Prometheus rule with `for` and `keep_firing_for`; the "

@@ -143,6 +143,18 @@ class PredictResponse(BaseModel):
         "on the model's holdout replay (of the settings within 3% of the best F1, the one with "
         "the fewest false alarms), else 0.5.")
     alert_rule: str = Field(description="The rule behind 'alert', as a Prometheus rule says it.")
+    keep_firing_minutes_left: float | None = Field(
+        None, description="When 'alert' is held on only by the rule's keep_firing_for (the "
+        "probability has fallen below alarm_probability), the minutes it stays on at most; "
+        "null otherwise.")
+    calibrated: bool = Field(
+        True, description="Whether the probability is calibrated on the model's holdout replay.")
+    calibration_note: str = Field(
+        "", description="How the probability was calibrated (and whether by extrapolation to a "
+        "threshold outside those the replay tried), or why it is not.")
+    calendar: str = Field(
+        "", description="The time zone and public-holiday calendar behind the model's daily and "
+        "weekly shapes (forecaster settings 'timezone' and 'holidays_country').")
     driver: str | None = Field(
         description="What mainly drives the crossing: trend, seasonality, recent_level or "
         "recent_drift.")

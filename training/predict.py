@@ -45,6 +45,11 @@ class Prediction:
     alert: bool
     alarm_probability: float
     alert_rule: str
+    #: minutes ``keep_firing_for`` still holds the alert when the ``for`` condition no longer holds
+    keep_firing_minutes_left: float | None
+    calibrated: bool
+    calibration_note: str  # how the probability was calibrated, or why it was not
+    calendar: str  # the time zone and holiday calendar behind the daily and weekly shapes
     drivers: list[dict]
     driver: str | None
     level_correction: float
@@ -61,6 +66,15 @@ class Prediction:
         what = f"{self.series_id} {self.direction} {self.threshold:g}"
         if self.already_crossed:
             return f"{what}: already crossed"
+        return self._forecast_sentence(what) + self._held_note()
+
+    def _held_note(self) -> str:
+        if self.keep_firing_minutes_left is None:
+            return ""
+        return (f"; alert still on for up to {self.keep_firing_minutes_left:g} min by "
+                "keep_firing_for (the probability fell below the alarm level)")
+
+    def _forecast_sentence(self, what: str) -> str:
         if self.minutes_to_threshold is None:
             return (f"{what}: not expected within {self.horizon_minutes:g} min "
                     f"(probability {self.probability:.2f})")
@@ -218,9 +232,8 @@ def predict_series(
     calibration, alarm = ProbabilityCalibration(), DEFAULT_ALARM
     if use_paths:
         calibration = model.calibration_for(horizon_minutes)
-        if not calibration.covers(threshold, direction):  # a threshold the replay never tried
-            calibration = ProbabilityCalibration()
         alarm = calibration.alarm
+    note = calibration_note(model, calibration, threshold, direction, use_paths)
     rule = bundle.alert_rule.with_for(calibration.for_minutes)
     # the checks the alert rule looks at, oldest first, then now
     origins = [now - timedelta(minutes=k * rule.every_minutes)
@@ -231,6 +244,7 @@ def predict_series(
     rule, holds, rule_text = _covered(rule, holds, [a[-1] is not None for a in answers],
                                       bool(obs_ts.size), alarm)
     alert = bool(rule.firing(holds)[-1])
+    held_left = rule.keep_firing_left(holds) if alert else None
     crossing, grid, point, correction, z_now = answers[-1]
 
     drivers = crossing_drivers(model, now, grid, point, correction, crossing.minutes, direction)
@@ -246,6 +260,8 @@ def predict_series(
         latest_at=_at(now, crossing.latest_minutes),
         probability=crossing.probability, already_crossed=crossing.already_crossed,
         alert=alert, alarm_probability=alarm, alert_rule=rule_text,
+        keep_firing_minutes_left=held_left, calibrated=calibration.n_fitted > 0,
+        calibration_note=note, calendar=calendar_of(model),
         drivers=drivers, driver=drivers[0]["component"] if drivers else None,
         level_correction=round(correction.level, 4),
         trend_correction_per_min=round(correction.slope_per_min, 5),
@@ -261,6 +277,35 @@ def observations(recent) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(obs_ts, kind="stable")
     finite = np.isfinite(obs_y[order])
     return obs_ts[order][finite], obs_y[order][finite]
+
+
+def calibration_note(model, calibration: ProbabilityCalibration, threshold: float,
+                     direction: str, use_paths: bool) -> str:
+    """How the answer's probability is calibrated, or why it is not, in one line.
+
+    A threshold outside those the holdout replay tried keeps the map fitted on them (it is
+    pooled over thresholds: raw probability -> observed frequency) and the alarm level and
+    ``for`` chosen with it: the map is extrapolated as it stands, and the note says so.
+    """
+    if not use_paths:
+        return (f"uncalibrated: the {model.kind_} model answers from its Gaussian band "
+                f"({model.fallback_reason_ or 'no historical error paths'})")
+    if not calibration.n_fitted:
+        return ("uncalibrated: the holdout replay held too few crossings to fit a calibration; "
+                f"raw share of error paths, alarm level {calibration.alarm:g}")
+    lo, hi = calibration.above if direction == "above" else calibration.below
+    fitted = f"isotonic on {calibration.n_fitted} holdout checks at thresholds {lo:.4g}-{hi:.4g}"
+    if calibration.covers(threshold, direction):
+        return f"calibrated: {fitted}"
+    return (f"calibrated by extrapolation: {fitted} ({direction}), applied unchanged at "
+            f"{threshold:g} outside that range")
+
+
+def calendar_of(model) -> str:
+    """The time zone and public-holiday calendar the model's daily and weekly shapes use."""
+    holidays = f"{model.holidays_country} public holidays" if model.holidays_country else \
+        "no public holidays"
+    return f"{model.timezone}, {holidays}"
 
 
 def _covered(rule: AlertRule, holds: np.ndarray, seen: list[bool], observed: bool, alarm: float):

@@ -311,15 +311,33 @@ class AlertRule:
 
         Checks before the sequence starts count as not holding.
         """
+        held = self.pending_met(on)
+        out = held.copy()
+        for j in range(1, self.keep_checks + 1):
+            out[j:] |= held[:-j]
+        return out
+
+    def pending_met(self, on: np.ndarray) -> np.ndarray:
+        """At each check, whether ``P >= alarm`` has held for ``for`` (the rule fires on its own)."""
         on = np.asarray(on, dtype=bool)
         held = on.copy()
         for j in range(1, self.pending_checks):
             held[j:] &= on[:-j]
             held[:j] = False
-        out = held.copy()
-        for j in range(1, self.keep_checks + 1):
-            out[j:] |= held[:-j]
-        return out
+        return held
+
+    def keep_firing_left(self, on: np.ndarray) -> float | None:
+        """Minutes the alert at the last check is still held by ``keep_firing_for`` alone.
+
+        None when the ``for`` condition itself holds now, or when the alert is not firing.
+        """
+        held = self.pending_met(on)
+        if held.size == 0 or held[-1] or not held.any():
+            return None
+        since = held.size - 1 - int(np.flatnonzero(held)[-1])  # checks since it last held
+        if since > self.keep_checks:
+            return None
+        return float((self.keep_checks - since) * self.every_minutes)
 
     def describe(self, alarm: float) -> str:
         return (f"P >= {alarm:g} for {self.for_minutes:g}m (checked every {self.every_minutes:g}m), "

@@ -21,7 +21,7 @@ from training.evaluation.replay import calibrate_on_replay, replay_outcomes, rol
 from training.fanout import ENGINES, Progress, SeriesTimeLimit, fan_out, time_limit
 from training.forecast.correction import WINDOW_MINUTES as CORRECTION_WINDOW_MINUTES
 from training.forecast.correction import error_paths
-from training.forecast.forecaster import SeriesForecaster
+from training.forecast.forecaster import SeriesForecaster, calendar_setting
 from training.predict import MIN_ERROR_PATHS
 from training.threshold import DEFAULT_ALARM, AlertRule
 
@@ -258,6 +258,7 @@ def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None, *,
         "failed_series": failed,
         "fit_seconds_total": round(sum(o["fit_seconds"] for o in outcomes), 3),
         "alert_rule": config.alert_rule.to_dict(),
+        "calendar": calendar_setting(config.forecaster),
         "score_mae_ratio_vs_predict_linear": score,
     }
     bundle = ModelBundle(manifest, {o["sid"]: o["model"] for o in fitted}, detectors)

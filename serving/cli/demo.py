@@ -74,6 +74,34 @@ def _same_from_the_notebook(case: DemoCase, series: pl.DataFrame, config: TrainC
     echo(f"  {verdict}")
 
 
+REPORT = Path(__file__).resolve().parents[2] / "reports" / "evaluate.md"
+
+
+def backtest_coverage(report: Path = REPORT) -> dict[int, float]:
+    """prealert's pooled P10-P90 coverage per horizon, as the committed backtest report states it."""
+    if not report.exists():
+        return {}
+    lines = report.read_text().split("## pooled", 1)[-1].split("\n## ", 1)[0].splitlines()
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in lines
+             if line.startswith("|")]
+    if not table or "coverage_p10_p90" not in table[0]:
+        return {}
+    col = table[0].index("coverage_p10_p90")
+    return {int(r[1]): float(r[col]) for r in table[2:]
+            if r[0] == "prealert" and r[col] not in ("–", "")}
+
+
+def coverage_line(cases: list[DemoCase], report: Path = REPORT) -> str:
+    """How many true crossings fell inside their P10-P90, beside what the backtest measured."""
+    inside = sum(c.interval_verdict.startswith("true crossing") for c in cases)
+    measured = backtest_coverage(report)
+    said = ", ".join(f"{v:.2f} at H = {h} min" for h, v in sorted(measured.items()))
+    return (f"  {inside} of {len(cases)} true crossings inside the answer's P10-P90 interval; "
+            + (f"the backtest measures a coverage of {said} ({report.name}): "
+               "with this few crossings a miss is no surprise, and it is named above"
+               if said else "no backtest report to compare with"))
+
+
 def load_ground_truth(sample: Path = SAMPLE) -> dict:
     return json.loads((sample / "ground_truth.json").read_text())
 
@@ -157,6 +185,9 @@ def run_demo(
         echo(f"      driven by: {drivers}; anomaly score {a['anomaly_score']}; "
              f"model {a['model_version']}")
         echo(f"      alert: {'yes' if a['alert'] else 'no'} ({a['alert_rule']})")
+        echo(f"      probability {a['calibration_note']}; calendar {a['calendar']}")
+    if cases:
+        echo(coverage_line(cases))
     if cases:
         gate_start = datetime.fromisoformat(outcome.window["gate_start"])
         _same_from_the_notebook(cases[0], series, config.train, gate_start, horizon_minutes, echo)

@@ -247,3 +247,42 @@ def test_the_rule_shrinks_to_what_the_observations_cover(ramp):
     full = predict_series(bundle, "app/jvm_heap_pct", threshold, "above", 240,
                           recent=recent_of(y, N, hours=1.5))
     assert "shortened" not in full.alert_rule
+
+
+def test_an_alert_held_by_keep_firing_for_says_so(ramp):
+    """P above the alarm for the rule's checks, then an observation falls back: still firing, and said."""
+    y, bundle = ramp
+    threshold = y[N - 1] + 1.0
+    recent = recent_of(y, N, hours=1.5)
+    firing = predict_series(bundle, "app/jvm_heap_pct", threshold, "above", 240, recent=recent)
+    assert firing.alert and firing.keep_firing_minutes_left is None
+    fallen = recent + [(recent[-1][0] + timedelta(minutes=STEP), threshold - 8.0)]
+    p = predict_series(bundle, "app/jvm_heap_pct", threshold, "above", 240, recent=fallen)
+    assert p.probability < p.alarm_probability and p.alert
+    assert p.keep_firing_minutes_left == bundle.alert_rule.keep_firing_minutes - STEP
+    assert "keep_firing_for" in p.sentence() and f"{p.keep_firing_minutes_left:g} min" in p.sentence()
+
+
+def test_an_answer_says_whether_and_how_it_is_calibrated(ramp):
+    from training.predict import CrossingPredictor
+
+    y, bundle = ramp
+    plain = predict_series(bundle, "app/jvm_heap_pct", y[N - 1] + 1.0, "above", 240,
+                           recent=recent_of(y, N))
+    assert not plain.calibrated and plain.calibration_note.startswith("uncalibrated")
+    assert plain.calendar == "Asia/Seoul, KR public holidays"
+    # a daily cycle crosses its own upper quantiles every day: the holdout replay calibrates
+    cycle = 50 + 10 * np.sin(2 * np.pi * DAY) + RNG.normal(0, 0.5, DAY.size)
+    est = CrossingPredictor().fit(frame(cycle[:N]), series_id="app/cpu_pct")
+    covered = est.model_.calibration_for(60)
+    assert covered.n_fitted > 0
+    inside = est.predict(sum(covered.above) / 2, "above", 60, recent=recent_of(cycle, N))
+    far = est.predict(covered.above[1] + 50.0, "above", 60, recent=recent_of(cycle, N))
+    assert inside.calibrated and inside.calibration_note.startswith("calibrated: isotonic")
+    # a threshold beyond those the replay tried keeps the calibration (and its alarm), saying so
+    assert far.calibrated and "extrapolation" in far.calibration_note
+    assert far.alarm_probability == inside.alarm_probability
+    short = fitted(y[:200], sid="app/disk_pct")
+    fallback = predict_series(short, "app/disk_pct", y[199] + 1.0, "above", 240,
+                              recent=recent_of(y, 200))
+    assert not fallback.calibrated and "linear model" in fallback.calibration_note

@@ -11,6 +11,7 @@ from training.evaluation.metrics import (
     episode_metrics,
     false_alarm_runs,
     interval_coverage,
+    onset_metrics,
     reliability,
     summarize,
 )
@@ -22,6 +23,7 @@ from training.evaluation.replay import (
     ReplayOutcome,
     SeriesCase,
     best_alert,
+    onset_samples,
     replay_series,
     rolling_origin_errors,
     run_evaluation,
@@ -65,6 +67,31 @@ def test_episode_metrics_by_hand():
     assert m["days"] == pytest.approx(50 / 1440)
     g2 = g.with_columns(pl.Series("warn", [True, True, False] + [False] * 7))
     assert episode_metrics(g2, 60, 5)["sustained"] == 0  # off at the last time before crossing
+
+
+def test_onset_samples_by_hand():
+    # beyond 5 at indices 3, 5 (2 after 3: same episode at a gap of 3), 10 (5 after 5: new)
+    y = np.array([0, 1, 2, 5, 1, 6, 0, 0, 0, 0, 7, np.nan], dtype=float)
+    np.testing.assert_array_equal(np.flatnonzero(onset_samples(y, 5, True, 3)), [3, 10])
+    np.testing.assert_array_equal(np.flatnonzero(onset_samples(y, 5, True, 1)), [3, 5, 10])
+    np.testing.assert_array_equal(np.flatnonzero(onset_samples(-y, -5, False, 5)), [3])
+
+
+def test_onset_metrics_by_hand():
+    # H = 30 at 5-min checks: a window is 6 checks. Onset A at t=30 (checks 0..25, all there),
+    # onset B at t=100 whose window lost a check (70..95 minus 80): not counted
+    ts = np.concatenate([grid(6, 5), T0 + np.array([70, 75, 85, 90, 95]) * np.timedelta64(1, "m")])
+    onset = [30.0, 25, 20, 15, 10, 5, 30, 25, 15, 10, 5]
+    warn = [False, True, False, True, True, True, True, True, True, True, True]
+    g = pl.DataFrame({"ts": ts, "onset_minutes": onset, "warn": warn, "horizon": 30})
+    m = onset_metrics(g, 30, 5)
+    assert m["onsets"] == 1 and m["warned"] == 1 and m["sustained"] == 1
+    assert m["leads"] == [25.0]  # first warning at t=5, 25 min before the onset
+    assert m["warning_lengths"] == [15.0]  # unbroken from t=15 to the onset at t=30
+    off = g.with_columns(pl.Series("warn", [True] * 5 + [False] + [True] * 5))
+    assert onset_metrics(off, 30, 5)["sustained"] == 0  # off at the last check before the onset
+    none = g.with_columns(pl.lit(False).alias("warn"))
+    assert onset_metrics(none, 30, 5)["warned"] == 0
 
 
 def test_alert_rule_for_and_keep_firing_by_hand():
@@ -250,7 +277,8 @@ def test_replay_warns_before_a_leak_crosses(ramp_results):
     assert last["warn"] and last["probability"] > 0.9
     assert abs(last["minutes"] - last["true_minutes"]) <= 15
     summ = summarize(res, config.every_minutes).filter(pl.col("predictor") == PREALERT)
-    assert summ["sustained_recall"][0] == 1.0
+    assert summ["onsets"][0] == 1 and summ["onset_sustained_recall"][0] == 1.0
+    assert summ["sustained_recall_per_crossing"][0] == 1.0
     assert summ["false_alarms_per_day"][0] < 1.0
     assert 0 <= interval_coverage(p) <= 1
 
@@ -266,7 +294,7 @@ def test_replay_has_no_look_ahead(ramp_results):
     def before(frame):  # rows whose horizon ends before the cut
         limit = cut - np.timedelta64(60, "m")
         return (frame.filter((pl.col("ts") <= limit) & (pl.col("predictor") != STATIC))
-                .drop("true_minutes").sort("predictor", "ts"))
+                .drop("true_minutes", "onset_minutes").sort("predictor", "ts"))
 
     a, b = before(res), before(other)
     assert a.height > 100

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from training.threshold import Z90, minutes_to_threshold
+from training.threshold import Z90, AlertRule, minutes_to_threshold
 
 NOW = datetime(2026, 10, 1, 12, 0, tzinfo=UTC)
 
@@ -123,3 +123,13 @@ def test_calibration_shrinks_blocks_of_few_independent_outcomes():
     assert overlapping.apply(0.05) == pytest.approx(
         PRIOR_OUTCOMES * 0.05 / (1000 / 12 + PRIOR_OUTCOMES), abs=1e-6)
     assert np.all(np.diff(overlapping.apply(np.linspace(0, 1, 21))) >= 0)
+
+
+def test_keep_firing_left_says_how_long_the_rule_holds_an_alert_alone():
+    rule = AlertRule(for_minutes=10, keep_firing_minutes=15, every_minutes=5)
+    on = np.array([True, True, True, False])  # for met at check 2, then P fell below the alarm
+    assert rule.firing(on)[-1]
+    assert rule.keep_firing_left(on) == 10.0  # kept through check 5: two more checks of 5 min
+    assert rule.keep_firing_left(np.array([True, True, True])) is None  # for itself holds
+    assert rule.keep_firing_left(np.array([True, True, True, False, False, False, False])) is None
+    assert rule.keep_firing_left(np.array([False, True, False])) is None  # never fired

@@ -56,6 +56,43 @@ def episode_metrics(g: pl.DataFrame, horizon: float, every: float) -> dict:
             "false_alarms": false_alarms, "days": days}
 
 
+def onset_metrics(g: pl.DataFrame, horizon: float, every: float) -> dict:
+    """Warnings ahead of onsets for one series x predictor x horizon.
+
+    ``onset_minutes`` marks the checks whose crossing within H is an onset (a crossing after
+    more than H without any sample at or beyond the threshold). An onset at ``c`` counts only
+    if its whole warning window ``[c - H, c)`` was evaluated: all ``H / every`` checks are
+    there. It is *warned* if any of them warns (lead: from the first warning to ``c``) and
+    *sustained* if the warning is on at the last check before ``c``; the length of that
+    unbroken warning is counted back from ``c`` (at most H, the window).
+    """
+    ts = g["ts"].sort().to_numpy()
+    if ts.size > 1:  # a series sampled more coarsely than ``every`` is checked at its own step
+        every = max(every, float(np.median(np.diff(ts)).astype("timedelta64[s]").astype(float) / 60))
+    per_window = int(round(horizon / every))
+    g = g.filter(pl.col("onset_minutes").is_not_nan() & pl.col("onset_minutes").is_not_null())
+    out = {"onsets": 0, "warned": 0, "sustained": 0, "leads": [], "warning_lengths": []}
+    if g.is_empty():
+        return out
+    g = g.with_columns((pl.col("ts") + pl.duration(seconds=(pl.col("onset_minutes") * 60)
+                                                   .round(0).cast(pl.Int64))).alias("onset_at"))
+    for _, w in g.sort("ts").group_by(["onset_at"], maintain_order=True):
+        if w.height != per_window:  # part of the window was not evaluated (a gap, or the edge)
+            continue
+        out["onsets"] += 1
+        warn = w["warn"].to_numpy()
+        minutes = w["onset_minutes"].to_numpy()
+        if warn.any():
+            out["warned"] += 1
+            out["leads"].append(float(minutes[np.argmax(warn)]))
+        if warn[-1]:
+            out["sustained"] += 1
+            off = np.flatnonzero(~warn)
+            start = off[-1] + 1 if off.size else 0
+            out["warning_lengths"].append(min(float(minutes[start]), horizon))
+    return out
+
+
 def summarize(results: pl.DataFrame, every: float, group: tuple[str, ...] = ("predictor", "horizon")
               ) -> pl.DataFrame:
     """Precision/recall/F1, MAE on hits, sustained recall, lead, false alarms/day, coverage."""
@@ -75,24 +112,36 @@ def summarize(results: pl.DataFrame, every: float, group: tuple[str, ...] = ("pr
             err = (hits["minutes"] - hits["true_minutes"]).abs().drop_nans().drop_nulls()
             mae = float(err.mean()) if len(err) else float("nan")
         ep = {"episodes": 0, "sustained": 0, "false_alarms": 0, "days": 0.0}
-        leads = []
+        on = {"onsets": 0, "warned": 0, "sustained": 0, "leads": [], "warning_lengths": []}
         for (_,), sg in g.group_by(["series"]):
-            e = episode_metrics(sg, float(sg["horizon"][0]), every)
+            h = float(sg["horizon"][0])
+            e = episode_metrics(sg, h, every)
             for k in ep:
                 ep[k] += e[k]
-            if not np.isnan(e["lead_median"]):
-                leads.append(e["lead_median"])
+            if "onset_minutes" in sg.columns:
+                for k, v in onset_metrics(sg, h, every).items():
+                    on[k] += v
+        n = on["onsets"]
         row = dict(zip(group, key, strict=True))
         row.update(tp=tp, fp=fp, fn=fn, precision=precision, recall=recall, f1=f1,
-                   mae_minutes=mae, episodes=ep["episodes"],
-                   sustained_recall=ep["sustained"] / ep["episodes"] if ep["episodes"] else float("nan"),
-                   lead_minutes_median=float(np.median(leads)) if leads else float("nan"),
-                   false_alarms_per_day=ep["false_alarms"] / ep["days"] if ep["days"] else float("nan"))
+                   mae_minutes=mae, onsets=n,
+                   onset_recall=on["warned"] / n if n else float("nan"),
+                   onset_lead_median=_median(on["leads"]),
+                   onset_sustained_recall=on["sustained"] / n if n else float("nan"),
+                   onset_warning_median=_median(on["warning_lengths"]),
+                   false_alarms_per_day=ep["false_alarms"] / ep["days"] if ep["days"] else float("nan"),
+                   crossings=ep["episodes"],
+                   sustained_recall_per_crossing=ep["sustained"] / ep["episodes"]
+                   if ep["episodes"] else float("nan"))
         if "earliest" in g.columns and g["earliest"].is_not_null().any():
             row.update(coverage_p10_p90=interval_coverage(g), calibration_max_gap=
                        float(reliability(g)["gap"].abs().max() or float("nan")))
         rows.append(row)
     return pl.DataFrame(rows).sort(list(group))
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values)) if values else float("nan")
 
 
 def interval_coverage(g: pl.DataFrame) -> float:

@@ -92,6 +92,20 @@ def true_minutes(y: np.ndarray, idx: np.ndarray, n_h: int, step: float, threshol
     return np.where(first >= 0, (first + 1) * step, np.nan)
 
 
+def onset_samples(y: np.ndarray, threshold: float, above: bool, gap_steps: int) -> np.ndarray:
+    """Samples that begin an episode (an onset) at a horizon of ``gap_steps`` samples.
+
+    A sample at or beyond the threshold whose previous such sample is more than ``gap_steps``
+    earlier (or that has none): the crossing an operator meets after a quiet period. Crossings
+    closer together belong to the episode already under way (a series flapping at the line).
+    """
+    beyond = np.flatnonzero(np.isfinite(y) & ((y >= threshold) if above else (y <= threshold)))
+    previous = np.concatenate([[-np.inf], beyond[:-1]])
+    out = np.zeros(y.size, dtype=bool)
+    out[beyond[beyond - previous > gap_steps]] = True
+    return out
+
+
 def replay_probabilities(y, expected, level, slope, idx, step: float, horizon: float,
                          paths: np.ndarray, threshold: float, direction: str):
     """prealert's answers at indices ``idx`` as serving gives them, and the true minutes.
@@ -316,8 +330,12 @@ def replay_series(case: SeriesCase, config: ReplayConfig,
             b, truth = replay_probabilities(y, expected, level, slope, seg, step, h, paths,
                                             case.threshold, case.direction)
             probability = calibration.apply(b.probability)
+            # the crossing within H when it is an onset (see onset_samples), else NaN
+            crossing_idx = seg + np.round(np.nan_to_num(truth) / step).astype(np.int64)
+            onset = np.isfinite(truth) & onset_samples(y, case.threshold, above, n_h)[crossing_idx]
             base = {"series": case.name, "ts": case.ts[seg][keep], "horizon": h,
-                    "true_minutes": truth[keep], "current": current[keep]}
+                    "true_minutes": truth[keep], "onset_minutes": np.where(onset, truth, np.nan)[keep],
+                    "current": current[keep]}
             used = bundle.alert_rule.with_for(calibration.for_minutes) if rule is not None else None
             rows.append(pl.DataFrame({
                 **base, "predictor": PREALERT,

@@ -410,6 +410,12 @@ class SeriesForecaster:
         return cls.from_dict(json.loads(text))
 
 
+def calendar_setting(forecaster_params: dict) -> dict[str, str | None]:
+    """The time zone and holiday calendar the daily and weekly shapes use (settings, not givens)."""
+    params = SeriesForecaster(**forecaster_params).get_params()
+    return {"timezone": params["timezone"], "holidays_country": params["holidays_country"]}
+
+
 def ols_line(ts: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     """Least-squares slope (per minute) and level at the last sample time, as Prometheus fits.
 

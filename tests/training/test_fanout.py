@@ -81,9 +81,9 @@ def test_local_and_ray_engines_give_the_same_bundle(tmp_path, monkeypatch):
                               progress=lambda done, total: reports.append((done, total)))
         assert ray.is_initialized(), "an engine must not shut down a Ray it did not start"
         # Ray maps 127.0.0.1 to this machine's own address: one node, and it is this machine
-        local = {a.address for addrs in psutil.net_if_addrs().values() for a in addrs}
+        addresses = {a.address for addrs in psutil.net_if_addrs().values() for a in addrs}
         (node,) = ray.nodes()
-        assert node["NodeManagerAddress"] in local and node["Resources"]["CPU"] == 2
+        assert node["NodeManagerAddress"] in addresses and node["Resources"]["CPU"] == 2
     finally:
         ray.shutdown()
     assert [d for d, _ in reports] == [1, 2, 3, 4] and {t for _, t in reports} == {4}

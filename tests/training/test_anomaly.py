@@ -17,6 +17,7 @@ from training.anomaly.detector import WorkloadAnomalyDetector
 from training.anomaly.flat_forest import FlatForest
 from training.anomaly.metrics import best_f1, point_adjust, precision_at_top, prf
 from training.anomaly.stream import StreamConfig, score_causally, score_table
+from training.anomaly.tail import bounded
 
 METRICS = ["cpu_pct", "mem_pct", "error_rate_pct", "response_time_ms"]
 
@@ -44,15 +45,16 @@ def test_numpy_trees_equal_sklearn_score_samples(rng, kw):
     np.testing.assert_allclose(flat.score_samples(probe[3]), forest.score_samples(probe[3:4]), atol=1e-12)
 
 
-def test_detector_score_is_the_calibrated_sklearn_score(rng):
+def test_detector_score_is_the_bounded_tail_surprise_of_the_sklearn_score(rng):
     z = rng.normal(size=(1500, 4))
     det = WorkloadAnomalyDetector(n_estimators=50).fit(z, METRICS)
     probe = rng.normal(size=(300, 4)) * 2
-    expected = det.calibrate(-det.forest_.score_samples(probe))
-    np.testing.assert_array_equal(det.score(probe), expected)
+    expected = bounded(det.tail_.surprise(-det.forest_.score_samples(probe)))
+    np.testing.assert_allclose(det.score(probe), expected, rtol=0, atol=1e-12)
     assert det.score(np.zeros(4)).shape == (1,)
-    assert det.score(probe).min() >= 0 and det.score(probe).max() <= 1
-    assert det.score(np.full(4, 50.0))[0] >= 0.999  # far outside training: rarer than all of it
+    assert det.score(probe).min() >= 0 and det.score(probe).max() < 1
+    far = det.score(np.full(4, 50.0))[0]
+    assert 0.75 < far < 1  # far outside training: rarer than once in 1,000 minutes, yet no ceiling
 
 
 def test_single_row_scores_in_under_a_millisecond(rng):
@@ -114,15 +116,17 @@ def test_explanation_names_the_metric_that_moved(rng):
 
 def test_no_look_ahead_a_later_spike_leaves_earlier_scores_unchanged(rng):
     values = _daily_frame(rng, 3000)
-    config = StreamConfig(retrain_every=500, detector={"n_estimators": 50})
+    config = StreamConfig(retrain_every_minutes=500, detector={"n_estimators": 50})
     t = 2200
     spiked = values.copy()
     spiked[t:t + 5, 0] += 60  # CPU jumps for five minutes
-    raw, cal, _ = score_causally(values, METRICS, 1440, config)
-    raw2, cal2, top2 = score_causally(spiked, METRICS, 1440, config)
-    np.testing.assert_array_equal(raw2[:t], raw[:t])
-    assert np.isnan(cal[:1440]).all() and not np.isnan(cal[1440:]).any()
-    assert cal2[t] >= 0.99 and top2[t][0]["metric"] == "cpu_pct"
+    res = score_causally(values, METRICS, 1440, config)
+    res2 = score_causally(spiked, METRICS, 1440, config)
+    np.testing.assert_array_equal(res2.surprise[:t], res.surprise[:t])
+    assert res.refits == [1440, 1940, 2440, 2940]
+    assert res.training[:1440].all() and not res.training[1440:].any()
+    assert not np.isnan(res.surprise).any()  # training rows are scored too (in-sample)
+    assert res2.surprise[t] >= 3 and res2.top[t][0]["metric"] == "cpu_pct"
 
 
 def test_score_table_one_series_and_the_cli(rng, tmp_path):
@@ -131,7 +135,8 @@ def test_score_table_one_series_and_the_cli(rng, tmp_path):
                            "1m", eager=True)
     values = 50 + 10 * np.sin(np.arange(n) * 2 * np.pi / 1440) + rng.normal(0, 1, n)
     values[2500] += 40
-    pl.DataFrame({"timestamp": ts, "value": values}).write_csv(tmp_path / "one.csv")
+    text = ts.dt.to_string("%Y-%m-%dT%H:%M:%S+09:00")  # times come back exactly as written
+    pl.DataFrame({"timestamp": text, "value": values}).write_csv(tmp_path / "one.csv")
 
     import typer
 
@@ -143,13 +148,18 @@ def test_score_table_one_series_and_the_cli(rng, tmp_path):
     res = CliRunner().invoke(app, ["score-anomalies", "--input", str(tmp_path / "one.csv"),
                                    "--out", str(tmp_path / "s.csv"), "--train-duration", "1d"])
     assert res.exit_code == 0, res.output
-    out = pl.read_csv(tmp_path / "s.csv", try_parse_dates=True, infer_schema_length=None)
-    assert out.columns == ["timestamp", "value", "anomaly_score"] and out.height == n
-    assert out["anomaly_score"][:1440].null_count() == 1440
-    assert out["anomaly_score"][1440:].null_count() == 0
-    assert out["anomaly_score"][2500] >= 0.99
+    out = pl.read_csv(tmp_path / "s.csv", infer_schema_length=None)
+    assert out.columns == ["timestamp", "value", "anomaly_score", "tail_probability", "forest_score",
+                           "residual_score", "training"] and out.height == n
+    assert out["timestamp"].to_list() == text.to_list()
+    assert out["training"].sum() == 1440 and out["anomaly_score"].null_count() == 0
+    np.testing.assert_allclose(out["tail_probability"], 10 ** -out["anomaly_score"], rtol=1e-12)
+    assert out["anomaly_score"][2500] >= 6 and out["anomaly_score"].arg_max() == 2500
     bad = CliRunner().invoke(app, ["score-anomalies", "--input", str(tmp_path / "nope.csv")])
     assert bad.exit_code == 2 and "no such file" in bad.output
+    both = CliRunner().invoke(app, ["score-anomalies", "--input", str(tmp_path / "one.csv"),
+                                    "--train-rows", "100", "--train-fraction", "0.3"])
+    assert both.exit_code == 2 and "give one of" in both.output
 
 
 def test_score_table_long_multi_host(rng):
@@ -163,11 +173,18 @@ def test_score_table_long_multi_host(rng):
             vals[1800:1810, 3] += 400
         for j, m in enumerate(METRICS):
             frames.append(pl.DataFrame({"ts": ts, "host": host, "metric": m, "value": vals[:, j]}))
-    scored = score_table(pl.concat(frames), train_fraction=0.6,
-                         config=StreamConfig(detector={"n_estimators": 50}))
-    assert scored.columns == ["ts", "host", "anomaly_score", "top_metrics"]
-    b = scored.filter(pl.col("host") == "b")
-    assert b["anomaly_score"][1800] >= 0.99 and b["top_metrics"][1800].startswith("response_time_ms:+")
+    frame = pl.concat(frames)
+    scored, report = score_table(frame, train_fraction=0.6,
+                                 config=StreamConfig(detector={"n_estimators": 50}))
+    assert scored.height == frame.height and scored.select(frame.columns).equals(frame)  # rows as read
+    assert scored.columns == frame.columns + ["anomaly_score", "tail_probability", "forest_score",
+                                              "residual_score", "training", "top_metrics"]
+    assert report.training_rows == 2 * 1200
+    row = scored.filter((pl.col("host") == "b") & (pl.col("metric") == "response_time_ms"))[1800]
+    assert row["anomaly_score"][0] >= 6 and row["top_metrics"][0].startswith("response_time_ms:+")
+    other = scored.filter((pl.col("host") == "b") & (pl.col("metric") == "cpu_pct"))[1800]
+    assert other["anomaly_score"][0] == row["anomaly_score"][0]  # one score per host and minute
+    assert other["residual_score"][0] < row["residual_score"][0]  # each metric's own residual part
 
 
 def test_point_adjust_and_f1():

@@ -1,4 +1,4 @@
-"""Per-workload isolation forest over the metrics' residuals (and features), scores calibrated to [0, 1]."""
+"""Per-workload isolation forest over the metrics' residuals (and features), scored as a tail probability."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sklearn
 from sklearn.ensemble import IsolationForest
 
 from training.anomaly.flat_forest import FlatForest
+from training.anomaly.tail import TailModel, bounded
 
 N_QUANTILES = 1001
 #: the feature kind that says how far a metric is from its expectation (residual z-score)
@@ -18,6 +19,8 @@ Z_KIND = "z"
 #: detector folder format: 1 = joblib pickle (refused: loading it could run code), 2 = .npz arrays
 DETECTOR_FORMAT = 2
 _BIG = 1e30
+#: the forest's raw score is in (0, 1]: beyond the training tail, 0.005 more is one more decade
+FOREST_TAIL_SCALE = 0.005
 
 
 class WorkloadAnomalyDetector:
@@ -25,8 +28,10 @@ class WorkloadAnomalyDetector:
 
     Input rows are residual z-scores, ``(value - expected) / sigma`` per metric, with the
     expectation from each series' forecaster, so daily peaks are normal and only departures
-    from them count. The score is the share of training minutes that looked less anomalous:
-    0.99 means "rarer than 99% of what the model was trained on".
+    from them count. :meth:`surprise` is ``-log10`` of the probability that a training minute
+    looked at least this anomalous to the forest, the tail beyond the training extremes a
+    generalized Pareto fit (:class:`~training.anomaly.tail.TailModel`): 3 means "expected once
+    every 1,000 minutes". :meth:`score` maps it to [0, 1) as ``s / (1 + s)``.
 
     Rows may also carry more features per metric (rate of change, rolling spread, ...): pass
     ``columns`` to :meth:`fit` as ``(metric, kind)`` pairs, one per column; the column of kind
@@ -67,7 +72,10 @@ class WorkloadAnomalyDetector:
             random_state=self.random_state,
         ).fit(x)
         self.flat_ = FlatForest.from_sklearn(self.forest_)
-        self.train_quantiles_ = np.quantile(self.raw_score(x), np.linspace(0, 1, N_QUANTILES))
+        raw = self.raw_score(x)
+        self.train_raw_ = raw  # the training rows' raw scores (not saved)
+        self.train_quantiles_ = np.quantile(raw, np.linspace(0, 1, N_QUANTILES))
+        self.tail_ = TailModel.fit(raw, FOREST_TAIL_SCALE)
         return self
 
     def _filled(self, z: np.ndarray) -> np.ndarray:
@@ -82,12 +90,16 @@ class WorkloadAnomalyDetector:
         return -self.flat_.score_samples(self._filled(z))
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
-        """Share of training minutes whose raw score was lower (0.99: rarer than 99% of them)."""
-        return np.searchsorted(self.train_quantiles_, raw, side="right") / N_QUANTILES
+        """A raw forest score as the bounded surprise ``s / (1 + s)`` (see :meth:`score`)."""
+        return bounded(self.tail_.surprise(raw))
+
+    def surprise(self, z: np.ndarray) -> np.ndarray:
+        """``-log10 P(a training minute scores at least this)`` per row: 2 = once every 100 minutes."""
+        return self.tail_.surprise(self.raw_score(z))
 
     def score(self, z: np.ndarray) -> np.ndarray:
-        """Calibrated anomaly score in [0, 1] for each row."""
-        return self.calibrate(self.raw_score(z))
+        """Anomaly score in [0, 1) per row: ``s / (1 + s)`` of the surprise ``s`` (0.75: once in 1,000)."""
+        return bounded(self.surprise(z))
 
     def contributions(self, z_row: np.ndarray) -> np.ndarray:
         """Per metric, how much the raw score drops when that metric is put back at its expectation.
@@ -141,6 +153,7 @@ class WorkloadAnomalyDetector:
         np.save(folder / "train_quantiles.npy", self.train_quantiles_)
         meta = {"format": DETECTOR_FORMAT, "metrics": self.metrics_,
                 "columns": [list(c) for c in self.columns_], "fill": self.fill_.tolist(),
+                "tail": self.tail_.to_dict(),
                 "sklearn_version": sklearn.__version__,
                 "params": {k: v for k, v in vars(self).items() if not k.endswith("_")}}
         (folder / "detector.json").write_text(json.dumps(meta, indent=2))
@@ -165,4 +178,7 @@ class WorkloadAnomalyDetector:
         self.fill_ = np.asarray(meta.get("fill", [0.0] * len(self.columns_)), dtype=np.float64)
         self.flat_ = FlatForest.load(folder / "forest.npz")
         self.train_quantiles_ = np.load(folder / "train_quantiles.npy", allow_pickle=False)
+        # folders written before the tail model carry only the quantiles: fit the tail to them
+        self.tail_ = (TailModel.from_dict(meta["tail"]) if "tail" in meta
+                      else TailModel.fit(self.train_quantiles_, FOREST_TAIL_SCALE))
         return self

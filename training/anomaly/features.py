@@ -1,9 +1,10 @@
-"""Causal per-minute features of an entity's metrics for the anomaly detector, and two simple baselines.
+"""Causal features of an entity's metrics for the anomaly detector (windows in time), and two baselines.
 
-Every feature at minute ``t`` uses only values at or before ``t``; the expectation a residual
-is measured from uses only values strictly before ``t``. This is the cheap expectation used to
-score arbitrary files and the SMD evaluation (fitting Prophet to 38 metrics x 6 machines is
-slow); the service keeps scoring Prophet residual z-scores.
+Every feature at time ``t`` uses only values at or before ``t``; the expectation a residual
+is measured from uses only values strictly before ``t``. Windows are durations measured on the
+timestamps, so any sampling interval, irregular sampling and gaps work. This is the cheap
+expectation used to score arbitrary files and the SMD evaluation (fitting Prophet to 38
+metrics x 6 machines is slow); the service keeps scoring Prophet residual z-scores.
 """
 
 from __future__ import annotations
@@ -18,16 +19,38 @@ from training.anomaly.detector import Z_KIND
 #: what each feature kind is, in the order columns are laid out (kind-major)
 FEATURE_KINDS = {
     Z_KIND: "residual from the median of the previous `expectation_minutes`, in training residual sds",
-    "diff": "change since the previous minute, in training residual sds",
-    "spread": "standard deviation of the last `spread_minutes` (this one included), in training residual sds",
+    "diff": "change since the previous row (unknown after a gap), in training residual sds",
+    "spread": "standard deviation of the last `spread_minutes` (this row included), in training residual sds",
     "level": "the value itself, in training residual sds",
 }
+_NS_PER_MIN = 60_000_000_000
+
+
+def minute_clock(n: int) -> np.ndarray:
+    """Timestamps (int64 ns) of ``n`` rows one minute apart: the clock of a table without one."""
+    return np.arange(n, dtype=np.int64) * _NS_PER_MIN
+
+
+def median_step_minutes(ts_ns: np.ndarray) -> float:
+    """The median interval between consecutive distinct timestamps, in minutes (1 when unknown)."""
+    d = np.diff(np.asarray(ts_ns, dtype=np.int64))
+    d = d[d > 0]
+    return float(np.median(d)) / _NS_PER_MIN if len(d) else 1.0
 
 
 def _rolling(values: np.ndarray, expr) -> np.ndarray:
     """Apply a per-column Polars expression to an (n, m) matrix; NaN in, NaN (null) out."""
     frame = pl.DataFrame(values, schema=[f"c{j}" for j in range(values.shape[1])], orient="row")
     out = frame.select(expr(pl.col(c).fill_nan(None)).alias(c) for c in frame.columns)
+    return out.to_numpy().astype(np.float64)
+
+
+def _rolling_by_time(values: np.ndarray, ts_ns: np.ndarray, expr) -> np.ndarray:
+    """Like :func:`_rolling` with the timestamps in column ``_t`` for ``rolling_*_by``; ts sorted, unique."""
+    cols = [f"c{j}" for j in range(values.shape[1])]
+    frame = pl.DataFrame(values, schema=cols, orient="row").with_columns(
+        _t=pl.Series(np.asarray(ts_ns, dtype=np.int64)).cast(pl.Datetime("ns")))
+    out = frame.select(expr(pl.col(c).fill_nan(None)).alias(c) for c in cols)
     return out.to_numpy().astype(np.float64)
 
 
@@ -56,13 +79,20 @@ def scale_floor(train_values: np.ndarray) -> np.ndarray:
 
 @dataclass
 class CausalFeatures:
-    """Turn an (n_minutes, n_metrics) matrix of values into causal per-metric feature columns."""
+    """Turn an (n_rows, n_metrics) matrix of values at sorted, unique timestamps into causal features.
 
-    expectation_minutes: int = 60
-    spread_minutes: int = 10
+    ``expectation_minutes`` and ``spread_minutes`` are durations on the clock, not row counts;
+    a window needs a quarter of the rows it would hold at the median sampling interval.
+    """
+
+    expectation_minutes: float = 60.0
+    spread_minutes: float = 10.0
     kinds: tuple[str, ...] = (Z_KIND, "diff", "spread")
+    #: measure the residual in the larger of the training sd and the sd of the expectation window,
+    #: so the normal range widens causally as a series drifts or starts to move
+    adaptive_scale: bool = True
 
-    def fit(self, values: np.ndarray, metrics: list[str]) -> CausalFeatures:
+    def fit(self, values: np.ndarray, metrics: list[str], ts_ns: np.ndarray | None = None) -> CausalFeatures:
         """Learn each metric's residual scale from these (training) rows only."""
         values = np.asarray(values, dtype=np.float64)
         unknown = set(self.kinds) - set(FEATURE_KINDS)
@@ -70,30 +100,61 @@ class CausalFeatures:
             raise ValueError(f"unknown feature kinds {sorted(unknown)}; known: {sorted(FEATURE_KINDS)}")
         if values.ndim != 2 or values.shape[1] != len(metrics):
             raise ValueError(f"need an (n, {len(metrics)}) matrix of values, got {values.shape}")
+        ts_ns = minute_clock(len(values)) if ts_ns is None else np.asarray(ts_ns, dtype=np.int64)
         self.metrics_ = list(metrics)
-        resid = values - rolling_median_before(values, self.expectation_minutes)
+        self.step_minutes_ = median_step_minutes(ts_ns)
+        resid = values - self._expectation(values, ts_ns)
         with np.errstate(all="ignore"):
             sd = np.nanstd(resid, axis=0)
         self.scale_ = np.maximum(np.nan_to_num(sd), scale_floor(values))
         self.columns_ = [(m, k) for k in self.kinds for m in self.metrics_]
         return self
 
-    @property
-    def warmup(self) -> int:
-        """Rows at the start whose expectation is not yet defined."""
-        return max(1, self.expectation_minutes // 4)
+    def _min_rows(self, minutes: float, at_least: int) -> int:
+        return max(at_least, int(minutes / self.step_minutes_ / 4))
 
-    def transform(self, values: np.ndarray) -> np.ndarray:
-        """Feature matrix (n, len(columns_)); row t depends on rows <= t only."""
+    def residual(self, values: np.ndarray, ts_ns: np.ndarray) -> np.ndarray:
+        """The residual z: distance from the expectation, in the metric's (adapted) scale."""
+        raw = values - self._expectation(values, ts_ns)
+        if not self.adaptive_scale:
+            return raw / self.scale_
+        window, k = f"{int(self.expectation_minutes * 60)}s", self._min_rows(self.expectation_minutes, 2)
+        local = _rolling_by_time(values, ts_ns, lambda c: c.rolling_std_by(
+            "_t", window, min_samples=k, closed="left"))
+        return raw / np.maximum(self.scale_, np.nan_to_num(local))
+
+    def _expectation(self, values: np.ndarray, ts_ns: np.ndarray) -> np.ndarray:
+        # closed="left": the window is [t - w, t), so a row is never its own expectation
+        window, k = f"{int(self.expectation_minutes * 60)}s", self._min_rows(self.expectation_minutes, 1)
+        return _rolling_by_time(values, ts_ns, lambda c: c.rolling_median_by(
+            "_t", window, min_samples=k, closed="left"))
+
+    def warmup(self, ts_ns: np.ndarray | None = None) -> int:
+        """Rows at the start whose expectation window is not yet a quarter full (in time)."""
+        if ts_ns is None:
+            return max(1, int(self.expectation_minutes // 4))
+        ts_ns = np.asarray(ts_ns, dtype=np.int64)
+        edge = ts_ns[0] + int(self.expectation_minutes * _NS_PER_MIN / 4) if len(ts_ns) else 0
+        return max(1, int(np.searchsorted(ts_ns, edge, side="left")))
+
+    def transform(self, values: np.ndarray, ts_ns: np.ndarray | None = None) -> np.ndarray:
+        """Feature matrix (n, len(columns_)); row t depends on rows at or before t only."""
         values = np.asarray(values, dtype=np.float64)
+        ts_ns = minute_clock(len(values)) if ts_ns is None else np.asarray(ts_ns, dtype=np.int64)
         blocks = []
         for kind in self.kinds:
             if kind == Z_KIND:
-                raw = values - rolling_median_before(values, self.expectation_minutes)
+                blocks.append(self.residual(values, ts_ns))
+                continue
             elif kind == "diff":
                 raw = np.vstack([np.full((1, values.shape[1]), np.nan), np.diff(values, axis=0)])
+                gap = np.concatenate([[0], np.diff(ts_ns)]) > 3 * self.step_minutes_ * _NS_PER_MIN
+                raw[gap] = np.nan  # a change across a gap is not a change per interval
             elif kind == "spread":
-                raw = _rolling(values, lambda c: c.rolling_std(self.spread_minutes, min_samples=2))
+                window = f"{int(self.spread_minutes * 60)}s"
+                k = self._min_rows(self.spread_minutes, 2)
+                raw = _rolling_by_time(values, ts_ns, lambda c, w=window, k=k: c.rolling_std_by(
+                    "_t", w, min_samples=k, closed="right"))
             else:  # level
                 raw = values
             blocks.append(raw / self.scale_)

@@ -88,3 +88,108 @@ def evaluate(train_scores: np.ndarray, test_scores: np.ndarray, labels: np.ndarr
         "best_pa_f1": best_f1(test_scores, labels, adjusted=True)[0],
         "precision_at_top1pct": precision_at_top(test_scores, labels, 0.01),
     }
+
+
+# --- early-detection window scoring (the NAB scheme) ------------------------------------------------
+#: (A_TP, A_FN, A_FP) per profile
+PROFILES = {"standard": (1.0, 1.0, 0.11), "low_fp": (1.0, 1.0, 0.22), "low_fn": (1.0, 2.0, 0.11)}
+WINDOW_SHARE = 0.10  # total window length, as a share of the series
+PROBATION_SHARE, PROBATION_MAX = 0.15, 750  # the learning-only start of each series
+
+
+def scaled_sigmoid(y: np.ndarray) -> np.ndarray:
+    """``2 / (1 + e^{5y}) - 1``: +0.987 at y = -1, 0 at y = 0, towards -1 for large y."""
+    return 2.0 / (1.0 + np.exp(np.clip(5.0 * np.asarray(y, dtype=np.float64), -700, 700))) - 1.0
+
+
+def probation_rows(n: int) -> int:
+    return min(int(np.ceil(PROBATION_SHARE * n)), PROBATION_MAX)
+
+
+def anomaly_windows(labels: np.ndarray) -> np.ndarray:
+    """Windows (first row, last row, inclusive) of total length 10% of the series, centred on each
+    labelled segment (never shorter than it), overlaps merged; windows ending in probation dropped."""
+    n = len(labels)
+    seg = segments(labels)
+    if not len(seg):
+        return np.zeros((0, 2), dtype=np.int64)
+    width = WINDOW_SHARE * n / len(seg)
+    out: list[list[int]] = []
+    for a, b in seg:
+        centre = (a + b - 1) / 2.0
+        lo = max(0, min(a, int(np.floor(centre - width / 2))))
+        hi = min(n - 1, max(b - 1, int(np.ceil(centre + width / 2)) - 1))
+        if out and lo <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    w = np.asarray(out, dtype=np.int64)
+    return w[w[:, 1] >= probation_rows(n)]
+
+
+class WindowSeries:
+    """One series prepared for the window scoring at any threshold (vectorized over thresholds)."""
+
+    def __init__(self, scores: np.ndarray, labels: np.ndarray):
+        s = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)
+        n = len(s)
+        start = probation_rows(n)
+        self.windows = anomaly_windows(labels)
+        inside = np.zeros(n, dtype=bool)
+        self.prefix_max, self.rewards = [], []
+        for lo, hi in self.windows:
+            inside[lo:hi + 1] = True
+            a = max(lo, start)
+            idx = np.arange(a, hi + 1)
+            self.prefix_max.append(np.maximum.accumulate(s[a:hi + 1]))
+            y = (idx - hi) / max(hi - lo, 1)  # -1 at the left edge, 0 at the right edge
+            self.rewards.append(scaled_sigmoid(y) / scaled_sigmoid(-1.0))
+        out_idx = np.flatnonzero(~inside & (np.arange(n) >= start))
+        rights = self.windows[:, 1] if len(self.windows) else np.zeros(0, dtype=np.int64)
+        k = np.searchsorted(rights, out_idx, side="left") - 1  # previous window, -1 if none
+        widths = (self.windows[:, 1] - self.windows[:, 0] + 1).astype(np.float64) if len(rights) else rights
+        weight = np.full(len(out_idx), -1.0)
+        has = k >= 0
+        weight[has] = scaled_sigmoid((out_idx[has] - rights[k[has]]) / widths[k[has]])
+        order = np.argsort(s[out_idx], kind="stable")
+        self.fp_scores = s[out_idx][order]
+        self.fp_suffix = np.concatenate([np.cumsum(weight[order][::-1])[::-1], [0.0]])
+
+    def parts(self, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per threshold: summed true-positive reward (before A_TP), missed windows, summed FP weight."""
+        thr = np.asarray(thresholds, dtype=np.float64)
+        tp, missed = np.zeros(len(thr)), np.zeros(len(thr))
+        for pm, rw in zip(self.prefix_max, self.rewards, strict=True):
+            j = np.searchsorted(pm, thr, side="left")  # earliest row reaching the threshold
+            hit = j < len(pm)
+            tp[hit] += rw[j[hit]]
+            missed += ~hit
+        fp = self.fp_suffix[np.searchsorted(self.fp_scores, thr, side="left")]
+        return tp, missed, fp
+
+    def candidate_thresholds(self) -> np.ndarray:
+        steps = [pm[np.r_[True, np.diff(pm) > 0]] for pm in self.prefix_max]
+        tail = np.quantile(self.fp_scores, 1.0 - np.logspace(-5, -0.3, 60)) if len(self.fp_scores) else []
+        vals = np.concatenate(steps + [np.asarray(tail, dtype=np.float64)]) if steps else np.asarray(tail)
+        return vals[np.isfinite(vals)]
+
+
+def window_score(series: list[WindowSeries], max_candidates: int = 4000) -> dict[str, dict[str, float]]:
+    """The corpus's normalized score per profile at the one threshold that maximizes its total.
+
+    Null detector (never fires) = 0, perfect (every window at its left edge, nothing else) = 100.
+    """
+    cand = np.unique(np.concatenate([s.candidate_thresholds() for s in series] + [[np.inf]]))
+    if len(cand) > max_candidates:
+        grid = np.quantile(cand[:-1], np.linspace(0, 1, max_candidates))
+        cand = np.unique(np.concatenate([grid, [np.inf]]))
+    tp, missed, fp = (np.sum(x, axis=0) for x in zip(*(s.parts(cand) for s in series), strict=True))
+    n_win = sum(len(s.windows) for s in series)
+    out = {}
+    for name, (a_tp, a_fn, a_fp) in PROFILES.items():
+        raw = a_tp * tp - a_fn * missed + a_fp * fp
+        k = int(np.argmax(raw))
+        null, perfect = -a_fn * n_win, a_tp * n_win
+        out[name] = {"score": 100.0 * (raw[k] - null) / max(perfect - null, 1e-12),
+                     "threshold": float(cand[k]), "windows": n_win, "missed": int(missed[k])}
+    return out

@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,7 @@ class GcPauses:
     count: int = 0
     total_seconds: float = 0.0
     max_seconds: float = 0.0
+    recent: deque = field(default_factory=lambda: deque(maxlen=100))  # the last pauses, seconds
     _started: float | None = field(default=None, repr=False)
 
     def __call__(self, phase: str, info: dict) -> None:
@@ -75,11 +77,13 @@ class GcPauses:
             self.count += 1
             self.total_seconds += pause
             self.max_seconds = max(self.max_seconds, pause)
+            self.recent.append(pause)
 
     def as_dict(self) -> dict:
         return {"full_collections": self.count, "total_ms": round(self.total_seconds * 1e3, 3),
-                "max_ms": round(self.max_seconds * 1e3, 3), "frozen_objects": gc.get_freeze_count(),
-                "tracked_objects": len(gc.get_objects())}
+                "max_ms": round(self.max_seconds * 1e3, 3),
+                "recent_ms": [round(p * 1e3, 3) for p in self.recent],
+                "frozen_objects": gc.get_freeze_count(), "tracked_objects": len(gc.get_objects())}
 
 
 #: one per process: installed by the first ``ModelFollower``
@@ -115,6 +119,7 @@ class ModelFollower:
         self.serving_source: str | None = None
         self.last_check: float | None = None
         self.reloads = 0
+        self.woken = 0  # checks asked for by SIGHUP
         self._failed_source: str | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -205,6 +210,7 @@ class ModelFollower:
             if self._stop.is_set():
                 return
             self._wake.clear()
+            self.woken += woken
             try:
                 self.check(retry_failed=woken)
             except Exception:  # never let the follower die: the next tick tries again
@@ -214,6 +220,6 @@ class ModelFollower:
         return {
             "model_version": self.predictor.model_version if self.predictor else None,
             "source": self.serving_source, "load_error": self.load_error, "reload_error": self.reload_error,
-            "reload_interval_seconds": self.interval, "reloads": self.reloads,
+            "reload_interval_seconds": self.interval, "reloads": self.reloads, "signalled_checks": self.woken,
             "last_check": self.last_check, "gc": GC_PAUSES.as_dict() | {"freeze": self.freeze_gc},
         }

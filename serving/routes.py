@@ -33,6 +33,7 @@ class Status(BaseModel):
         description="Why the last reload failed; the model in model_version keeps answering.")
     reload_interval_seconds: float = Field(description="Seconds between registry checks (0: only on demand).")
     reloads: int = Field(description="Models swapped in since the start.")
+    signalled_checks: int = Field(description="Checks a SIGHUP asked for.")
     last_check: float | None = Field(description="Unix time of the last check of the registry.")
     gc: dict[str, Any] = Field(description="Full (generation-2) collections of this worker: count, "
                                "total and max pause in ms, objects frozen out of them.")

@@ -221,3 +221,26 @@ def test_a_reload_swaps_the_bundle_and_frees_the_old_one_from_the_frozen_heap(tm
             "reload_error"]
     finally:
         gc.unfreeze()
+
+
+def test_serving_beyond_loopback_without_a_token_warns(monkeypatch):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+    from serving.server import is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("example.org")
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    monkeypatch.delenv(TOKEN_FILE_ENV, raising=False)
+    with socket.socket() as taken:  # the port is taken: the command stops right after its checks
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        warned = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--port", port])
+        monkeypatch.setenv(TOKEN_ENV, "x")
+        quiet = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--port", port])
+    assert warned.exit_code == 2 and "without auth" in warned.output and TOKEN_ENV in warned.output
+    assert quiet.exit_code == 2 and "without auth" not in quiet.output

@@ -1,6 +1,8 @@
 """The rules catalogue: the committed file covers the seed's alarm targets; operators' files override and
 are validated with errors naming the file, the rule and the field."""
 
+from pathlib import Path
+
 import pytest
 
 from features import schema as s
@@ -79,3 +81,36 @@ def test_a_bad_operator_file_names_the_file_the_rule_and_the_field(tmp_path, tex
 def test_a_missing_operator_file_is_an_error_naming_it(tmp_path):
     with pytest.raises(RulesError, match="cannot read the rules file"):
         load_catalog(tmp_path / "absent.yaml")
+
+
+def test_a_watch_rule_may_name_a_catalogue_rule(tmp_path, monkeypatch):
+    from serving.predictor import Predictor
+    from serving.schemas import PredictRequest
+    from serving.watch import load_rules
+    from training.bundle import ModelBundle
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("overrides:\n"
+                    "  - {rule: jvm_heap, entity: golden-app, threshold: 68, horizon_minutes: 120}\n")
+    monkeypatch.setenv(RULES_ENV, str(mine))
+    watch = tmp_path / "watch.yaml"
+    watch.write_text("rules:\n"
+                     "  - {name: heap, rule: jvm_heap, query: 'up', entity_label: service}\n"
+                     "  - {name: heap-early, rule: jvm_heap, query: 'up', horizon_minutes: 60}\n"
+                     "  - {name: plain, query: 'up', metric: disk_pct}\n")
+    heap, early, plain = load_rules(watch)
+    assert (heap.metric, heap.rule, heap.threshold, heap.direction, heap.horizon_minutes) == (
+        "jvm_heap_pct", "jvm_heap", None, None, None)  # decided per series, with its overrides
+    assert (early.horizon_minutes, plain.rule, plain.threshold) == (60, None, 90)
+    # what the watch asks the predictor for a golden-app series: the override for that entity
+    golden = Path(__file__).resolve().parents[2] / "data" / "sample" / "golden_bundle"
+    answer = Predictor(ModelBundle.load(golden)).predict(PredictRequest(
+        metric=heap.metric, labels={"service": "golden-app"}, rule=heap.rule))
+    assert (answer.threshold, answer.horizon_minutes, answer.direction) == (68, 120, "above")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules: [{name: x, rule: nope, query: up}]\n")
+    with pytest.raises(ValueError, match="rule 'nope' is not in the rules catalogue"):
+        load_rules(bad)
+    bad.write_text("rules: [{name: x, rule: cpu, metric: mem_pct, query: up}]\n")
+    with pytest.raises(ValueError, match="is not the one rule 'cpu' watches"):
+        load_rules(bad)

@@ -19,5 +19,5 @@ def client():
     from serving.service import PreAlert
 
     with TestClient(PreAlert.to_asgi(), raise_server_exceptions=False) as c:
+        mp.undo()  # read at start-up; later tests (and the servers they start) must not inherit them
         yield c
-    mp.undo()

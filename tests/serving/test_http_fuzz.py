@@ -64,8 +64,8 @@ def test_fuzzing_finds_no_server_error_and_no_schema_violation(tmp_path):
         spec = httpx.get(f"{url}/docs.json", timeout=30).json()
         # name the bundle's series, so requests get past "no model for series" into the model
         series = sorted(httpx.post(f"{url}/model", json={}, timeout=30).json()["series"])
-        for model in ("PredictRequest", "SeriesObservations"):
-            spec["components"]["schemas"][model]["properties"]["series_id"]["enum"] = series
+        # (not /alerts' series: an unknown one there is skipped with its reason, a 200 by design)
+        spec["components"]["schemas"]["PredictRequest"]["properties"]["series_id"]["enum"] = series
         (tmp_path / "spec.json").write_text(json.dumps(spec))
         run = subprocess.run(
             [sys.executable, "-m", "schemathesis.cli", "run", str(tmp_path / "spec.json"), "--url", url,

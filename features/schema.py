@@ -114,6 +114,15 @@ METRICS: dict[str, MetricSpec] = {
         # a monotonic counter of requests served; its series is the per-second rate
         MetricSpec("requests_total", "1/s", "pod", "sum", "above", 200.0, 0, kind="counter"),
         MetricSpec("disk_pct", "%", "node", "max", "above", 90.0, 0, 100, "percent"),
+        # the rest of the vendor's alarm targets (DOMAIN.md); the rules catalogue covers them all
+        MetricSpec("jvm_metaspace_pct", "%", "pod", "mean", "above", 90.0, 0, 100, "percent"),
+        MetricSpec("db_response_time_ms", "ms", "pod", "mean", "above", 1000.0, 0, kind="latency"),
+        MetricSpec("pending_transactions", "1", "pod", "sum", "above", 100.0, 0, kind="count"),
+        MetricSpec("web_requests_per_s", "1/s", "pod", "sum", "above", 500.0, 0, kind="rate"),
+        MetricSpec("web_worker_pct", "%", "pod", "mean", "above", 90.0, 0, 100, "percent"),
+        MetricSpec("swap_pct", "%", "node", "max", "above", 50.0, 0, 100, "percent"),
+        MetricSpec("net_packet_errors_per_s", "1/s", "node", "sum", "above", 10.0, 0, kind="rate"),
+        MetricSpec("cubrid_cas_pct", "%", "node", "max", "above", 90.0, 0, 100, "percent"),
     )
 }
 

@@ -1,7 +1,9 @@
-"""ASGI middleware at the service's HTTP edge: body limit, media type, one error shape, readiness, metrics."""
+"""ASGI middleware at the service's HTTP edge: auth, body and concurrency limits, media type, one error
+shape, readiness, metrics, the model version header."""
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
@@ -10,8 +12,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from typing import Any
 
-from serving.predictor import shortened
-from serving.schemas import ErrorResponse
+from serving.schemas import ErrorResponse, positive_int, shortened, validation_message
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -22,44 +23,62 @@ logger = logging.getLogger("prealert.http")
 
 MAX_BODY_ENV = "PREALERT_MAX_BODY_BYTES"
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
-#: the model's APIs: JSON bodies only, counted in prealert's metrics, 503 while no model is loaded
-API_PATHS = ("/predict", "/model")
+MAX_CONCURRENCY_ENV = "PREALERT_MAX_CONCURRENCY"
+DEFAULT_MAX_CONCURRENCY = 32
+TOKEN_ENV = "PREALERT_API_TOKEN"
+TOKEN_FILE_ENV = "PREALERT_API_TOKEN_FILE"
+VERSION_HEADER = b"x-prealert-model-version"
+#: the model's APIs: JSON bodies only, behind the token when one is set, counted in prealert's
+#: metrics, 503 while no model is loaded; health, docs and /metrics stay open
+API_PATHS = ("/predict", "/predict_batch", "/alerts", "/model", "/series", "/rules", "/status",
+             "/admin/reload")
 READY_PATH = "/readyz"
 OPENAPI_PATH = "/docs.json"
 ERROR_CODES = {
     400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
-    413: "payload_too_large", 415: "unsupported_media_type", 422: "unprocessable", 429: "too_many_requests",
+    401: "unauthorized", 413: "payload_too_large", 415: "unsupported_media_type", 422: "unprocessable",
+    429: "too_many_requests",
     500: "internal_error", 503: "model_not_loaded", 504: "timeout",
 }
-DOCUMENTED_ERRORS = (400, 404, 413, 415, 500, 503)
-VALIDATION_ERRORS_SHOWN = 5
+DOCUMENTED_ERRORS = (400, 401, 404, 413, 415, 500, 503)
 UNEXPECTED = "unexpected server error; the server log has the details"
 
 
 def max_body_bytes() -> int:
     """The request body limit: ``PREALERT_MAX_BODY_BYTES`` (a positive integer) or 4 MiB."""
-    raw = os.environ.get(MAX_BODY_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_BODY_BYTES
-    if not raw.isdigit() or int(raw) <= 0:
-        raise ValueError(f"{MAX_BODY_ENV}={shortened(raw, 40)!s} is not a positive whole number of bytes")
-    return int(raw)
+    return positive_int(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES, "bytes")
+
+
+def max_concurrency() -> int:
+    """API requests in progress at once per worker: ``PREALERT_MAX_CONCURRENCY`` or 32; more get 503."""
+    return positive_int(MAX_CONCURRENCY_ENV, DEFAULT_MAX_CONCURRENCY, "requests")
+
+
+def api_token() -> str | None:
+    """The bearer token the APIs require: ``PREALERT_API_TOKEN``, else the first line of the file
+    ``PREALERT_API_TOKEN_FILE`` (a Kubernetes secret mount); None = no auth."""
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    path = os.environ.get(TOKEN_FILE_ENV, "").strip()
+    if not token and path:
+        try:
+            token = open(path, encoding="utf-8").read().strip()  # noqa: SIM115 - read once
+        except OSError as exc:
+            raise ValueError(f"{TOKEN_FILE_ENV}={path}: cannot read the token ({exc.strerror})") from exc
+        if not token:
+            raise ValueError(f"{TOKEN_FILE_ENV}={path}: the file is empty")
+    return token or None
+
+
+def authorized(headers: dict[str, str], token: str) -> bool:
+    """Whether the request carries ``Authorization: Bearer <token>`` (compared in constant time)."""
+    scheme, _, given = headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 def error_json(status: int, message: str, code: str | None = None) -> bytes:
     """The body of every error answer: ``{"error": {"code": ..., "message": ...}}``."""
     body = ErrorResponse(error={"code": code or ERROR_CODES.get(status, "error"), "message": message})
     return body.model_dump_json().encode()
-
-
-def _validation_message(errors: list[dict]) -> str:
-    parts = []
-    for err in errors[:VALIDATION_ERRORS_SHOWN]:
-        where = ".".join(shortened(p, 40) for p in err.get("loc", ()))
-        what = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        parts.append(f"{where}: {what}" if where else what)
-    more = len(errors) - VALIDATION_ERRORS_SHOWN
-    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
 def error_message(status: int, body: bytes) -> str | None:
@@ -76,7 +95,7 @@ def error_message(status: int, body: bytes) -> str | None:
     if isinstance(err, dict) and "code" in err:
         return None
     if isinstance(detail, list):  # pydantic validation errors
-        return _validation_message(detail)
+        return validation_message(detail)
     if isinstance(detail, str):
         return detail
     return err if isinstance(err, str) else HTTPStatus(status).phrase
@@ -118,9 +137,12 @@ def openapi_30(schema: Any) -> Any:
 
 
 def openapi_document(spec: dict, models: dict[str, tuple[type, type]], api_paths: tuple[str, ...] = API_PATHS,
-                     ) -> dict:
+                     routes: dict[str, tuple[str, type, list[dict]]] | None = None) -> dict:
     """BentoML's OpenAPI document made valid OpenAPI 3.0, with the APIs' request and response
-    models as pydantic declares them (nullable fields included) and prealert's one error schema."""
+    models as pydantic declares them (nullable fields included) and prealert's one error schema.
+
+    ``routes`` documents routes BentoML does not know (mounted apps): path -> (method, response
+    model, query parameters)."""
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     for name in ("InvalidArgument", "NotFound", "InternalServerError"):  # BentoML's, not used any more
         schemas.pop(name, None)
@@ -133,6 +155,12 @@ def openapi_document(spec: dict, models: dict[str, tuple[type, type]], api_paths
         return {"$ref": ref.format(model=model.__name__)}
 
     error = {"content": {"application/json": {"schema": component(ErrorResponse)}}}
+    for path, (method, response, parameters) in (routes or {}).items():
+        spec.setdefault("paths", {})[path] = {method: {
+            "summary": (response.__doc__ or "").strip().split("\n")[0] or path,
+            "parameters": parameters, "tags": ["Service APIs"],
+            "responses": {"200": {"description": "OK",
+                                  "content": {"application/json": {"schema": component(response)}}}}}}
     for path, item in spec.get("paths", {}).items():
         for operation in item.values():
             if not isinstance(operation, dict) or "responses" not in operation:
@@ -155,15 +183,24 @@ def openapi_document(spec: dict, models: dict[str, tuple[type, type]], api_paths
     return spec
 
 
-def _load_error() -> str | None:
-    """Why the running service has no model (None while loading, or when it has one)."""
+def _service() -> Any:
     import bentoml
 
     try:
-        service = bentoml.get_current_service()
+        return bentoml.get_current_service()
     except Exception:  # outside a server (no service yet)
         return None
-    return getattr(service, "load_error", None)
+
+
+def _load_error() -> str | None:
+    """Why the running service has no model (None while loading, or when it has one)."""
+    return getattr(_service(), "load_error", None)
+
+
+def _model_version() -> str | None:
+    """The version of the model answering now, for the response header."""
+    predictor = getattr(_service(), "predictor", None)
+    return getattr(predictor, "model_version", None)
 
 
 class _Metrics:
@@ -180,6 +217,16 @@ class _Metrics:
             ["endpoint"], buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
 
 
+_METRICS: list[_Metrics] = []
+
+
+def _metrics() -> _Metrics:
+    """The one set of prealert's metrics of this process (every edge instance counts into it)."""
+    if not _METRICS:
+        _METRICS.append(_Metrics())
+    return _METRICS[0]
+
+
 class HttpEdge:
     """Guards every request before BentoML sees it and gives every error one JSON shape.
 
@@ -194,9 +241,11 @@ class HttpEdge:
     """
 
     def __init__(self, app: Callable, models: dict[str, tuple[type, type]] | None = None,
-                 api_paths: tuple[str, ...] = API_PATHS, max_body: int | None = None):
+                 api_paths: tuple[str, ...] = API_PATHS, max_body: int | None = None,
+                 routes: dict[str, tuple[str, type, list[dict]]] | None = None):
         self.app = app
         self.models = models or {}
+        self.routes = routes or {}
         self.api_paths = api_paths
         if max_body is None:
             try:
@@ -205,7 +254,13 @@ class HttpEdge:
                 logger.error("%s; using %d bytes", exc, DEFAULT_MAX_BODY_BYTES)
                 max_body = DEFAULT_MAX_BODY_BYTES
         self.max_body = max_body
-        self._metrics: _Metrics | None = None
+        try:
+            self.max_concurrency = max_concurrency()
+        except ValueError as exc:
+            logger.error("%s; using %d", exc, DEFAULT_MAX_CONCURRENCY)
+            self.max_concurrency = DEFAULT_MAX_CONCURRENCY
+        self.token = api_token()  # a bad token file fails the start: never serve open by mistake
+        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -221,12 +276,30 @@ class HttpEdge:
         async def send_counted(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_seen[0] = message["status"]
+                version = _model_version()
+                if version:
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      (VERSION_HEADER, version.encode())]}
             await send(message)
 
         try:
-            await self._guarded(scope, receive, send_counted)
+            if self.token is not None and not authorized(_headers(scope), self.token):
+                await _answer(send_counted, 401, error_json(
+                    401, "send the API token as 'Authorization: Bearer <token>'"),
+                    [(b"www-authenticate", b'Bearer realm="prealert"')])
+                return
+            if self.in_flight >= self.max_concurrency:
+                await _answer(send_counted, 503, error_json(
+                    503, f"busy: {self.in_flight} requests in progress, the limit of this worker "
+                    f"({MAX_CONCURRENCY_ENV}); retry shortly", "overloaded"), [(b"retry-after", b"1")])
+                return
+            self.in_flight += 1
+            try:
+                await self._guarded(scope, receive, send_counted)
+            finally:
+                self.in_flight -= 1
         finally:
-            metrics = self._metrics = self._metrics or _Metrics()
+            metrics = _metrics()
             metrics.requests.labels(path, str(status_seen[0])).inc()
             metrics.latency.labels(path).observe(time.perf_counter() - started)
 
@@ -237,7 +310,7 @@ class HttpEdge:
             if reason:
                 await _answer(send, 503, error_json(503, reason))
                 return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        headers = _headers(scope)
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
             await _answer(send, 413, error_json(413, self._too_large()))
@@ -276,7 +349,7 @@ class HttpEdge:
                 start = held.pop("start")
                 body = b"".join(chunks)
                 if start["status"] == 200:
-                    spec = openapi_document(json.loads(body), self.models, self.api_paths)
+                    spec = openapi_document(json.loads(body), self.models, self.api_paths, self.routes)
                     body = json.dumps(spec).encode()
                 else:
                     body = _uniform(start, body)
@@ -293,6 +366,10 @@ class HttpEdge:
                 raise
             logger.exception("Unhandled error on %s [%s]", scope["path"], scope["method"])
             await _answer(send, 500, error_json(500, UNEXPECTED))
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
 
 
 def _uniform(start: Message, body: bytes) -> bytes:
@@ -313,9 +390,9 @@ def _with_json_headers(headers: list, body: bytes) -> list:
     return [*kept, (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
 
 
-async def _answer(send: Send, status: int, body: bytes) -> None:
+async def _answer(send: Send, status: int, body: bytes, headers: list | None = None) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": _with_json_headers([], body)})
+                "headers": _with_json_headers(headers or [], body)})
     await send({"type": "http.response.body", "body": body})
 
 

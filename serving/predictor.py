@@ -2,30 +2,61 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 import os
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from features import schema as s
 from features.build import workload_of_pod
-from serving.schemas import PredictRequest, PredictResponse
+from serving.pods import PodDirectory
+from serving.rules import AlertingRule, Catalog, RulesError, load_catalog
+from serving.schemas import (
+    ECHO_CHARS,
+    AlertsRequest,
+    AlertsResponse,
+    BatchItemResult,
+    PredictBatchRequest,
+    PredictBatchResponse,
+    PredictedAlert,
+    PredictRequest,
+    PredictResponse,
+    RuleInfo,
+    RulesList,
+    SeriesInfo,
+    SeriesList,
+    SeriesObservations,
+    SkippedSeries,
+    positive_int,
+    shortened,
+    validation_message,
+)
 from training.bundle import ModelBundle
 from training.predict import predict_series
 
+__all__ = ["ECHO_CHARS", "BUNDLE_ENV", "BatchTooLarge", "ModelLoadError", "Predictor", "UnknownSeries",
+           "max_batch", "one_line", "shortened"]
+
 BUNDLE_ENV = "PREALERT_BUNDLE"
-#: user input quoted back in an error message is cut to this many characters
-ECHO_CHARS = 100
+MAX_BATCH_ENV = "PREALERT_MAX_BATCH"
+DEFAULT_MAX_BATCH = 1000
+UNEXPECTED_ITEM = "unexpected error on this item; the server log has the details"
 
-
-def shortened(text: object, limit: int = ECHO_CHARS) -> str:
-    """``text`` as a string of at most ``limit`` characters, marked when cut."""
-    text = str(text)
-    return text if len(text) <= limit else f"{text[:limit - 3]}..."
+logger = logging.getLogger("prealert.predictor")
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """An exception as one short line: its type when the message is empty, never a traceback."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return shortened(text, limit)
+
+
+def max_batch() -> int:
+    """Items a batch may hold: ``PREALERT_MAX_BATCH`` (a positive integer) or 1000."""
+    return positive_int(MAX_BATCH_ENV, DEFAULT_MAX_BATCH, "items")
 
 
 class UnknownSeries(LookupError):
@@ -36,67 +67,243 @@ class ModelLoadError(RuntimeError):
     """The service has no model to answer with; the message says why in one line."""
 
 
+class BatchTooLarge(ValueError):
+    """A batch with more items than the server's limit."""
+
+
+def load_bundle_from_environment() -> ModelBundle:
+    """A bundle folder from ``PREALERT_BUNDLE`` if set, else the registry's ``@champion``.
+
+    Any failure to load becomes a ``ModelLoadError`` naming the source and the cause.
+    """
+    folder = os.environ.get(BUNDLE_ENV)
+    if folder:
+        try:
+            return ModelBundle.load(Path(folder))
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load the bundle folder {folder}: {one_line(exc)}") from exc
+    # imported here: a bundle folder is served without importing mlflow (a large heap to collect)
+    from training.registry import load_champion, tracking_uri
+
+    try:
+        return load_champion()
+    except LookupError as exc:  # no @champion: the message says what to do
+        raise ModelLoadError(one_line(exc)) from exc
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load prealert@champion from {tracking_uri()}: {one_line(exc)}") from exc
+
+
 class Predictor:
-    def __init__(self, bundle: ModelBundle):
+    def __init__(self, bundle: ModelBundle, catalog: Catalog | None = None, pods: PodDirectory | None = None):
         self.bundle = bundle
+        self.catalog = catalog if catalog is not None else load_catalog()
+        self.pods = pods
 
     @classmethod
-    def from_environment(cls) -> Predictor:
-        """A bundle folder from ``PREALERT_BUNDLE`` if set, else the registry's ``@champion``.
-
-        Any failure to load becomes a ``ModelLoadError`` naming the source and the cause.
-        """
-        folder = os.environ.get(BUNDLE_ENV)
-        if folder:
-            try:
-                return cls(ModelBundle.load(Path(folder)))
-            except Exception as exc:
-                raise ModelLoadError(f"cannot load the bundle folder {folder}: {one_line(exc)}") from exc
-        # imported here: a bundle folder is served without importing mlflow (a large heap to collect)
-        from training.registry import load_champion, tracking_uri
-
+    def from_environment(cls, catalog: Catalog | None = None, pods: PodDirectory | None = None) -> Predictor:
+        """The bundle of :func:`load_bundle_from_environment`, the rules catalogue (plus
+        ``PREALERT_RULES``) and the pods table of ``PREALERT_PODS``; a bad rules file or pods
+        path is a ``ModelLoadError`` too (the service must not start without them)."""
         try:
-            return cls(load_champion())
-        except LookupError as exc:  # no @champion: the message says what to do
-            raise ModelLoadError(one_line(exc)) from exc
-        except Exception as exc:
-            raise ModelLoadError(
-                f"cannot load prealert@champion from {tracking_uri()}: {one_line(exc)}") from exc
+            catalog = catalog or load_catalog()
+            pods = pods or PodDirectory.from_environment()
+        except (RulesError, OSError) as exc:
+            raise ModelLoadError(one_line(exc, 500)) from exc
+        return cls(load_bundle_from_environment(), catalog, pods)
+
+    def with_bundle(self, bundle: ModelBundle) -> Predictor:
+        """The same rules and pods table over another bundle (a reload)."""
+        return Predictor(bundle, self.catalog, self.pods)
 
     @property
     def model_version(self) -> str:
         return self.bundle.version_label
 
-    def resolve_series(self, req: PredictRequest) -> str:
-        if req.series_id:
-            sid = req.series_id
+    # --- which series answers -------------------------------------------------------------
+    def locate(self, series_id: str | None, metric: str | None, labels: dict[str, str]) -> tuple[str, str]:
+        """The bundle's series for a request, and how it was found (for the answer)."""
+        if series_id:
+            sid, how = series_id, "series_id given"
         else:
-            spec = s.spec_for(req.metric)
-            labels = req.labels
-            entity = labels.get("service") or labels.get("workload")
-            if not entity and labels.get("pod"):
-                entity = workload_of_pod(labels["pod"])
-            if spec.level == "node" or not entity:
-                entity = entity or labels.get("node") or labels.get("host")
-            if not entity:
-                raise UnknownSeries(
-                    f"cannot locate a series for metric {shortened(repr(req.metric))} with labels "
-                    f"{shortened(labels)}: give 'service', a pod name of a known shape, or 'node'")
-            sid = s.series_id(entity, req.metric)
+            sid, how = self._series_of_labels(metric or "", labels)
         if sid not in self.bundle.forecasters:
             known = ", ".join(sorted(self.bundle.forecasters)[:20])
-            raise UnknownSeries(f"no model for series {shortened(repr(sid))}; known series: "
-                                f"{shortened(known, 300)}")
-        return sid
+            raise UnknownSeries(f"no model for series {shortened(repr(sid))} ({shortened(how)}); "
+                                f"known series: {shortened(known, 300)}")
+        return sid, how
 
+    def _series_of_labels(self, metric: str, labels: dict[str, str]) -> tuple[str, str]:
+        spec = s.spec_for(metric)
+        node_level = spec.level == "node"
+        for key in ("node", "host") if node_level else ("service", "workload"):
+            if labels.get(key):
+                return s.series_id(labels[key], metric), f"{key} label"
+        pod = labels.get("pod")
+        if pod:
+            record = self.pods.lookup(pod) if self.pods is not None else None
+            target = (record.node if node_level else record.workload) if record else None
+            if target:
+                kind = "node" if node_level else "workload"
+                return (s.series_id(target, metric),
+                        f"pod {shortened(repr(pod), 60)} -> {kind} {target!r} (pods.parquet)")
+            workload = None if node_level else workload_of_pod(pod)
+            if workload:
+                seen = "not in pods.parquet; " if self.pods is not None else ""
+                return (s.series_id(workload, metric),
+                        f"pod {shortened(repr(pod), 60)} -> workload {workload!r} ({seen}pod name pattern)")
+        for key in ("service", "workload") if node_level else ("node", "host"):
+            if labels.get(key):
+                return s.series_id(labels[key], metric), f"{key} label"
+        raise UnknownSeries(
+            f"cannot locate a series for metric {shortened(repr(metric))} with labels "
+            f"{shortened(labels)}: give 'service', a pod name of a known shape (or one in the "
+            "feature job's pods.parquet), or 'node'")
+
+    # --- one series -------------------------------------------------------------------------
     def predict(self, req: PredictRequest) -> PredictResponse:
-        sid = self.resolve_series(req)
-        spec = s.spec_for(s.split_series_id(sid)[1])
-        threshold = req.threshold if req.threshold is not None else spec.threshold
-        if threshold != threshold:  # NaN: unknown metric and no threshold given
+        rule = None
+        if req.rule:
+            if req.rule not in self.catalog.rules:
+                raise UnknownSeries(f"no rule {shortened(repr(req.rule))} in the rules catalogue; known: "
+                                    f"{shortened(', '.join(sorted(self.catalog.rules)), 300)}")
+            rule = self.catalog.rules[req.rule]
+            if req.metric and req.metric != rule.metric:
+                raise ValueError(
+                    f"rule {req.rule!r} watches {rule.metric}, not {shortened(repr(req.metric))}")
+        sid, how = self.locate(req.series_id, req.metric or (rule.metric if rule else None), req.labels)
+        entity, metric = s.split_series_id(sid)
+        if rule is not None:
+            rule = self.catalog.rule(rule.name, entity)
+            if metric != rule.metric:
+                raise ValueError(f"rule {rule.name!r} watches {rule.metric}, not the series {sid!r}")
+        spec = s.spec_for(metric)
+        threshold = req.threshold
+        if threshold is None:
+            threshold = rule.threshold if rule else spec.threshold
+        if math.isnan(threshold):  # unknown metric and no threshold given
             raise ValueError(f"metric of {shortened(repr(sid))} has no default threshold: send 'threshold'")
+        direction = req.direction or (rule.direction if rule else spec.direction)
+        horizon = (rule.horizon_minutes if rule and "horizon_minutes" not in req.model_fields_set
+                   else req.horizon_minutes)
         p = predict_series(
-            self.bundle, sid, threshold, req.direction or spec.direction, req.horizon_minutes,
+            self.bundle, sid, threshold, direction, horizon,
             recent=[(o.ts, o.value) for o in req.recent], now=req.now, context=req.context,
         )
-        return PredictResponse(**p.as_dict(), message=p.sentence())
+        return PredictResponse(**p.as_dict(), message=p.sentence(), resolved_by=how,
+                               rule=rule.name if rule else None)
+
+    # --- many series ------------------------------------------------------------------------
+    def predict_batch(self, req: PredictBatchRequest) -> PredictBatchResponse:
+        """Each item answered or given its own error; one bad item never fails the batch."""
+        _within_limit(len(req.items), "items")
+        results = []
+        for i, item in enumerate(req.items):
+            try:
+                # as JSON, as /predict reads it: strict times are ISO strings there
+                answer = self.predict(PredictRequest.model_validate_json(json.dumps(item)))
+                results.append(BatchItemResult(index=i, status=200, answer=answer))
+            except Exception as exc:
+                status, code, message = _item_error(exc, f"batch item {i}")
+                results.append(BatchItemResult(index=i, status=status,
+                                               error={"code": code, "message": message}))
+        failed = sum(r.status != 200 for r in results)
+        return PredictBatchResponse(model_version=self.model_version, answered=len(results) - failed,
+                                    failed=failed, results=results)
+
+    def alerts(self, req: AlertsRequest) -> AlertsResponse:
+        """The series predicted to cross within their rules' lead times, most urgent first."""
+        _within_limit(len(req.series), "series")
+        wanted = req.rules if req.rules is not None else list(self.catalog.rules)
+        unknown = [r for r in wanted if r not in self.catalog.rules]
+        if unknown:
+            raise ValueError(f"no rule(s) {shortened(unknown)} in the rules catalogue; known: "
+                             f"{shortened(', '.join(sorted(self.catalog.rules)), 300)}")
+        alerts, skipped, checked = [], [], 0
+        for i, obs in enumerate(req.series):
+            try:
+                sid, how = self.locate(obs.series_id, obs.metric, obs.labels)
+                entity, metric = s.split_series_id(sid)
+                rules = [self.catalog.rule(name, entity) for name in wanted
+                         if self.catalog.rules[name].metric == metric]
+                if not rules:
+                    raise UnknownSeries(f"no rule of the catalogue watches {metric!r}")
+                for rule in rules:
+                    checked += 1
+                    hit = self._crossing_within_lead(sid, how, rule, obs)
+                    if hit is not None:
+                        alerts.append(hit)
+            except Exception as exc:
+                status, code, message = _item_error(exc, f"alerts series {i}")
+                named = obs.series_id or f"{obs.metric} {obs.labels}"
+                skipped.append(SkippedSeries(index=i, series=shortened(named),
+                                             error={"code": code, "message": message}))
+        alerts.sort(key=lambda a: (not a.already_crossed, a.minutes_to_threshold or 0.0, -a.probability,
+                                   a.series_id, a.rule))
+        return AlertsResponse(model_version=self.model_version, checked=checked, alerts=alerts,
+                              skipped=skipped)
+
+    def _crossing_within_lead(self, sid: str, how: str, rule: AlertingRule,
+                              obs: SeriesObservations) -> PredictedAlert | None:
+        p = predict_series(self.bundle, sid, rule.threshold, rule.direction, rule.horizon_minutes,
+                           recent=[(o.ts, o.value) for o in obs.recent], context=obs.context)
+        soon = (p.minutes_to_threshold is not None and p.minutes_to_threshold <= rule.lead_minutes
+                and p.probability >= p.alarm_probability)
+        if not (p.already_crossed or soon):
+            return None
+        return PredictedAlert(
+            rule=rule.name, severity=rule.severity, series_id=sid, threshold=rule.threshold,
+            direction=rule.direction, lead_minutes=rule.lead_minutes, horizon_minutes=rule.horizon_minutes,
+            minutes_to_threshold=0.0 if p.already_crossed else p.minutes_to_threshold,
+            earliest_minutes=p.earliest_minutes, latest_minutes=p.latest_minutes, crossing_at=p.crossing_at,
+            probability=p.probability, already_crossed=p.already_crossed, alert=p.alert,
+            message=p.sentence(), resolved_by=how)
+
+    # --- what is served ---------------------------------------------------------------------
+    def series(self, metric: str | None = None, entity: str | None = None, kind: str | None = None,
+               fallback: bool | None = None) -> SeriesList:
+        """The bundle's series, filtered by any of metric, entity, model kind and fallback."""
+        found = []
+        for sid, model in sorted(self.bundle.forecasters.items()):
+            ent, met = s.split_series_id(sid)
+            is_fallback = model.kind_ != "prophet"
+            if ((metric and met != metric) or (entity and ent != entity) or (kind and model.kind_ != kind)
+                    or (fallback is not None and is_fallback != fallback)):
+                continue
+            found.append(SeriesInfo(
+                series_id=sid, entity=ent, metric=met, model_kind=model.kind_, fallback=is_fallback,
+                fallback_reason=getattr(model, "fallback_reason_", None),
+                first_ts=getattr(model, "first_ts_", None), last_ts=getattr(model, "last_ts_", None),
+                n_points=getattr(model, "n_points_", None),
+                step_minutes=getattr(model, "step_minutes_", None)))
+        window = self.bundle.manifest.get("training_window")
+        return SeriesList(model_version=self.model_version, count=len(found), series=found,
+                          training_window={k: str(v) for k, v in window.items()} if isinstance(window, dict)
+                          else None)
+
+    def rules(self) -> RulesList:
+        out = []
+        for name, rule in self.catalog.rules.items():
+            overrides = {entity: {k: v for k, v in vars(changed).items() if getattr(rule, k) != v}
+                         for entity, changed in self.catalog.overrides_of(name).items()}
+            out.append(RuleInfo(**vars(rule), overrides=overrides))
+        return RulesList(files=self.catalog.files, rules=out)
+
+
+def _within_limit(n: int, what: str) -> None:
+    limit = max_batch()
+    if n > limit:
+        raise BatchTooLarge(f"{n} {what} is more than this server takes in one request ({limit}, "
+                            f"its {MAX_BATCH_ENV}); split the request")
+
+
+def _item_error(exc: Exception, where: str) -> tuple[int, str, str]:
+    """Status, code and message of one item's failure (an unexpected one is logged, not shown)."""
+    if isinstance(exc, ValidationError):
+        return 400, "bad_request", shortened(validation_message(exc.errors()), 1000)
+    if isinstance(exc, UnknownSeries | KeyError):
+        return 404, "not_found", shortened(exc.args[0] if exc.args else str(exc), 1000)
+    if isinstance(exc, ValueError):
+        return 400, "bad_request", shortened(str(exc), 1000)
+    logger.error("unexpected error on %s", where, exc_info=exc)
+    return 500, "internal_error", UNEXPECTED_ITEM
+

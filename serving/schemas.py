@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model_validator
 
@@ -28,6 +29,37 @@ def _plausible_time(t: datetime) -> datetime:
 PlausibleTime = Annotated[datetime, Strict(), AfterValidator(_plausible_time)]
 #: strict: a JSON number, not a string or a boolean (finite by REQUEST_CONFIG)
 Number = Annotated[float, Strict()]
+#: user input quoted back in an error message is cut to this many characters
+ECHO_CHARS = 100
+#: pydantic validation errors quoted in one message, at most this many
+VALIDATION_ERRORS_SHOWN = 5
+
+
+def positive_int(env: str, default: int, unit: str) -> int:
+    """The environment variable ``env`` as a positive whole number, ``default`` when unset."""
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) <= 0:
+        raise ValueError(f"{env}={shortened(raw, 40)!s} is not a positive whole number of {unit}")
+    return int(raw)
+
+
+def validation_message(errors: list[dict]) -> str:
+    """Pydantic's validation errors as one line: ``where: what; ...``, user input shortened."""
+    parts = []
+    for err in errors[:VALIDATION_ERRORS_SHOWN]:
+        where = ".".join(shortened(p, 40) for p in err.get("loc", ()))
+        what = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{where}: {what}" if where else what)
+    more = len(errors) - VALIDATION_ERRORS_SHOWN
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def shortened(text: object, limit: int = ECHO_CHARS) -> str:
+    """``text`` as a string of at most ``limit`` characters, marked when cut."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
 
 
 class Observation(BaseModel):
@@ -53,8 +85,13 @@ class PredictRequest(BaseModel):
         description="Labels locating the series: 'service' (workload), or 'pod' (its workload is "
         "derived from the name, so a brand-new pod uses its workload's model), or 'node'.",
         examples=[{"service": "portal-demo"}])
+    rule: str | None = Field(
+        None, max_length=100, description="A rule of the rules catalogue (GET /rules), e.g. "
+        "'jvm_heap': its threshold, direction, horizon (and metric, when not given) as set for the "
+        "series' workload/service/node; fields given in the request win.", examples=["jvm_heap"])
     threshold: Number | None = Field(
-        None, description="The operator's threshold; default: the metric catalogue's.", examples=[90])
+        None, description="The operator's threshold; default: the rule's, else the metric catalogue's.",
+        examples=[90])
     direction: Literal["above", "below"] | None = Field(
         None, description="'above' for rising danger (heap), 'below' for falling (APDEX); "
         "default: the metric catalogue's.", examples=["above"])
@@ -78,8 +115,8 @@ class PredictRequest(BaseModel):
 
     @model_validator(mode="after")
     def _series_named(self) -> PredictRequest:
-        if not self.series_id and not self.metric:
-            raise ValueError("give either 'series_id' or 'metric' with 'labels'")
+        if not self.series_id and not self.metric and not self.rule:
+            raise ValueError("give either 'series_id', or 'metric' (or 'rule') with 'labels'")
         return self
 
 
@@ -169,3 +206,139 @@ class PredictResponse(BaseModel):
         "recent observations or context.")
     anomaly_top_metrics: list[TopMetric]
     message: str = Field(description="The answer as an operator reads it.")
+    resolved_by: str = Field(
+        "series_id given", description="How the request's labels led to the series that answered, "
+        "e.g. a new pod's workload from the feature job's pods table or from its name.",
+        examples=["pod 'portal-demo-19-2xfkl' -> workload 'portal-demo' (pods.parquet)"])
+    rule: str | None = Field(None, description="The catalogue rule the request named, if any.")
+
+
+BATCH_ITEM_EXAMPLE = {"series_id": "portal-demo/jvm_heap_pct", "threshold": 90, "horizon_minutes": 240}
+
+
+class PredictBatchRequest(BaseModel):
+    model_config = REQUEST_CONFIG
+
+    items: list[dict[str, Any]] = Field(
+        description="Each item a /predict request body (schema PredictRequest), checked on its own: "
+        "an invalid item gets its own error, never failing the batch. At most the server's "
+        "PREALERT_MAX_BATCH items (default 1000); more is 413.",
+        examples=[[BATCH_ITEM_EXAMPLE, {"rule": "apdex", "labels": {"service": "portal-demo"}}]])
+
+
+class BatchItemResult(BaseModel):
+    index: int = Field(description="Position of the item in the request.")
+    status: int = Field(description="The HTTP status this item would have had alone: 200, 400, 404, 500.")
+    answer: PredictResponse | None = Field(None, description="The answer, when status is 200.")
+    error: ErrorDetail | None = Field(None, description="Why the item has no answer.")
+
+
+class PredictBatchResponse(BaseModel):
+    model_version: str = Field(description="The model that answered every item of the batch.")
+    answered: int
+    failed: int
+    results: list[BatchItemResult] = Field(description="One per item, in the request's order.")
+
+
+class SeriesInfo(BaseModel):
+    series_id: str
+    entity: str = Field(description="The workload (service) or node of the series.")
+    metric: str
+    model_kind: str = Field(description="'prophet', or 'linear' for the fallback model.")
+    fallback: bool = Field(description="Whether the fallback model serves this series.")
+    fallback_reason: str | None
+    first_ts: datetime | None = Field(description="First training sample of the series (UTC).")
+    last_ts: datetime | None = Field(description="Last training sample of the series (UTC).")
+    n_points: int | None
+    step_minutes: float | None
+
+
+class SeriesList(BaseModel):
+    model_version: str
+    training_window: dict[str, str] | None = Field(description="The bundle's training window (start, end).")
+    count: int
+    series: list[SeriesInfo]
+
+
+class SeriesObservations(BaseModel):
+    model_config = REQUEST_CONFIG
+
+    series_id: str | None = Field(None, max_length=200, description="As in /predict.",
+                                  examples=["portal-demo/jvm_heap_pct"])
+    metric: str | None = Field(None, max_length=100, description="As in /predict.", examples=["jvm_heap_pct"])
+    labels: dict[str, str] = Field(default_factory=dict, max_length=50, description="As in /predict.",
+                                   examples=[{"service": "portal-demo"}])
+    recent: list[Observation] = Field(default_factory=list, max_length=10_000,
+                                      description="Most recent observations of the series.")
+    context: dict[str, Number] = Field(default_factory=dict, max_length=200, description="As in /predict.")
+
+    @model_validator(mode="after")
+    def _series_named(self) -> SeriesObservations:
+        if not self.series_id and not self.metric:
+            raise ValueError("give either 'series_id' or 'metric' with 'labels'")
+        return self
+
+
+class AlertsRequest(BaseModel):
+    model_config = REQUEST_CONFIG
+
+    series: list[SeriesObservations] = Field(
+        description="The series to check, with their recent observations; each is checked against "
+        "every catalogue rule on its metric. At most PREALERT_MAX_BATCH series (413 beyond).",
+        examples=[[{"series_id": "portal-demo/jvm_heap_pct",
+                    "recent": [{"ts": "2026-10-03T14:00:00Z", "value": 81.5}]}]])
+    rules: list[Annotated[str, Field(max_length=100)]] | None = Field(
+        None, max_length=200, description="Only these rules; default: all of the catalogue.",
+        examples=[["jvm_heap", "disk"]])
+
+
+class PredictedAlert(BaseModel):
+    rule: str
+    severity: str
+    series_id: str
+    threshold: float
+    direction: str
+    lead_minutes: float = Field(description="The rule's lead time: a crossing predicted within it is listed.")
+    horizon_minutes: float
+    minutes_to_threshold: float | None = Field(description="Median crossing time; 0 if already crossed.")
+    earliest_minutes: float | None
+    latest_minutes: float | None
+    crossing_at: datetime | None
+    probability: float
+    already_crossed: bool
+    alert: bool = Field(description="Whether prealert's alert rule says warn now (see /predict).")
+    message: str
+    resolved_by: str
+
+
+class SkippedSeries(BaseModel):
+    index: int = Field(description="Position of the series in the request.")
+    series: str = Field(description="The series as the request named it.")
+    error: ErrorDetail
+
+
+class AlertsResponse(BaseModel):
+    model_version: str
+    checked: int = Field(description="Series x rule pairs evaluated.")
+    alerts: list[PredictedAlert] = Field(
+        description="Series predicted to cross within their rule's lead time (already crossed, or "
+        "a median crossing within lead_minutes with probability at or above the series' alarm "
+        "level), most urgent first.")
+    skipped: list[SkippedSeries] = Field(description="Series that could not be checked, and why.")
+
+
+class RuleInfo(BaseModel):
+    name: str = Field(description="What requests and /alerts call the rule.", examples=["jvm_heap"])
+    metric: str = Field(description="The metric it watches (features/schema.py's catalogue).")
+    threshold: float = Field(description="In the metric's unit; default the metric catalogue's.")
+    direction: str = Field(description="'above' or 'below'.")
+    lead_minutes: float = Field(description="/alerts lists crossings predicted within this many minutes.")
+    horizon_minutes: float = Field(description="How far ahead the forecast looks.")
+    severity: str = Field(description="Label for alerting systems.")
+    overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per workload/service/node: the fields that differ.")
+
+
+class RulesList(BaseModel):
+    files: list[str] = Field(description="The catalogue file, then the operator's (PREALERT_RULES).")
+    rules: list[RuleInfo]

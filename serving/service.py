@@ -2,58 +2,87 @@
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import TypeVar
 
 import bentoml
 from bentoml.exceptions import InvalidArgument, NotFound, ServiceUnavailable
 
+from serving import routes
 from serving.http_edge import HttpEdge
-from serving.predictor import ModelLoadError, Predictor, UnknownSeries
-from serving.schemas import PredictRequest, PredictResponse
+from serving.predictor import BatchTooLarge, Predictor, UnknownSeries
+from serving.reload import ModelFollower
+from serving.schemas import (
+    AlertsRequest,
+    AlertsResponse,
+    PredictBatchRequest,
+    PredictBatchResponse,
+    PredictRequest,
+    PredictResponse,
+)
 
-logger = logging.getLogger("prealert.service")
+Answer = TypeVar("Answer")
 
 
 @bentoml.service(name="prealert", traffic={"timeout": 60})
 class PreAlert:
-    """Minutes-to-threshold and anomaly scores from the ``@champion`` model bundle.
+    """Minutes-to-threshold and anomaly scores from the ``@champion`` model bundle, which it follows
+    (hot reload: every ``PREALERT_RELOAD_SECONDS``, on SIGHUP, on ``POST /admin/reload``).
 
     Errors: every 4xx/5xx answer is ``{"error": {"code": ..., "message": ...}}``.
     """
 
     def __init__(self) -> None:
         # a model that cannot load leaves the worker up, answering 503 with the reason on /readyz,
-        # instead of crashing it into BentoML's endless restart loop
-        self.predictor: Predictor | None = None
-        self.load_error: str | None = None
-        try:
-            self.predictor = Predictor.from_environment()
-        except ModelLoadError as exc:
-            self.load_error = str(exc)
-            logger.error("no model to serve: %s", exc, exc_info=exc.__cause__)
+        # instead of crashing it into BentoML's endless restart loop; the follower keeps checking
+        self.follower = ModelFollower()
+        self.follower.load_first()
+        self.follower.start()
+
+    @property
+    def predictor(self) -> Predictor | None:
+        return self.follower.predictor
+
+    @property
+    def load_error(self) -> str | None:
+        return self.follower.load_error
 
     def __is_ready__(self) -> bool:
         return self.predictor is not None
 
-    def _loaded(self) -> Predictor:
-        if self.predictor is None:
+    def _answer(self, ask: Callable[[Predictor], Answer]) -> Answer:
+        predictor = self.predictor  # read once: a reload swaps it whole, never mid-request
+        if predictor is None:
             raise ServiceUnavailable(self.load_error or "no model loaded")
-        return self.predictor
+        try:
+            return ask(predictor)
+        except UnknownSeries as exc:
+            raise NotFound(str(exc)) from exc
+        except BatchTooLarge as exc:
+            raise InvalidArgument(str(exc), error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from exc
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from exc
 
     @bentoml.api(route="/predict")
     def predict(self, request: PredictRequest, /) -> PredictResponse:
         """When will this series reach its threshold, how sure are we, and how odd is it now."""
-        try:
-            return self._loaded().predict(request)
-        except UnknownSeries as exc:
-            raise NotFound(str(exc)) from exc
-        except ValueError as exc:
-            raise InvalidArgument(str(exc)) from exc
+        return self._answer(lambda p: p.predict(request))
+
+    @bentoml.api(route="/predict_batch")
+    def predict_batch(self, request: PredictBatchRequest, /) -> PredictBatchResponse:
+        """/predict for many series: each item answered or given its own error."""
+        return self._answer(lambda p: p.predict_batch(request))
+
+    @bentoml.api(route="/alerts")
+    def alerts(self, request: AlertsRequest, /) -> AlertsResponse:
+        """The series predicted to cross within their catalogue rule's lead time, most urgent first."""
+        return self._answer(lambda p: p.alerts(request))
 
     @bentoml.api(route="/model")
     def model(self) -> dict:
         """Which model answers: registry version, training window, series and their model kinds."""
-        predictor = self._loaded()
+        predictor = self._answer(lambda p: p)
         m = predictor.bundle.manifest
         return {
             "model_version": predictor.model_version,
@@ -63,4 +92,9 @@ class PreAlert:
         }
 
 
-PreAlert.add_asgi_middleware(HttpEdge, models={"/predict": (PredictRequest, PredictResponse)})
+PreAlert.mount_asgi_app(routes.app, path="/")
+PreAlert.add_asgi_middleware(HttpEdge, routes=routes.DOCS, models={
+    "/predict": (PredictRequest, PredictResponse),
+    "/predict_batch": (PredictBatchRequest, PredictBatchResponse),
+    "/alerts": (AlertsRequest, AlertsResponse),
+})

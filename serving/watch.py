@@ -21,6 +21,7 @@ from features import schema as s
 from features.prometheus import PrometheusError, query_range
 from serving.alertmanager import AlertmanagerError, AlertPusher, alert_annotations, alert_labels
 from serving.predictor import Predictor, UnknownSeries
+from serving.rules import Catalog, load_catalog
 from serving.schemas import PredictRequest, PredictResponse
 
 #: every reason a series gets no answer (or an alert is not delivered), pre-set to 0 on /metrics
@@ -38,25 +39,49 @@ class Rule:
     name: str
     query: str  # PromQL; each result series is one prediction
     metric: str  # prealert metric name the model knows, e.g. jvm_heap_pct
-    threshold: float
-    direction: str = "above"
-    horizon_minutes: float = 240.0
+    threshold: float | None  # None: the catalogue rule's, as set for the series' entity
+    direction: str | None = "above"
+    horizon_minutes: float | None = 240.0
     entity_label: str = "service"  # the result label whose value is the entity (workload/node/pod)
     entity_kind: str = "service"  # what that value is for prealert: service, pod or node
     severity: str = "warning"  # label of the alert pushed to Alertmanager
+    rule: str | None = None  # a rules-catalogue rule giving metric, threshold, direction, horizon
 
 
-def _rule(item: Any, where: str) -> Rule:
+def _from_catalog(item: dict, where: str, catalog: Catalog) -> Rule:
+    """A watch rule naming a catalogue rule: what it leaves out, the catalogue (and the operator's
+    overrides per entity) decides, through the predictor, for each series."""
+    name = item["rule"]
+    if name not in catalog.rules:
+        raise ValueError(f"{where}: rule {name!r} is not in the rules catalogue; known: "
+                         f"{', '.join(sorted(catalog.rules))}")
+    base = catalog.rules[name]
+    if item.get("metric", base.metric) != base.metric:
+        raise ValueError(f"{where}: metric {item['metric']!r} is not the one rule {name!r} watches "
+                         f"({base.metric})")
+    checked = _rule({**item, "metric": base.metric, "threshold": item.get("threshold", base.threshold),
+                     "direction": item.get("direction", base.direction),
+                     "horizon_minutes": item.get("horizon_minutes", base.horizon_minutes)}, where, None)
+    return Rule(name=checked.name, query=checked.query, metric=base.metric, rule=name,
+                threshold=checked.threshold if "threshold" in item else None,
+                direction=checked.direction if "direction" in item else None,
+                horizon_minutes=checked.horizon_minutes if "horizon_minutes" in item else None,
+                entity_label=checked.entity_label, entity_kind=checked.entity_kind, severity=checked.severity)
+
+
+def _rule(item: Any, where: str, catalog: Catalog | None) -> Rule:
     if not isinstance(item, dict):
         raise ValueError(f"{where}: a rule is a mapping with name, query, metric, ..., got {item!r}")
     known = {f.name for f in fields(Rule)}
     unknown = sorted(set(item) - known)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-    missing = [k for k in ("name", "query", "metric") if not item.get(k)]
+    missing = [k for k in ("name", "query") + (() if item.get("rule") else ("metric",)) if not item.get(k)]
     if missing:
         raise ValueError(f"{where}: missing {missing}")
     where = f"{where} ({item['name']!r})"
+    if item.get("rule") and catalog is not None:
+        return _from_catalog(item, where, catalog)
     spec = s.spec_for(str(item["metric"]))
     label = str(item.get("entity_label", "service"))
     raw = {
@@ -94,7 +119,8 @@ def load_rules(path: str | Path) -> list[Rule]:
     items = doc.get("rules") if isinstance(doc, dict) else None
     if not isinstance(items, list) or not items:
         raise ValueError(f"{path}: expected a top-level 'rules:' list with at least one rule")
-    rules = [_rule(item, f"{path}: rule {i + 1}") for i, item in enumerate(items)]
+    catalog = load_catalog() if any(isinstance(i, dict) and i.get("rule") for i in items) else None
+    rules = [_rule(item, f"{path}: rule {i + 1}", catalog) for i, item in enumerate(items)]
     names = Tally(r.name for r in rules)
     dup = sorted(n for n, c in names.items() if c > 1)
     if dup:
@@ -220,9 +246,10 @@ class Watcher:
                        f"finite points in the window, fewer than {self.min_points}")
             return None
         try:
-            req = PredictRequest(metric=rule.metric, labels={rule.entity_kind: entity},
+            req = PredictRequest(metric=rule.metric, labels={rule.entity_kind: entity}, rule=rule.rule,
                                  threshold=rule.threshold, direction=rule.direction,
-                                 horizon_minutes=rule.horizon_minutes,
+                                 **({} if rule.horizon_minutes is None else
+                                    {"horizon_minutes": rule.horizon_minutes}),
                                  recent=[{"ts": t, "value": v} for t, v in recent[-10_000:]])
             response = self.predictor.predict(req)
         except UnknownSeries as exc:

@@ -122,13 +122,27 @@ def serve(
     """
     import signal
 
-    from serving.http_edge import max_body_bytes
-    from serving.server import ServiceFailed, port_in_use, start_service, stop_service, wait_ready
+    from serving.http_edge import TOKEN_ENV, api_token, max_body_bytes, max_concurrency
+    from serving.predictor import max_batch
+    from serving.reload import reload_seconds
+    from serving.server import (
+        ServiceFailed,
+        is_loopback,
+        port_in_use,
+        start_service,
+        stop_service,
+        wait_ready,
+    )
 
     try:
-        max_body_bytes()
+        max_body_bytes(), max_concurrency(), max_batch(), reload_seconds()
+        token = api_token()
     except ValueError as exc:
         _fail(str(exc))
+    if token is None and not is_loopback(host):
+        typer.secho(f"warning: serving on {host} without auth: anyone who reaches it can query the "
+                    f"models; set {TOKEN_ENV} (or {TOKEN_ENV}_FILE) to require a bearer token",
+                    fg="yellow", err=True)
     if port_in_use(port, host):
         _fail(f"port {port} on {host} is already in use; stop what listens there or pick --port")
     url = f"http://{host}:{port}"
@@ -140,7 +154,8 @@ def serve(
     code = 0
     try:
         wait_ready(proc, url, timeout=start_timeout, log_file=log_file)
-        typer.echo(f"serving on {url}: POST {url}/predict, POST {url}/model; "
+        typer.echo(f"serving on {url}: POST {url}/predict, /predict_batch, /alerts; GET {url}/series, "
+                   f"/rules, /status; "
                    f"API docs at {url}/ (OpenAPI: {url}/docs.json); Ctrl-C stops", err=True)
         proc.wait()
         typer.secho(f"error: bentoml serve exited with code {proc.returncode}{where}", fg="red", err=True)

@@ -3,25 +3,12 @@
 from pathlib import Path
 
 import pytest
-from starlette.testclient import TestClient
 
 from serving.http_edge import MAX_BODY_ENV
 from serving.schemas import ErrorResponse
 
 GOLDEN = Path(__file__).resolve().parents[2] / "data" / "sample" / "golden_bundle"
 APDEX = "golden-app/apdex"
-
-
-@pytest.fixture(scope="module")
-def client():
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PREALERT_BUNDLE", str(GOLDEN))
-    mp.setenv(MAX_BODY_ENV, str(256 * 1024))
-    from serving.service import PreAlert
-
-    with TestClient(PreAlert.to_asgi(), raise_server_exceptions=False) as c:
-        yield c
-    mp.undo()
 
 
 def error_of(response) -> dict:

@@ -202,7 +202,10 @@ class PredictResponse(BaseModel):
     trend_correction_per_min: float = Field(
         description="Slope of the recent residuals, followed with a one-hour damping.")
     anomaly_score: float | None = Field(
-        description="0-1: share of training minutes that looked less anomalous; null without "
+        description="0-1, never reaching 1: s/(1+s), where s = -log10 of the probability that a "
+        "training minute looked at least this anomalous to the entity's isolation forest (beyond "
+        "the training extremes, a generalized Pareto tail). 0.5: a minute this unusual is expected "
+        "once every 10 training minutes, 0.75 once every 1,000, 0.9 once every 10^9. Null without "
         "recent observations or context.")
     anomaly_top_metrics: list[TopMetric]
     message: str = Field(description="The answer as an operator reads it.")

@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 #: manifest entries that say when and how fast, not what was trained
 TIMING_KEYS = {"created_at", "fit_seconds_total", "checksums"}
 SERIES_TIMING_KEYS = {"fit_seconds", "fit_cpu_seconds"}
+#: the run's settings that say where it ran, not what it trained
+ENGINE_KEYS = {"engine", "n_jobs"}
 
 
 def cyclic_series(n_entities: int = 2, metrics: tuple[str, ...] = ("cpu_pct", "heap_pct"),
@@ -57,6 +59,8 @@ def _bundle_files(folder: Path) -> dict[str, object]:
     manifest = json.loads((folder / "manifest.json").read_text())
     for key in TIMING_KEYS:
         manifest.pop(key)
+    for key in ENGINE_KEYS:
+        manifest["config"].pop(key)
     for entry in manifest["series"].values():
         for key in SERIES_TIMING_KEYS:
             entry.pop(key)
@@ -94,6 +98,7 @@ def test_local_and_ray_engines_give_the_same_bundle(tmp_path, monkeypatch):
         assert a[name] == b[name], name
     assert all(v["kind"] == "prophet" for v in a["manifest"]["series"].values())
     assert local.bundle.manifest["config"]["engine"] == "local"
+    assert on_ray.bundle.manifest["config"]["engine"] == "ray"
 
 
 def _poisoned_fit(self, ts, y):

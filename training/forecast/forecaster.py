@@ -86,8 +86,8 @@ class SeriesForecaster:
 
     Prophet's cost grows faster than linearly with the points it sees, so it is fitted on the
     last ``fit_history_days`` at the finest step of ``FIT_STEPS_MINUTES`` that keeps it within
-    ``fit_max_points`` (means over each step; ``fit_step_minutes_``), e.g. 14 days at 1 minute
-    -> 15-minute means. Everything else (sigma, error paths, the holdout replay) uses the series'
+    ``fit_max_points`` (means over each step; ``fit_step_minutes_``), e.g. 14 or 28 days at 1
+    minute -> 5-minute means (a 5-minute series of 28 days is fitted as it is). Everything else (sigma, error paths, the holdout replay) uses the series'
     own resolution. ``uncertainty_samples=0``: no served answer uses Prophet's sampled band
     (Prophet answers use error paths, the linear fallback its Gaussian band).
     """
@@ -106,7 +106,7 @@ class SeriesForecaster:
         max_horizon_minutes: float = 360.0,
         n_error_paths: int = 200,
         error_history_days: float = 14.0,
-        fit_max_points: int | None = 1500,
+        fit_max_points: int | None = 8064,  # 28 days at 5 minutes
         fit_history_days: float | None = 28.0,
     ):
         self.timezone = timezone

@@ -62,7 +62,9 @@ def test_prophet_is_fitted_on_means_of_a_coarser_step_and_the_rest_keeps_the_ser
     truth = 50 + 10 * np.sin(2 * np.pi * np.arange(frame.height) / 60 / 24) + 0.01 * np.arange(
         frame.height) / 60
     assert np.abs(model.expected(frame[s.TS].to_numpy()) - truth).mean() < 0.3
-    assert SeriesForecaster(min_history_hours=24).fit(frame).fit_step_minutes_ == 5.0
+    # the default: up to 28 days at 5 minutes; 4 days at 1 minute fit as they are, 14 at 5 minutes
+    assert SeriesForecaster(min_history_hours=24).fit(frame).fit_step_minutes_ == 1.0
+    assert SeriesForecaster(min_history_hours=24).fit(_minute_series(14)).fit_step_minutes_ == 5.0
 
 
 def test_prophet_sees_only_the_last_fit_history_days():

@@ -7,6 +7,7 @@ import logging
 import bentoml
 from bentoml.exceptions import InvalidArgument, NotFound, ServiceUnavailable
 
+import serving.bentoml_fixes  # noqa: F401 - replaces BentoML's TimeoutMiddleware before the app is built
 from serving.http_edge import HttpEdge
 from serving.predictor import ModelLoadError, Predictor, UnknownSeries
 from serving.schemas import PredictRequest, PredictResponse

@@ -5,7 +5,9 @@ Builds a synthetic bundle by cloning one trained series' forecaster (from the go
 ``--source``) under ``--series`` ids, written with ``ModelBundle.save`` (checksums and all), then
 loads it in a fresh process: wall time of ``ModelBundle.load``, RSS before and after. A second fresh
 process profiles the load of a ``--profile-series`` bundle built the same way and prints where the time
-goes. Everything lives in a temporary folder unless ``--keep`` names one. No assertions: numbers only.
+goes. ``--serve`` also starts a real ``bentoml serve`` of the big bundle and states its time to ready
+and memory (``--no-load`` skips the fresh-process load and profile). Everything lives in a temporary
+folder unless ``--keep`` names one. No assertions: numbers only.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
+from serving.server import free_port, start_service, stop_service, wait_ready
 from training.bundle import ModelBundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +89,23 @@ def fresh(script: str, *args: str) -> str:
                           check=True, cwd=ROOT).stdout
 
 
+def serve(bundle: Path, log: Path) -> None:
+    """Time ``bentoml serve`` of ``bundle`` to ready; the RSS of its process tree and largest process."""
+    port = free_port()
+    t = time.perf_counter()
+    proc = start_service(port, bundle=bundle, log_file=log)
+    try:
+        wait_ready(proc, f"http://127.0.0.1:{port}", timeout=3600, log_file=log)
+        took = time.perf_counter() - t
+        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        sizes = [p.memory_info().rss / 2**20 for p in procs]
+    finally:
+        stop_service(proc)
+    print(f"\n## bentoml serve of the bundle; {uptime()}\n")
+    print(f"- start to ready {took:.0f} s; RSS: tree {sum(sizes):,.0f} MB over {len(sizes)} processes, "
+          f"largest (the worker) {max(sizes):,.0f} MB")
+
+
 def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
@@ -96,6 +118,8 @@ def main() -> None:
                         help=f"bundle whose {SOURCE_SERIES} forecaster is cloned")
     parser.add_argument("--keep", type=Path, help="build the bundles here and keep them")
     parser.add_argument("--top", type=int, default=18, help="profile rows")
+    parser.add_argument("--serve", action="store_true", help="also time bentoml serve of the big bundle")
+    parser.add_argument("--no-load", action="store_true", help="skip the fresh-process load and profile")
     args = parser.parse_args()
     source = ModelBundle.load(args.source)
     with tempfile.TemporaryDirectory(prefix="bundle-bench-") as tmp:
@@ -106,6 +130,10 @@ def main() -> None:
         one_kb = next((big / "series").iterdir()).stat().st_size / 1024
         print(f"# built {args.series:,} series in {time.perf_counter() - t:.0f} s ({size_mb:,.0f} MB, "
               f"one series file {one_kb:,.0f} KB); {uptime()}", flush=True)
+        if args.serve:
+            serve(big, where / "serve.log")
+        if args.no_load:
+            return
         r = json.loads(fresh(MEASURE, str(big)))
         n, before, after = r["series"], r["rss_before_mb"], r["rss_after_mb"]
         print(f"\n## ModelBundle.load of {n:,} series in a fresh process; {uptime()}\n")

@@ -90,7 +90,7 @@ if _OUT:
         cls.predict = predict
 
     def _watch():
-        wrapped, last_count = False, 0.0
+        wrapped, last_count, last_dump = False, 0.0, 0.0
         every = float(os.environ.get("PREALERT_BENCH_COUNT_OBJECTS_EVERY", "0"))
         while True:
             time.sleep(0.5)
@@ -103,6 +103,11 @@ if _OUT:
             if every and time.time() - last_count >= every:
                 last_count = time.time()
                 _objects.append((last_count, len(gc.get_objects())))
+            # written only when the bench asks (a file "dump"): writing holds the GIL under load
+            ask = os.path.join(_OUT, "dump")
+            if not os.path.exists(ask) or os.path.getmtime(ask) <= last_dump:
+                continue
+            last_dump = os.path.getmtime(ask)
             tmp = os.path.join(_OUT, f".{os.getpid()}.tmp")
             with open(tmp, "w") as f:
                 json.dump({"pid": os.getpid(), "gen2": _gen2, "predict_ms": _predict,
@@ -135,9 +140,14 @@ def probe_env(probe: Path, **extra: str) -> dict[str, str]:
 
 
 def probe_records(probe: Path) -> list[dict]:
-    """What each probed process logged so far (the ones that loaded the predictor)."""
+    """What each probed process (the ones that loaded the predictor) has logged until now."""
+    asked = time.time()
+    (probe / "out" / "dump").write_text(str(asked))
+    time.sleep(2.5)  # the probe looks every 0.5 s
     records = []
     for path in (probe / "out").glob("*.json"):
+        if path.stat().st_mtime < asked:  # a process that has not answered the ask (not serving)
+            continue
         try:
             records.append(json.loads(path.read_text()))
         except ValueError:  # being replaced right now: the next read has it
@@ -294,7 +304,6 @@ def main(argv: list[str] | None = None) -> None:
                         stats.update(round=r, target=name, connections=c, start=t0, end=time.time())
                         results.setdefault((name, c), []).append(stats)
                 print(f"# round {r + 1}/{args.rounds} done; {uptime()}", flush=True)
-            time.sleep(2.5)  # the probe writes every 0.5 s
             records = probe_records(probe)
         finally:
             for proc in procs.values():

@@ -72,9 +72,10 @@ def test_probes_use_the_named_port_and_the_real_health_paths():
     assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe]["httpGet"]["port"] in {p["name"] for p in c["ports"]} | {3000}
-    # the model load can take minutes: the startup probe must allow it before liveness kills the pod
+    # a 10,000-series bundle took 204 s to load (bench/bundle_bench.py): the startup probe must allow
+    # that with room to spare before liveness kills the pod
     startup = c["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 2 * 204
 
 
 def test_env_names_the_registry_and_an_optional_token_secret():

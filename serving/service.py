@@ -9,6 +9,7 @@ from typing import TypeVar
 import bentoml
 from bentoml.exceptions import InvalidArgument, NotFound, ServiceUnavailable
 
+import serving.bentoml_fixes  # noqa: F401 - replaces BentoML's TimeoutMiddleware before the app is built
 from serving import routes
 from serving.http_edge import HttpEdge
 from serving.predictor import BatchTooLarge, Predictor, UnknownSeries

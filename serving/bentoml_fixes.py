@@ -1,0 +1,99 @@
+"""BentoML 1.4 server behaviour prealert corrects from its own side: the per-request timeout's timer.
+
+BentoML's ``TimeoutMiddleware`` (``bentoml/_internal/server/http/traffic.py``, 1.4.40) schedules
+``loop.call_later(timeout, ...)`` for every request and never cancels it. Each timer holds a copy of the
+request's context (its OpenTelemetry span and what that reaches) and the request's future until the
+traffic timeout (60 s) runs out, so a busy worker keeps about a minute of finished requests alive and
+every full garbage collection walks them (MEASUREMENTS.md: one connection, +188k objects in 9.4k
+requests). ``PromptTimeoutMiddleware`` keeps the behaviour (a 504 when nothing was sent in time) but
+runs the timer in an empty context and cancels it as soon as the request is done.
+
+BentoML builds its app after importing ``serving.service``, and looks the middleware up in its module
+at that moment: importing this module (once, from ``serving/service.py``) is what installs the
+replacement. ``PREALERT_BENTOML_FIXES=off`` leaves BentoML's own middleware in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+logger = logging.getLogger("prealert.bentoml_fixes")
+
+FIXES_ENV = "PREALERT_BENTOML_FIXES"
+#: BentoML's own middleware class, kept when it is replaced (for comparison and tests)
+upstream_timeout_middleware: type | None = None
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def _time_out(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError)
+
+
+class PromptTimeoutMiddleware:
+    """A 504 when the app has sent nothing within ``timeout`` seconds; its timer ends with the request."""
+
+    def __init__(self, app: ASGIApp, timeout: float) -> None:
+        self.app = app
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        # the timer needs nothing of the request: an empty context keeps the request's out of the loop
+        timer = loop.call_later(self.timeout, _time_out, waiter, context=contextvars.Context())
+
+        async def _send(message: Message) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+            await send(message)
+
+        fut = asyncio.ensure_future(self.app(scope, receive, _send))
+        try:
+            await waiter
+        except TimeoutError:
+            if fut.cancel():
+                resp = JSONResponse(
+                    {"error": f"Not able to process the request in {self.timeout} seconds"}, status_code=504)
+                await resp(scope, receive, send)
+        else:
+            await fut
+        finally:
+            timer.cancel()
+
+
+def install() -> bool:
+    """Make BentoML build its apps with ``PromptTimeoutMiddleware``; False when left alone (idempotent)."""
+    if os.environ.get(FIXES_ENV, "").strip().lower() in {"off", "0", "false", "no"}:
+        logger.info("%s is off: BentoML's TimeoutMiddleware stays", FIXES_ENV)
+        return False
+    try:
+        from bentoml._internal.server.http import traffic
+    except ImportError:  # a BentoML without this module: nothing to replace
+        logger.warning("BentoML has no _internal.server.http.traffic; its request timeout is left as is")
+        return False
+    if not hasattr(traffic, "TimeoutMiddleware"):
+        logger.warning("BentoML has no TimeoutMiddleware to replace; its request timeout is left as is")
+        return False
+    global upstream_timeout_middleware
+    if traffic.TimeoutMiddleware is not PromptTimeoutMiddleware:
+        upstream_timeout_middleware = traffic.TimeoutMiddleware
+        traffic.TimeoutMiddleware = PromptTimeoutMiddleware
+    return True
+
+
+install()

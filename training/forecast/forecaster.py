@@ -88,7 +88,8 @@ class SeriesForecaster:
     last ``fit_history_days`` at the finest step of ``FIT_STEPS_MINUTES`` that keeps it within
     ``fit_max_points`` (means over each step; ``fit_step_minutes_``), e.g. 14 or 28 days at 1
     minute -> 5-minute means (a 5-minute series of 28 days is fitted as it is). Everything
-    else (sigma, error paths, the holdout replay) uses the series' own resolution. ``uncertainty_samples=0``: no served answer uses Prophet's sampled band
+    else (sigma, error paths, the holdout replay) uses the series' own resolution.
+    ``uncertainty_samples=0``: no served answer uses Prophet's sampled band
     (Prophet answers use error paths, the linear fallback its Gaussian band).
     """
 

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -37,7 +38,11 @@ from serving.schemas import (
 from training.bundle import ModelBundle
 from training.predict import predict_series
 
-__all__ = ["ECHO_CHARS", "BUNDLE_ENV", "BatchTooLarge", "ModelLoadError", "Predictor", "UnknownSeries",
+if TYPE_CHECKING:
+    from serving.source import PrometheusSource
+
+__all__ = ["ECHO_CHARS", "BUNDLE_ENV", "BatchTooLarge", "ModelLoadError", "Predictor", "SourceUnavailable",
+           "UnknownSeries",
            "max_batch", "one_line", "shortened"]
 
 BUNDLE_ENV = "PREALERT_BUNDLE"
@@ -61,6 +66,10 @@ def max_batch() -> int:
 
 class UnknownSeries(LookupError):
     """The request names a series the model bundle has no model for."""
+
+
+class SourceUnavailable(RuntimeError):
+    """The request sent no recent observations and the Prometheus source could not give them (503)."""
 
 
 class ModelLoadError(RuntimeError):
@@ -94,26 +103,36 @@ def load_bundle_from_environment() -> ModelBundle:
 
 
 class Predictor:
-    def __init__(self, bundle: ModelBundle, catalog: Catalog | None = None, pods: PodDirectory | None = None):
+    def __init__(self, bundle: ModelBundle, catalog: Catalog | None = None, pods: PodDirectory | None = None,
+                 source: PrometheusSource | None = None):
         self.bundle = bundle
         self.catalog = catalog if catalog is not None else load_catalog()
         self.pods = pods
+        self.source = source  # where the recent window comes from when a request sends none
 
     @classmethod
     def from_environment(cls, catalog: Catalog | None = None, pods: PodDirectory | None = None) -> Predictor:
         """The bundle of :func:`load_bundle_from_environment`, the rules catalogue (plus
-        ``PREALERT_RULES``) and the pods table of ``PREALERT_PODS``; a bad rules file or pods
-        path is a ``ModelLoadError`` too (the service must not start without them)."""
+        ``PREALERT_RULES``), the pods table of ``PREALERT_PODS`` and the Prometheus source of
+        ``PREALERT_PROMETHEUS_URL``; a bad rules file, pods path or source configuration is a
+        ``ModelLoadError`` too (the service must not start without them)."""
         try:
             catalog = catalog or load_catalog()
             pods = pods or PodDirectory.from_environment()
         except (RulesError, OSError) as exc:
             raise ModelLoadError(one_line(exc, 500)) from exc
-        return cls(load_bundle_from_environment(), catalog, pods)
+        return cls(load_bundle_from_environment(), catalog, pods, source_from_environment())
 
     def with_bundle(self, bundle: ModelBundle) -> Predictor:
-        """The same rules and pods table over another bundle (a reload)."""
-        return Predictor(bundle, self.catalog, self.pods)
+        """The same rules, pods table and source (and its cache) over another bundle (a reload)."""
+        return Predictor(bundle, self.catalog, self.pods, self.source)
+
+    def _recent(self, sid: str, given: list, now: object = None) -> list:
+        """The observations a request sent; when it sent none (nor a ``now``) and a Prometheus
+        source is configured, the series' recent window from it."""
+        if given or now is not None or self.source is None:
+            return [(o.ts, o.value) for o in given]
+        return self.source.recent(sid, lambda metric, labels: self._series_of_labels(metric, labels)[0])
 
     @property
     def model_version(self) -> str:
@@ -187,7 +206,7 @@ class Predictor:
                    else req.horizon_minutes)
         p = predict_series(
             self.bundle, sid, threshold, direction, horizon,
-            recent=[(o.ts, o.value) for o in req.recent], now=req.now, context=req.context,
+            recent=self._recent(sid, req.recent, req.now), now=req.now, context=req.context,
         )
         return PredictResponse(**p.as_dict(), message=p.sentence(), resolved_by=how,
                                rule=rule.name if rule else None)
@@ -245,7 +264,7 @@ class Predictor:
     def _crossing_within_lead(self, sid: str, how: str, rule: AlertingRule,
                               obs: SeriesObservations) -> PredictedAlert | None:
         p = predict_series(self.bundle, sid, rule.threshold, rule.direction, rule.horizon_minutes,
-                           recent=[(o.ts, o.value) for o in obs.recent], context=obs.context)
+                           recent=self._recent(sid, obs.recent), context=obs.context)
         soon = (p.minutes_to_threshold is not None and p.minutes_to_threshold <= rule.lead_minutes
                 and p.probability >= p.alarm_probability)
         if not (p.already_crossed or soon):
@@ -289,6 +308,17 @@ class Predictor:
         return RulesList(files=self.catalog.files, rules=out)
 
 
+def source_from_environment() -> PrometheusSource | None:
+    """The Prometheus source of ``PREALERT_PROMETHEUS_URL``, None when unset (serving/source.py); a
+    wrong configuration is a ``ModelLoadError`` (the service must not answer without it)."""
+    from serving.source import PrometheusSource  # it reads watch rules, whose module imports this one
+
+    try:
+        return PrometheusSource.from_environment()
+    except (ValueError, OSError) as exc:
+        raise ModelLoadError(f"Prometheus source: {one_line(exc, 500)}") from exc
+
+
 def _within_limit(n: int, what: str) -> None:
     limit = max_batch()
     if n > limit:
@@ -298,6 +328,8 @@ def _within_limit(n: int, what: str) -> None:
 
 def _item_error(exc: Exception, where: str) -> tuple[int, str, str]:
     """Status, code and message of one item's failure (an unexpected one is logged, not shown)."""
+    if isinstance(exc, SourceUnavailable):
+        return 503, "source_unavailable", shortened(str(exc), 1000)
     if isinstance(exc, ValidationError):
         return 400, "bad_request", shortened(validation_message(exc.errors()), 1000)
     if isinstance(exc, UnknownSeries | KeyError):

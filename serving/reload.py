@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serving.pods import PodDirectory
-from serving.predictor import BUNDLE_ENV, ModelLoadError, Predictor, load_bundle_from_environment, one_line
+from serving.predictor import (
+    BUNDLE_ENV,
+    ModelLoadError,
+    Predictor,
+    load_bundle_from_environment,
+    one_line,
+    source_from_environment,
+)
 from serving.rules import Catalog
 
 RELOAD_ENV = "PREALERT_RELOAD_SECONDS"
@@ -159,6 +166,8 @@ class ModelFollower:
             logger.info("model source now at %s (serving %s): loading", source, self.serving_source)
             try:
                 bundle = load_bundle_from_environment()
+                # a reload keeps the predictor's source (and its cache); a first load builds it
+                prometheus = None if self.predictor else source_from_environment()
             except ModelLoadError as exc:
                 self._failed_source = source
                 still = f"; still serving {self.serving_source}" if self.predictor else ""
@@ -170,7 +179,8 @@ class ModelFollower:
                 logger.error("%s", failure, exc_info=exc.__cause__)
                 return self.status()
             current = self.predictor
-            fresh = current.with_bundle(bundle) if current else Predictor(bundle, self.catalog, self.pods)
+            fresh = current.with_bundle(bundle) if current else Predictor(bundle, self.catalog, self.pods,
+                                                                          prometheus)
             del current, bundle
             # the registry's label of what was loaded: the alias may have moved while loading
             self._swap(fresh, fresh.model_version if not os.environ.get(BUNDLE_ENV) else source)

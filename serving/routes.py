@@ -37,6 +37,10 @@ class Status(BaseModel):
     last_check: float | None = Field(description="Unix time of the last check of the registry.")
     gc: dict[str, Any] = Field(description="Full (generation-2) collections of this worker: count, "
                                "total and max pause in ms, objects frozen out of them.")
+    prometheus_source: dict[str, Any] | None = Field(
+        None, description="The Prometheus source giving the recent window to requests that send "
+        "none (PREALERT_PROMETHEUS_URL): its URL, rules, cache TTL, window, step, and this "
+        "worker's range queries and cache hits; null when none is configured.")
 
 
 def _json(model: BaseModel) -> Response:
@@ -63,13 +67,19 @@ async def rules(request: Request) -> Response:
     return _json(bentoml.get_current_service().predictor.rules())
 
 
+def _status(follower: Any, status: dict) -> Status:
+    source = follower.predictor.source if follower.predictor else None
+    return Status(**status, prometheus_source=source.stats() if source else None)
+
+
 async def status(request: Request) -> Response:
-    return _json(Status(**bentoml.get_current_service().follower.status()))
+    follower = bentoml.get_current_service().follower
+    return _json(_status(follower, follower.status()))
 
 
 async def reload_now(request: Request) -> Response:
     follower = bentoml.get_current_service().follower
-    return _json(Status(**await run_in_threadpool(follower.check, True)))
+    return _json(_status(follower, await run_in_threadpool(follower.check, True)))
 
 
 app = Starlette(routes=[

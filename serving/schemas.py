@@ -101,7 +101,9 @@ class PredictRequest(BaseModel):
     recent: list[Observation] = Field(
         default_factory=list, max_length=10_000,
         description="Most recent observations of the series; they set 'now' and correct the "
-        "forecast's level in real time.",
+        "forecast's level in real time. Left out (and no 'now' given) on a server with a "
+        "Prometheus source (PREALERT_PROMETHEUS_URL), the server fetches them itself (503 "
+        "source_unavailable when it cannot, 404 when Prometheus returns no such series).",
         examples=[[{"ts": "2026-10-03T14:00:00Z", "value": 81.5},
                    {"ts": "2026-10-03T14:05:00Z", "value": 81.9}]])
     context: dict[str, Number] = Field(
@@ -122,7 +124,7 @@ class PredictRequest(BaseModel):
 
 class ErrorDetail(BaseModel):
     code: str = Field(description="Machine-readable kind: bad_request, not_found, payload_too_large, "
-                      "unsupported_media_type, model_not_loaded, internal_error, ...",
+                      "unsupported_media_type, model_not_loaded, source_unavailable, internal_error, ...",
                       examples=["not_found"])
     message: str = Field(description="What is wrong, for a person; user input in it is shortened.",
                          examples=["no model for series 'nope/jvm_heap_pct'; known series: ..."])
@@ -272,7 +274,8 @@ class SeriesObservations(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict, max_length=50, description="As in /predict.",
                                    examples=[{"service": "portal-demo"}])
     recent: list[Observation] = Field(default_factory=list, max_length=10_000,
-                                      description="Most recent observations of the series.")
+                                      description="Most recent observations of the series; left "
+                                      "out, fetched from the server's Prometheus source if it has one.")
     context: dict[str, Number] = Field(default_factory=dict, max_length=200, description="As in /predict.")
 
     @model_validator(mode="after")

@@ -8,11 +8,12 @@ from typing import TypeVar
 
 import bentoml
 from bentoml.exceptions import InvalidArgument, NotFound, ServiceUnavailable
+from starlette.responses import Response
 
 import serving.bentoml_fixes  # noqa: F401 - replaces BentoML's TimeoutMiddleware before the app is built
 from serving import routes
-from serving.http_edge import HttpEdge
-from serving.predictor import BatchTooLarge, Predictor, UnknownSeries
+from serving.http_edge import HttpEdge, error_json
+from serving.predictor import BatchTooLarge, Predictor, SourceUnavailable, UnknownSeries
 from serving.reload import ModelFollower
 from serving.schemas import (
     AlertsRequest,
@@ -58,6 +59,10 @@ class PreAlert:
             raise ServiceUnavailable(self.load_error or "no model loaded")
         try:
             return ask(predictor)
+        except SourceUnavailable as exc:
+            # BentoML hides a 5xx exception's message: the answer carries the reason itself
+            return Response(error_json(503, str(exc), "source_unavailable"), status_code=503,
+                            media_type="application/json")  # type: ignore[return-value]
         except UnknownSeries as exc:
             raise NotFound(str(exc)) from exc
         except BatchTooLarge as exc:

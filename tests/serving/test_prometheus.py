@@ -308,3 +308,71 @@ def test_pusher_refreshes_before_ends_at_and_not_on_new_content(stack):
     assert refreshed["startsAt"] == first["startsAt"]
     assert refreshed["endsAt"] > first["endsAt"]
     assert not math.isnan(pusher.pushes) and pusher.pushes == 2
+
+
+PULL_RULES = """
+rules:
+  # node_exporter's memory use as the golden bundle's series golden-app/jvm_heap_pct (as above)
+  - name: heap
+    query: >-
+      label_replace(100 * (1 - node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes),
+                    "service", "golden-app", "", "")
+    metric: jvm_heap_pct
+  # an apdex query that returns another workload only: golden-app/apdex is not in its result
+  - name: apdex
+    query: 'label_replace(node_load1 * 0 + 0.9, "service", "elsewhere", "", "")'
+    metric: apdex
+"""
+
+
+def test_predict_without_recent_pulls_the_window_from_prometheus_once_per_ttl(stack, client, tmp_path,
+                                                                               monkeypatch):
+    """The service (in process, over the golden bundle) configured with a Prometheus source answers
+    /predict, /predict_batch and /alerts without 'recent': one range query per rule query and TTL."""
+    from serving.http_edge import _service
+    from serving.predictor import Predictor
+    from serving.source import PrometheusSource
+
+    prom = stack["urls"]["prom"]
+    rules = tmp_path / "rules.yml"
+    rules.write_text(PULL_RULES)
+    for name, value in (("URL", prom), ("RULES", str(rules)), ("TTL_SECONDS", "60"), ("STEP", "1s")):
+        monkeypatch.setenv(f"PREALERT_PROMETHEUS_{name}", value)
+    source = PrometheusSource.from_environment()
+    follower = _service().follower
+    served = follower.predictor
+    monkeypatch.setattr(follower, "predictor", Predictor(served.bundle, served.catalog, source=source))
+    heap = {"series_id": "golden-app/jvm_heap_pct", "rule": "jvm_heap"}  # all an alerting system sends
+
+    r = client.post("/predict", json=heap)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    fetched = source._cache[source.rules[0].query]
+    # the same range asked of Prometheus directly: its latest sample is the answer's 'now'
+    direct = httpx.post(f"{prom}/api/v1/query_range", timeout=10, data={
+        "query": source.rules[0].query, "start": f"{fetched.start.timestamp():.3f}",
+        "end": f"{fetched.end.timestamp():.3f}", "step": "1"}).json()["data"]["result"]
+    (only,) = direct
+    latest = datetime.fromtimestamp(only["values"][-1][0], UTC)
+    print(f"/predict without recent: now {answer['now']} (Prometheus' latest sample {latest.isoformat()}, "
+          f"{len(only['values'])} samples), {answer['message']!r}")
+    assert datetime.fromisoformat(answer["now"].replace("Z", "+00:00")) == latest
+    assert answer["series_id"] == "golden-app/jvm_heap_pct" and answer["rule"] == "jvm_heap"
+    assert source.range_queries == 1
+
+    # within the TTL: /predict again, a batch and /alerts are answered from the cache
+    again = client.post("/predict", json={"rule": "jvm_heap", "labels": {"service": "golden-app"}})
+    assert again.status_code == 200 and again.json()["now"] == answer["now"]
+    batch = client.post("/predict_batch", json={"items": [heap, {"series_id": "golden-app/apdex"}]}).json()
+    assert [i["status"] for i in batch["results"]] == [200, 404], batch
+    assert batch["results"][0]["answer"]["now"] == answer["now"]
+    message = batch["results"][1]["error"]["message"]
+    print(f"golden-app/apdex: {message}")
+    assert "Prometheus returned no series 'golden-app/apdex'" in message and "elsewhere/apdex" in message
+    alerts = client.post("/alerts", json={"series": [{"series_id": heap["series_id"]}],
+                                          "rules": ["jvm_heap"]}).json()
+    assert alerts["checked"] == 1 and not alerts["skipped"], alerts
+    status = client.get("/status").json()["prometheus_source"]
+    print(f"/status prometheus_source: {status}")
+    assert status["range_queries"] == source.range_queries == 2  # heap once, apdex once
+    assert status["cache_hits"] == 3

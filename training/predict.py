@@ -15,7 +15,6 @@ from training.bundle import ModelBundle
 from training.forecast.correction import RealtimeCorrection, realtime_corrections
 from training.forecast.forecaster import horizon_grid
 from training.threshold import (
-    DEFAULT_ALARM,
     AlertRule,
     ProbabilityCalibration,
     crossings_from_paths,
@@ -118,6 +117,20 @@ class Prediction:
 
 #: fewer historical error paths than this and the answer uses the model's Gaussian band
 MIN_ERROR_PATHS = 20
+
+
+def answers_from_paths(model, n_steps: int) -> bool:
+    """Whether the model answers a horizon of ``n_steps`` from its error paths (enough of them,
+    long enough) rather than from its Gaussian band."""
+    paths = model.error_paths_
+    return paths.shape[0] >= MIN_ERROR_PATHS and paths.shape[1] >= n_steps
+
+
+def served_calibration(model, horizon_minutes: float, use_paths: bool) -> ProbabilityCalibration:
+    """The calibration (with its alarm level and ``for``) an answer at this horizon applies; the
+    identity (alarm 0.5) for the Gaussian band. Kept for any threshold: ``calibration_note``
+    says when it is extrapolated."""
+    return model.calibration_for(horizon_minutes) if use_paths else ProbabilityCalibration()
 
 DRIVER_NAMES = {
     "trend": "trend (a leak or steady growth)",
@@ -222,17 +235,14 @@ def predict_series(
     else:
         now = _to_utc(now)
 
-    paths = model.error_paths_
     grid = horizon_grid(now, horizon_minutes, model.step_minutes_)
-    use_paths = paths.shape[0] >= MIN_ERROR_PATHS and paths.shape[1] >= grid.size
+    use_paths = answers_from_paths(model, grid.size)
     if model.kind_ == "prophet" and not use_paths:
         raise ValueError(
             f"horizon {horizon_minutes:g} min is beyond the {model.max_horizon_minutes:g} min "
             f"this model learned its errors for; ask for a shorter horizon")
-    calibration, alarm = ProbabilityCalibration(), DEFAULT_ALARM
-    if use_paths:
-        calibration = model.calibration_for(horizon_minutes)
-        alarm = calibration.alarm
+    calibration = served_calibration(model, horizon_minutes, use_paths)
+    alarm = calibration.alarm
     note = calibration_note(model, calibration, threshold, direction, use_paths)
     rule = bundle.alert_rule.with_for(calibration.for_minutes)
     # the checks the alert rule looks at, oldest first, then now
@@ -556,7 +566,7 @@ def forecast_detail(
     obs_ts, obs_y = observations(recent)
     grid = horizon_grid(prediction.now, horizon_minutes, model.step_minutes_)
     errors = model.error_paths_
-    use_paths = errors.shape[0] >= MIN_ERROR_PATHS and errors.shape[1] >= grid.size
+    use_paths = answers_from_paths(model, grid.size)
     # the calibration only changes the probability, which ``prediction`` already holds
     ((_, grid, point, correction, _),) = _answers_at(
         model, obs_ts, obs_y, threshold, direction, grid, use_paths, ProbabilityCalibration(),

@@ -464,7 +464,10 @@ def replay_given(case: SeriesCase, model: SeriesForecaster, rule: AlertRule | No
     look-back. Checks whose horizon runs past the data are not reported (no truth yet).
     A linear fallback (no error paths) answers from its Gaussian band, as serving does.
     """
-    from training.predict import MIN_ERROR_PATHS  # local: keeps this section's imports with it
+    from training.predict import (  # local: keeps this section's imports with it
+        answers_from_paths,
+        served_calibration,
+    )
 
     step = case.step_minutes
     if abs(step - model.step_minutes_) > 1e-6:
@@ -484,18 +487,19 @@ def replay_given(case: SeriesCase, model: SeriesForecaster, rule: AlertRule | No
     beyond = np.isfinite(current) & (current >= case.threshold if above else current <= case.threshold)
     live = np.isfinite(current) & ~beyond
     seg, current = checks[live], current[live]
-    paths = model.error_paths_
     frames = []
     for h in config.horizons:
         n_h = int(round(h / step))
         keep = (seg >= first) & (seg + n_h < y.size)
         if not keep.any():
             continue
-        use_paths = paths.shape[0] >= MIN_ERROR_PATHS and paths.shape[1] >= n_h
+        use_paths = answers_from_paths(model, n_h)
         if model.kind_ == "prophet" and not use_paths:
             raise ValueError(f"{case.name}: the model learned no errors for a {h} min horizon")
-        calibration = model.calibration_for(h) if use_paths else ProbabilityCalibration()
-        if not calibration.covers(case.threshold, case.direction):  # as serving: identity
+        calibration = served_calibration(model, h, use_paths)
+        if not calibration.covers(case.threshold, case.direction):
+            # NOT as serving any more: serving extrapolates the calibration (issue 14); the gate
+            # still scores the raw probability beyond the calibrated thresholds
             calibration = ProbabilityCalibration()
         answers, truth = _given_answers(model, use_paths, y, expected, level, slope, seg, step, h,
                                         case)

@@ -240,7 +240,9 @@ def load_champion(dst: str | Path | None = None) -> ModelBundle:
         ) from exc
     with tempfile.TemporaryDirectory(prefix="prealert-champion-") as tmp:
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{MODEL_NAME}@{CHAMPION}", dst_path=str(dst or tmp)
+            # by the version just resolved, not by the alias: a promotion between the two calls
+            # would otherwise load one version and label it with another
+            artifact_uri=f"models:/{MODEL_NAME}/{mv.version}", dst_path=str(dst or tmp)
         )
         bundle = ModelBundle.load(Path(local) / "artifacts" / "bundle")
     bundle.manifest["registered_version"] = f"{MODEL_NAME}/{mv.version}"

@@ -57,3 +57,29 @@ def test_no_champion_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
     with pytest.raises(LookupError, match="run `prealert train` first"):
         load_champion(tmp_path / "x")
+
+
+def test_a_promotion_during_load_never_mislabels_the_bundle(result, tmp_path, monkeypatch):
+    """The alias is resolved once: the bundle downloaded is the version the answer names."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    config = TrainConfig(holdout_hours=12)
+    _, full = log_and_register(result, config)
+    one = sorted(result.bundle.forecasters)[0]
+    smaller = dataclasses.replace(result, bundle=dataclasses.replace(
+        result.bundle, forecasters={one: result.bundle.forecasters[one]}))
+    _, small = log_and_register(smaller, config)
+    promote_version(full)
+
+    resolve = MlflowClient.get_model_version_by_alias
+
+    def resolve_then_promote(self, name, alias):
+        mv = resolve(self, name, alias)
+        # another process promotes between resolving and downloading
+        self.set_registered_model_alias(MODEL_NAME, CHAMPION, small)
+        return mv
+
+    monkeypatch.setattr(MlflowClient, "get_model_version_by_alias", resolve_then_promote)
+    bundle = load_champion(tmp_path / "champion")
+    assert bundle.manifest["registered_version"] == f"{MODEL_NAME}/{full}"
+    assert set(bundle.forecasters) == set(result.bundle.forecasters)

@@ -43,6 +43,11 @@ def test_numpy_trees_equal_sklearn_score_samples(rng, kw):
     flat = FlatForest.from_sklearn(forest)
     np.testing.assert_allclose(flat.score_samples(probe), forest.score_samples(probe), rtol=0, atol=1e-12)
     np.testing.assert_allclose(flat.score_samples(probe[3]), forest.score_samples(probe[3:4]), atol=1e-12)
+    # without NaN a block walks the complete-tree layout (no child lookups): the same scores
+    clean = np.vstack([rng.normal(size=(3000, 7)) * 3, x[:50], np.full((1, 7), 1e6)])
+    assert flat.heap() is not None
+    np.testing.assert_allclose(flat.score_samples(clean), forest.score_samples(clean), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(flat.score_samples(clean[:1]), forest.score_samples(clean[:1]), atol=1e-12)
 
 
 def test_detector_score_is_the_bounded_tail_surprise_of_the_sklearn_score(rng):

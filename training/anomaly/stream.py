@@ -80,6 +80,7 @@ class EntityModel:
         cal = feats[-config.calibration_rows:]  # the latest rows: the normal range follows drift
         det = WorkloadAnomalyDetector(**config.detector).fit(cal, metrics, cf.columns_)
         self = cls(cf, det)
+        self.calibration_rows_ = len(cal)  # the last rows before the fit's end; their raw scores are known
         zs = self._abs_z(cal)
         self.residual_tails_ = [TailModel.fit(zs[:, j], RESIDUAL_TAIL_SCALE) for j in range(zs.shape[1])]
         parts = self.parts(cal, det.train_raw_)
@@ -108,9 +109,12 @@ class EntityModel:
             each, metric, residual = zs, np.zeros(len(feats), dtype=int), np.zeros(len(feats))
         return {"forest": forest, "residual": residual, "residual_each": each, "metric": metric}
 
-    def score(self, feats: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """The surprise of each row (``-log10`` tail probability, >= 0, no ceiling) and its parts."""
-        parts = self.parts(feats)
+    def score(self, feats: np.ndarray, raw: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The surprise of each row (``-log10`` tail probability, >= 0, no ceiling) and its parts.
+
+        ``raw``: the forest's raw scores of these rows when already known.
+        """
+        parts = self.parts(feats, raw)
         return self.total_tail_.surprise(combine(parts)), parts
 
 
@@ -176,7 +180,13 @@ def score_causally(values: np.ndarray, metrics: list[str], first_scored: int,
         ctx = max(0, int(np.searchsorted(ts_ns, ts_ns[a] - int(
             (model.features.expectation_minutes + model.features.spread_minutes + 1) * 60e9))) - 1)
         feats = model.features.transform(values[ctx:end], ts_ns[ctx:end])[a - ctx:]
-        s, parts = model.score(feats)
+        raw = None
+        if k == 0 and lo == 0:  # the fit already scored its calibration rows, the last ones before `start`
+            c = start - model.calibration_rows_
+            raw = np.concatenate([model.detector.raw_score(feats[:c]) if c else np.zeros(0),
+                                  model.detector.train_raw_, model.detector.raw_score(feats[start:])
+                                  if end > start else np.zeros(0)])
+        s, parts = model.score(feats, raw)
         res.surprise[a:end], res.forest[a:end], res.residual[a:end] = s, parts["forest"], parts["residual"]
         res.residual_each[a:end] = parts["residual_each"] if parts["residual_each"].shape[1] else 0.0
         res.residual_metric[a:end] = parts["metric"]

@@ -230,13 +230,14 @@ def write_report(result: EvalResult, config: AnomalyEvalConfig, path: Path, comm
         "",
         "Detectors:",
         f"- `{OURS}`: isolation forest (200 trees, 256 samples) over causal features of all metrics: "
-        f"residual from the median of the previous {config.stream.expectation_minutes} minutes, "
-        f"1-minute change and {config.stream.spread_minutes}-minute rolling spread, each in the "
+        f"residual from the median of the previous {config.stream.windows(1.0)[0]:g} minutes, "
+        f"1-minute change and {config.stream.windows(1.0)[1]:g}-minute rolling spread, each in the "
         "metric's training residual standard deviations.",
-        f"- `{OURS_Z}`: what `prealert score-anomalies` writes: the surprise -log10 p of the sum "
-        "of two parts' surprises (the forest's raw score, and the largest per-metric residual |z| "
-        "measured in the larger of the training spread and the last hour's), each a tail "
-        "probability under the training minutes with a generalized Pareto tail.",
+        f"- `{OURS_Z}`: what `prealert score-anomalies` writes as `anomaly_score`: the surprise -log10 p "
+        f"of the {config.stream.combination} of two parts' surprises (the forest's raw score, and the "
+        "largest per-metric residual |z| in the metric's training residual sds"
+        f"{' or the last hour' if config.stream.adaptive_scale else ''}, one tail for the machine), "
+        "each a tail probability under the training minutes with a generalized Pareto tail.",
         f"- `{ROLLING_Z}`: largest |z| over metrics, z against the mean and sd of the previous "
         f"{config.rolling_z_window} minutes.",
         f"- `{WINDOWED_GAUSSIAN}`: mean squared z over metrics under a per-metric Gaussian fitted "

@@ -139,16 +139,28 @@ class FlatForest:
         if heap is None or np.isnan(x).any():  # NaN follows each split's own rule: the general walk
             return self.leaf_depth[self.leaves(x)].sum(axis=1)
         feature, threshold, bottom = heap
-        n, size = x.shape[0], (1 << (self.max_depth + 1)) - 1
-        offset = np.arange(self.n_trees, dtype=np.intp) * size
+        n, t, size = x.shape[0], self.n_trees, (1 << (self.max_depth + 1)) - 1
+        offset = np.arange(t, dtype=np.intp) * size
         base = (np.arange(n, dtype=np.intp) * x.shape[1])[:, None]
         flat = x.ravel()
-        node = np.zeros((n, self.n_trees), dtype=np.intp)
+        # walk global indices g = offset + h: the children of h are 2h + 1 and 2h + 2, so the next g is
+        # 2g + 1 - offset (+1 to the right); every step reuses the same buffers
+        at = np.broadcast_to(offset, (n, t)).copy()
+        step = 1 - offset
+        col, v, thr = np.empty((n, t), dtype=np.intp), np.empty((n, t)), np.empty((n, t))
+        right = np.empty((n, t), dtype=bool)
         for _ in range(self.max_depth):
-            at = node + offset
-            node = 2 * node + 1 + (flat.take(base + feature.take(at)) > threshold.take(at))
-        first_bottom = size // 2
-        return bottom.take(node - first_bottom + offset // size * (size - first_bottom)).sum(axis=1)
+            feature.take(at, out=col)
+            col += base
+            flat.take(col, out=v)
+            threshold.take(at, out=thr)
+            np.greater(v, thr, out=right)
+            at *= 2
+            at += step
+            at += right
+        first_bottom = size // 2  # bottom holds each tree's last (size - first_bottom) nodes in a row
+        at -= offset + first_bottom - np.arange(t, dtype=np.intp) * (size - first_bottom)
+        return bottom.take(at).sum(axis=1)
 
     def score_samples(self, x: np.ndarray) -> np.ndarray:
         """Equal to ``IsolationForest.score_samples``: minus the anomaly score, in [-1, 0]."""

@@ -396,9 +396,10 @@ def score_table(frame: pl.DataFrame, *, train_rows: int | None = None, train_unt
         report.training_rows += int(res.training.sum())
         cols = {"_h": g["_h"], "_t": g["_t"], SCORE: res.surprise,
                 "tail_probability": 10.0 ** -res.surprise, "forest_score": res.forest,
-                "residual_score": res.residual, "training": res.training}
+                "residual_score": res.residual}
         if res.onset is not None:
             cols[ONSET] = res.onset
+        cols["training"] = res.training
         if long:
             cols.update({f"_r_{m}": res.residual_each[:, j] for j, m in enumerate(metrics)})
         elif len(metrics) > 1:

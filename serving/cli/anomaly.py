@@ -48,6 +48,9 @@ def score_anomalies(
     expectation: Annotated[str | None, typer.Option(
         help="Past window of the median expectation, e.g. 60m (default: 60m, or 12 intervals if longer).")]
         = None,
+    onset_window: Annotated[str, typer.Option(
+        help="onset_score: decades beyond the rarest row of this past window, e.g. 4h (alert on it).")]
+        = "4h",
     explain_above: Annotated[float, typer.Option(
         help="List top metrics where the score (-log10 p) is at least this.")] = 3.0,
 ) -> None:
@@ -69,7 +72,8 @@ def score_anomalies(
             raise ValueError(f"--train-rows must be at least 10, got {train_rows}")
         config = StreamConfig(expectation_minutes=_minutes("--expectation", expectation),
                               retrain_every_minutes=_minutes("--retrain-every", retrain_every),
-                              history_minutes=_minutes("--history", history), explain_above=explain_above)
+                              history_minutes=_minutes("--history", history), explain_above=explain_above,
+                              onset_minutes=_minutes("--onset-window", onset_window))
         files = input_files(input)
         several = len(files) > 1 or Path(input).is_dir()
         if several and out is not None and out.suffix:
@@ -94,9 +98,10 @@ def score_anomalies(
         for w in report.warnings:
             typer.secho(f"warning: {f.name}: {w}", fg="yellow", err=True)
         write_table(scored, dst)
-        later = scored.filter(~scored["training"])["anomaly_score"].drop_nulls()
-        typer.echo(f"{f.name}: {report.summary()}; {int((later >= 3).sum())} of {len(later)} later rows "
-                   f"at score >= 3 (once in 1,000); wrote {dst}")
+        later = scored.filter(~scored["training"])
+        score, onset = later["anomaly_score"].drop_nulls(), later["onset_score"].drop_nulls()
+        typer.echo(f"{f.name}: {report.summary()}; {int((score >= 3).sum())} of {len(score)} later rows "
+                   f"at score >= 3 (once in 1,000), {int((onset >= 1).sum())} onsets >= 1; wrote {dst}")
     if failed:
         typer.secho(f"{failed} of {len(files)} files failed", fg="red", err=True)
         raise typer.Exit(code=1)

@@ -43,6 +43,11 @@ def test_numpy_trees_equal_sklearn_score_samples(rng, kw):
     flat = FlatForest.from_sklearn(forest)
     np.testing.assert_allclose(flat.score_samples(probe), forest.score_samples(probe), rtol=0, atol=1e-12)
     np.testing.assert_allclose(flat.score_samples(probe[3]), forest.score_samples(probe[3:4]), atol=1e-12)
+    # without NaN a block walks the complete-tree layout (no child lookups): the same scores
+    clean = np.vstack([rng.normal(size=(3000, 7)) * 3, x[:50], np.full((1, 7), 1e6)])
+    assert flat.heap() is not None
+    np.testing.assert_allclose(flat.score_samples(clean), forest.score_samples(clean), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(flat.score_samples(clean[:1]), forest.score_samples(clean[:1]), atol=1e-12)
 
 
 def test_detector_score_is_the_bounded_tail_surprise_of_the_sklearn_score(rng):
@@ -150,11 +155,12 @@ def test_score_table_one_series_and_the_cli(rng, tmp_path):
     assert res.exit_code == 0, res.output
     out = pl.read_csv(tmp_path / "s.csv", infer_schema_length=None)
     assert out.columns == ["timestamp", "value", "anomaly_score", "tail_probability", "forest_score",
-                           "residual_score", "training"] and out.height == n
+                           "residual_score", "onset_score", "training"] and out.height == n
     assert out["timestamp"].to_list() == text.to_list()
     assert out["training"].sum() == 1440 and out["anomaly_score"].null_count() == 0
     np.testing.assert_allclose(out["tail_probability"], 10 ** -out["anomaly_score"], rtol=1e-12)
     assert out["anomaly_score"][2500] >= 6 and out["anomaly_score"].arg_max() == 2500
+    assert out["onset_score"][2500] >= 6 and out["onset_score"].arg_max() == 2500
     bad = CliRunner().invoke(app, ["score-anomalies", "--input", str(tmp_path / "nope.csv")])
     assert bad.exit_code == 2 and "no such file" in bad.output
     both = CliRunner().invoke(app, ["score-anomalies", "--input", str(tmp_path / "one.csv"),
@@ -178,7 +184,7 @@ def test_score_table_long_multi_host(rng):
                                  config=StreamConfig(detector={"n_estimators": 50}))
     assert scored.height == frame.height and scored.select(frame.columns).equals(frame)  # rows as read
     assert scored.columns == frame.columns + ["anomaly_score", "tail_probability", "forest_score",
-                                              "residual_score", "training", "top_metrics"]
+                                              "residual_score", "onset_score", "training", "top_metrics"]
     assert report.training_rows == 2 * 1200
     row = scored.filter((pl.col("host") == "b") & (pl.col("metric") == "response_time_ms"))[1800]
     assert row["anomaly_score"][0] >= 6 and row["top_metrics"][0].startswith("response_time_ms:+")

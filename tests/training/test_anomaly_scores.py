@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from training.anomaly.features import CausalFeatures
 from training.anomaly.metrics import PROFILES, WindowSeries, anomaly_windows, scaled_sigmoid, window_score
-from training.anomaly.stream import StreamConfig, score_table
+from training.anomaly.stream import EntityModel, StreamConfig, onset_scores, score_table
 from training.anomaly.tail import TailModel
 
 FAST = StreamConfig(detector={"n_estimators": 40})
@@ -125,6 +125,48 @@ def test_a_persisting_level_shift_fades(rng):
     s = score_table(_one(values), train_rows=1000, config=FAST)[0]["anomaly_score"].to_numpy()
     assert s[3000] >= 6
     assert np.median(s[3100:]) < 1  # an hour and a half later the new level is normal
+
+
+
+def test_onset_is_the_surprise_beyond_the_previous_windows_largest_by_hand():
+    ts = np.arange(10, dtype=np.int64) * 60_000_000_000
+    s = np.array([1, 3, 2, 5, 5, 0, 0, 0, 0, 4.0])
+    # row t sees the rows in [t - 3 min, t): the first keeps its surprise, a repeat scores 0
+    np.testing.assert_allclose(onset_scores(s, ts, 3), [1, 2, 0, 2, 0, 0, 0, 0, 0, 4])
+    # a window in time, not rows: on a 2-minute clock 4 minutes hold two rows, 3 minutes one
+    np.testing.assert_allclose(onset_scores(s, ts * 2, 4), [1, 2, 0, 2, 0, 0, 0, 0, 0, 4])
+    np.testing.assert_allclose(onset_scores(s, ts * 2, 3), [1, 2, 0, 3, 0, 0, 0, 0, 0, 4])
+    later = s.copy()
+    later[7:] = 9.0  # causal: what comes later changes nothing before it
+    np.testing.assert_array_equal(onset_scores(later, ts, 3)[:7], onset_scores(s, ts, 3)[:7])
+
+
+def test_an_event_that_lasts_scores_an_onset_at_its_start_only(rng):
+    values = 20 + rng.normal(0, 1, 4000)
+    values[3000:3300] += 15  # five hours at a new level, then back
+    out = score_table(_one(values), train_rows=1000, config=FAST)[0]
+    onset, s = out["onset_score"].to_numpy(), out["anomaly_score"].to_numpy()
+    assert onset[3000] >= 3 and onset[3000] == pytest.approx(s[3000] - s[2760:3000].max())
+    assert (onset[3001:3300] >= 1).sum() <= 1  # the rest of the event is no new onset
+    assert (onset[1000:3000] >= 1).sum() <= 2  # and noise rarely is
+
+
+def test_the_score_is_the_surprise_of_the_larger_part_with_one_residual_tail_per_entity(rng):
+    values = rng.normal(size=(3000, 4)) * np.array([1.0, 5.0, 0.2, 1.0])
+    model = EntityModel.fit(values, ["a", "b", "c", "d"], FAST)
+    feats = model.features.transform(values)
+    s, parts = model.score(feats)
+    np.testing.assert_allclose(s, model.total_tail_.surprise(np.maximum(parts["forest"], parts["residual"])))
+    # one tail for every metric: the residual part is that of the largest |z|, whichever metric
+    assert len(model.residual_tails_) == 1
+    np.testing.assert_allclose(parts["residual"], parts["residual_each"].max(axis=1))
+    zmax = np.abs(np.nan_to_num(feats[:, :4])).max(axis=1)
+    np.testing.assert_allclose(parts["residual"], model.residual_tails_[0].surprise(zmax))
+    per_metric = EntityModel.fit(values, ["a", "b", "c", "d"], StreamConfig(
+        detector={"n_estimators": 40}, residual_calibration="metric", combination="sum"))
+    assert len(per_metric.residual_tails_) == 4
+    s2, p2 = per_metric.score(feats)
+    np.testing.assert_allclose(s2, per_metric.total_tail_.surprise(p2["forest"] + p2["residual"]))
 
 
 # --- batch ------------------------------------------------------------------------------------------------

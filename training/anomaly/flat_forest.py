@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +11,10 @@ from sklearn.ensemble import IsolationForest
 #: bump when the arrays in the .npz change meaning; loaders refuse newer files
 FLAT_FOREST_FORMAT = 1
 
-#: rows scored per block in a batch, so the (rows x trees) index matrix stays a few MB
-_BLOCK_ROWS = 4096
+#: rows scored per block in a batch: the (rows x trees) index matrices stay in the CPU cache
+_BLOCK_ROWS = 1024
+#: largest (trees x complete-tree nodes) laid out as complete binary trees (see ``FlatForest.heap``)
+_MAX_HEAP_NODES = 1 << 22
 
 
 def average_path_length(n: np.ndarray) -> np.ndarray:
@@ -48,6 +50,7 @@ class FlatForest:
     max_depth: int
     n_features: int
     denominator: float  # n_trees * c(max_samples)
+    _heap: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_sklearn(cls, forest: IsolationForest) -> FlatForest:
@@ -107,13 +110,64 @@ class FlatForest:
             node = np.where(go_left, self.left[node], self.right[node])
         return node
 
+    def heap(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Every tree as a complete binary tree of depth ``max_depth`` (node ``h``'s children at
+        ``2h + 1`` and ``2h + 2``): split column, threshold, and the credited depth of each bottom
+        node. A leaf above the bottom becomes a chain of splits that always go left (threshold
+        +inf) ending in a bottom node with its depth, so a walk needs no child lookups. None when
+        the layout would be too large (deep trees); built once, not saved.
+        """
+        if self._heap is None:
+            size = (1 << (self.max_depth + 1)) - 1
+            if size * self.n_trees > _MAX_HEAP_NODES:
+                return None
+            glob = np.empty((self.n_trees, size), dtype=np.int64)
+            glob[:, 0] = self.roots
+            for h in range(size // 2):  # leaves point to themselves, so they copy down
+                glob[:, 2 * h + 1] = self.left[glob[:, h]]
+                glob[:, 2 * h + 2] = self.right[glob[:, h]]
+            leaf = self.left[glob] == glob
+            feature = np.where(leaf, 0, np.maximum(self.feature[glob], 0)).astype(np.intp)
+            threshold = np.where(leaf, np.inf, self.threshold[glob])
+            bottom = self.leaf_depth[glob[:, size // 2:]]
+            self._heap = (feature.ravel(), threshold.ravel(), bottom.ravel())
+        return self._heap
+
+    def _depths(self, x: np.ndarray) -> np.ndarray:
+        """Summed credited depth over the trees per row of a prepared block."""
+        heap = self.heap()
+        if heap is None or np.isnan(x).any():  # NaN follows each split's own rule: the general walk
+            return self.leaf_depth[self.leaves(x)].sum(axis=1)
+        feature, threshold, bottom = heap
+        n, t, size = x.shape[0], self.n_trees, (1 << (self.max_depth + 1)) - 1
+        offset = np.arange(t, dtype=np.intp) * size
+        base = (np.arange(n, dtype=np.intp) * x.shape[1])[:, None]
+        flat = x.ravel()
+        # walk global indices g = offset + h: the children of h are 2h + 1 and 2h + 2, so the next g is
+        # 2g + 1 - offset (+1 to the right); every step reuses the same buffers
+        at = np.broadcast_to(offset, (n, t)).copy()
+        step = 1 - offset
+        col, v, thr = np.empty((n, t), dtype=np.intp), np.empty((n, t)), np.empty((n, t))
+        right = np.empty((n, t), dtype=bool)
+        for _ in range(self.max_depth):
+            feature.take(at, out=col)
+            col += base
+            flat.take(col, out=v)
+            threshold.take(at, out=thr)
+            np.greater(v, thr, out=right)
+            at *= 2
+            at += step
+            at += right
+        first_bottom = size // 2  # bottom holds each tree's last (size - first_bottom) nodes in a row
+        at -= offset + first_bottom - np.arange(t, dtype=np.intp) * (size - first_bottom)
+        return bottom.take(at).sum(axis=1)
+
     def score_samples(self, x: np.ndarray) -> np.ndarray:
         """Equal to ``IsolationForest.score_samples``: minus the anomaly score, in [-1, 0]."""
         x = np.atleast_2d(np.asarray(x, dtype=np.float64))
         out = np.empty(x.shape[0])
         for start in range(0, x.shape[0], _BLOCK_ROWS):
-            block = x[start:start + _BLOCK_ROWS]
-            depths = self.leaf_depth[self.leaves(block)].sum(axis=1)
+            depths = self._depths(self._prepare(x[start:start + _BLOCK_ROWS]))
             out[start:start + _BLOCK_ROWS] = -(2.0 ** (-depths / self.denominator))
         return out
 

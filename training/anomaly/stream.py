@@ -19,6 +19,7 @@ SCORE = "anomaly_score"
 TOP = "top_metrics"
 #: the score's parts, written beside it (see :func:`score_table`)
 PARTS = ("tail_probability", "forest_score", "residual_score")
+ONSET = "onset_score"
 #: a residual |z| this far beyond the training tail is one more decade of rarity (when the tail is flat)
 RESIDUAL_TAIL_SCALE = 0.1
 #: the combined surprise is already in decades: beyond its training tail, one unit is one decade
@@ -32,7 +33,10 @@ class StreamConfig:
     expectation_minutes: float | None = None  # None: 60, or 12 sampling intervals when longer
     spread_minutes: float | None = None  # None: 10, or 3 sampling intervals when longer
     kinds: tuple[str, ...] = ("z", "diff", "spread")
-    adaptive_scale: bool = True  # residual in max(training sd, sd of the expectation window): follows drift
+    adaptive_scale: bool = False  # residual in max(training sd, sd of the expectation window)
+    combination: str = "max"  # the score: surprise of the larger ("max") or of the sum ("sum") of the parts
+    residual_calibration: str = "entity"  # one tail for a row's largest |z| ("entity"), or one per "metric"
+    onset_minutes: float | None = 240.0  # the onset score: surprise beyond the largest of this past window
     retrain_every_minutes: float | None = None  # refit on the past this often (None: fit once)
     history_minutes: float | None = None  # a refit sees only this much past: the normal range follows drift
     calibration_rows: int = 20_000  # the forest and tails see at most this many of the latest training rows
@@ -47,9 +51,14 @@ class StreamConfig:
         return float(exp), float(spread)
 
 
-def combine(parts: dict[str, np.ndarray]) -> np.ndarray:
-    """The parts' surprises summed: -log10 of the product of their tail probabilities."""
-    return parts["forest"] + parts["residual"]
+def combine(parts: dict[str, np.ndarray], how: str = "max") -> np.ndarray:
+    """The parts' surprises combined: the larger ("max"), or summed ("sum": -log10 of the product of
+    their tail probabilities)."""
+    if how == "max":
+        return np.maximum(parts["forest"], parts["residual"])
+    if how == "sum":
+        return parts["forest"] + parts["residual"]
+    raise ValueError(f"combination {how!r}: expected 'max' or 'sum'")
 
 
 @dataclass
@@ -65,6 +74,7 @@ class EntityModel:
 
     features: CausalFeatures
     detector: WorkloadAnomalyDetector
+    combination: str = "max"
 
     @classmethod
     def fit(cls, values: np.ndarray, metrics: list[str], config: StreamConfig,
@@ -79,11 +89,18 @@ class EntityModel:
         feats = feats[w:] if len(feats) - w >= 10 else feats
         cal = feats[-config.calibration_rows:]  # the latest rows: the normal range follows drift
         det = WorkloadAnomalyDetector(**config.detector).fit(cal, metrics, cf.columns_)
-        self = cls(cf, det)
+        self = cls(cf, det, config.combination)
+        self.calibration_rows_ = len(cal)  # the last rows before the fit's end; their raw scores are known
         zs = self._abs_z(cal)
-        self.residual_tails_ = [TailModel.fit(zs[:, j], RESIDUAL_TAIL_SCALE) for j in range(zs.shape[1])]
+        if config.residual_calibration == "entity":  # how rare a row's largest |z| is, whichever metric
+            self.residual_tails_ = [TailModel.fit(zs.max(axis=1), RESIDUAL_TAIL_SCALE)] if zs.shape[1] else []
+        elif config.residual_calibration == "metric":
+            self.residual_tails_ = [TailModel.fit(zs[:, j], RESIDUAL_TAIL_SCALE) for j in range(zs.shape[1])]
+        else:
+            raise ValueError(f"residual_calibration {config.residual_calibration!r}: "
+                             "expected 'entity' or 'metric'")
         parts = self.parts(cal, det.train_raw_)
-        self.total_tail_ = TailModel.fit(combine(parts), SURPRISE_TAIL_SCALE)
+        self.total_tail_ = TailModel.fit(combine(parts, self.combination), SURPRISE_TAIL_SCALE)
         return self
 
     def _abs_z(self, feats: np.ndarray) -> np.ndarray:
@@ -101,17 +118,24 @@ class EntityModel:
         forest = self.detector.tail_.surprise(raw)
         zs = self._abs_z(feats)
         if zs.shape[1]:
-            each = np.column_stack([t.surprise(zs[:, j]) for j, t in enumerate(self.residual_tails_)])
+            if len(self.residual_tails_) == 1:  # one tail for every metric (entity calibration)
+                each = self.residual_tails_[0].surprise(zs)
+            else:
+                each = np.column_stack([t.surprise(zs[:, j]) for j, t in enumerate(self.residual_tails_)])
             metric = np.argmax(each, axis=1)
             residual = each[np.arange(len(each)), metric]
         else:
             each, metric, residual = zs, np.zeros(len(feats), dtype=int), np.zeros(len(feats))
         return {"forest": forest, "residual": residual, "residual_each": each, "metric": metric}
 
-    def score(self, feats: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """The surprise of each row (``-log10`` tail probability, >= 0, no ceiling) and its parts."""
-        parts = self.parts(feats)
-        return self.total_tail_.surprise(combine(parts)), parts
+    def score(self, feats: np.ndarray,
+              raw: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The surprise of each row (``-log10`` tail probability, >= 0, no ceiling) and its parts.
+
+        ``raw``: the forest's raw scores of these rows when already known.
+        """
+        parts = self.parts(feats, raw)
+        return self.total_tail_.surprise(combine(parts, self.combination)), parts
 
 
 @dataclass
@@ -126,6 +150,22 @@ class StreamScores:
     training: np.ndarray  # bool: scored in-sample by the first fit
     top: list[list[dict]]
     refits: list[int]  # first row scored by each fit
+    onset: np.ndarray | None = None  # surprise beyond the previous onset window's largest (onset_scores)
+
+
+def onset_scores(surprise: np.ndarray, ts_ns: np.ndarray, minutes: float) -> np.ndarray:
+    """How many decades rarer each row is than the rarest row of the previous ``minutes`` (>= 0).
+
+    An event that stays unusual scores high at its start and about 0 while it lasts, so one
+    threshold means "something rarer than anything in the last ``minutes`` began"; the rows
+    before any past (the first) keep their surprise. Causal: row ``t`` sees rows in ``[t - minutes, t]``.
+    """
+    s = np.asarray(surprise, dtype=np.float64)
+    past = (pl.DataFrame({"s": np.nan_to_num(s, nan=0.0), "t": pl.Series(np.asarray(ts_ns, dtype=np.int64))
+                          .cast(pl.Datetime("ns"))})
+            .select(pl.col("s").rolling_max_by("t", f"{int(minutes * 60)}s", closed="left"))
+            ["s"].fill_null(0.0).to_numpy())
+    return np.where(np.isnan(s), np.nan, np.maximum(s - past, 0.0))
 
 
 def refit_rows(ts_ns: np.ndarray, first_scored: int, config: StreamConfig) -> list[int]:
@@ -176,12 +216,20 @@ def score_causally(values: np.ndarray, metrics: list[str], first_scored: int,
         ctx = max(0, int(np.searchsorted(ts_ns, ts_ns[a] - int(
             (model.features.expectation_minutes + model.features.spread_minutes + 1) * 60e9))) - 1)
         feats = model.features.transform(values[ctx:end], ts_ns[ctx:end])[a - ctx:]
-        s, parts = model.score(feats)
+        raw = None
+        if k == 0 and lo == 0:  # the fit already scored its calibration rows, the last ones before `start`
+            c = start - model.calibration_rows_
+            raw = np.concatenate([model.detector.raw_score(feats[:c]) if c else np.zeros(0),
+                                  model.detector.train_raw_, model.detector.raw_score(feats[start:])
+                                  if end > start else np.zeros(0)])
+        s, parts = model.score(feats, raw)
         res.surprise[a:end], res.forest[a:end], res.residual[a:end] = s, parts["forest"], parts["residual"]
         res.residual_each[a:end] = parts["residual_each"] if parts["residual_each"].shape[1] else 0.0
         res.residual_metric[a:end] = parts["metric"]
         for i in np.flatnonzero(s >= config.explain_above):
             res.top[a + i] = model.detector.explain(feats[i], config.top)
+    if config.onset_minutes:
+        res.onset = onset_scores(res.surprise, ts_ns, config.onset_minutes)
     return res
 
 
@@ -298,7 +346,9 @@ def score_table(frame: pl.DataFrame, *, train_rows: int | None = None, train_unt
     Added columns: ``anomaly_score`` (``s = -log10 p``: a row this unusual is expected once every
     10^s training rows), ``tail_probability`` (``p``), ``forest_score`` and ``residual_score``
     (the parts, as surprises; in a long table ``residual_score`` is the row's own metric's, in a
-    wide one the largest, named by ``residual_metric``), ``training``, and for several metrics
+    wide one the largest, named by ``residual_metric``), ``onset_score`` (how many decades rarer
+    than the rarest row of the previous ``config.onset_minutes``: what to alert on, an event scores
+    at its start only), ``training``, and for several metrics
     ``top_metrics`` (``d05:+4.2 d12:-3.1`` where the score is at least ``config.explain_above``).
     """
     config = config or StreamConfig()
@@ -346,7 +396,10 @@ def score_table(frame: pl.DataFrame, *, train_rows: int | None = None, train_unt
         report.training_rows += int(res.training.sum())
         cols = {"_h": g["_h"], "_t": g["_t"], SCORE: res.surprise,
                 "tail_probability": 10.0 ** -res.surprise, "forest_score": res.forest,
-                "residual_score": res.residual, "training": res.training}
+                "residual_score": res.residual}
+        if res.onset is not None:
+            cols[ONSET] = res.onset
+        cols["training"] = res.training
         if long:
             cols.update({f"_r_{m}": res.residual_each[:, j] for j, m in enumerate(metrics)})
         elif len(metrics) > 1:

@@ -137,6 +137,10 @@ class Predictor:
             return [(o.ts, o.value) for o in given]
         return self.source.recent(sid, lambda metric, labels: self._series_of_labels(metric, labels)[0])
 
+    def fetches(self, req: PredictRequest) -> bool:
+        """Whether answering ``req`` asks the Prometheus source for the recent window (I/O)."""
+        return self.source is not None and not req.recent and req.now is None
+
     @property
     def model_version(self) -> str:
         return self.bundle.version_label

@@ -102,8 +102,15 @@ class ModelBundle:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> ModelBundle:
-        """Read a bundle, refusing any file that is missing or whose checksum does not match."""
+    def load(cls, folder: str | Path, prophet: str = "lazy") -> ModelBundle:
+        """Read a bundle, refusing any file that is missing or whose checksum does not match.
+
+        ``prophet="lazy"``: each Prophet model is parsed (its file read and checked) when first
+        used, so the folder must outlive the bundle; ``"eager"`` parses them all now, for a
+        caller that removes the folder and may still need them (to save the bundle again).
+        """
+        if prophet not in ("lazy", "eager"):
+            raise ValueError(f"prophet must be 'lazy' or 'eager', not {prophet!r}")
         folder = Path(folder)
         path = folder / "manifest.json"
         if not path.is_file():
@@ -136,6 +143,9 @@ class ModelBundle:
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise BundleIntegrityError(f"{folder / name}: cannot load the model of {sid!r}: "
                                            f"{type(exc).__name__}: {exc}") from exc
+        if prophet == "eager":
+            for model in forecasters.values():
+                model.model_  # noqa: B018 - parsed now, from the checked file
         for entity, name in manifest["detector_folders"].items():
             detectors[entity] = WorkloadAnomalyDetector.load(Path(_inside(folder, name)))
         return cls(manifest, forecasters, detectors)

@@ -210,3 +210,14 @@ def test_a_loaded_bundle_saves_again_without_parsing_prophet(tmp_path):
     assert _answers(again) == _answers(bundle)
     name = bundle.manifest["prophet_files"]["golden-app/apdex"]
     assert (tmp_path / "again" / name).read_bytes() == (GOLDEN / name).read_bytes()
+
+
+def test_an_eager_load_outlives_its_folder(tmp_path):
+    shutil.copytree(GOLDEN, tmp_path / "b")
+    lazy, eager = ModelBundle.load(tmp_path / "b"), ModelBundle.load(tmp_path / "b", prophet="eager")
+    assert all(m.prophet_loaded for m in eager.forecasters.values() if m.kind_ == "prophet")
+    shutil.rmtree(tmp_path / "b")
+    again = ModelBundle.load(eager.save(tmp_path / "again"))
+    assert _answers(again) == _answers(eager)
+    with pytest.raises(BundleIntegrityError, match="listed in the manifest but missing"):
+        lazy.save(tmp_path / "lazy")

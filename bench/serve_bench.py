@@ -10,7 +10,9 @@ endpoint that reads the body and returns a constant of the size of a real answer
 Rounds interleave the targets so that load drift on the shared machine hits all three alike; each
 figure is the median over rounds (max: the largest over rounds). A probe (``sitecustomize`` on the
 servers' path, bench only) times ``Predictor.predict`` inside each server and logs full (generation-2)
-garbage collections. No assertions: numbers only.
+garbage collections. Then ``/predict_batch`` of ``--batch-series`` distinct series (the served bundle is
+``--bundle`` plus clones of its heap forecaster under new ids, so every target serves it) to "floor +
+predict" and "serve", timed sequentially. No assertions: numbers only.
 """
 
 from __future__ import annotations
@@ -126,6 +128,55 @@ def request_body(observations: int = OBSERVATIONS) -> dict:
     return {"series_id": SERIES, "threshold": THRESHOLD, "horizon_minutes": 240, "recent": recent}
 
 
+def batch_bundle(source: Path, series: int, folder: Path) -> Path:
+    """``source`` with ``series - 1`` clones of its ``SERIES`` forecaster under new ids (bench-NNNNN/...),
+    so one bundle serves both ``/predict`` of ``SERIES`` and a batch of ``series`` distinct series."""
+    import copy
+
+    from bundle_bench import ClonedForecaster
+
+    from training.bundle import ModelBundle
+
+    golden = ModelBundle.load(source)
+    clone = ClonedForecaster(golden.forecasters[SERIES])
+    ids = [f"bench-{i:05d}/{SERIES.split('/')[1]}" for i in range(series - 1)]
+    manifest = copy.deepcopy(golden.manifest)
+    manifest["series"] = {**manifest.get("series", {}),
+                          **dict.fromkeys(ids, manifest.get("series", {}).get(SERIES, {}))}
+    forecasters = {**golden.forecasters, **dict.fromkeys(ids, clone)}
+    return ModelBundle(manifest, forecasters, dict(golden.detectors)).save(folder)
+
+
+def batch_body(series: int, observations: int) -> dict:
+    """``/predict_batch`` of ``series`` distinct series, ``observations`` one-minute observations each."""
+    one = request_body(observations)
+    ids = [SERIES] + [f"bench-{i:05d}/{SERIES.split('/')[1]}" for i in range(series - 1)]
+    return {"items": [dict(one, series_id=sid) for sid in ids]}
+
+
+def time_batches(url: str, body: bytes, repeats: int) -> list[float]:
+    """Wall ms of ``repeats`` sequential POSTs of ``body`` (one connection, after one warm-up)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=600)
+    times = []
+    try:
+        for i in range(repeats + 1):
+            t = time.perf_counter()
+            conn.request("POST", parts.path, body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            answer = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{url}: {response.status} {answer[:300]!r}")
+            if i:
+                times.append((time.perf_counter() - t) * 1e3)
+    finally:
+        conn.close()
+    return times
+
+
 def probe_dir(parent: Path) -> Path:
     folder = parent / "probe"
     folder.mkdir()
@@ -179,7 +230,7 @@ def run_app(kind: str, port: int, bundle: Path) -> None:
     from starlette.routing import Route
 
     from serving.predictor import Predictor
-    from serving.schemas import PredictRequest
+    from serving.schemas import PredictBatchRequest, PredictRequest
     from training.bundle import ModelBundle
 
     predictor = Predictor(ModelBundle.load(bundle))
@@ -194,11 +245,16 @@ def run_app(kind: str, port: int, bundle: Path) -> None:
         req = PredictRequest.model_validate_json(await request.body())
         return Response(predictor.predict(req).model_dump_json(), media_type="application/json")
 
+    async def predict_batch(request: Request) -> Response:
+        req = PredictBatchRequest.model_validate_json(await request.body())
+        return Response(predictor.predict_batch(req).model_dump_json(), media_type="application/json")
+
     async def ready(request: Request) -> Response:
         return JSONResponse({"ok": True})
 
     endpoint = floor if kind == "floor" else predict
-    app = Starlette(routes=[Route("/predict", endpoint, methods=["POST"]), Route("/readyz", ready)])
+    app = Starlette(routes=[Route("/predict", endpoint, methods=["POST"]), Route("/readyz", ready),
+                            Route("/predict_batch", predict_batch, methods=["POST"])])
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -266,14 +322,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bundle", type=Path, default=ROOT / "data" / "sample" / "golden_bundle",
                         help="bundle folder every target serves")
     parser.add_argument("--json", type=Path, help="also write every round's figures here")
+    parser.add_argument("--batch-series", type=int, default=1000,
+                        help="series in the /predict_batch request (the served bundle gets clones to match)")
+    parser.add_argument("--batch-observations", type=int, default=10, help="observations per batch item")
+    parser.add_argument("--batch-repeats", type=int, default=10, help="timed batch requests per target")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         sys.exit("wrk is not on PATH: apt-get install -y wrk")
     conns = [int(c) for c in args.connections.split(",")]
-    bundle = args.bundle.resolve()
 
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         tmp = Path(tmp)
+        bundle = batch_bundle(args.bundle.resolve(), args.batch_series, tmp / "bundle")
+        batch_raw = json.dumps(batch_body(args.batch_series, args.batch_observations)).encode()
         probe = probe_dir(tmp)
         env = probe_env(probe)
         body_file, script = tmp / "body.json", tmp / "post.lua"
@@ -305,11 +366,24 @@ def main(argv: list[str] | None = None) -> None:
                         results.setdefault((name, c), []).append(stats)
                 print(f"# round {r + 1}/{args.rounds} done; {uptime()}", flush=True)
             records = probe_records(probe)
+            batches = {}
+            for name in ("floor + predict", "serve"):
+                url = f"http://127.0.0.1:{ports[name]}/predict_batch"
+                batches[name] = time_batches(url, batch_raw, args.batch_repeats)
+            batches["load average"] = uptime()
         finally:
             for proc in procs.values():
                 stop_service(proc)
         inproc = inprocess_predict_ms(bundle)
         report(results, records, inproc, conns, args)
+        print(f"\n## /predict_batch, {args.batch_series:,} distinct series x {args.batch_observations} "
+              f"observations ({len(batch_raw) / 1024:,.0f} KB body), {args.batch_repeats} sequential "
+              f"requests; {batches.pop('load average')}\n")
+        print("| target | p50 ms | min ms | max ms | ms an item (p50) |")
+        print("|---|---|---|---|---|")
+        for name, times in batches.items():
+            print(f"| {name} | {statistics.median(times):,.0f} | {min(times):,.0f} | {max(times):,.0f} | "
+                  f"{statistics.median(times) / args.batch_series:.2f} |")
 
 
 def report(results: dict, records: list[dict], inproc: list[float], conns: list[int], args) -> None:

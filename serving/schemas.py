@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -16,11 +17,17 @@ LATEST_AHEAD = timedelta(days=1)
 REQUEST_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+_EARLIEST_S = EARLIEST_TIME.timestamp()
+_AHEAD_S = LATEST_AHEAD.total_seconds()
+
+
 def _plausible_time(t: datetime) -> datetime:
-    aware = t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-    latest = datetime.now(UTC) + LATEST_AHEAD
-    if not EARLIEST_TIME <= aware <= latest:
-        raise ValueError(f"time must lie between {EARLIEST_TIME:%Y-%m-%d} and {latest:%Y-%m-%dT%H:%MZ} "
+    # epoch seconds against time.time(): this runs for every observation of every request
+    at = (t if t.tzinfo is not None else t.replace(tzinfo=UTC)).timestamp()
+    latest = time.time() + _AHEAD_S
+    if not _EARLIEST_S <= at <= latest:
+        latest_at = datetime.fromtimestamp(latest, UTC)
+        raise ValueError(f"time must lie between {EARLIEST_TIME:%Y-%m-%d} and {latest_at:%Y-%m-%dT%H:%MZ} "
                          "(server time + 1 day)")
     return t
 

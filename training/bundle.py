@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from importlib.metadata import version
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from training.anomaly.detector import WorkloadAnomalyDetector
 from training.forecast.forecaster import SeriesForecaster
@@ -15,7 +16,9 @@ from training.threshold import AlertRule
 
 #: bump when the folder layout or a file format changes; loaders refuse newer versions.
 #: 2: file names from a hash of the id, a SHA-256 of every file in the manifest, paths lossless
-BUNDLE_SCHEMA_VERSION = 2
+#: 3: the point model's parameters in the series file, the Prophet JSON apart (``prophet/``),
+#:    parsed only when something needs the Prophet object
+BUNDLE_SCHEMA_VERSION = 3
 LIBRARIES = ("prealert", "prophet", "scikit-learn", "polars", "numpy", "pandas", "mlflow")
 #: the readable part of a file name; the hash after it keeps names distinct
 _READABLE_CHARS = 40
@@ -43,12 +46,15 @@ class BundleIntegrityError(ValueError):
     """A bundle file is missing, outside the bundle, unlisted or not what the manifest says."""
 
 
-def _inside(folder: Path, name: str) -> Path:
-    """``folder / name`` for a relative name that stays inside the bundle, else an error."""
-    rel = PurePosixPath(name)
-    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+def _inside(folder: Path, name: str) -> str:
+    """``folder / name`` for a relative name that stays inside the bundle, else an error.
+
+    A string, not a ``Path``: a 10,000-series load makes 40,000 of them.
+    """
+    parts = name.split("/") if isinstance(name, str) else None
+    if not parts or name.startswith("/") or "\\" in name or ".." in parts or not any(parts):
         raise BundleIntegrityError(f"{folder}: manifest names a file outside the bundle: {name!r}")
-    return folder.joinpath(*rel.parts)
+    return os.path.join(folder, name)
 
 
 @dataclass
@@ -67,6 +73,8 @@ class ModelBundle:
                         libraries=library_versions())
         manifest.pop("registered_version", None)  # the registry says it on load, not the files
         manifest["series_files"], manifest["detector_folders"] = {}, {}
+        manifest["prophet_files"] = {}
+        (folder / "prophet").mkdir(exist_ok=True)
         names: dict[str, str] = {}
         for kind, items in (("series", self.forecasters), ("anomaly", self.detectors)):
             for key in sorted(items):
@@ -75,8 +83,13 @@ class ModelBundle:
                     raise ValueError(f"{key!r} and {names[name]!r} map to the same file {name}")
                 names[name] = key
                 if kind == "series":
-                    (folder / f"{name}.json").write_text(items[key].to_json())
+                    model = items[key]
+                    (folder / f"{name}.json").write_text(json.dumps(model.to_dict(with_prophet=False)))
                     manifest["series_files"][key] = f"{name}.json"
+                    if model.kind_ == "prophet":
+                        prophet = f"prophet/{file_stem(key)}.json"
+                        (folder / prophet).write_text(model.prophet_json())
+                        manifest["prophet_files"][key] = prophet
                 else:
                     items[key].save(folder / name)
                     manifest["detector_folders"][key] = name
@@ -89,8 +102,15 @@ class ModelBundle:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> ModelBundle:
-        """Read a bundle, refusing any file that is missing or whose checksum does not match."""
+    def load(cls, folder: str | Path, prophet: str = "lazy") -> ModelBundle:
+        """Read a bundle, refusing any file that is missing or whose checksum does not match.
+
+        ``prophet="lazy"``: each Prophet model is parsed (its file read and checked) when first
+        used, so the folder must outlive the bundle; ``"eager"`` parses them all now, for a
+        caller that removes the folder and may still need them (to save the bundle again).
+        """
+        if prophet not in ("lazy", "eager"):
+            raise ValueError(f"prophet must be 'lazy' or 'eager', not {prophet!r}")
         folder = Path(folder)
         path = folder / "manifest.json"
         if not path.is_file():
@@ -105,17 +125,29 @@ class ModelBundle:
                 f"{folder}: bundle schema version {got!r} is not readable by this prealert "
                 f"(reads up to {BUNDLE_SCHEMA_VERSION}); upgrade prealert or retrain"
             )
-        if got >= 2:
-            _verify_checksums(folder, manifest)
+        prophet_files = manifest.get("prophet_files", {})
+        sums = manifest.get("checksums", {}) if got >= 2 else None
+        if got >= 2:  # series files are checked as they are read, Prophet files when they are
+            _verify_checksums(folder, manifest, lazy=set(manifest["series_files"].values())
+                              | set(prophet_files.values()))
         forecasters, detectors = {}, {}
         for sid, name in manifest["series_files"].items():
             try:
-                forecasters[sid] = SeriesForecaster.from_json(_inside(folder, name).read_text())
+                source = None
+                if sid in prophet_files:
+                    source = _ProphetFile(folder, prophet_files[sid], sums.get(prophet_files[sid]))
+                text = _read_checked(_inside(folder, name), None if sums is None else sums[name])
+                forecasters[sid] = SeriesForecaster.from_json(text, source)
+            except BundleIntegrityError:
+                raise
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise BundleIntegrityError(f"{folder / name}: cannot load the model of {sid!r}: "
                                            f"{type(exc).__name__}: {exc}") from exc
+        if prophet == "eager":
+            for model in forecasters.values():
+                model.model_  # noqa: B018 - parsed now, from the checked file
         for entity, name in manifest["detector_folders"].items():
-            detectors[entity] = WorkloadAnomalyDetector.load(_inside(folder, name))
+            detectors[entity] = WorkloadAnomalyDetector.load(Path(_inside(folder, name)))
         return cls(manifest, forecasters, detectors)
 
     @property
@@ -130,20 +162,52 @@ class ModelBundle:
         return f"{reg}" if reg else f"bundle-{self.manifest.get('data_fingerprint', '?')[:12]}"
 
 
-def _verify_checksums(folder: Path, manifest: dict) -> None:
-    """Every file the manifest lists exists with its SHA-256, and every file read is listed."""
+class _ProphetFile:
+    """A series' Prophet JSON in the bundle, parsed on first use after its checksum is checked.
+
+    Checked then rather than on load: a 1-minute series' model is ~10 MB (its training history),
+    so hashing every one at load would cost what parsing them did; its presence is checked on load.
+    """
+
+    def __init__(self, folder: Path, name: str, sha256: str | None):
+        self.path, self.sha256 = _inside(folder, name), sha256
+
+    def json_text(self) -> str:
+        return _read_checked(self.path, self.sha256)
+
+
+def _read_checked(path: str, sha256: str | None) -> str:
+    """The file's text, read once and refused unless its SHA-256 is ``sha256`` (None: unchecked,
+    bundles before schema 2)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise BundleIntegrityError(f"{path}: listed in the manifest but missing") from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise BundleIntegrityError(f"{path}: checksum does not match the manifest "
+                                   "(the file was changed after the bundle was written)")
+    return data.decode("utf-8")
+
+
+def _verify_checksums(folder: Path, manifest: dict, lazy: set[str] = frozenset()) -> None:
+    """Every file the manifest lists exists with its SHA-256, and every file read is listed.
+
+    ``lazy`` files (the series and Prophet models) are only checked to exist here; their
+    checksum is checked as they are read (:func:`_read_checked`).
+    """
     sums = manifest.get("checksums")
     if not isinstance(sums, dict) or not sums:
         raise BundleIntegrityError(f"{folder}: manifest has no checksums; refusing to load")
     for name, want in sorted(sums.items()):
         path = _inside(folder, name)
-        if not path.is_file():
+        if not os.path.isfile(path):
             raise BundleIntegrityError(f"{path}: listed in the manifest but missing")
-        if _sha256(path) != want:
+        if name not in lazy and _sha256(Path(path)) != want:
             raise BundleIntegrityError(f"{path}: checksum does not match the manifest "
                                        "(the file was changed after the bundle was written)")
     listed = set(sums)
-    read = set(manifest.get("series_files", {}).values())
+    read = set(manifest.get("series_files", {}).values()) | set(lazy)
     for name in manifest.get("detector_folders", {}).values():
         read |= {f"{name}/{f}" for f in WorkloadAnomalyDetector.FILES}
     unlisted = sorted(read - listed)

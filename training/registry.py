@@ -244,6 +244,8 @@ def load_champion(dst: str | Path | None = None) -> ModelBundle:
             # would otherwise load one version and label it with another
             artifact_uri=f"models:/{MODEL_NAME}/{mv.version}", dst_path=str(dst or tmp)
         )
-        bundle = ModelBundle.load(Path(local) / "artifacts" / "bundle")
+        # the temporary folder goes: its Prophet models are parsed now, not on first use
+        bundle = ModelBundle.load(Path(local) / "artifacts" / "bundle",
+                                  prophet="lazy" if dst else "eager")
     bundle.manifest["registered_version"] = f"{MODEL_NAME}/{mv.version}"
     return bundle

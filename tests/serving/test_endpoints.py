@@ -46,6 +46,34 @@ def test_a_batch_answers_good_items_and_gives_bad_ones_their_own_error(client):
     assert "beyond the 360 min" in body["results"][4]["error"]["message"]
 
 
+def test_every_batch_item_is_exactly_its_single_predict_answer_or_error(client):
+    """The batch path validates all items in one pass and builds answers without copies: each
+    result is byte for byte what /predict says for the item alone, answers and errors alike."""
+    recent = [{"ts": f"2026-10-15T00:{m:02d}:00Z", "value": 60.0 + 0.1 * m} for m in range(30)]
+    items = [
+        {"series_id": HEAP, "threshold": 68, "recent": recent},
+        {"series_id": APDEX, "threshold": 0.94, "direction": "below", "recent": recent[:3]},
+        {"series_id": HEAP, "recent": [{"ts": "1999-01-01T00:00:00Z", "value": 1.0}]},  # bad time
+        {"series_id": HEAP, "threshold": "68"},  # a string is not a number here
+        {"series_id": HEAP, "horizon_minutes": -1, "direction": "sideways", "extra": 1},  # three errors
+        {"labels": {}},  # names no series
+        {"metric": "jvm_heap_pct", "labels": {"service": "golden-app"}, "now": "2026-10-15T00:30:00Z"},
+        {"series_id": "nope/jvm_heap_pct"},
+        {"rule": "jvm_heap", "labels": {"pod": "golden-app-7f9c-x2x"}, "recent": recent[-5:]},
+        {"series_id": APDEX, "horizon_minutes": 1000},
+    ]
+    batch = client.post("/predict_batch", json={"items": items}).json()["results"]
+    assert [r["index"] for r in batch] == list(range(len(items)))
+    for item, result in zip(items, batch, strict=True):
+        single = client.post("/predict", json=item)
+        assert result["status"] == single.status_code, (item, single.text)
+        if single.status_code == 200:
+            assert result["answer"] == single.json() and result["error"] is None
+        else:
+            assert result["error"] == error(single) and result["answer"] is None
+    assert {r["status"] for r in batch} == {200, 400, 404}
+
+
 def test_a_batch_over_the_limit_is_413(client, monkeypatch):
     monkeypatch.setenv(MAX_BATCH_ENV, "3")
     r = client.post("/predict_batch", json={"items": [{"series_id": HEAP}] * 4})

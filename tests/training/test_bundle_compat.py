@@ -14,7 +14,7 @@ from training.predict import predict_series
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
 GOLDEN = SAMPLE / "golden_bundle"
 #: the current golden bundle, then one per earlier schema version
-GOLDENS = [GOLDEN, SAMPLE / "golden_bundle_v1"]
+GOLDENS = [GOLDEN, SAMPLE / "golden_bundle_v2", SAMPLE / "golden_bundle_v1"]
 
 
 @pytest.mark.parametrize("folder", GOLDENS, ids=lambda p: p.name)
@@ -156,3 +156,68 @@ def test_error_paths_round_trip_bit_for_bit(tmp_path):
                          ).astype(np.float32)
     back = ModelBundle.load(golden.save(tmp_path / "b")).forecasters["golden-app/jvm_heap_pct"]
     np.testing.assert_array_equal(back.error_paths_, heap.error_paths_)
+
+
+def _answers(bundle: ModelBundle) -> list[dict]:
+    """Answers over thresholds, directions and observations, as dicts (every field)."""
+    from datetime import timedelta
+
+    out = []
+    for sid, model in sorted(bundle.forecasters.items()):
+        end = model.last_ts_
+        recent = [(end + timedelta(minutes=15 * k), 60.0 + k) for k in range(-8, 1)]
+        for threshold, direction in ((68.0, "above"), (0.9395, "below"), (75.0, "above")):
+            for obs in (None, recent):
+                out.append(predict_series(bundle, sid, threshold, direction, 240,
+                                          recent=obs).as_dict())
+    return out
+
+
+def test_the_v2_golden_bundle_answers_exactly_as_its_v3_rewrite():
+    """Schema 3 stores the point model's parameters instead of deriving them from Prophet's JSON:
+    every field of every answer is the same, bit for bit."""
+    v2, v3 = ModelBundle.load(SAMPLE / "golden_bundle_v2"), ModelBundle.load(GOLDEN)
+    assert v2.manifest["schema_version"] == 2 and v3.manifest["schema_version"] == 3
+    assert _answers(v2) == _answers(v3)
+
+
+def test_loading_a_bundle_parses_no_prophet_model():
+    bundle = ModelBundle.load(GOLDEN)
+    prophets = [m for m in bundle.forecasters.values() if m.kind_ == "prophet"]
+    assert prophets and all(m.point_model_ is not None for m in prophets)
+    _answers(bundle)  # the served path does not need the Prophet object either
+    assert not any(m.prophet_loaded for m in prophets)
+    ts, values = prophets[0].training_tail(60)  # the training history does: parsed on first use
+    assert prophets[0].prophet_loaded and ts.size == values.size > 0
+
+
+def test_a_changed_prophet_file_is_refused_when_it_is_read(tmp_path):
+    copy, manifest = _copy(tmp_path)
+    name = manifest["prophet_files"]["golden-app/apdex"]
+    (copy / name).write_text((copy / name).read_text().replace('"y_scale": ', '"y_scale": 1'))
+    bundle = ModelBundle.load(copy)  # not read on load ...
+    with pytest.raises(BundleIntegrityError, match=f"{Path(name).name}: checksum does not match"):
+        bundle.forecasters["golden-app/apdex"].training_tail(60)  # ... but never used unchecked
+    (copy / name).unlink()
+    with pytest.raises(BundleIntegrityError, match="listed in the manifest but missing"):
+        ModelBundle.load(copy)
+
+
+def test_a_loaded_bundle_saves_again_without_parsing_prophet(tmp_path):
+    bundle = ModelBundle.load(GOLDEN)
+    again = ModelBundle.load(bundle.save(tmp_path / "again"))
+    assert not any(m.prophet_loaded for m in bundle.forecasters.values())
+    assert _answers(again) == _answers(bundle)
+    name = bundle.manifest["prophet_files"]["golden-app/apdex"]
+    assert (tmp_path / "again" / name).read_bytes() == (GOLDEN / name).read_bytes()
+
+
+def test_an_eager_load_outlives_its_folder(tmp_path):
+    shutil.copytree(GOLDEN, tmp_path / "b")
+    lazy, eager = ModelBundle.load(tmp_path / "b"), ModelBundle.load(tmp_path / "b", prophet="eager")
+    assert all(m.prophet_loaded for m in eager.forecasters.values() if m.kind_ == "prophet")
+    shutil.rmtree(tmp_path / "b")
+    again = ModelBundle.load(eager.save(tmp_path / "again"))
+    assert _answers(again) == _answers(eager)
+    with pytest.raises(BundleIntegrityError, match="listed in the manifest but missing"):
+        lazy.save(tmp_path / "lazy")

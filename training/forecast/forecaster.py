@@ -353,10 +353,40 @@ class SeriesForecaster:
              "yhat_lower": lower, "yhat_upper": upper}
         ).with_columns(pl.col(s.TS).dt.replace_time_zone("UTC"))
 
-    # --- persistence: Prophet via its JSON serializer, never a pickle ------------------------
-    def to_dict(self) -> dict:
-        from prophet.serialize import model_to_json
+    # --- the Prophet object: kept, or parsed from its JSON on first use ----------------------
+    @property
+    def model_(self):
+        """The fitted model: Prophet (parsed from the bundle on first use) or the line's parameters.
 
+        Serving never needs the Prophet object when ``point_model_`` evaluates the forecast;
+        a bundle load leaves it unparsed (``prophet_loaded``) until plots, ``training_tail`` or
+        Prophet's own ``predict`` ask for it.
+        """
+        if self._model_ is None and self._prophet_source_ is not None:
+            self._model_ = _prophet_from_json(self._prophet_source_.json_text())
+            self._prophet_source_ = None
+        return self._model_
+
+    @model_.setter
+    def model_(self, model) -> None:
+        self._model_, self._prophet_source_ = model, None
+
+    @property
+    def prophet_loaded(self) -> bool:
+        """Whether a Prophet object exists in memory (False for an unparsed one and the line)."""
+        return self.kind_ == "prophet" and self._model_ is not None
+
+    _model_ = None
+    _prophet_source_ = None
+
+    # --- persistence: Prophet via its JSON serializer, never a pickle ------------------------
+    def to_dict(self, with_prophet: bool = True) -> dict:
+        """The forecaster's state as JSON-ready values.
+
+        ``point_model``: the numpy point model's parameters, all serving reads. ``model``: the
+        Prophet JSON (``model_to_json``), left out with ``with_prophet=False`` when the caller
+        stores it apart (the bundle: see :meth:`prophet_json`).
+        """
         state = {
             "params": self.get_params(),
             "kind": self.kind_,
@@ -373,20 +403,43 @@ class SeriesForecaster:
                 np.ascontiguousarray(self.error_paths_, dtype="<f4").tobytes()).decode("ascii"),
             "error_paths_shape": list(self.error_paths_.shape),
         }
-        state["model"] = model_to_json(self.model_) if self.kind_ == "prophet" else self.model_
+        if self.kind_ == "prophet":
+            state["point_model"] = (None if self.point_model_ is None
+                                    else self.point_model_.to_dict())
+            if with_prophet:
+                state["model"] = self.prophet_json()
+        else:
+            state["model"] = self.model_
         return state
 
+    def prophet_json(self) -> str:
+        """The Prophet model as ``prophet.serialize.model_to_json`` writes it."""
+        from prophet.serialize import model_to_json
+
+        if self.kind_ != "prophet":
+            raise ValueError(f"a {self.kind_} forecaster has no Prophet model")
+        if self._model_ is None and self._prophet_source_ is not None:  # as stored, unparsed
+            return self._prophet_source_.json_text()
+        return model_to_json(self.model_)
+
     @classmethod
-    def from_dict(cls, state: dict) -> SeriesForecaster:
-        from prophet.serialize import model_from_json
+    def from_dict(cls, state: dict, prophet_source=None) -> SeriesForecaster:
+        """A forecaster from :meth:`to_dict`'s state (of any bundle schema version).
+
+        With ``point_model`` in the state (schema 3 on) the Prophet object is not built here:
+        it is parsed on first use of ``model_``, from the state's ``model`` or from
+        ``prophet_source.json_text()`` (the bundle reads its own file, checking its checksum).
+        Older states carry only the Prophet JSON, so it is parsed now to derive the point model.
+        """
+        from training.forecast.point_model import ProphetPointModel
 
         self = cls(**state["params"])
         self.kind_ = state["kind"]
         self.fallback_reason_ = state["fallback_reason"]
         self.sigma_ = state["sigma"]
         self.n_points_ = state["n_points"]
-        self.first_ts_ = pd.Timestamp(state["first_ts"]).to_pydatetime()
-        self.last_ts_ = pd.Timestamp(state["last_ts"]).to_pydatetime()
+        self.first_ts_ = datetime.fromisoformat(state["first_ts"])
+        self.last_ts_ = datetime.fromisoformat(state["last_ts"])
         self.step_minutes_ = state["step_minutes"]
         self.fit_step_minutes_ = state.get("fit_step_minutes", self.step_minutes_)
         self.calibrations_ = {float(h): ProbabilityCalibration.from_dict(c)
@@ -397,18 +450,45 @@ class SeriesForecaster:
             self.error_paths_ = raw.astype(np.float32).reshape(state["error_paths_shape"])
         else:  # bundles of schema version 1 stored them rounded, as lists
             self.error_paths_ = np.asarray(state["error_paths"], dtype=np.float32).reshape(-1, n_h)
-        model = state["model"]
-        self.model_ = model_from_json(model) if self.kind_ == "prophet" else model
-        # re-derived from the Prophet JSON, the one stored source of the parameters
-        self.point_model_ = self._point_model(self.model_) if self.kind_ == "prophet" else None
+        model = state.get("model")
+        if self.kind_ != "prophet":
+            self.model_, self.point_model_ = model, None
+        elif "point_model" in state:
+            point = state["point_model"]
+            self.point_model_ = None if point is None else ProphetPointModel.from_dict(point)
+            if model is not None:
+                self._prophet_source_ = _ProphetText(model)
+            elif prophet_source is not None:
+                self._prophet_source_ = prophet_source
+            else:
+                raise ValueError("the state has neither the Prophet model nor a source for it")
+        else:  # schema 1 and 2: the point model is derived from the Prophet JSON
+            self.model_ = _prophet_from_json(model)
+            self.point_model_ = self._point_model(self.model_)
         return self
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_json(cls, text: str) -> SeriesForecaster:
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, prophet_source=None) -> SeriesForecaster:
+        return cls.from_dict(json.loads(text), prophet_source)
+
+
+class _ProphetText:
+    """A Prophet model's JSON kept as text until something needs the Prophet object."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def json_text(self) -> str:
+        return self.text
+
+
+def _prophet_from_json(text: str):
+    from prophet.serialize import model_from_json
+
+    return model_from_json(text)
 
 
 def calendar_setting(forecaster_params: dict) -> dict[str, str | None]:

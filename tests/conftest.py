@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,3 +34,9 @@ def write_export(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _model_cache(tmp_path_factory) -> None:
+    """Registry downloads (and those of servers the tests start) go to a temporary model cache."""
+    os.environ["PREALERT_MODEL_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))

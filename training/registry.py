@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -186,11 +188,15 @@ def check_promotable(client: MlflowClient, version: str) -> None:
 
 
 def load_version(version: str, dst: str | Path | None = None) -> ModelBundle:
-    """Download and load one registered version's bundle (checksums verified)."""
-    dst = Path(dst or tempfile.mkdtemp(prefix="prealert-version-"))
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{MODEL_NAME}/{version}", dst_path=str(dst))
-    bundle = ModelBundle.load(Path(local) / "artifacts" / "bundle")
+    """Download and load one registered version's bundle (checksums verified); without ``dst``
+    through the model cache, as ``load_champion``."""
+    if dst is None:
+        folder = _cached_download(str(version))
+    else:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{MODEL_NAME}/{version}", dst_path=str(dst))
+        folder = Path(local) / "artifacts" / "bundle"
+    bundle = ModelBundle.load(folder)
     bundle.manifest["registered_version"] = f"{MODEL_NAME}/{version}"
     return bundle
 
@@ -225,11 +231,54 @@ def rollback() -> tuple[str, str]:
     return current, target
 
 
+#: where ``load_champion`` keeps downloaded versions when no folder is given
+MODEL_CACHE_ENV = "PREALERT_MODEL_CACHE"
+#: versions kept per store: the one served and the one before it (still serving during a swap)
+_CACHED_VERSIONS = 2
+
+
+def model_cache_dir() -> Path:
+    """``PREALERT_MODEL_CACHE``, else ``~/.cache/prealert/models``; one folder per tracking store."""
+    root = Path(os.environ.get(MODEL_CACHE_ENV) or Path.home() / ".cache" / "prealert" / "models")
+    return root / hashlib.sha256(tracking_uri().encode("utf-8")).hexdigest()[:16]
+
+
+def _cached_download(version: str) -> Path:
+    """The bundle folder of ``version`` in the model cache, downloaded once.
+
+    The download goes to a temporary sibling renamed into place, so two workers starting together
+    never see half a folder; a cached folder is checked again by ``ModelBundle.load``. Older
+    versions beyond the last ``_CACHED_VERSIONS`` used are removed.
+    """
+    cache = model_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    final = cache / f"v{version}"
+    if not final.is_dir():
+        tmp = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=cache))
+        try:
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{MODEL_NAME}/{version}", dst_path=str(tmp))
+            try:
+                tmp.rename(final)
+            except OSError:  # another worker put it there first
+                if not final.is_dir():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    os.utime(final)  # most recently used: kept by the pruning below
+    kept = sorted((p for p in cache.glob("v*") if p.is_dir()), key=lambda p: p.stat().st_mtime,
+                  reverse=True)
+    for old in kept[_CACHED_VERSIONS:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final / "artifacts" / "bundle"
+
+
 def load_champion(dst: str | Path | None = None) -> ModelBundle:
     """Download and load the ``@champion`` bundle; the bundle knows its registry version.
 
-    The bundle is read fully into memory, so without ``dst`` the download goes to a temporary
-    folder that is removed before returning (nothing accumulates in /tmp across starts).
+    Without ``dst`` the version is kept in the model cache (``model_cache_dir``): Prophet models
+    are parsed from there on first use, never at load, and a restart or a second worker reuses
+    the download. Only the last two versions used stay in the cache.
     """
     client = _use_store()
     try:
@@ -238,14 +287,14 @@ def load_champion(dst: str | Path | None = None) -> ModelBundle:
         raise LookupError(
             f"no '{MODEL_NAME}@{CHAMPION}' in {tracking_uri()}: run `prealert train` first"
         ) from exc
-    with tempfile.TemporaryDirectory(prefix="prealert-champion-") as tmp:
+    # by the version just resolved, not by the alias: a promotion between the two calls would
+    # otherwise load one version and label it with another
+    if dst is None:
+        folder = _cached_download(str(mv.version))
+    else:
         local = mlflow.artifacts.download_artifacts(
-            # by the version just resolved, not by the alias: a promotion between the two calls
-            # would otherwise load one version and label it with another
-            artifact_uri=f"models:/{MODEL_NAME}/{mv.version}", dst_path=str(dst or tmp)
-        )
-        # the temporary folder goes: its Prophet models are parsed now, not on first use
-        bundle = ModelBundle.load(Path(local) / "artifacts" / "bundle",
-                                  prophet="lazy" if dst else "eager")
+            artifact_uri=f"models:/{MODEL_NAME}/{mv.version}", dst_path=str(dst))
+        folder = Path(local) / "artifacts" / "bundle"
+    bundle = ModelBundle.load(folder)
     bundle.manifest["registered_version"] = f"{MODEL_NAME}/{mv.version}"
     return bundle

@@ -12,7 +12,9 @@ from training.registry import (
     MODEL_NAME,
     champion_version,
     load_champion,
+    load_version,
     log_and_register,
+    model_cache_dir,
     promote_version,
     rollback,
 )
@@ -83,3 +85,26 @@ def test_a_promotion_during_load_never_mislabels_the_bundle(result, tmp_path, mo
     bundle = load_champion(tmp_path / "champion")
     assert bundle.manifest["registered_version"] == f"{MODEL_NAME}/{full}"
     assert set(bundle.forecasters) == set(result.bundle.forecasters)
+
+
+def test_the_served_download_is_cached_per_version_and_pruned(result, tmp_path, monkeypatch):
+    """Without a folder, versions stay in the model cache: Prophet is parsed on use, not at load,
+    a second load reuses the download, and only the last two versions used are kept."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("PREALERT_MODEL_CACHE", str(tmp_path / "cache"))
+    config = TrainConfig(holdout_hours=12)
+    versions = [log_and_register(result, config)[1] for _ in range(3)]
+    promote_version(versions[0])
+    bundle = load_champion()
+    cache = model_cache_dir()
+    assert cache.is_relative_to(tmp_path / "cache") and [p.name for p in cache.iterdir()] == ["v1"]
+    stamp = (cache / "v1" / "artifacts" / "bundle" / "manifest.json").stat().st_mtime_ns
+    assert load_champion().manifest["registered_version"] == f"{MODEL_NAME}/1"
+    assert (cache / "v1" / "artifacts" / "bundle" / "manifest.json").stat().st_mtime_ns == stamp
+    prophets = [f for f in bundle.forecasters.values() if f.kind_ == "prophet"]
+    assert prophets and not any(f.prophet_loaded for f in prophets)  # not parsed at load
+    assert prophets[0].model_ is not None and prophets[0].prophet_loaded  # parsed from the cache
+
+    load_version(versions[1])
+    load_version(versions[2])
+    assert sorted(p.name for p in cache.iterdir()) == ["v2", "v3"]

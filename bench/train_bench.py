@@ -1,15 +1,20 @@
-"""Training wall time on synthetic 1-minute series: local pool against Ray, and the fit settings before.
+"""Training cost on synthetic 1-minute series end to end: feature job + `prealert retrain`, local and Ray.
 
 Run: ``uv run python bench/train_bench.py [--series 10000] [--days 14] [--n-jobs 2]
-[--engines local,ray] [--reference 100]``. Generates ``--series`` seeded series (10 metrics per
-workload; a workday office-hour peak, a quieter weekend, a trend, an AR(1) wander and noise) in
-memory, nothing is written but temporary bundles. For each engine: ``train_bundle`` plus
-``bundle.save`` wall time (a local Ray of ``--n-jobs`` CPUs is started first, its start timed
-apart), series per second per core, the summed per-series fit CPU seconds, and the peak RSS of the
-process tree. Then the first ``--reference`` series with the settings before issue 11 (Prophet on
-every point at the series' own resolution, 300 uncertainty samples) on the local pool: the same
-run's per-series cost before/after. Load average before and after each phase, as the machine is
-shared: ratios within one run count. No assertions: numbers only, and one JSON line at the end.
+[--engines local,ray] [--reference 100] [--what retrain|train]``. Generates ``--series`` seeded
+series (10 pod metrics per workload; a workday office-hour peak, a quieter weekend, a trend, an
+AR(1) wander and noise) in memory. ``--what retrain`` (default), per engine: writes them as a raw
+export, runs the feature job, then :func:`training.retrain.retrain` twice on a temporary MLflow
+store (the first run makes a champion, the second, the "nightly" run, trains and replays candidate
+and champion on the gate window); end to end = feature job + nightly run, wall and process-tree
+CPU seconds per phase. ``--what train``: ``train_bundle`` plus ``bundle.save`` only, with the
+summed per-series fit CPU seconds. A local Ray of ``--n-jobs`` CPUs is started first for the Ray
+engine, its start timed apart. Peak RSS of the process tree throughout. Then the first
+``--reference`` series through ``train_bundle`` with the settings before issue 11 (Prophet's
+defaults: every point, 300 uncertainty samples, Stan), with Stan's fit at this release's fit
+resolution, and as this release trains them: the same run's per-series cost. Load average before
+and after each phase, as the machine is shared: ratios within one run count. No assertions:
+numbers only, and one JSON line at the end.
 """
 
 from __future__ import annotations
@@ -124,22 +129,39 @@ def export_of(series: pl.DataFrame) -> pl.DataFrame:
                          pl.lit("worker-0").alias("node"), s.METRIC, s.VALUE)
 
 
+def tree_cpu_seconds() -> float:
+    """CPU seconds of this process, its finished children and its live descendants (pool workers)."""
+    me = psutil.Process()
+    t = me.cpu_times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            c = child.cpu_times()
+            total += c.user + c.system
+    return total
+
+
 class Phases:
-    """``echo`` for :func:`retrain`: remembers when each of its messages came."""
+    """``echo`` for :func:`retrain`: remembers when each of its messages came, and the CPU used."""
 
     def __init__(self):
-        self.marks = [("start", time.perf_counter())]
+        self.marks = [("start", time.perf_counter(), tree_cpu_seconds())]
 
     def __call__(self, message: str) -> None:
-        self.marks.append((message.split(" ", 1)[0].rstrip(":"), time.perf_counter()))
+        self.marks.append((message.split(" ", 1)[0].rstrip(":"), time.perf_counter(),
+                           tree_cpu_seconds()))
 
     def seconds(self) -> dict[str, float]:
-        names = {"training": "train_s", "gate": "gate_and_register_s"}
+        """Wall and CPU seconds of training (with the champion's download) and of the gate (with
+        registering the candidate), and of the whole run."""
+        names = {"training": "train", "gate": "gate_and_register"}
         out = {}
-        for (name, at), (_, until) in zip(self.marks, self.marks[1:], strict=False):
+        for (name, at, cpu), (_, until, cpu_until) in zip(self.marks, self.marks[1:], strict=False):
             if name in names:
-                out[names[name]] = round(until - at, 1)
+                out[f"{names[name]}_s"] = round(until - at, 1)
+                out[f"{names[name]}_cpu_s"] = round(cpu_until - cpu, 1)
         out["retrain_s"] = round(self.marks[-1][1] - self.marks[0][1], 1)
+        out["retrain_cpu_s"] = round(self.marks[-1][2] - self.marks[0][2], 1)
         return out
 
 
@@ -147,6 +169,7 @@ def run_retrain(label: str, series: pl.DataFrame, config: TrainConfig, cores: in
     """The scheduled job end to end, twice: the feature job on a raw export, then ``retrain`` for
     the window ending an hour before the newest data (no champion yet: promoted by hand if the
     gate keeps it out), then ``retrain`` for the whole window, which replays candidate and champion.
+    End to end = the feature job + that second ("nightly") run; CPU seconds of the process tree.
     """
     from features.build import load_series, run_build
     from training.registry import champion_version, set_champion
@@ -158,10 +181,10 @@ def run_retrain(label: str, series: pl.DataFrame, config: TrainConfig, cores: in
         os.environ["PREALERT_LOCK_FILE"] = f"{tmp}/prealert.lock"
         export_of(series).write_parquet(f"{tmp}/export.parquet")
         load_before = os.getloadavg()[0]
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), tree_cpu_seconds()
         run_build(f"{tmp}/export.parquet", f"{tmp}/features", step="1m")
         frame = load_series(f"{tmp}/features")
-        features_s = time.perf_counter() - began
+        features_s, features_cpu_s = time.perf_counter() - began, tree_cpu_seconds() - cpu
         newest = frame[s.TS].max()
         first = Phases()
         retrain(frame, RetrainConfig(until=newest - timedelta(minutes=59), train=config), echo=first)
@@ -172,12 +195,15 @@ def run_retrain(label: str, series: pl.DataFrame, config: TrainConfig, cores: in
         second = Phases()
         outcome = retrain(frame, RetrainConfig(train=config), echo=second)
         second("done")
-        wall = features_s + second.seconds()["retrain_s"]
+        nightly = second.seconds()
+        wall = features_s + nightly["retrain_s"]
+        cpu = features_cpu_s + nightly["retrain_cpu_s"]
     out = {
         "label": label, "series": n, "features_s": round(features_s, 1),
-        "first_run": first.seconds(), "nightly_run": second.seconds(),
+        "features_cpu_s": round(features_cpu_s, 1), "first_run": first.seconds(), "nightly_run": nightly,
         "nightly_status": outcome.status, "counts": outcome.counts,
         "end_to_end_s": round(wall, 1), "series_per_s_per_core": round(n / wall / cores, 4),
+        "end_to_end_cpu_s_per_series": round(cpu / n, 3),
         "peak_rss_gb": round(rss.peak / 2**30, 2),
         "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
     }

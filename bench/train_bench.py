@@ -1,15 +1,20 @@
-"""Training wall time on synthetic 1-minute series: local pool against Ray, and the fit settings before.
+"""Training cost on synthetic 1-minute series end to end: feature job + `prealert retrain`, local and Ray.
 
 Run: ``uv run python bench/train_bench.py [--series 10000] [--days 14] [--n-jobs 2]
-[--engines local,ray] [--reference 100]``. Generates ``--series`` seeded series (10 metrics per
-workload; a workday office-hour peak, a quieter weekend, a trend, an AR(1) wander and noise) in
-memory, nothing is written but temporary bundles. For each engine: ``train_bundle`` plus
-``bundle.save`` wall time (a local Ray of ``--n-jobs`` CPUs is started first, its start timed
-apart), series per second per core, the summed per-series fit CPU seconds, and the peak RSS of the
-process tree. Then the first ``--reference`` series with the settings before issue 11 (Prophet on
-every point at the series' own resolution, 300 uncertainty samples) on the local pool: the same
-run's per-series cost before/after. Load average before and after each phase, as the machine is
-shared: ratios within one run count. No assertions: numbers only, and one JSON line at the end.
+[--engines local,ray] [--reference 100] [--what retrain|train]``. Generates ``--series`` seeded
+series (10 pod metrics per workload; a workday office-hour peak, a quieter weekend, a trend, an
+AR(1) wander and noise) in memory. ``--what retrain`` (default), per engine: writes them as a raw
+export, runs the feature job, then :func:`training.retrain.retrain` twice on a temporary MLflow
+store (the first run makes a champion, the second, the "nightly" run, trains and replays candidate
+and champion on the gate window); end to end = feature job + nightly run, wall and process-tree
+CPU seconds per phase. ``--what train``: ``train_bundle`` plus ``bundle.save`` only, with the
+summed per-series fit CPU seconds. A local Ray of ``--n-jobs`` CPUs is started first for the Ray
+engine, its start timed apart. Peak RSS of the process tree throughout. Then the first
+``--reference`` series through ``train_bundle`` with the settings before issue 11 (Prophet's
+defaults: every point, 300 uncertainty samples, Stan), with Stan's fit at this release's fit
+resolution, and as this release trains them: the same run's per-series cost. Load average before
+and after each phase, as the machine is shared: ratios within one run count. No assertions:
+numbers only, and one JSON line at the end.
 """
 
 from __future__ import annotations
@@ -31,10 +36,14 @@ from features import schema as s
 from training.train import TrainConfig, train_bundle
 
 START = datetime(2026, 9, 7, tzinfo=UTC)  # a Monday, 00:00 UTC (09:00 in Seoul)
-METRICS = ("cpu_pct", "mem_pct", "jvm_heap_pct", "gc_time_pct", "db_pool_pct", "disk_pct",
-           "apdex", "latency_ms", "request_rate", "error_rate")
-#: the settings before issue 11: Prophet on all points, all history, a sampled band
-BEFORE = {"fit_max_points": None, "fit_history_days": None, "uncertainty_samples": 300}
+#: pod-level metrics of the catalogue (so the feature job rolls each up to its workload)
+METRICS = ("cpu_pct", "mem_pct", "jvm_heap_pct", "gc_time_pct", "db_pool_pct", "web_worker_pct",
+           "apdex", "response_time_ms", "tps", "error_rate_pct")
+#: the settings before issue 11: Prophet on all points, all history, a sampled band, Stan's fit
+BEFORE = {"fit_max_points": None, "fit_history_days": None, "uncertainty_samples": 300,
+          "fit_solver": "stan"}
+#: Prophet's own fit (cmdstan) with this release's fit resolution: what the in-process MAP replaces
+STAN = {"fit_solver": "stan"}
 
 
 def synthetic_series(n: int, days: float, step_minutes: int = 1, seed: int = 20261128) -> pl.DataFrame:
@@ -56,6 +65,8 @@ def synthetic_series(n: int, days: float, step_minutes: int = 1, seed: int = 202
         y = (level + amp * daily * np.where(weekend, rng.uniform(0.1, 0.5), 1.0)
              + rng.uniform(-1, 1) * minutes / 1440 + wander + rng.normal(0, rng.uniform(0.5, 3), m))
         entity, metric = f"svc-{i // len(METRICS):05d}", METRICS[i % len(METRICS)]
+        y = np.clip(y, 0.5, 99.5)  # inside every catalogue range (the feature job checks them)
+        y = y / 100 if metric == "apdex" else y * 20 if metric == "response_time_ms" else y
         frames.append(pl.DataFrame({s.TS: ts, s.VALUE: y}).with_columns(
             pl.lit(f"{entity}/{metric}").alias(s.SERIES_ID), pl.lit(entity).alias(s.ENTITY),
             pl.lit(metric).alias(s.METRIC), pl.lit(1, dtype=pl.UInt32).alias(s.N_PODS),
@@ -112,6 +123,94 @@ def run(label: str, series: pl.DataFrame, config: TrainConfig, cores: int) -> di
     return out
 
 
+def export_of(series: pl.DataFrame) -> pl.DataFrame:
+    """The raw export the feature job reads: one pod per workload on one node."""
+    return series.select(s.TS, pl.col(s.ENTITY).alias("service"), (pl.col(s.ENTITY) + "-0").alias("pod"),
+                         pl.lit("worker-0").alias("node"), s.METRIC, s.VALUE)
+
+
+def tree_cpu_seconds() -> float:
+    """CPU seconds of this process, its finished children and its live descendants (pool workers)."""
+    me = psutil.Process()
+    t = me.cpu_times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            c = child.cpu_times()
+            total += c.user + c.system
+    return total
+
+
+class Phases:
+    """``echo`` for :func:`retrain`: remembers when each of its messages came, and the CPU used."""
+
+    def __init__(self):
+        self.marks = [("start", time.perf_counter(), tree_cpu_seconds())]
+
+    def __call__(self, message: str) -> None:
+        self.marks.append((message.split(" ", 1)[0].rstrip(":"), time.perf_counter(),
+                           tree_cpu_seconds()))
+
+    def seconds(self) -> dict[str, float]:
+        """Wall and CPU seconds of training (with the champion's download) and of the gate (with
+        registering the candidate), and of the whole run."""
+        names = {"training": "train", "gate": "gate_and_register"}
+        out = {}
+        for (name, at, cpu), (_, until, cpu_until) in zip(self.marks, self.marks[1:], strict=False):
+            if name in names:
+                out[f"{names[name]}_s"] = round(until - at, 1)
+                out[f"{names[name]}_cpu_s"] = round(cpu_until - cpu, 1)
+        out["retrain_s"] = round(self.marks[-1][1] - self.marks[0][1], 1)
+        out["retrain_cpu_s"] = round(self.marks[-1][2] - self.marks[0][2], 1)
+        return out
+
+
+def run_retrain(label: str, series: pl.DataFrame, config: TrainConfig, cores: int) -> dict:
+    """The scheduled job end to end, twice: the feature job on a raw export, then ``retrain`` for
+    the window ending an hour before the newest data (no champion yet: promoted by hand if the
+    gate keeps it out), then ``retrain`` for the whole window, which replays candidate and champion.
+    End to end = the feature job + that second ("nightly") run; CPU seconds of the process tree.
+    """
+    from features.build import load_series, run_build
+    from training.registry import champion_version, set_champion
+    from training.retrain import RetrainConfig, retrain, writing_registry
+
+    n = series[s.SERIES_ID].n_unique()
+    with PeakRss() as rss, tempfile.TemporaryDirectory() as tmp:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
+        os.environ["PREALERT_LOCK_FILE"] = f"{tmp}/prealert.lock"
+        export_of(series).write_parquet(f"{tmp}/export.parquet")
+        load_before = os.getloadavg()[0]
+        began, cpu = time.perf_counter(), tree_cpu_seconds()
+        run_build(f"{tmp}/export.parquet", f"{tmp}/features", step="1m")
+        frame = load_series(f"{tmp}/features")
+        features_s, features_cpu_s = time.perf_counter() - began, tree_cpu_seconds() - cpu
+        newest = frame[s.TS].max()
+        first = Phases()
+        retrain(frame, RetrainConfig(until=newest - timedelta(minutes=59), train=config), echo=first)
+        first("done")
+        with writing_registry("bench") as (client, _):
+            if champion_version(client) is None:
+                set_champion(client, "1", "bench: the first version, so the next run replays a champion")
+        second = Phases()
+        outcome = retrain(frame, RetrainConfig(train=config), echo=second)
+        second("done")
+        nightly = second.seconds()
+        wall = features_s + nightly["retrain_s"]
+        cpu = features_cpu_s + nightly["retrain_cpu_s"]
+    out = {
+        "label": label, "series": n, "features_s": round(features_s, 1),
+        "features_cpu_s": round(features_cpu_s, 1), "first_run": first.seconds(), "nightly_run": nightly,
+        "nightly_status": outcome.status, "counts": outcome.counts,
+        "end_to_end_s": round(wall, 1), "series_per_s_per_core": round(n / wall / cores, 4),
+        "end_to_end_cpu_s_per_series": round(cpu / n, 3),
+        "peak_rss_gb": round(rss.peak / 2**30, 2),
+        "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
+    }
+    print(json.dumps(out), flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=10_000)
@@ -119,6 +218,8 @@ def main() -> None:
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument("--engines", default="local,ray")
     parser.add_argument("--reference", type=int, default=100, help="series fitted with the settings before")
+    parser.add_argument("--what", default="retrain", choices=("retrain", "train"),
+                        help="retrain: feature job + two scheduled runs end to end; train: train_bundle only")
     args = parser.parse_args()
 
     made = time.perf_counter()
@@ -139,8 +240,9 @@ def main() -> None:
                      log_to_driver=False)
             print(f"ray.init: {time.perf_counter() - began:.1f} s", flush=True)
         try:
-            results.append(run(engine, series, TrainConfig(engine=engine, n_jobs=args.n_jobs),
-                               args.n_jobs))
+            measure = run_retrain if args.what == "retrain" else run
+            results.append(measure(engine, series, TrainConfig(engine=engine, n_jobs=args.n_jobs),
+                                   args.n_jobs))
         finally:
             if engine == "ray":
                 ray.shutdown()
@@ -149,6 +251,7 @@ def main() -> None:
         subset = series.filter(pl.col(s.SERIES_ID).is_in(ids))
         results.append(run("before", subset, TrainConfig(n_jobs=args.n_jobs, forecaster=BEFORE,
                                                          series_time_limit_seconds=None), args.n_jobs))
+        results.append(run("stan", subset, TrainConfig(n_jobs=args.n_jobs, forecaster=STAN), args.n_jobs))
         results.append(run("after", subset, TrainConfig(n_jobs=args.n_jobs), args.n_jobs))
     print(json.dumps({"args": vars(args), "results": results}))
 

@@ -92,22 +92,39 @@ def run_batch(fn: Callable[[str, Any], Any], batch: Sequence[tuple[str, Any]], v
     return [fn(key, payload) for key, payload in batch]
 
 
-def batches_of(items: Sequence[tuple[str, Any]], workers: int, batch_size: int = 0) -> list[list]:
-    """Consecutive batches: ``batch_size`` items, or (0) about four batches per worker, at most 32."""
-    size = batch_size or max(1, min(32, len(items) // (4 * max(workers, 1))))
-    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+def batches_of(items: Sequence[tuple[str, Any]], workers: int, batch_size: int = 0,
+               sizes: Sequence[int] | None = None) -> list[list]:
+    """Consecutive batches of about ``batch_size`` units (0: about four batches per worker, at
+    most 32 units), an item counting ``sizes[i]`` units (1 each by default; e.g. an entity's
+    series). An item is never split; one larger than the batch size is a batch of its own.
+    """
+    sizes = [1] * len(items) if sizes is None else list(sizes)
+    if len(sizes) != len(items):
+        raise ValueError("batches_of needs one size per item")
+    size = batch_size or max(1, min(32, sum(sizes) // (4 * max(workers, 1))))
+    batches, current, units = [], [], 0
+    for item, units_of in zip(items, sizes, strict=True):
+        if current and units + units_of > size:
+            batches.append(current)
+            current, units = [], 0
+        current.append(item)
+        units += units_of
+    if current:
+        batches.append(current)
+    return batches
 
 
 def fan_out(fn: Callable[[str, Any], Any], items: Sequence[tuple[str, Any]], *, engine: str = "local",
             n_jobs: int = 2, batch_size: int = 0, verbose: bool = False,
-            progress: Progress | None = None) -> list:
+            progress: Progress | None = None, sizes: Sequence[int] | None = None) -> list:
     """Run ``fn(key, payload)`` for every item on the engine; results in the order of ``items``.
 
     ``fn`` must be picklable (a module-level function or a partial of one) and catch its own
     errors: a batch that still fails (a worker killed, out of memory) fails the whole call.
     ``local``: a process pool of ``n_jobs`` (1: in this process). ``ray``: tasks on the cluster
     already initialised, else on ``RAY_ADDRESS``, else on a local Ray of ``n_jobs`` CPUs, which
-    is shut down again at the end.
+    is shut down again at the end. ``sizes`` (units per item, e.g. series per entity) set the
+    batches (:func:`batches_of`) and what ``progress`` counts.
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -115,19 +132,22 @@ def fan_out(fn: Callable[[str, Any], Any], items: Sequence[tuple[str, Any]], *, 
     keys = [key for key, _ in items]
     if len(set(keys)) != len(keys):
         raise ValueError("fan_out needs distinct keys")
+    units = dict(zip(keys, [1] * len(items) if sizes is None else sizes, strict=True))
     runner = _run_on_ray if engine == "ray" else _run_locally
     results: dict[str, Any] = {}
-    for batch_keys, batch_results in runner(fn, items, n_jobs, batch_size, verbose):
+    done = 0
+    for batch_keys, batch_results in runner(fn, items, n_jobs, batch_size, verbose, sizes):
         results.update(zip(batch_keys, batch_results, strict=True))
+        done += sum(units[k] for k in batch_keys)
         if progress is not None:
-            progress(len(results), len(items))
+            progress(done, sum(units.values()))
     return [results[key] for key in keys]
 
 
-def _run_locally(fn, items, n_jobs, batch_size, verbose):
+def _run_locally(fn, items, n_jobs, batch_size, verbose, sizes):
     from joblib import Parallel, delayed
 
-    batches = batches_of(items, n_jobs, batch_size)
+    batches = batches_of(items, n_jobs, batch_size, sizes)
     if n_jobs == 1:
         for batch in batches:
             yield [k for k, _ in batch], run_batch(fn, batch, verbose)
@@ -141,7 +161,7 @@ def _keyed_batch(fn, batch, verbose) -> tuple[list[str], list]:
     return [k for k, _ in batch], run_batch(fn, batch, verbose)
 
 
-def _run_on_ray(fn, items, n_jobs, batch_size, verbose):
+def _run_on_ray(fn, items, n_jobs, batch_size, verbose, sizes):
     # under `uv run`, Ray would package this folder and start every worker through `uv run`:
     # the workers of a local Ray run this interpreter anyway, and a cluster's image has prealert
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
@@ -155,7 +175,7 @@ def _run_on_ray(fn, items, n_jobs, batch_size, verbose):
     try:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         remote = ray.remote(num_cpus=1)(_keyed_batch)
-        pending = list(reversed(batches_of(items, cpus, batch_size)))
+        pending = list(reversed(batches_of(items, cpus, batch_size, sizes)))
         running = []
         while pending or running:
             while pending and len(running) < _RAY_BATCHES_PER_CPU * cpus:

@@ -9,7 +9,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import partial
+from functools import lru_cache, partial
 
 import numpy as np
 import polars as pl
@@ -17,10 +17,16 @@ import polars as pl
 from features import schema as s
 from training.anomaly.detector import WorkloadAnomalyDetector
 from training.bundle import ModelBundle
-from training.evaluation.replay import calibrate_on_replay, replay_outcomes, rolling_origin_errors
+from training.evaluation.replay import (
+    ReplayOutcome,
+    calibrate_on_replay,
+    rolling_corrections,
+    rolling_origin_errors,
+    true_minutes,
+)
 from training.fanout import ENGINES, Progress, SeriesTimeLimit, fan_out, time_limit
 from training.forecast.correction import WINDOW_MINUTES as CORRECTION_WINDOW_MINUTES
-from training.forecast.correction import error_paths
+from training.forecast.correction import damped, error_paths
 from training.forecast.forecaster import SeriesForecaster, calendar_setting
 from training.predict import MIN_ERROR_PATHS
 from training.threshold import DEFAULT_ALARM, AlertRule
@@ -106,6 +112,39 @@ def _fit_guarded(sid: str, frame: pl.DataFrame, config: TrainConfig) -> dict:
     return out
 
 
+def _fit_entity(entity: str, members: list[tuple[str, pl.DataFrame]], config: TrainConfig) -> dict:
+    """Every series of one entity (:func:`_fit_guarded`), then the entity's anomaly detector on
+    their residual z-scores, in one task: the residuals never leave the worker.
+    """
+    _warm_up()
+    outcomes = [_fit_guarded(sid, frame, config) for sid, frame in members]
+    fitted = [o for o in outcomes if "error" not in o]
+    detector = error = None
+    if fitted:
+        wide = fitted[0]["residual_z"]
+        for o in fitted[1:]:
+            wide = wide.join(o["residual_z"], on=s.TS, how="full", coalesce=True)
+        metrics = [s.split_series_id(o["sid"])[1] for o in fitted]
+        try:
+            detector = WorkloadAnomalyDetector(**config.detector).fit(
+                wide.select(o["sid"] for o in fitted).to_numpy(), metrics)
+        except ValueError as exc:
+            error = str(exc)
+    for o in fitted:
+        del o["residual_z"]
+    return {"series": outcomes, "detector": detector, "detector_error": error}
+
+
+@lru_cache(maxsize=1)
+def _warm_up() -> None:
+    """Import what a process's first fit would (Prophet, every holiday calendar: seconds on a busy
+    machine) before any series' time limit starts: the limit is for the fit, not the imports."""
+    import holidays.countries  # noqa: F401
+    from prophet import Prophet
+
+    Prophet()
+
+
 def _cpu_seconds() -> float:
     """CPU time of this process and of its finished children (cmdstan)."""
     t = os.times()
@@ -155,15 +194,15 @@ def use_holdout_errors(model: SeriesForecaster, trial: SeriesForecaster, frame: 
     warmup = timedelta(minutes=CORRECTION_WINDOW_MINUTES)
     part = frame.filter(pl.col(s.TS) >= holdout_start - warmup).sort(s.TS)
     ts = part[s.TS].dt.replace_time_zone(None).to_numpy().astype("datetime64[us]")
-    resid = (part[s.VALUE].fill_null(np.nan).to_numpy()
-             - trial.expected(ts))
+    expected = trial.expected(ts)
+    resid = part[s.VALUE].fill_null(np.nan).to_numpy() - expected
     paths = error_paths(resid, model.step_minutes_, model.max_horizon_minutes, model.n_error_paths)
     if paths.shape[0] < MIN_ERROR_PATHS:
         return "in-sample (holdout too short)"
     model.error_paths_ = paths.astype(np.float32)
     model.calibrations_ = holdout_calibrations(model, trial, ts, part[s.VALUE].fill_null(np.nan)
                                                .to_numpy(), frame.filter(pl.col(s.TS) < holdout_start),
-                                               rule or AlertRule())
+                                               rule or AlertRule(), expected=expected)
     return "holdout"
 
 
@@ -172,7 +211,8 @@ CALIBRATION_HORIZONS = (30, 60, 120, 240, 360)
 
 
 def holdout_calibrations(model: SeriesForecaster, trial: SeriesForecaster, ts: np.ndarray,
-                         y: np.ndarray, history: pl.DataFrame, rule: AlertRule) -> dict:
+                         y: np.ndarray, history: pl.DataFrame, rule: AlertRule,
+                         expected: np.ndarray | None = None) -> dict:
     """Probability calibrations and alarm levels from the trial model's replay of the holdout.
 
     The thresholds the operator will use are unknown here: pool quantiles of the training
@@ -182,22 +222,73 @@ def holdout_calibrations(model: SeriesForecaster, trial: SeriesForecaster, ts: n
     values = history[s.VALUE].drop_nulls().to_numpy()
     targets = [(float(np.quantile(values, q)), "above") for q in (0.9, 0.95, 0.99)]
     targets += [(float(np.quantile(values, q)), "below") for q in (0.1, 0.05, 0.01)]
-    expected = trial.expected(ts)
+    expected = trial.expected(ts) if expected is None else expected  # at ``ts``
     every = max(1, int(round(rule.every_minutes / model.step_minutes_)))
     idx = np.arange(0, y.size, every)
     rule = dataclasses.replace(rule, every_minutes=every * model.step_minutes_)  # as replayed
+    horizons = [h for h in CALIBRATION_HORIZONS if h <= model.max_horizon_minutes]
+    replays = holdout_outcomes(y, expected, idx, model.step_minutes_, horizons,
+                               model.error_paths_.astype(np.float64), targets)
     out = {}
-    for h in CALIBRATION_HORIZONS:
-        if h <= model.max_horizon_minutes:
-            outcomes = replay_outcomes(y, expected, idx, model.step_minutes_, h,
-                                       model.error_paths_.astype(np.float64), targets)
-            calibration = calibrate_on_replay(outcomes, DEFAULT_ALARM, rule=rule,
-                                              checks_per_outcome=h / (every * model.step_minutes_))
-            if calibration.n_fitted:
-                ups = [thr for thr, d in targets if d == "above"]
-                downs = [thr for thr, d in targets if d == "below"]
-                out[float(h)] = dataclasses.replace(
-                    calibration, above=(min(ups), max(ups)), below=(min(downs), max(downs)))
+    for h in horizons:
+        calibration = calibrate_on_replay(replays[h], DEFAULT_ALARM, rule=rule,
+                                          checks_per_outcome=h / (every * model.step_minutes_))
+        if calibration.n_fitted:
+            ups = [thr for thr, d in targets if d == "above"]
+            downs = [thr for thr, d in targets if d == "below"]
+            out[float(h)] = dataclasses.replace(
+                calibration, above=(min(ups), max(ups)), below=(min(downs), max(downs)))
+    return out
+
+
+def holdout_outcomes(y: np.ndarray, expected: np.ndarray, idx: np.ndarray, step: float,
+                     horizons: list[float], paths: np.ndarray, targets: list[tuple[float, str]]
+                     ) -> dict[float, list[ReplayOutcome]]:
+    """:func:`~training.evaluation.replay.replay_outcomes` for several horizons in one pass.
+
+    The same outcomes (tested equal), for the probabilities only: the share of paths whose
+    running extreme reaches the threshold within each horizon, from one running maximum and
+    minimum over the longest horizon (a shorter horizon's corrected forecast is a prefix of a
+    longer one's), instead of every crossing time per horizon and threshold.
+    """
+    if not horizons:
+        return {}
+    level, slope = rolling_corrections(y - expected, step)
+    n_hs = {h: max(1, int(round(h / step))) for h in horizons}
+    n_max = max(n_hs.values())
+    rows = idx[idx + min(n_hs.values()) < y.size]
+    minutes = np.arange(1, n_max + 1) * step
+    cols = np.clip(rows[:, None] + np.arange(1, n_max + 1)[None, :], 0, y.size - 1)
+    point = expected[cols] + damped(level[rows], slope[rows], minutes)
+    highs = {h: np.empty((rows.size, paths.shape[0])) for h in horizons}
+    lows = {h: np.empty((rows.size, paths.shape[0])) for h in horizons}
+    ends = sorted(set(n_hs.values()))
+    starts = [0, *ends[:-1]]  # the extremes over each stretch between horizons, then accumulated
+    chunk = max(1, 2_000_000 // max(1, paths[:, :n_max].size))
+    for lo in range(0, rows.size, chunk):
+        future = point[lo:lo + chunk, None, :] + paths[None, :, :n_max]
+        top = np.fmax.accumulate(np.fmax.reduceat(future, starts, axis=2), axis=2)
+        bottom = np.fmin.accumulate(np.fmin.reduceat(future, starts, axis=2), axis=2)
+        for h, n_h in n_hs.items():
+            at = ends.index(n_h)
+            highs[h][lo:lo + chunk], lows[h][lo:lo + chunk] = top[..., at], bottom[..., at]
+    out = {}
+    for h, n_h in n_hs.items():
+        at = idx[idx + n_h < y.size]
+        here = slice(0, at.size)  # ``rows`` starts with the same checks
+        cur, fine = y[at], np.isfinite(expected[at])
+        out[h] = []
+        for thr, direction in targets:
+            above = direction == "above"
+            beyond = np.isfinite(cur) & ((cur >= thr) if above else (cur <= thr))
+            live = np.isfinite(cur) & ~beyond & fine
+            p = np.full(at.size, np.nan)
+            crossed = np.zeros(at.size, dtype=bool)
+            if live.any():
+                reach = (highs[h][here][live] >= thr) if above else (lows[h][here][live] <= thr)
+                p[live] = reach.sum(axis=1) / paths.shape[0]
+                crossed[live] = np.isfinite(true_minutes(y, at[live], n_h, step, thr, above))
+            out[h].append(ReplayOutcome(p, crossed, beyond))
     return out
 
 
@@ -210,11 +301,16 @@ def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None, *,
     """
     config = config or TrainConfig()
     data = select_training_data(series, config)
-    # only what a fit reads travels to the workers
+    # only what a fit reads travels to the workers; an entity's series and its detector together
     groups = {sid: g.select(s.TS, s.VALUE).sort(s.TS) for (sid,), g in data.group_by(s.SERIES_ID)}
-    outcomes = fan_out(partial(_fit_guarded, config=config), [(sid, groups[sid]) for sid in sorted(groups)],
-                       engine=config.engine, n_jobs=config.n_jobs, batch_size=config.batch_size,
-                       verbose=verbose, progress=progress)
+    entities: dict[str, list] = {}
+    for sid in sorted(groups):
+        entities.setdefault(s.split_series_id(sid)[0], []).append((sid, groups[sid]))
+    items = sorted(entities.items())
+    done = fan_out(partial(_fit_entity, config=config), items, engine=config.engine,
+                   n_jobs=config.n_jobs, batch_size=config.batch_size, verbose=verbose,
+                   progress=progress, sizes=[len(members) for _, members in items])
+    outcomes = [o for entity in done for o in entity["series"]]
     failed = {o["sid"]: o["error"] for o in outcomes if "error" in o}
     fitted = [o for o in outcomes if "error" not in o]
     if not fitted:
@@ -224,21 +320,12 @@ def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None, *,
     backtest = pl.DataFrame([{"series_id": o["sid"], **o["errors"]} for o in fitted])
     ratio = backtest["mae_model"] / backtest["mae_predict_linear"]
     score = float(ratio.drop_nans().drop_nulls().median() or float("nan"))
-
     detectors = {}
-    by_entity: dict[str, list[dict]] = {}
-    for o in fitted:
-        by_entity.setdefault(s.split_series_id(o["sid"])[0], []).append(o)
-    for entity, items in sorted(by_entity.items()):
-        wide = items[0]["residual_z"]
-        for o in items[1:]:
-            wide = wide.join(o["residual_z"], on=s.TS, how="full", coalesce=True)
-        metrics = [s.split_series_id(o["sid"])[1] for o in items]
-        z = wide.select(o["sid"] for o in items).to_numpy()
-        try:
-            detectors[entity] = WorkloadAnomalyDetector(**config.detector).fit(z, metrics)
-        except ValueError as exc:
-            log.warning("entity %s got no anomaly detector: %s", entity, exc)
+    for (entity, _), out in zip(items, done, strict=True):
+        if out["detector"] is not None:
+            detectors[entity] = out["detector"]
+        elif out["detector_error"] is not None:
+            log.warning("entity %s got no anomaly detector: %s", entity, out["detector_error"])
 
     manifest = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -21,6 +21,8 @@ for _name in ("prophet", "cmdstanpy"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 FORECAST_COLUMNS = (s.TS, "yhat", "yhat_lower", "yhat_upper")
+#: how Prophet's MAP is found: "map" in-process (prophet_map.py), "stan" by Prophet's cmdstan child
+FIT_SOLVERS = ("map", "stan")
 #: the steps (minutes) Prophet may be fitted at; the finest that keeps the fit small is chosen
 FIT_STEPS_MINUTES = (1, 2, 5, 10, 15, 20, 30, 60, 120)
 
@@ -89,6 +91,8 @@ class SeriesForecaster:
     ``fit_max_points`` (means over each step; ``fit_step_minutes_``), e.g. 14 or 28 days at 1
     minute -> 5-minute means (a 5-minute series of 28 days is fitted as it is). Everything
     else (sigma, error paths, the holdout replay) uses the series' own resolution.
+    ``fit_solver="map"`` finds Prophet's MAP in-process (the same objective as its Stan program,
+    no cmdstan child, see ``prophet_map.py``); ``"stan"`` is Prophet's own fit.
     ``uncertainty_samples=0``: no served answer uses Prophet's sampled band
     (Prophet answers use error paths, the linear fallback its Gaussian band).
     """
@@ -109,6 +113,7 @@ class SeriesForecaster:
         error_history_days: float = 14.0,
         fit_max_points: int | None = 8064,  # 28 days at 5 minutes
         fit_history_days: float | None = 28.0,
+        fit_solver: str = "map",
     ):
         self.timezone = timezone
         self.interval_width = interval_width
@@ -124,6 +129,9 @@ class SeriesForecaster:
         self.error_history_days = error_history_days
         self.fit_max_points = fit_max_points
         self.fit_history_days = fit_history_days
+        if fit_solver not in FIT_SOLVERS:
+            raise ValueError(f"fit_solver {fit_solver!r}: choose one of {', '.join(FIT_SOLVERS)}")
+        self.fit_solver = fit_solver
 
     def get_params(self) -> dict:
         return {k: v for k, v in vars(self).items() if not k.endswith("_")}
@@ -245,6 +253,10 @@ class SeriesForecaster:
             changepoint_range=self.changepoint_range,
             uncertainty_samples=self.uncertainty_samples,
         )
+        if self.fit_solver == "map":  # the same objective as Stan's, solved here (prophet_map.py)
+            from training.forecast.prophet_map import MapBackend
+
+            model.stan_backend = MapBackend(model.stan_backend)
         frame = to_prophet_frame(ts, self.timezone, y, self.holidays_country)
         days = frame["ds"].dt.normalize()
         if min(days[frame["workday"]].nunique(), days[frame["offday"]].nunique()) >= 2:

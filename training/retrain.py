@@ -218,7 +218,8 @@ def retrain(series: pl.DataFrame, config: RetrainConfig | None = None, echo=prin
             champion = load_champion(staging_dir() / "champion") if before else None
             echo(f"gate: replaying the candidate{' and champion v' + before if before else ''} on "
                  f"{window['gate_start']} .. {window['end']} ...")
-            decision = judge(result.bundle, champion, data, gate_start, config.gate)
+            decision = judge(result.bundle, champion, data, gate_start, config.gate,
+                             engine=train_config.engine, n_jobs=train_config.n_jobs)
             if decision.scores.height:
                 mlflow.log_table(decision.scores.to_pandas(), "gate.json")
             version = register_bundle(result.bundle, staging_dir())

@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 from mlflow import MlflowClient
+from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
 from features import schema as s
@@ -91,6 +92,16 @@ def test_gate_better_is_promoted(bundles, series, gate_start):
     assert d.promote, d.reason
     assert d.reason.startswith("no worse than the champion")
     assert set(d.scores["model"]) == {"candidate", "candidate on common", "champion on common"}
+
+
+@pytest.mark.slow
+def test_gate_replays_in_parallel_as_in_one_process(bundles, series, gate_start):
+    """Two worker processes judge as one does (scores equal up to the last bits of BLAS sums)."""
+    one = judge(bundles["good"], bundles["short"], series, gate_start, GATE)
+    two = judge(bundles["good"], bundles["short"], series, gate_start, GATE, n_jobs=2)
+    assert (two.promote, two.reason, two.skipped) == (one.promote, one.reason, one.skipped)
+    keys = ["model", "predictor", "horizon"]
+    assert_frame_equal(two.scores.sort(keys), one.scores.sort(keys), rtol=1e-9)
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 import numpy as np
 import polars as pl
@@ -13,6 +14,7 @@ from training.bundle import ModelBundle
 from training.evaluation.metrics import summarize
 from training.evaluation.replay import PREALERT, ReplayConfig, SeriesCase, replay_given
 from training.evaluation.sources import cases_from_series
+from training.fanout import fan_out
 
 #: the replay warms up its corrections, predict_linear and the alert rule's look-back on this
 WARMUP = timedelta(hours=3)
@@ -83,19 +85,41 @@ def gate_cases(series: pl.DataFrame, series_ids: set[str], window_start: datetim
 
 
 def replay_bundle(bundle: ModelBundle, cases: list[SeriesCase], config: GateConfig,
-                  skipped: dict[str, str]) -> pl.DataFrame:
-    """The bundle's answers on every case it has a model for; a failing case goes to ``skipped``."""
-    replay, frames = config.replay(), []
+                  skipped: dict[str, str], engine: str = "local", n_jobs: int = 1) -> pl.DataFrame:
+    """The bundle's answers on every case it has a model for; a failing case goes to ``skipped``.
+
+    Series fan out over ``engine`` (``training.fanout``) with all of a series' cases in one task.
+    """
+    by_series: dict[str, list[SeriesCase]] = {}
     for case in cases:
-        sid = case.name.rsplit(" ", 2)[0]
+        by_series.setdefault(case.name.rsplit(" ", 2)[0], []).append(case)
+    items = []
+    for sid, mine in by_series.items():
+        if sid in bundle.forecasters:
+            items.append((sid, (mine, bundle.forecasters[sid])))
+        else:
+            skipped.update({c.name: f"KeyError: {sid!r}" for c in mine})
+    task = partial(_replay_cases, rule=bundle.alert_rule, replay=config.replay())
+    frames = []
+    for found, errors in fan_out(task, items, engine=engine, n_jobs=n_jobs):
+        frames += found
+        skipped.update(errors)
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+
+def _replay_cases(sid: str, payload, rule, replay) -> tuple[list[pl.DataFrame], dict[str, str]]:
+    """One series' cases replayed by its model (in a worker): frames, and errors by case."""
+    cases, model = payload
+    frames, errors = [], {}
+    for case in cases:
         try:
-            frame = replay_given(case, bundle.forecasters[sid], bundle.alert_rule, replay)
+            frame = replay_given(case, model, rule, replay)
         except (ValueError, KeyError) as exc:
-            skipped[case.name] = f"{type(exc).__name__}: {exc}"
+            errors[case.name] = f"{type(exc).__name__}: {exc}"
             continue
         if frame.height:
             frames.append(frame)
-    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+    return frames, errors
 
 
 def _at(scores: pl.DataFrame, predictor: str, h: int) -> dict:
@@ -104,14 +128,15 @@ def _at(scores: pl.DataFrame, predictor: str, h: int) -> dict:
 
 
 def judge(candidate: ModelBundle, champion: ModelBundle | None, series: pl.DataFrame,
-          window_start: datetime, config: GateConfig | None = None) -> GateDecision:
+          window_start: datetime, config: GateConfig | None = None, *, engine: str = "local",
+          n_jobs: int = 1) -> GateDecision:
     """Promote ``candidate`` over ``champion``? Both replay ``series`` from ``window_start`` on.
 
     In order: the candidate covers every series the champion serves (unless ``allow_shrink``);
     the window holds crossings to judge on; per horizon the candidate's F1 reaches the best
     ``predict_linear`` variant's (never promoted otherwise); and, on the series both serve,
     it is no worse than the champion on F1, false alarms per day and MAE of minutes, within
-    the config's tolerances.
+    the config's tolerances. Replays fan out over ``engine`` with ``n_jobs`` as training does.
     """
     config = config or GateConfig()
     ours, theirs = set(candidate.forecasters), set(champion.forecasters) if champion else set()
@@ -122,7 +147,7 @@ def judge(candidate: ModelBundle, champion: ModelBundle | None, series: pl.DataF
                                    f"{', ...' if len(missing) > 3 else ''}); --allow-shrink accepts")
     skipped: dict[str, str] = {}
     cases = gate_cases(series, ours, window_start, config)
-    mine = replay_bundle(candidate, cases, config, skipped)
+    mine = replay_bundle(candidate, cases, config, skipped, engine, n_jobs)
     if mine.is_empty():
         return GateDecision(False, "the candidate answered no check in the gate window", skipped=skipped)
     every = config.every_minutes
@@ -144,7 +169,7 @@ def judge(candidate: ModelBundle, champion: ModelBundle | None, series: pl.DataF
                             scores, skipped)
     common = [c for c in cases if c.name.rsplit(" ", 2)[0] in theirs and c.name not in skipped]
     names = [c.name for c in common]
-    theirs_rows = replay_bundle(champion, common, config, skipped)
+    theirs_rows = replay_bundle(champion, common, config, skipped, engine, n_jobs)
     if theirs_rows.is_empty():
         return GateDecision(True, "the champion answered no check in the window (step or horizon "
                                   "it cannot serve); beats predict_linear: " + _f1s(scores, config),

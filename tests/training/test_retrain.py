@@ -101,7 +101,7 @@ def test_gate_replays_in_parallel_as_in_one_process(bundles, series, gate_start)
     two = judge(bundles["good"], bundles["short"], series, gate_start, GATE, n_jobs=2)
     assert (two.promote, two.reason, two.skipped) == (one.promote, one.reason, one.skipped)
     keys = ["model", "predictor", "horizon"]
-    assert_frame_equal(two.scores.sort(keys), one.scores.sort(keys), rtol=1e-9)
+    assert_frame_equal(two.scores.sort(keys), one.scores.sort(keys), rel_tol=1e-9)
 
 
 @pytest.mark.slow

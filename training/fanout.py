@@ -42,6 +42,8 @@ def quiet_libraries(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
     if not verbose:  # e.g. "An input example was not provided when logging the model"
         warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\.")
+        # MLflow draws a progress bar per download (one line per file of a bundle in a log)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if verbose and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 

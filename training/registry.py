@@ -289,12 +289,4 @@ def load_champion(dst: str | Path | None = None) -> ModelBundle:
         ) from exc
     # by the version just resolved, not by the alias: a promotion between the two calls would
     # otherwise load one version and label it with another
-    if dst is None:
-        folder = _cached_download(str(mv.version))
-    else:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{MODEL_NAME}/{mv.version}", dst_path=str(dst))
-        folder = Path(local) / "artifacts" / "bundle"
-    bundle = ModelBundle.load(folder)
-    bundle.manifest["registered_version"] = f"{MODEL_NAME}/{mv.version}"
-    return bundle
+    return load_version(str(mv.version), dst)

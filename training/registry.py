@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -121,12 +124,20 @@ def register_bundle(bundle: ModelBundle, staging: Path | None = None) -> str:
     """
     with tempfile.TemporaryDirectory(prefix="prealert-bundle-", dir=staging) as tmp:
         bundle_dir = bundle.save(Path(tmp) / "bundle")
-        info = mlflow.pyfunc.log_model(
-            name="bundle", python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
-            artifacts={"bundle": str(bundle_dir)}, signature=PYFUNC_SIGNATURE,
-            input_example=input_example(bundle),
-            registered_model_name=MODEL_NAME,
-        )
+        # MLflow prints "Registered model ... already exists. Creating a new version" and
+        # "Created version" straight to stderr: into our log (shown with --verbose)
+        chatter = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(chatter):
+                info = mlflow.pyfunc.log_model(
+                    name="bundle", python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+                    artifacts={"bundle": str(bundle_dir)}, signature=PYFUNC_SIGNATURE,
+                    input_example=input_example(bundle),
+                    registered_model_name=MODEL_NAME,
+                )
+        finally:
+            for line in chatter.getvalue().splitlines():
+                logging.getLogger(__name__).info(line)
     return str(info.registered_model_version)
 
 

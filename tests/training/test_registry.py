@@ -30,13 +30,18 @@ def result():
                                                      forecaster={"min_history_hours": 24}))
 
 
-def test_train_registers_but_never_moves_the_champion(result, tmp_path, monkeypatch):
+def test_train_registers_but_never_moves_the_champion(result, tmp_path, monkeypatch, capfd, caplog):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = MlflowClient(uri, uri)
     config = TrainConfig(holdout_hours=12)
 
-    run_id, version = log_and_register(result, config)
+    capfd.readouterr()
+    with caplog.at_level("INFO", logger="training.registry"):
+        run_id, version = log_and_register(result, config)
+    # MLflow's "Successfully registered model" / "Created version" go to our log, not stderr
+    assert "registered model" not in capfd.readouterr().err.lower()
+    assert any("Created version '1'" in r.getMessage() for r in caplog.records)
     assert version == "1" and champion_version(client) is None  # only the gate or a human moves it
     tags = client.get_run(run_id).data.tags
     assert tags["prealert.series_fitted"] == str(len(result.bundle.forecasters))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import polars as pl
 import pytest
@@ -139,6 +141,40 @@ def test_onset_is_the_surprise_beyond_the_previous_windows_largest_by_hand():
     later = s.copy()
     later[7:] = 9.0  # causal: what comes later changes nothing before it
     np.testing.assert_array_equal(onset_scores(later, ts, 3)[:7], onset_scores(s, ts, 3)[:7])
+
+
+def test_the_onset_window_holds_at_least_the_given_rows_by_hand():
+    hours = np.arange(10, dtype=np.int64) * 3_600_000_000_000
+    s = np.array([5, 1, 1, 1, 1, 1, 4.0, 1, 1, 6])
+    # on an hourly clock a 4-hour window holds 4 rows: the 4 at row 6 is a new onset
+    np.testing.assert_allclose(onset_scores(s, hours, 240), [5, 0, 0, 0, 0, 0, 3, 0, 0, 2])
+    # at least 8 rows: row 6 still sees the 5 at row 0, row 9 sees rows 1..8
+    np.testing.assert_allclose(onset_scores(s, hours, 240, rows=8), [5, 0, 0, 0, 0, 0, 0, 0, 0, 2])
+    # where the duration holds more rows than the floor, the floor changes nothing
+    minutes = hours // 60
+    np.testing.assert_array_equal(onset_scores(s, minutes, 240, rows=3), onset_scores(s, minutes, 240))
+    with pytest.raises(ValueError, match="rows >= 0"):
+        onset_scores(s, hours, 240, rows=-1)
+
+
+def test_hourly_data_gets_a_onset_window_of_rows_not_four_hours(rng):
+    # two weeks of hourly data with a daily peak: a 4-hour window calls every daily peak an onset,
+    # the 48-row floor (two days) has seen yesterday's
+    n = 24 * 28
+    hour = np.arange(n) % 24
+    values = 50 + 30 * np.exp(-0.5 * ((hour - 14) / 1.5) ** 2) + rng.normal(0, 1, n)
+    values[500] += 40  # one real incident
+    frame = _one(values, "60m")
+    four_hours = score_table(frame, train_rows=24 * 14, config=replace(FAST, onset_rows=0))[0]
+    floored = score_table(frame, train_rows=24 * 14, config=FAST)[0]
+    assert FAST.onset_rows == 48 and FAST.onset_minutes == 240
+    late = slice(24 * 14, n)
+    on4, on48 = (f["onset_score"].to_numpy()[late] for f in (four_hours, floored))
+    incident = 500 - 24 * 14
+    assert np.argmax(on48) == incident and on48[incident] >= 1
+    # the floor removes the daily "onsets" that the bare 4-hour window reports
+    others4, others48 = ((np.delete(o, incident) >= 0.5).sum() for o in (on4, on48))
+    assert others4 >= 8 and others48 <= 3
 
 
 def test_an_event_that_lasts_scores_an_onset_at_its_start_only(rng):

@@ -330,7 +330,7 @@ def stream_scores(st: Stream, config: AnomalyEvalConfig) -> dict[str, np.ndarray
                                                    config.gaussian_step, floor),
     }
     for base, name in ONSET_REFERENCES.items():
-        out[name] = onset_scores(np.log10(1.0 + out[base]), st.ts_ns, cfg.onset_minutes)
+        out[name] = onset_scores(np.log10(1.0 + out[base]), st.ts_ns, cfg.onset_minutes, cfg.onset_rows)
     return out
 
 
@@ -461,8 +461,9 @@ def write_window_report(result: WindowResult, config: AnomalyEvalConfig, path: P
         f"{config.dimension_trees} trees, refits every {config.dimension_retrain_minutes / 1440:g} "
         f"days on all the past, for compute). `{OURS_ONSET}`: the same run's `onset_score` column, "
         "how many decades rarer a row is than the rarest row of the previous "
-        f"{config.windows_stream.onset_minutes:g} minutes (an event scores at its start, about 0 while it "
-        f"lasts). `{ROLLING_Z}`: largest |z| over metrics against the "
+        f"{config.windows_stream.onset_minutes:g} minutes, at least {config.windows_stream.onset_rows} rows "
+        f"(an event scores at its start, about 0 while it lasts). `{ROLLING_Z}`: largest |z| over "
+        "metrics against the "
         f"previous {config.rolling_z_window} rows. `{WINDOWED_GAUSSIAN}`: mean squared z under a "
         f"Gaussian fitted to the previous {config.gaussian_window} rows every {config.gaussian_step}. "
         f"`{ONSET_REFERENCES[ROLLING_Z]}`, `{ONSET_REFERENCES[WINDOWED_GAUSSIAN]}`: the same onset rule "

@@ -230,7 +230,8 @@ def write_report(result: EvalResult, config: AnomalyEvalConfig, path: Path, comm
         "",
         "Detectors:",
         f"- `{OURS}`: isolation forest (200 trees, 256 samples) over causal features of all metrics: "
-        f"residual from the median of the previous {config.stream.windows(1.0)[0]:g} minutes, "
+        f"residual from the median of the previous {config.stream.windows(1.0)[0]:g} minutes or of the "
+        f"previous {config.stream.baseline_minutes or 0:g} minutes, whichever is nearer the minute, "
         f"1-minute change and {config.stream.windows(1.0)[1]:g}-minute rolling spread, each in the "
         "metric's training residual standard deviations.",
         f"- `{OURS_Z}`: what `prealert score-anomalies` writes as `anomaly_score`: the surprise -log10 p "
@@ -482,6 +483,14 @@ def write_window_report(result: WindowResult, config: AnomalyEvalConfig, path: P
             text += [f"Target on the SMD machines (standard profile), `{det}`: >= 1.5x windowed Gaussian "
                      f"({1.5 * wg:.1f}) and >= rolling z ({rz:.1f}): **{ours:.1f}** "
                      f"({'met' if ours >= 1.5 * wg and ours >= rz else 'not met'}).", ""]
+        text += [f"Why `{OURS_Z}` scores low here and `{OURS_ONSET}` is what to alert on: `{OURS_Z}` is a "
+                 "per-row rarity, so every row of an event that stays unusual scores high, and in this "
+                 "scoring every such row outside a labelled window (an unlabelled event in the training "
+                 "half, the slow decay after a labelled one) costs A_FP; a threshold high enough to keep "
+                 "that cost down misses most windows. The window scoring rewards only the earliest "
+                 "detection in a window, which is what `onset_score` measures (rarer than anything in the "
+                 "past window: the start of an event). Point-wise F1 rewards the opposite (every row of a "
+                 "labelled segment), which is what the per-row score is for.", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(text))
     return path

@@ -32,6 +32,9 @@ class StreamConfig:
 
     expectation_minutes: float | None = None  # None: 60, or 12 sampling intervals when longer
     spread_minutes: float | None = None  # None: 10, or 3 sampling intervals when longer
+    #: the residual is from the recent median or the median of this longer past, whichever is nearer
+    #: (a return to the usual level after an event is no departure); None: the recent median only
+    baseline_minutes: float | None = 1440.0
     kinds: tuple[str, ...] = ("z", "diff", "spread")
     adaptive_scale: bool = False  # residual in max(training sd, sd of the expectation window)
     combination: str = "max"  # the score: surprise of the larger ("max") or of the sum ("sum") of the parts
@@ -83,7 +86,8 @@ class EntityModel:
         values = np.asarray(values, dtype=np.float64)
         ts_ns = minute_clock(len(values)) if ts_ns is None else np.asarray(ts_ns, dtype=np.int64)
         exp, spread = config.windows(median_step_minutes(ts_ns))
-        cf = CausalFeatures(exp, spread, tuple(config.kinds), config.adaptive_scale)
+        base = max(config.baseline_minutes, 2 * exp) if config.baseline_minutes else None
+        cf = CausalFeatures(exp, spread, tuple(config.kinds), config.adaptive_scale, base)
         cf.fit(values, metrics, ts_ns)
         feats = cf.transform(values, ts_ns)
         w = cf.warmup(ts_ns)
@@ -222,7 +226,7 @@ def score_causally(values: np.ndarray, metrics: list[str], first_scored: int,
         model = EntityModel.fit(values[lo:start], metrics, config, ts_ns[lo:start])
         a = 0 if k == 0 else start  # the first fit also scores its training rows
         ctx = max(0, int(np.searchsorted(ts_ns, ts_ns[a] - int(
-            (model.features.expectation_minutes + model.features.spread_minutes + 1) * 60e9))) - 1)
+            (model.features.past_minutes + 1) * 60e9))) - 1)
         feats = model.features.transform(values[ctx:end], ts_ns[ctx:end])[a - ctx:]
         raw = None
         if k == 0 and lo == 0:  # the fit already scored its calibration rows, the last ones before `start`

@@ -72,6 +72,30 @@ def test_windows_are_durations_on_the_clock(rng):
     assert z[t] == pytest.approx(values[t, 0] - np.median(values[t - 12:t, 0]))  # 60 min = 12 rows
 
 
+def test_the_expectation_is_the_nearer_of_the_recent_and_the_usual_median_by_hand(rng):
+    values = rng.normal(size=(600, 1))
+    values[300:390, 0] += 10  # an event of 90 minutes, then back to the usual level
+    cf = CausalFeatures(60, 10, ("z",), adaptive_scale=False, baseline_minutes=240).fit(values, ["v"])
+    z = cf.transform(values)[:, 0] * cf.scale_[0]
+    for t in (250, 330, 395, 450):
+        recent, usual = np.median(values[t - 60:t, 0]), np.median(values[t - 240:t, 0])
+        nearer = usual if abs(values[t, 0] - usual) < abs(values[t, 0] - recent) else recent
+        assert z[t] == pytest.approx(values[t, 0] - nearer)
+
+
+def test_a_return_to_the_usual_level_is_no_departure_and_a_shift_still_becomes_normal(rng):
+    values = 20 + rng.normal(0, 1, 4000)
+    values[3000:3090] += 12  # 90 minutes away, then back
+    values[3600:] += 12  # a shift that persists
+    recent_only = replace(FAST, baseline_minutes=None)
+    z_recent, z_both = (np.abs(EntityModel.fit(values[:2000, None], ["v"], c).features.transform(
+        values[:, None])[:, 0]) for c in (recent_only, FAST))
+    back = slice(3090, 3120)  # the recent median still holds the event: a departure for it alone
+    assert np.median(z_recent[back]) > 5 and np.median(z_both[back]) < 2
+    assert z_both[3000] > 8 and z_both[3600] > 8  # both events still start as departures
+    assert np.median(z_both[3700:3800]) < 2  # the persisting level became normal within the hour
+
+
 def test_gaps_irregular_sampling_and_short_windows_are_reported(rng):
     n = 2000
     ts = _minutes(n)

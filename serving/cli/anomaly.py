@@ -51,6 +51,9 @@ def score_anomalies(
     onset_window: Annotated[str, typer.Option(
         help="onset_score: decades beyond the rarest row of this past window, e.g. 4h (alert on it).")]
         = "4h",
+    onset_rows: Annotated[int, typer.Option(
+        help="The onset window holds at least this many previous rows (hourly data: 48 rows = 2 days).")]
+        = 48,
     explain_above: Annotated[float, typer.Option(
         help="List top metrics where the score (-log10 p) is at least this.")] = 3.0,
 ) -> None:
@@ -68,12 +71,15 @@ def score_anomalies(
             raise ValueError(f"give one of {', '.join(chosen)}")
         if train_fraction is not None and not 0 < train_fraction < 1:
             raise ValueError(f"--train-fraction must be between 0 and 1, got {train_fraction}")
+        if onset_rows < 0:
+            raise ValueError(f"--onset-rows must be at least 0, got {onset_rows}")
         if train_rows is not None and train_rows < 10:
             raise ValueError(f"--train-rows must be at least 10, got {train_rows}")
         config = StreamConfig(expectation_minutes=_minutes("--expectation", expectation),
                               retrain_every_minutes=_minutes("--retrain-every", retrain_every),
                               history_minutes=_minutes("--history", history), explain_above=explain_above,
-                              onset_minutes=_minutes("--onset-window", onset_window))
+                              onset_minutes=_minutes("--onset-window", onset_window),
+                              onset_rows=onset_rows)
         files = input_files(input)
         several = len(files) > 1 or Path(input).is_dir()
         if several and out is not None and out.suffix:

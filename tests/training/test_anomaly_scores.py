@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import polars as pl
 import pytest
@@ -68,6 +70,30 @@ def test_windows_are_durations_on_the_clock(rng):
     z = cf.transform(values, ts)[:, 0] * cf.scale_[0]
     t = 200
     assert z[t] == pytest.approx(values[t, 0] - np.median(values[t - 12:t, 0]))  # 60 min = 12 rows
+
+
+def test_the_expectation_is_the_nearer_of_the_recent_and_the_usual_median_by_hand(rng):
+    values = rng.normal(size=(600, 1))
+    values[300:390, 0] += 10  # an event of 90 minutes, then back to the usual level
+    cf = CausalFeatures(60, 10, ("z",), adaptive_scale=False, baseline_minutes=240).fit(values, ["v"])
+    z = cf.transform(values)[:, 0] * cf.scale_[0]
+    for t in (250, 330, 395, 450):
+        recent, usual = np.median(values[t - 60:t, 0]), np.median(values[t - 240:t, 0])
+        nearer = usual if abs(values[t, 0] - usual) < abs(values[t, 0] - recent) else recent
+        assert z[t] == pytest.approx(values[t, 0] - nearer)
+
+
+def test_a_return_to_the_usual_level_is_no_departure_and_a_shift_still_becomes_normal(rng):
+    values = 20 + rng.normal(0, 1, 4000)
+    values[3000:3090] += 12  # 90 minutes away, then back
+    values[3600:] += 12  # a shift that persists
+    recent_only = replace(FAST, baseline_minutes=None)
+    z_recent, z_both = (np.abs(EntityModel.fit(values[:2000, None], ["v"], c).features.transform(
+        values[:, None])[:, 0]) for c in (recent_only, FAST))
+    back = slice(3090, 3120)  # the recent median still holds the event: a departure for it alone
+    assert np.median(z_recent[back]) > 5 and np.median(z_both[back]) < 2
+    assert z_both[3000] > 8 and z_both[3600] > 8  # both events still start as departures
+    assert np.median(z_both[3700:3800]) < 2  # the persisting level became normal within the hour
 
 
 def test_gaps_irregular_sampling_and_short_windows_are_reported(rng):
@@ -139,6 +165,40 @@ def test_onset_is_the_surprise_beyond_the_previous_windows_largest_by_hand():
     later = s.copy()
     later[7:] = 9.0  # causal: what comes later changes nothing before it
     np.testing.assert_array_equal(onset_scores(later, ts, 3)[:7], onset_scores(s, ts, 3)[:7])
+
+
+def test_the_onset_window_holds_at_least_the_given_rows_by_hand():
+    hours = np.arange(10, dtype=np.int64) * 3_600_000_000_000
+    s = np.array([5, 1, 1, 1, 1, 1, 4.0, 1, 1, 6])
+    # on an hourly clock a 4-hour window holds 4 rows: the 4 at row 6 is a new onset
+    np.testing.assert_allclose(onset_scores(s, hours, 240), [5, 0, 0, 0, 0, 0, 3, 0, 0, 2])
+    # at least 8 rows: row 6 still sees the 5 at row 0, row 9 sees rows 1..8
+    np.testing.assert_allclose(onset_scores(s, hours, 240, rows=8), [5, 0, 0, 0, 0, 0, 0, 0, 0, 2])
+    # where the duration holds more rows than the floor, the floor changes nothing
+    minutes = hours // 60
+    np.testing.assert_array_equal(onset_scores(s, minutes, 240, rows=3), onset_scores(s, minutes, 240))
+    with pytest.raises(ValueError, match="rows >= 0"):
+        onset_scores(s, hours, 240, rows=-1)
+
+
+def test_hourly_data_gets_a_onset_window_of_rows_not_four_hours(rng):
+    # two weeks of hourly data with a daily peak: a 4-hour window calls every daily peak an onset,
+    # the 48-row floor (two days) has seen yesterday's
+    n = 24 * 28
+    hour = np.arange(n) % 24
+    values = 50 + 30 * np.exp(-0.5 * ((hour - 14) / 1.5) ** 2) + rng.normal(0, 1, n)
+    values[500] += 40  # one real incident
+    frame = _one(values, "60m")
+    four_hours = score_table(frame, train_rows=24 * 14, config=replace(FAST, onset_rows=0))[0]
+    floored = score_table(frame, train_rows=24 * 14, config=FAST)[0]
+    assert FAST.onset_rows == 48 and FAST.onset_minutes == 240
+    late = slice(24 * 14, n)
+    on4, on48 = (f["onset_score"].to_numpy()[late] for f in (four_hours, floored))
+    incident = 500 - 24 * 14
+    assert np.argmax(on48) == incident and on48[incident] >= 1
+    # the floor removes the daily "onsets" that the bare 4-hour window reports
+    others4, others48 = ((np.delete(o, incident) >= 0.5).sum() for o in (on4, on48))
+    assert others4 >= 8 and others48 <= 3
 
 
 def test_an_event_that_lasts_scores_an_onset_at_its_start_only(rng):

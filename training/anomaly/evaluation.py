@@ -230,7 +230,8 @@ def write_report(result: EvalResult, config: AnomalyEvalConfig, path: Path, comm
         "",
         "Detectors:",
         f"- `{OURS}`: isolation forest (200 trees, 256 samples) over causal features of all metrics: "
-        f"residual from the median of the previous {config.stream.windows(1.0)[0]:g} minutes, "
+        f"residual from the median of the previous {config.stream.windows(1.0)[0]:g} minutes or of the "
+        f"previous {config.stream.baseline_minutes or 0:g} minutes, whichever is nearer the minute, "
         f"1-minute change and {config.stream.windows(1.0)[1]:g}-minute rolling spread, each in the "
         "metric's training residual standard deviations.",
         f"- `{OURS_Z}`: what `prealert score-anomalies` writes as `anomaly_score`: the surprise -log10 p "
@@ -330,7 +331,7 @@ def stream_scores(st: Stream, config: AnomalyEvalConfig) -> dict[str, np.ndarray
                                                    config.gaussian_step, floor),
     }
     for base, name in ONSET_REFERENCES.items():
-        out[name] = onset_scores(np.log10(1.0 + out[base]), st.ts_ns, cfg.onset_minutes)
+        out[name] = onset_scores(np.log10(1.0 + out[base]), st.ts_ns, cfg.onset_minutes, cfg.onset_rows)
     return out
 
 
@@ -461,8 +462,9 @@ def write_window_report(result: WindowResult, config: AnomalyEvalConfig, path: P
         f"{config.dimension_trees} trees, refits every {config.dimension_retrain_minutes / 1440:g} "
         f"days on all the past, for compute). `{OURS_ONSET}`: the same run's `onset_score` column, "
         "how many decades rarer a row is than the rarest row of the previous "
-        f"{config.windows_stream.onset_minutes:g} minutes (an event scores at its start, about 0 while it "
-        f"lasts). `{ROLLING_Z}`: largest |z| over metrics against the "
+        f"{config.windows_stream.onset_minutes:g} minutes, at least {config.windows_stream.onset_rows} rows "
+        f"(an event scores at its start, about 0 while it lasts). `{ROLLING_Z}`: largest |z| over "
+        "metrics against the "
         f"previous {config.rolling_z_window} rows. `{WINDOWED_GAUSSIAN}`: mean squared z under a "
         f"Gaussian fitted to the previous {config.gaussian_window} rows every {config.gaussian_step}. "
         f"`{ONSET_REFERENCES[ROLLING_Z]}`, `{ONSET_REFERENCES[WINDOWED_GAUSSIAN]}`: the same onset rule "
@@ -481,6 +483,14 @@ def write_window_report(result: WindowResult, config: AnomalyEvalConfig, path: P
             text += [f"Target on the SMD machines (standard profile), `{det}`: >= 1.5x windowed Gaussian "
                      f"({1.5 * wg:.1f}) and >= rolling z ({rz:.1f}): **{ours:.1f}** "
                      f"({'met' if ours >= 1.5 * wg and ours >= rz else 'not met'}).", ""]
+        text += [f"Why `{OURS_Z}` scores low here and `{OURS_ONSET}` is what to alert on: `{OURS_Z}` is a "
+                 "per-row rarity, so every row of an event that stays unusual scores high, and in this "
+                 "scoring every such row outside a labelled window (an unlabelled event in the training "
+                 "half, the slow decay after a labelled one) costs A_FP; a threshold high enough to keep "
+                 "that cost down misses most windows. The window scoring rewards only the earliest "
+                 "detection in a window, which is what `onset_score` measures (rarer than anything in the "
+                 "past window: the start of an event). Point-wise F1 rewards the opposite (every row of a "
+                 "labelled segment), which is what the per-row score is for.", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(text))
     return path

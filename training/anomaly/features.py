@@ -18,7 +18,8 @@ from training.anomaly.detector import Z_KIND
 
 #: what each feature kind is, in the order columns are laid out (kind-major)
 FEATURE_KINDS = {
-    Z_KIND: "residual from the median of the previous `expectation_minutes`, in training residual sds",
+    Z_KIND: "residual from the median of the previous `expectation_minutes` (or of the previous "
+            "`baseline_minutes`, whichever is nearer), in training residual sds",
     "diff": "change since the previous row (unknown after a gap), in training residual sds",
     "spread": "standard deviation of the last `spread_minutes` (this row included), in training residual sds",
     "level": "the value itself, in training residual sds",
@@ -83,6 +84,10 @@ class CausalFeatures:
 
     ``expectation_minutes`` and ``spread_minutes`` are durations on the clock, not row counts;
     a window needs a quarter of the rows it would hold at the median sampling interval.
+    With ``baseline_minutes`` the expectation is whichever of the recent median and the median of
+    that longer past is nearer the row: a return to the usual level after an event (while the
+    recent median still holds the event) is not a departure, and a level shift still becomes
+    normal once the recent median has followed it.
     """
 
     expectation_minutes: float = 60.0
@@ -91,6 +96,7 @@ class CausalFeatures:
     #: measure the residual in the larger of the training sd and the sd of the expectation window,
     #: so the normal range widens causally as a series drifts or starts to move
     adaptive_scale: bool = True
+    baseline_minutes: float | None = None
 
     def fit(self, values: np.ndarray, metrics: list[str], ts_ns: np.ndarray | None = None) -> CausalFeatures:
         """Learn each metric's residual scale from these (training) rows only."""
@@ -125,9 +131,20 @@ class CausalFeatures:
 
     def _expectation(self, values: np.ndarray, ts_ns: np.ndarray) -> np.ndarray:
         # closed="left": the window is [t - w, t), so a row is never its own expectation
-        window, k = f"{int(self.expectation_minutes * 60)}s", self._min_rows(self.expectation_minutes, 1)
-        return _rolling_by_time(values, ts_ns, lambda c: c.rolling_median_by(
-            "_t", window, min_samples=k, closed="left"))
+        k = self._min_rows(self.expectation_minutes, 1)
+        recent = _rolling_by_time(values, ts_ns, lambda c: c.rolling_median_by(
+            "_t", f"{int(self.expectation_minutes * 60)}s", min_samples=k, closed="left"))
+        if not self.baseline_minutes:
+            return recent
+        usual = _rolling_by_time(values, ts_ns, lambda c: c.rolling_median_by(
+            "_t", f"{int(self.baseline_minutes * 60)}s", min_samples=k, closed="left"))
+        nearer = np.abs(values - usual) < np.abs(values - recent)
+        return np.where(nearer & np.isfinite(usual), usual, recent)
+
+    @property
+    def past_minutes(self) -> float:
+        """How far back a row's features look: the context a chunk of rows needs before it."""
+        return max(self.expectation_minutes, self.baseline_minutes or 0.0) + self.spread_minutes
 
     def warmup(self, ts_ns: np.ndarray | None = None) -> int:
         """Rows at the start whose expectation window is not yet a quarter full (in time)."""

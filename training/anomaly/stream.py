@@ -32,11 +32,15 @@ class StreamConfig:
 
     expectation_minutes: float | None = None  # None: 60, or 12 sampling intervals when longer
     spread_minutes: float | None = None  # None: 10, or 3 sampling intervals when longer
+    #: the residual is from the recent median or the median of this longer past, whichever is nearer
+    #: (a return to the usual level after an event is no departure); None: the recent median only
+    baseline_minutes: float | None = 1440.0
     kinds: tuple[str, ...] = ("z", "diff", "spread")
     adaptive_scale: bool = False  # residual in max(training sd, sd of the expectation window)
     combination: str = "max"  # the score: surprise of the larger ("max") or of the sum ("sum") of the parts
     residual_calibration: str = "entity"  # one tail for a row's largest |z| ("entity"), or one per "metric"
     onset_minutes: float | None = 240.0  # the onset score: surprise beyond the largest of this past window
+    onset_rows: int = 48  # ... and the window holds at least this many previous rows (hourly data: 2 days)
     retrain_every_minutes: float | None = None  # refit on the past this often (None: fit once)
     history_minutes: float | None = None  # a refit sees only this much past: the normal range follows drift
     calibration_rows: int = 20_000  # the forest and tails see at most this many of the latest training rows
@@ -82,7 +86,8 @@ class EntityModel:
         values = np.asarray(values, dtype=np.float64)
         ts_ns = minute_clock(len(values)) if ts_ns is None else np.asarray(ts_ns, dtype=np.int64)
         exp, spread = config.windows(median_step_minutes(ts_ns))
-        cf = CausalFeatures(exp, spread, tuple(config.kinds), config.adaptive_scale)
+        base = max(config.baseline_minutes, 2 * exp) if config.baseline_minutes else None
+        cf = CausalFeatures(exp, spread, tuple(config.kinds), config.adaptive_scale, base)
         cf.fit(values, metrics, ts_ns)
         feats = cf.transform(values, ts_ns)
         w = cf.warmup(ts_ns)
@@ -153,18 +158,25 @@ class StreamScores:
     onset: np.ndarray | None = None  # surprise beyond the previous onset window's largest (onset_scores)
 
 
-def onset_scores(surprise: np.ndarray, ts_ns: np.ndarray, minutes: float) -> np.ndarray:
+def onset_scores(surprise: np.ndarray, ts_ns: np.ndarray, minutes: float, rows: int = 0) -> np.ndarray:
     """How many decades rarer each row is than the rarest row of the previous ``minutes`` (>= 0).
 
     An event that stays unusual scores high at its start and about 0 while it lasts, so one
     threshold means "something rarer than anything in the last ``minutes`` began"; the rows
-    before any past (the first) keep their surprise. Causal: row ``t`` sees rows in ``[t - minutes, t]``.
+    before any past (the first) keep their surprise. The window is a duration and holds at
+    least the previous ``rows`` rows (so on hourly data a 4-hour window is not 4 rows):
+    row ``t`` sees the rows in ``[t - minutes, t)`` and rows ``t - rows .. t - 1``. Causal.
     """
     s = np.asarray(surprise, dtype=np.float64)
-    past = (pl.DataFrame({"s": np.nan_to_num(s, nan=0.0), "t": pl.Series(np.asarray(ts_ns, dtype=np.int64))
-                          .cast(pl.Datetime("ns"))})
-            .select(pl.col("s").rolling_max_by("t", f"{int(minutes * 60)}s", closed="left"))
-            ["s"].fill_null(0.0).to_numpy())
+    if minutes <= 0 or rows < 0:
+        raise ValueError(f"onset window: minutes must be positive and rows >= 0, got {minutes}, {rows}")
+    frame = pl.DataFrame({"s": np.nan_to_num(s, nan=0.0),
+                          "t": pl.Series(np.asarray(ts_ns, dtype=np.int64)).cast(pl.Datetime("ns"))})
+    by_time = pl.col("s").rolling_max_by("t", f"{int(minutes * 60)}s", closed="left").fill_null(0.0)
+    if rows > 0:  # the union of the two windows: the larger of their maxima
+        by_rows = pl.col("s").shift(1).rolling_max(rows, min_samples=1).fill_null(0.0)
+        by_time = pl.max_horizontal(by_time, by_rows)
+    past = frame.select(by_time.alias("s"))["s"].to_numpy()
     return np.where(np.isnan(s), np.nan, np.maximum(s - past, 0.0))
 
 
@@ -214,7 +226,7 @@ def score_causally(values: np.ndarray, metrics: list[str], first_scored: int,
         model = EntityModel.fit(values[lo:start], metrics, config, ts_ns[lo:start])
         a = 0 if k == 0 else start  # the first fit also scores its training rows
         ctx = max(0, int(np.searchsorted(ts_ns, ts_ns[a] - int(
-            (model.features.expectation_minutes + model.features.spread_minutes + 1) * 60e9))) - 1)
+            (model.features.past_minutes + 1) * 60e9))) - 1)
         feats = model.features.transform(values[ctx:end], ts_ns[ctx:end])[a - ctx:]
         raw = None
         if k == 0 and lo == 0:  # the fit already scored its calibration rows, the last ones before `start`
@@ -229,7 +241,7 @@ def score_causally(values: np.ndarray, metrics: list[str], first_scored: int,
         for i in np.flatnonzero(s >= config.explain_above):
             res.top[a + i] = model.detector.explain(feats[i], config.top)
     if config.onset_minutes:
-        res.onset = onset_scores(res.surprise, ts_ns, config.onset_minutes)
+        res.onset = onset_scores(res.surprise, ts_ns, config.onset_minutes, config.onset_rows)
     return res
 
 
@@ -347,7 +359,8 @@ def score_table(frame: pl.DataFrame, *, train_rows: int | None = None, train_unt
     10^s training rows), ``tail_probability`` (``p``), ``forest_score`` and ``residual_score``
     (the parts, as surprises; in a long table ``residual_score`` is the row's own metric's, in a
     wide one the largest, named by ``residual_metric``), ``onset_score`` (how many decades rarer
-    than the rarest row of the previous ``config.onset_minutes``: what to alert on, an event scores
+    than the rarest row of the previous ``config.onset_minutes``, at least ``config.onset_rows``
+    rows: what to alert on, an event scores
     at its start only), ``training``, and for several metrics
     ``top_metrics`` (``d05:+4.2 d12:-3.1`` where the score is at least ``config.explain_above``).
     """

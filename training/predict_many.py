@@ -162,17 +162,33 @@ def _item(bundle: ModelBundle, i: int, q: Query, obs_us: np.ndarray, bounds: np.
 
 
 # --- stage 2: the Prophet point forecasts of many models ----------------------------------------
-_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+@dataclass(frozen=True)
+class _PointParams:
+    """A model's point-forecast parameters as the batch evaluation reads them (cached per model)."""
+
+    layout: tuple  # what must agree for models to share one calendar and feature evaluation
+    times: tuple  # start_ns, t_scale_ns (integers: nanoseconds do not fit a float)
+    scalars: tuple  # last changepoint, rate and offset after it, y_scale, floor
+    beta: np.ndarray  # every seasonality's coefficients, in term order
 
 
-def _layout(model) -> tuple:
-    """What must agree for two models' forecasts to share one calendar and feature evaluation."""
-    layout = _LAYOUTS.get(model)
-    if layout is None:
-        terms = model.point_model_.seasonalities
-        layout = _LAYOUTS[model] = (model.timezone, model.holidays_country, tuple(
-            (t.name, t.period, t.fourier_order, t.condition_name, t.mode) for t in terms))
-    return layout
+_PARAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LAST_CP, _K, _M, _Y_SCALE, _FLOOR = range(5)
+
+
+def _params(model) -> _PointParams:
+    found = _PARAMS.get(model)
+    if found is None:
+        pm = model.point_model_
+        terms = pm.seasonalities
+        cp = pm.changepoints_t
+        found = _PARAMS[model] = _PointParams(
+            (model.timezone, model.holidays_country,
+             tuple((t.name, t.period, t.fourier_order, t.condition_name, t.mode) for t in terms)),
+            (pm.start_ns, pm.t_scale_ns),
+            (cp[-1] if cp.size else -np.inf, pm._k_after[-1], pm._m_after[-1], pm.y_scale, pm.floor),
+            np.concatenate([t.beta for t in terms]) if terms else np.zeros(0))
+    return found
 
 
 def point_forecasts(models: Sequence, times_us: np.ndarray,
@@ -182,13 +198,15 @@ def point_forecasts(models: Sequence, times_us: np.ndarray,
 
     The numpy point model's ``trend`` and ``yhat`` (see ``ProphetPointModel``) with each row's own
     parameters: one local calendar and one feature block per seasonality for the distinct times
-    of the models that share a layout, the trend's changepoints looked up model by model.
+    of the models that share a layout; the trend after the last changepoint for every row past
+    the training history, the changepoints looked up model by model for the others.
     """
     yhat = np.full(times_us.size, np.nan)
     trend = np.full(times_us.size, np.nan)
+    params = [_params(m) for m in models]
     groups: dict[tuple, list[int]] = {}
-    for m, model in enumerate(models):
-        groups.setdefault(_layout(model), []).append(m)
+    for m, p in enumerate(params):
+        groups.setdefault(p.layout, []).append(m)
     for layout, members in groups.items():
         member_of = np.full(len(models), -1)
         member_of[members] = np.arange(len(members))
@@ -198,31 +216,35 @@ def point_forecasts(models: Sequence, times_us: np.ndarray,
         if order.size == 0:
             continue
         local = mine[order]
-        cuts = np.searchsorted(local, np.arange(len(members) + 1))
-        pms = [models[m].point_model_ for m in members]
+        scalars = np.array([params[m].scalars for m in members])[local]  # (rows, 5)
+        start, scale = np.array([params[m].times for m in members], dtype=np.int64)[local].T
         # the calendar and the Fourier features depend on the time alone: once per distinct time
         times, at = np.unique(times_us[order], return_inverse=True)
         cal = local_calendar(times.astype("datetime64[us]"), layout[0], layout[1])
         ds_ns = cal["ds"].astype("datetime64[ns]").view(np.int64)[at]
-        tr = np.empty(order.size)
-        y_scale = np.empty(order.size)
-        for j, pm in enumerate(pms):
-            lo, hi = cuts[j], cuts[j + 1]
-            if lo == hi:
-                continue
-            t = (ds_ns[lo:hi] - pm.start_ns) / pm.t_scale_ns
+        t = (ds_ns - start) / scale
+        k, m = scalars[:, _K].copy(), scalars[:, _M].copy()
+        inside = np.flatnonzero(t < scalars[:, _LAST_CP])  # before the last changepoint: look it up
+        for j in np.unique(local[inside]):
+            rows = inside[local[inside] == j]
+            pm = models[members[j]].point_model_
             # changepoints at or before t apply, as Prophet's ``changepoint_ts <= t``
-            after = np.searchsorted(pm.changepoints_t, t, side="right")
-            tr[lo:hi] = (pm._k_after[after] * t + pm._m_after[after]) * pm.y_scale + pm.floor
-            y_scale[lo:hi] = pm.y_scale
+            after = np.searchsorted(pm.changepoints_t, t[rows], side="right")
+            k[rows], m[rows] = pm._k_after[after], pm._m_after[after]
+        y_scale = scalars[:, _Y_SCALE]
+        tr = (k * t + m) * y_scale + scalars[:, _FLOOR]
         additive = np.zeros(order.size)
         multiplicative = np.zeros(order.size)
-        if pms[0].seasonalities:
+        terms = models[members[0]].point_model_.seasonalities
+        if terms:
             x_t = np.pi * 2 * (cal["ds"].astype("datetime64[us]").view(np.int64) / 10**6 / 86400)
-            for j, term in enumerate(pms[0].seasonalities):
-                beta = np.stack([pm.seasonalities[j].beta for pm in pms])  # (models, features)
+            betas = np.stack([params[m].beta for m in members])  # (models, all terms' features)
+            col = 0
+            for term in terms:
+                beta = betas[:, col:col + 2 * term.fourier_order]
+                col += 2 * term.fourier_order
                 block = term.features(x_t, cal)  # (distinct times, features)
-                if block.shape[0] * len(pms) <= 4 * order.size:  # few times or few models: all pairs
+                if block.shape[0] * len(members) <= 4 * order.size:  # few times or models: all pairs
                     contribution = (block @ beta.T)[at, local]
                 else:
                     contribution = np.einsum("rf,rf->r", block[at], beta[local])

@@ -177,60 +177,45 @@ def crossing_distribution_many(
     out = {k: np.full(n, np.nan) for k in ("minutes", "earliest", "latest")}
     prob = np.zeros((n, n_t))
     chunk = max(1, 300_000 // max(1, n_t * k_paths))  # a (chunk, n_t, K) slab stays in cache
+    extreme, arg_extreme = (np.max, np.argmax) if above else (np.min, np.argmin)
     for lo in range(0, n, chunk):
         pts = points[lo:lo + chunk]
         errors = np.asarray(error_paths[lo:lo + chunk], dtype=np.float64)
-        thr = thresholds[lo:lo + chunk]
-        # a path whose largest possible value (for "below": smallest) misses the threshold cannot
-        # reach it at any step (rounding is monotone): only the others need walking
-        extreme = np.max if above else np.min
-        bound = extreme(pts, axis=2)[:, :, None] + extreme(errors, axis=2)[:, None, :]
-        maybe = reach(bound, thr[:, None, None])
-        dense = maybe.mean() > 0.2
-        if dense:  # most may cross: every path, one horizon step at a time
-            ever = _ever_reached(pts, errors, thr, above)
-            ci, ki = np.nonzero(maybe[:, -1])
-            ti = np.full(ci.size, n_t - 1)
-        else:
-            ci, ti, ki = np.nonzero(maybe)
-            ever = np.zeros(bound.shape, dtype=bool)
-        first = np.full(ci.size, -1)
-        for s in range(0, ci.size, 100_000):
-            c, t, k = ci[s:s + 100_000], ti[s:s + 100_000], ki[s:s + 100_000]
-            first[s:s + 100_000] = first_crossing_index(pts[c, t] + errors[c, k], thr[c, None], above)
-        if not dense:
-            ever[ci, ti, ki] = first >= 0
+        thr = thresholds[lo:lo + chunk, None, None]
+        # most paths are decided without walking the horizon: one whose largest possible value
+        # (for "below": smallest) misses the threshold never reaches it (rounding is monotone),
+        # one that reaches it where the point forecast peaks does; only the rest are walked
+        # extremes over the horizon along the leading axis: a reduction along a short last axis is slow
+        paths_extreme = extreme(np.ascontiguousarray(errors.transpose(2, 0, 1)), axis=0)
+        maybe = reach(extreme(pts, axis=2)[:, :, None] + paths_extreme[:, None, :], thr)
+        peak = arg_extreme(pts, axis=2)  # (c, n_t)
+        rows = np.arange(pts.shape[0])[:, None]
+        ever = reach(np.take_along_axis(pts, peak[:, :, None], axis=2) + errors[rows, :, peak], thr)
+        ci, ti, ki = np.nonzero(maybe & ~ever)
+        ever[ci, ti, ki] = _first_steps(pts, errors, thr, ci, ti, ki, above) >= 0
         prob[lo:lo + chunk] = ever.sum(axis=2) / k_paths
-        # the last evaluation time's first crossings, each path's step (-1: none)
-        first_last = np.full((pts.shape[0], k_paths), -1)
-        now = ti == n_t - 1
-        first_last[ci[now], ki[now]] = first[now]
-        t_cross = np.sort(np.where(first_last >= 0, minutes[np.maximum(first_last, 0)], np.inf), axis=1)
-        n_cross = np.sum(first_last >= 0, axis=1)
-        rows = np.arange(t_cross.shape[0])
+        # the last evaluation time's crossing times: each path's first step (-1: none)
+        ci, ki = np.nonzero(maybe[:, -1])
+        first = np.full((pts.shape[0], k_paths), -1)
+        first[ci, ki] = _first_steps(pts, errors, thr, ci, np.full(ci.size, n_t - 1), ki, above)
+        t_cross = np.sort(np.where(first >= 0, minutes[np.maximum(first, 0)], np.inf), axis=1)
+        n_cross = np.sum(first >= 0, axis=1)
+        at = np.arange(t_cross.shape[0])
         for key, q in (("earliest", 0.1), ("minutes", 0.5), ("latest", 0.9)):
             k = np.clip(np.ceil(q * n_cross).astype(np.int64) - 1, 0, None)
-            out[key][lo:lo + chunk] = np.where(n_cross > 0, t_cross[rows, k], np.nan)
+            out[key][lo:lo + chunk] = np.where(n_cross > 0, t_cross[at, k], np.nan)
     return CrossingBatch(out["minutes"], out["earliest"], out["latest"], prob)
 
 
-def _ever_reached(points: np.ndarray, errors: np.ndarray, thresholds: np.ndarray, above: bool) -> np.ndarray:
-    """(c, n_t, K): whether path ``points[i, t] + errors[i, k]`` reaches ``thresholds[i]`` at any step.
-
-    Its extreme over the horizon, one step at a time over contiguous (c, n_t, K) slabs (a
-    reduction along the short horizon axis is slower); NaN steps are skipped, as ``>=`` skips them.
-    """
-    by_step_p = np.ascontiguousarray(points.transpose(2, 0, 1))
-    by_step_e = np.ascontiguousarray(errors.transpose(2, 0, 1))
-    shape = (points.shape[0], points.shape[1], errors.shape[1])
-    value = np.empty(shape)
-    extreme = np.full(shape, -np.inf if above else np.inf)
-    keep = np.fmax if above else np.fmin
-    for h in range(points.shape[2]):
-        np.add(by_step_p[h][:, :, None], by_step_e[h][:, None, :], out=value)
-        keep(extreme, value, out=extreme)
-    limit = thresholds[:, None, None]
-    return extreme >= limit if above else extreme <= limit
+def _first_steps(points: np.ndarray, errors: np.ndarray, thresholds: np.ndarray, ci: np.ndarray,
+                 ti: np.ndarray, ki: np.ndarray, above: bool) -> np.ndarray:
+    """First step at which path ``points[c, t] + errors[c, k]`` reaches its threshold, per (c, t, k)
+    triple given (-1 if never); in slices, so the gathered paths stay small."""
+    out = np.empty(ci.size, dtype=np.int64)
+    for s in range(0, ci.size, 50_000):
+        c, t, k = ci[s:s + 50_000], ti[s:s + 50_000], ki[s:s + 50_000]
+        out[s:s + 50_000] = first_crossing_index(points[c, t] + errors[c, k], thresholds[c, 0], above)
+    return out
 
 
 def crossings_from_paths(

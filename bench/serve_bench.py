@@ -12,7 +12,8 @@ figure is the median over rounds (max: the largest over rounds). A probe (``site
 servers' path, bench only) times ``Predictor.predict`` inside each server and logs full (generation-2)
 garbage collections. Then ``/predict_batch`` of ``--batch-series`` distinct series (the served bundle is
 ``--bundle`` plus clones of its heap forecaster under new ids, so every target serves it) to "floor +
-predict" and "serve", timed sequentially. No assertions: numbers only.
+predict" and "serve", timed sequentially; and the same batch in-process, one ``predict_batch`` against a
+loop of ``predict`` over its items (their ratio). No assertions: numbers only.
 """
 
 from __future__ import annotations
@@ -305,6 +306,31 @@ def inprocess_predict_ms(bundle: Path, repeats: int = 300) -> list[float]:
     return times
 
 
+def inprocess_batch_ms(bundle: Path, raw: bytes, repeats: int) -> dict[str, list[float]]:
+    """The batch body answered in this process, no server: as one ``predict_batch`` (parse, answer,
+    dump) and as a loop of ``predict`` over its items (each parsed, answered, dumped alone);
+    interleaved, so load drift hits both alike. Wall ms per round."""
+    from serving.predictor import Predictor
+    from serving.schemas import PredictBatchRequest, PredictRequest
+    from training.bundle import ModelBundle
+
+    predictor = Predictor(ModelBundle.load(bundle))
+    items = [json.dumps(item) for item in json.loads(raw)["items"]]
+    times: dict[str, list[float]] = {"batch": [], "per-item loop": []}
+    for i in range(repeats + 1):
+        t = time.perf_counter()
+        predictor.predict_batch(PredictBatchRequest.model_validate_json(raw)).model_dump_json()
+        batch = (time.perf_counter() - t) * 1e3
+        t = time.perf_counter()
+        for item in items:
+            predictor.predict(PredictRequest.model_validate_json(item)).model_dump_json()
+        loop = (time.perf_counter() - t) * 1e3
+        if i:  # the first round warms caches
+            times["batch"].append(batch)
+            times["per-item loop"].append(loop)
+    return times
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_app"]:
@@ -375,6 +401,8 @@ def main(argv: list[str] | None = None) -> None:
             for proc in procs.values():
                 stop_service(proc)
         inproc = inprocess_predict_ms(bundle)
+        inproc_batch = inprocess_batch_ms(bundle, batch_raw, max(3, args.batch_repeats // 2))
+        inproc_batch_load = uptime()
         report(results, records, inproc, conns, args)
         print(f"\n## /predict_batch, {args.batch_series:,} distinct series x {args.batch_observations} "
               f"observations ({len(batch_raw) / 1024:,.0f} KB body), {args.batch_repeats} sequential "
@@ -384,6 +412,14 @@ def main(argv: list[str] | None = None) -> None:
         for name, times in batches.items():
             print(f"| {name} | {statistics.median(times):,.0f} | {min(times):,.0f} | {max(times):,.0f} | "
                   f"{statistics.median(times) / args.batch_series:.2f} |")
+        print(f"\n## the same batch in-process (no server), interleaved rounds; {inproc_batch_load}\n")
+        print("| way | p50 ms | min ms | ms an item (p50) |")
+        print("|---|---|---|---|")
+        for name, times in inproc_batch.items():
+            print(f"| {name} | {statistics.median(times):,.0f} | {min(times):,.0f} | "
+                  f"{statistics.median(times) / args.batch_series:.3f} |")
+        ratio = statistics.median(inproc_batch["batch"]) / statistics.median(inproc_batch["per-item loop"])
+        print(f"\nbatch / per-item loop (p50): {ratio:.3f}")
 
 
 def report(results: dict, records: list[dict], inproc: list[float], conns: list[int], args) -> None:

@@ -211,6 +211,11 @@ class Predictor:
             threshold = rule.threshold if rule else spec.threshold
         if math.isnan(threshold):  # unknown metric and no threshold given
             raise ValueError(f"metric of {shortened(repr(sid))} has no default threshold: send 'threshold'")
+        lo, hi = s.value_range(metric)
+        if not lo <= threshold <= hi:
+            unit = f" {spec.unit}" if spec.unit not in ("", "1", "ratio") else ""
+            raise ValueError(f"threshold {threshold:g} is outside the values {metric} can take "
+                             f"({lo:g} to {hi:g}{unit}): it can never be crossed; send one within that range")
         direction = req.direction or (rule.direction if rule else spec.direction)
         horizon = (rule.horizon_minutes if rule and "horizon_minutes" not in req.model_fields_set
                    else req.horizon_minutes)

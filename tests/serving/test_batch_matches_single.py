@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 
 from features import schema as s
-from serving.predictor import Predictor, _item_error
+from serving.predictor import Predictor, _item_error, _response
 from serving.schemas import PredictBatchRequest, PredictRequest
 from serving.server import free_port, start_service, stop_service, wait_ready
 from training.bundle import ModelBundle
@@ -154,15 +154,18 @@ def mixed_items() -> list[dict]:
     ]
 
 
-def test_predictor_batch_items_equal_single_predict(bundle):
+def test_predictor_batch_items_equal_the_one_series_path(bundle):
     predictor = Predictor(bundle)
     items = mixed_items() * 3  # repeats: the same item in three places answers the same
     batch = predictor.predict_batch(PredictBatchRequest(items=items))
     assert [r.index for r in batch.results] == list(range(len(items)))
     statuses = set()
     for item, result in zip(items, batch.results, strict=True):
-        try:
-            single = predictor.predict(PredictRequest.model_validate_json(json.dumps(item)))
+        try:  # the one-series path of training.predict, as /predict answered before batches shared it
+            q, how, rule = predictor.resolve(PredictRequest.model_validate_json(json.dumps(item)))
+            alone = predict_series(bundle, q.series_id, q.threshold, q.direction, q.horizon_minutes,
+                                   recent=q.recent, now=q.now, context=q.context)
+            single = _response(alone, how, rule)
         except Exception as exc:
             status, code, message = _item_error(exc, "single")
             assert (result.status, result.error.code, result.error.message) == (status, code, message)

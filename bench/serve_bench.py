@@ -316,18 +316,20 @@ def inprocess_batch_ms(bundle: Path, raw: bytes, repeats: int) -> dict[str, list
 
     predictor = Predictor(ModelBundle.load(bundle))
     items = [json.dumps(item) for item in json.loads(raw)["items"]]
-    times: dict[str, list[float]] = {"batch": [], "per-item loop": []}
+    ways = ("batch", "per-item loop", "batch cpu", "per-item loop cpu")
+    times: dict[str, list[float]] = {k: [] for k in ways}
     for i in range(repeats + 1):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         predictor.predict_batch(PredictBatchRequest.model_validate_json(raw)).model_dump_json()
-        batch = (time.perf_counter() - t) * 1e3
-        t = time.perf_counter()
+        batch, batch_cpu = (time.perf_counter() - t) * 1e3, (time.process_time() - c) * 1e3
+        t, c = time.perf_counter(), time.process_time()
         for item in items:
             predictor.predict(PredictRequest.model_validate_json(item)).model_dump_json()
-        loop = (time.perf_counter() - t) * 1e3
+        loop, loop_cpu = (time.perf_counter() - t) * 1e3, (time.process_time() - c) * 1e3
         if i:  # the first round warms caches
-            times["batch"].append(batch)
-            times["per-item loop"].append(loop)
+            for key, value in (("batch", batch), ("per-item loop", loop), ("batch cpu", batch_cpu),
+                               ("per-item loop cpu", loop_cpu)):
+                times[key].append(value)
     return times
 
 
@@ -413,13 +415,16 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {name} | {statistics.median(times):,.0f} | {min(times):,.0f} | {max(times):,.0f} | "
                   f"{statistics.median(times) / args.batch_series:.2f} |")
         print(f"\n## the same batch in-process (no server), interleaved rounds; {inproc_batch_load}\n")
-        print("| way | p50 ms | min ms | ms an item (p50) |")
-        print("|---|---|---|---|")
-        for name, times in inproc_batch.items():
+        print("| way | p50 ms | min ms | ms an item (p50) | CPU ms (p50) | CPU ms (min) |")
+        print("|---|---|---|---|---|---|")
+        for name in ("batch", "per-item loop"):
+            times, cpu = inproc_batch[name], inproc_batch[f"{name} cpu"]
             print(f"| {name} | {statistics.median(times):,.0f} | {min(times):,.0f} | "
-                  f"{statistics.median(times) / args.batch_series:.3f} |")
-        ratio = statistics.median(inproc_batch["batch"]) / statistics.median(inproc_batch["per-item loop"])
-        print(f"\nbatch / per-item loop (p50): {ratio:.3f}")
+                  f"{statistics.median(times) / args.batch_series:.3f} | {statistics.median(cpu):,.0f} | "
+                  f"{min(cpu):,.0f} |")
+        med = {k: statistics.median(v) for k, v in inproc_batch.items()}
+        print(f"\nbatch / per-item loop (p50): wall {med['batch'] / med['per-item loop']:.3f}, "
+              f"CPU {med['batch cpu'] / med['per-item loop cpu']:.3f}")
 
 
 def report(results: dict, records: list[dict], inproc: list[float], conns: list[int], args) -> None:

@@ -22,7 +22,6 @@ from functools import lru_cache
 
 import numpy as np
 
-from features import schema as s
 from training.bundle import ModelBundle
 from training.forecast.correction import DAMPING_MINUTES, MIN_POINTS_FOR_SLOPE, WINDOW_MINUTES, damped
 from training.forecast.forecaster import local_calendar
@@ -33,6 +32,7 @@ from training.predict import (
     _as_datetime64,
     _covered,
     _to_utc,
+    anomaly_row,
     calendar_of,
     calibration_note,
     predict_series,
@@ -415,27 +415,16 @@ def _corrections(ts: np.ndarray, resid: np.ndarray, ends: np.ndarray,
 
 def _anomaly_many(bundle: ModelBundle, items: list[_Item], finals: dict) -> dict[int, tuple]:
     """``anomaly_now`` of every series, one forest walk per workload detector (scores and explanations)."""
-    if not bundle.detectors:
-        return {}
-    by_detector: dict[str, list[tuple[int, np.ndarray]]] = {}
+    by_detector: dict[int, list[tuple[int, np.ndarray]]] = {}
+    detectors = {}
     for j, it in enumerate(items):
-        entity, metric = s.split_series_id(it.query.series_id)
-        det = bundle.detectors.get(entity)
-        z, context = finals[j]["z"], it.query.context
-        if det is None or (z is None and not context):
-            continue
-        row = np.zeros(len(det.metrics_))
-        for c, m in enumerate(det.metrics_):
-            if m == metric and z is not None:
-                row[c] = z
-            elif context and m in context and f"{entity}/{m}" in bundle.forecasters:
-                other = bundle.forecasters[f"{entity}/{m}"]
-                t = np.array([np.datetime64(it.now.replace(tzinfo=None), "us")])
-                row[c] = (context[m] - other.expected(t)[0]) / max(other.sigma_, 1e-9)
-        by_detector.setdefault(entity, []).append((j, row))
+        found = anomaly_row(bundle, it.query.series_id, finals[j]["z"], it.query.context, it.now)
+        if found is not None:
+            detectors[id(found[0])] = found[0]
+            by_detector.setdefault(id(found[0]), []).append((j, found[1]))
     out = {}
-    for entity, rows in by_detector.items():
-        det = bundle.detectors[entity]
+    for key, rows in by_detector.items():
+        det = detectors[key]
         for (j, _), score, top in zip(rows, *explain_rows(det, np.stack([r for _, r in rows])), strict=True):
             out[j] = (round(float(score), 4), top)
     return out

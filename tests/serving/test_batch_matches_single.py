@@ -90,6 +90,8 @@ def queries(bundle: ModelBundle, n: int = 160) -> list[Query]:
         sid = ids[k % len(ids)]
         model = bundle.forecasters[sid]
         end = model.last_ts_ + timedelta(minutes=int(rng.integers(0, 600)))
+        if k % 11 == 0:  # inside the training history, before the trend's last changepoint
+            end = model.first_ts_ + timedelta(hours=30)
         level = float(model.expected(np.array([np.datetime64(end.replace(tzinfo=None), "us")]))[0])
         spread = 3 * max(model.sigma_, 0.01 * abs(level), 1e-3)
         count = int(rng.choice([0, 1, 3, 10, 30, 90]))

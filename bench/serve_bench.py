@@ -12,7 +12,8 @@ figure is the median over rounds (max: the largest over rounds). A probe (``site
 servers' path, bench only) times ``Predictor.predict`` inside each server and logs full (generation-2)
 garbage collections. Then ``/predict_batch`` of ``--batch-series`` distinct series (the served bundle is
 ``--bundle`` plus clones of its heap forecaster under new ids, so every target serves it) to "floor +
-predict" and "serve", timed sequentially. No assertions: numbers only.
+predict" and "serve", timed sequentially; and the same batch in-process, one ``predict_batch`` against a
+loop of ``predict`` over its items (their ratio). No assertions: numbers only.
 """
 
 from __future__ import annotations
@@ -305,6 +306,33 @@ def inprocess_predict_ms(bundle: Path, repeats: int = 300) -> list[float]:
     return times
 
 
+def inprocess_batch_ms(bundle: Path, raw: bytes, repeats: int) -> dict[str, list[float]]:
+    """The batch body answered in this process, no server: as one ``predict_batch`` (parse, answer,
+    dump) and as a loop of ``predict`` over its items (each parsed, answered, dumped alone);
+    interleaved, so load drift hits both alike. Wall ms per round."""
+    from serving.predictor import Predictor
+    from serving.schemas import PredictBatchRequest, PredictRequest
+    from training.bundle import ModelBundle
+
+    predictor = Predictor(ModelBundle.load(bundle))
+    items = [json.dumps(item) for item in json.loads(raw)["items"]]
+    ways = ("batch", "per-item loop", "batch cpu", "per-item loop cpu")
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    for i in range(repeats + 1):
+        t, c = time.perf_counter(), time.process_time()
+        predictor.predict_batch(PredictBatchRequest.model_validate_json(raw)).model_dump_json()
+        batch, batch_cpu = (time.perf_counter() - t) * 1e3, (time.process_time() - c) * 1e3
+        t, c = time.perf_counter(), time.process_time()
+        for item in items:
+            predictor.predict(PredictRequest.model_validate_json(item)).model_dump_json()
+        loop, loop_cpu = (time.perf_counter() - t) * 1e3, (time.process_time() - c) * 1e3
+        if i:  # the first round warms caches
+            for key, value in (("batch", batch), ("per-item loop", loop), ("batch cpu", batch_cpu),
+                               ("per-item loop cpu", loop_cpu)):
+                times[key].append(value)
+    return times
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_app"]:
@@ -375,6 +403,8 @@ def main(argv: list[str] | None = None) -> None:
             for proc in procs.values():
                 stop_service(proc)
         inproc = inprocess_predict_ms(bundle)
+        inproc_batch = inprocess_batch_ms(bundle, batch_raw, max(3, args.batch_repeats // 2))
+        inproc_batch_load = uptime()
         report(results, records, inproc, conns, args)
         print(f"\n## /predict_batch, {args.batch_series:,} distinct series x {args.batch_observations} "
               f"observations ({len(batch_raw) / 1024:,.0f} KB body), {args.batch_repeats} sequential "
@@ -384,6 +414,17 @@ def main(argv: list[str] | None = None) -> None:
         for name, times in batches.items():
             print(f"| {name} | {statistics.median(times):,.0f} | {min(times):,.0f} | {max(times):,.0f} | "
                   f"{statistics.median(times) / args.batch_series:.2f} |")
+        print(f"\n## the same batch in-process (no server), interleaved rounds; {inproc_batch_load}\n")
+        print("| way | p50 ms | min ms | ms an item (p50) | CPU ms (p50) | CPU ms (min) |")
+        print("|---|---|---|---|---|---|")
+        for name in ("batch", "per-item loop"):
+            times, cpu = inproc_batch[name], inproc_batch[f"{name} cpu"]
+            print(f"| {name} | {statistics.median(times):,.0f} | {min(times):,.0f} | "
+                  f"{statistics.median(times) / args.batch_series:.3f} | {statistics.median(cpu):,.0f} | "
+                  f"{min(cpu):,.0f} |")
+        med = {k: statistics.median(v) for k, v in inproc_batch.items()}
+        print(f"\nbatch / per-item loop (p50): wall {med['batch'] / med['per-item loop']:.3f}, "
+              f"CPU {med['batch cpu'] / med['per-item loop cpu']:.3f}")
 
 
 def report(results: dict, records: list[dict], inproc: list[float], conns: list[int], args) -> None:

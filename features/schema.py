@@ -161,3 +161,10 @@ def spec_for(metric: str) -> MetricSpec:
     """The catalogue entry for a metric; an unknown metric rolls up by mean with no range check."""
     return METRICS.get(metric) or MetricSpec(metric, "", "pod", "mean", "above", float("nan"),
                                              float("-inf"), float("inf"), "gauge")
+
+
+def value_range(metric: str) -> tuple[float, float]:
+    """The values a metric can physically take: its catalogue bounds within its kind's."""
+    spec = spec_for(metric)
+    kind = KINDS[spec.kind]
+    return max(spec.lower, kind.lower), min(spec.upper, kind.upper)

@@ -39,6 +39,7 @@ from serving.schemas import (
 )
 from training.bundle import ModelBundle
 from training.predict import Prediction, predict_series
+from training.predict_many import Query, predict_many
 
 if TYPE_CHECKING:
     from serving.source import PrometheusSource
@@ -186,7 +187,9 @@ class Predictor:
             "feature job's pods.parquet), or 'node'")
 
     # --- one series -------------------------------------------------------------------------
-    def predict(self, req: PredictRequest) -> PredictResponse:
+    def resolve(self, req: PredictRequest) -> tuple[Query, str, str | None]:
+        """What ``req`` asks of the bundle (series, threshold, direction, horizon, observations),
+        how its series was found, and the rule it named; raises as /predict answers."""
         rule = None
         if req.rule:
             if req.rule not in self.catalog.rules:
@@ -208,16 +211,26 @@ class Predictor:
             threshold = rule.threshold if rule else spec.threshold
         if math.isnan(threshold):  # unknown metric and no threshold given
             raise ValueError(f"metric of {shortened(repr(sid))} has no default threshold: send 'threshold'")
+        lo, hi = s.value_range(metric)
+        if not lo <= threshold <= hi:
+            unit = f" {spec.unit}" if spec.unit not in ("", "1", "ratio") else ""
+            raise ValueError(f"threshold {threshold:g} is outside the values {metric} can take "
+                             f"({lo:g} to {hi:g}{unit}): it can never be crossed; send one within that range")
         direction = req.direction or (rule.direction if rule else spec.direction)
         horizon = (rule.horizon_minutes if rule and "horizon_minutes" not in req.model_fields_set
                    else req.horizon_minutes)
-        p = predict_series(
-            self.bundle, sid, threshold, direction, horizon,
-            recent=self._recent(sid, req.recent, req.now), now=req.now, context=req.context,
-        )
-        # the answer's fields as they are (``as_dict`` deep-copies them: 0.3 ms a request)
-        return PredictResponse(**{f: getattr(p, f) for f in PREDICTION_FIELDS}, message=p.sentence(),
-                               resolved_by=how, rule=rule.name if rule else None)
+        query = Query(sid, threshold, direction, horizon, self._recent(sid, req.recent, req.now), req.now,
+                      req.context)
+        return query, how, rule.name if rule else None
+
+    def predict(self, req: PredictRequest) -> PredictResponse:
+        """One series, by the batch's path (``predict_many``: the same answer as ``predict_series``,
+        ~15 % less work, one forest walk for the anomaly score and its explanation)."""
+        q, how, rule = self.resolve(req)
+        (p,) = predict_many(self.bundle, [q])
+        if isinstance(p, Exception):
+            raise p
+        return _response(p, how, rule)
 
     # --- many series ------------------------------------------------------------------------
     def predict_batch(self, req: PredictBatchRequest) -> PredictBatchResponse:
@@ -225,20 +238,28 @@ class Predictor:
 
         The items are validated together, in one pass, as /predict validates one body (as JSON:
         strict times are ISO strings there); an invalid item gets the message it would get alone.
+        The valid ones are answered together (``training.predict_many``), each as /predict would.
         """
         _within_limit(len(req.items), "items")
         requests, errors = validate_items(req.items)
-        results = []
+        results: list = [None] * len(requests)
+        asked: list[tuple[int, Query, str, str | None]] = []
         for i, item in enumerate(requests):
             try:
                 if item is None:
                     raise errors[i]
-                results.append(BatchItemResult.model_construct(index=i, status=200, answer=self.predict(item),
-                                                               error=None))
+                asked.append((i, *self.resolve(item)))
             except Exception as exc:
-                status, code, message = _item_error(exc, f"batch item {i}")
-                results.append(BatchItemResult.model_construct(
-                    index=i, status=status, answer=None, error=ErrorDetail(code=code, message=message)))
+                results[i] = _item_failure(i, exc)
+        answers = predict_many(self.bundle, [q for _, q, _, _ in asked])
+        for (i, _, how, rule), p in zip(asked, answers, strict=True):
+            try:
+                if isinstance(p, Exception):
+                    raise p
+                answer = _response(p, how, rule)
+                results[i] = BatchItemResult.model_construct(index=i, status=200, answer=answer, error=None)
+            except Exception as exc:
+                results[i] = _item_failure(i, exc)
         failed = sum(r.status != 200 for r in results)
         return PredictBatchResponse.model_construct(model_version=self.model_version,
                                                     answered=len(results) - failed, failed=failed,
@@ -363,6 +384,19 @@ def validate_items(items: list[dict]) -> tuple[list[PredictRequest | None], dict
     for i, request in zip(good, valid, strict=True):
         out[i] = request
     return out, {i: ItemInvalid(errs) for i, errs in by_item.items()}
+
+
+def _response(p: Prediction, how: str, rule: str | None) -> PredictResponse:
+    # the answer's fields as they are (``as_dict`` deep-copies them: 0.3 ms a request); validating
+    # them (in pydantic's core) costs less than ``model_construct`` (a Python loop over the fields)
+    return PredictResponse(**{f: getattr(p, f) for f in PREDICTION_FIELDS}, message=p.sentence(),
+                           resolved_by=how, rule=rule)
+
+
+def _item_failure(i: int, exc: Exception) -> BatchItemResult:
+    status, code, message = _item_error(exc, f"batch item {i}")
+    return BatchItemResult.model_construct(index=i, status=status, answer=None,
+                                           error=ErrorDetail(code=code, message=message))
 
 
 def _within_limit(n: int, what: str) -> None:

@@ -1,4 +1,5 @@
-"""The routes BentoML's ``@api`` (POST only) cannot express: GET listings, status and the admin reload."""
+"""The routes BentoML's ``@api`` (POST only) cannot express: GET listings, status, the admin reload and
+/metrics (BentoML's own metrics middleware and route are switched off: see service.py)."""
 
 from __future__ import annotations
 
@@ -82,7 +83,25 @@ async def reload_now(request: Request) -> Response:
     return _json(_status(follower, await run_in_threadpool(follower.check, True)))
 
 
+async def metrics(request: Request) -> Response:
+    """prealert's metrics in Prometheus' text format: under ``bentoml serve`` every worker's, from
+    BentoML's multiprocess directory, as BentoML's own /metrics route writes them; else (an
+    in-process app) this process's registry."""
+    import os
+
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    if os.path.isdir(os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")):
+        from bentoml._internal.container import BentoMLContainer
+
+        text = await run_in_threadpool(BentoMLContainer.metrics_client.get().generate_latest)
+    else:
+        text = generate_latest()
+    return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+
 app = Starlette(routes=[
+    Route("/metrics", metrics, methods=["GET"]),
     Route("/series", series, methods=["GET"]),
     Route("/rules", rules, methods=["GET"]),
     Route("/status", status, methods=["GET"]),

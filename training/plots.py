@@ -23,9 +23,7 @@ LOGGED_HORIZON_MINUTES = 240.0
 
 def metric_range(series_id: str) -> tuple[float, float]:
     """The values a series can physically take, from the metric catalogue's kind and bounds."""
-    spec = s.spec_for(s.split_series_id(series_id)[1])
-    kind = s.KINDS[spec.kind]
-    return max(spec.lower, kind.lower), min(spec.upper, kind.upper)
+    return s.value_range(s.split_series_id(series_id)[1])
 
 
 def _utc64(t: datetime) -> np.datetime64:

@@ -385,12 +385,23 @@ def _answers_at(model, obs_ts: np.ndarray, obs_y: np.ndarray, threshold: float, 
 def anomaly_now(bundle: ModelBundle, series_id: str, z_series: float | None,
                 context: dict[str, float] | None, now: datetime) -> tuple[float | None, list]:
     """Score the entity's latest minute: the series' residual z plus any context metrics."""
-    if not bundle.detectors:
+    found = anomaly_row(bundle, series_id, z_series, context, now)
+    if found is None:
         return None, []
+    det, row = found
+    return round(float(det.score(row)[0]), 4), det.explain(row)
+
+
+def anomaly_row(bundle: ModelBundle, series_id: str, z_series: float | None,
+                context: dict[str, float] | None, now: datetime) -> tuple[object, np.ndarray] | None:
+    """The entity's detector and the row it scores (None when there is no detector or nothing to
+    score): the series' residual z, each context metric's against its own forecaster."""
+    if not bundle.detectors:
+        return None
     entity, metric = s.split_series_id(series_id)
     det = bundle.detectors.get(entity)
     if det is None or (z_series is None and not context):
-        return None, []
+        return None
     row = np.zeros(len(det.metrics_))
     for i, m in enumerate(det.metrics_):
         if m == metric and z_series is not None:
@@ -400,7 +411,7 @@ def anomaly_now(bundle: ModelBundle, series_id: str, z_series: float | None,
             t = np.array([np.datetime64(now.replace(tzinfo=None), "us")])
             exp = other.expected(t)[0]
             row[i] = (context[m] - exp) / max(other.sigma_, 1e-9)
-    return round(float(det.score(row)[0]), 4), det.explain(row)
+    return det, row
 
 
 #: column names a notebook frame may use for the time and the value

@@ -150,6 +150,74 @@ def crossing_distribution(
     return CrossingBatch(out["minutes"], out["earliest"], out["latest"], prob)
 
 
+def crossing_distribution_many(
+    minutes: np.ndarray,
+    points: np.ndarray,
+    error_paths: np.ndarray,
+    thresholds: np.ndarray,
+    direction: str,
+) -> CrossingBatch:
+    """:func:`crossing_distribution` of many series at once, each with its own paths and threshold.
+
+    ``points`` (n, n_t, n_h): each series' corrected point forecasts at n_t evaluation times
+    (the alert rule's checks, now last); ``error_paths`` (n, K, n_h) its paths, ``thresholds``
+    (n,). ``probability`` is (n, n_t), every check's; the crossing times (n,) are the last
+    evaluation time's (the earlier checks need only the probability). Element for element what
+    :func:`crossing_distribution` gives for series i alone.
+    """
+    if direction not in ("above", "below"):
+        raise ValueError(f"direction must be 'above' or 'below', not {direction!r}")
+    above = direction == "above"
+    reach = np.greater_equal if above else np.less_equal
+    minutes = np.asarray(minutes, dtype=np.float64)
+    points = np.asarray(points, dtype=np.float64)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    n, n_t, n_h = points.shape
+    k_paths = error_paths.shape[1]
+    out = {k: np.full(n, np.nan) for k in ("minutes", "earliest", "latest")}
+    prob = np.zeros((n, n_t))
+    chunk = max(1, 300_000 // max(1, n_t * k_paths))  # a (chunk, n_t, K) slab stays in cache
+    extreme, arg_extreme = (np.max, np.argmax) if above else (np.min, np.argmin)
+    for lo in range(0, n, chunk):
+        pts = points[lo:lo + chunk]
+        errors = np.asarray(error_paths[lo:lo + chunk], dtype=np.float64)
+        thr = thresholds[lo:lo + chunk, None, None]
+        # most paths are decided without walking the horizon: one whose largest possible value
+        # (for "below": smallest) misses the threshold never reaches it (rounding is monotone),
+        # one that reaches it where the point forecast peaks does; only the rest are walked
+        # extremes over the horizon along the leading axis: a reduction along a short last axis is slow
+        paths_extreme = extreme(np.ascontiguousarray(errors.transpose(2, 0, 1)), axis=0)
+        maybe = reach(extreme(pts, axis=2)[:, :, None] + paths_extreme[:, None, :], thr)
+        peak = arg_extreme(pts, axis=2)  # (c, n_t)
+        rows = np.arange(pts.shape[0])[:, None]
+        ever = reach(np.take_along_axis(pts, peak[:, :, None], axis=2) + errors[rows, :, peak], thr)
+        ci, ti, ki = np.nonzero(maybe & ~ever)
+        ever[ci, ti, ki] = _first_steps(pts, errors, thr, ci, ti, ki, above) >= 0
+        prob[lo:lo + chunk] = ever.sum(axis=2) / k_paths
+        # the last evaluation time's crossing times: each path's first step (-1: none)
+        ci, ki = np.nonzero(maybe[:, -1])
+        first = np.full((pts.shape[0], k_paths), -1)
+        first[ci, ki] = _first_steps(pts, errors, thr, ci, np.full(ci.size, n_t - 1), ki, above)
+        t_cross = np.sort(np.where(first >= 0, minutes[np.maximum(first, 0)], np.inf), axis=1)
+        n_cross = np.sum(first >= 0, axis=1)
+        at = np.arange(t_cross.shape[0])
+        for key, q in (("earliest", 0.1), ("minutes", 0.5), ("latest", 0.9)):
+            k = np.clip(np.ceil(q * n_cross).astype(np.int64) - 1, 0, None)
+            out[key][lo:lo + chunk] = np.where(n_cross > 0, t_cross[at, k], np.nan)
+    return CrossingBatch(out["minutes"], out["earliest"], out["latest"], prob)
+
+
+def _first_steps(points: np.ndarray, errors: np.ndarray, thresholds: np.ndarray, ci: np.ndarray,
+                 ti: np.ndarray, ki: np.ndarray, above: bool) -> np.ndarray:
+    """First step at which path ``points[c, t] + errors[c, k]`` reaches its threshold, per (c, t, k)
+    triple given (-1 if never); in slices, so the gathered paths stay small."""
+    out = np.empty(ci.size, dtype=np.int64)
+    for s in range(0, ci.size, 50_000):
+        c, t, k = ci[s:s + 50_000], ti[s:s + 50_000], ki[s:s + 50_000]
+        out[s:s + 50_000] = first_crossing_index(points[c, t] + errors[c, k], thresholds[c, 0], above)
+    return out
+
+
 def crossings_from_paths(
     minutes: np.ndarray,
     points: np.ndarray,

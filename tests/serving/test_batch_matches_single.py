@@ -1,0 +1,206 @@
+"""A batch answered with array operations across series says, item for item, what /predict says alone.
+
+A small trained bundle (saved, then loaded) with Prophet series of different parameters, a
+workload anomaly detector, and two linear-fallback series; a mixed batch of good items, bad
+items, rules, unknown pods and fallback series; compared field by field (floats to 1e-9).
+"""
+
+import json
+import math
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import numpy as np
+import polars as pl
+import pytest
+
+from features import schema as s
+from serving.predictor import Predictor, _item_error, _response
+from serving.schemas import PredictBatchRequest, PredictRequest
+from serving.server import free_port, start_service, stop_service, wait_ready
+from training.bundle import ModelBundle
+from training.predict import predict_series
+from training.predict_many import Query, predict_many
+from training.train import TrainConfig, train_bundle
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "data" / "sample"))
+from make_golden_bundle import START, golden_series  # noqa: E402
+
+HEAP, APDEX, OTHER = "golden-app/jvm_heap_pct", "golden-app/apdex", "other-app/jvm_heap_pct"
+FLAT, SHORT = "flat-app/cpu_pct", "short-app/jvm_heap_pct"
+
+
+def _series(entity: str, metric: str, y: np.ndarray) -> pl.DataFrame:
+    n = y.size
+    return pl.DataFrame({
+        s.SERIES_ID: s.series_id(entity, metric), s.ENTITY: entity, s.METRIC: metric,
+        s.TS: [START + timedelta(minutes=15 * i) for i in range(n)], s.VALUE: y,
+        s.N_PODS: pl.Series([3] * n, dtype=pl.UInt32), s.FILLED: False,
+    }).with_columns(pl.col(s.TS).dt.cast_time_unit("us"))
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> ModelBundle:
+    rng = np.random.default_rng(11)
+    hours = np.arange(288) / 4
+    frame = pl.concat([
+        golden_series(),
+        _series("other-app", "jvm_heap_pct",
+                40 + 0.3 * hours + 3 * np.cos(2 * np.pi * hours / 24) + rng.normal(0, 0.8, 288)),
+        _series("flat-app", "cpu_pct", np.full(288, 20.0)),  # flat: the linear fallback
+        _series("short-app", "jvm_heap_pct", 50 + 0.05 * np.arange(90) + rng.normal(0, 0.3, 90)),
+    ], how="vertical_relaxed")
+    result = train_bundle(frame, TrainConfig(holdout_hours=12, n_jobs=1,
+                                             forecaster={"min_history_hours": 24}))
+    folder = tmp_path_factory.mktemp("mixed") / "bundle"
+    result.bundle.save(folder)
+    loaded = ModelBundle.load(folder)
+    kinds = {sid: m.kind_ for sid, m in loaded.forecasters.items()}
+    assert kinds == {HEAP: "prophet", APDEX: "prophet", OTHER: "prophet", FLAT: "linear", SHORT: "linear"}
+    assert "golden-app" in loaded.detectors
+    return loaded
+
+
+def same(a, b, where: str = "") -> list[str]:
+    """Where ``a`` and ``b`` differ (floats beyond 1e-9), as readable lines; empty if they agree."""
+    if isinstance(a, float) and isinstance(b, float):
+        ok = math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) or (math.isnan(a) and math.isnan(b))
+        return [] if ok else [f"{where}: {a!r} != {b!r}"]
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{where}: keys {sorted(a)} != {sorted(b)}"]
+        return [d for k in a for d in same(a[k], b[k], f"{where}.{k}")]
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{where}: {len(a)} items != {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in same(x, y, f"{where}[{i}]")]
+    return [] if a == b and type(a) is type(b) else [f"{where}: {a!r} != {b!r}"]
+
+
+def queries(bundle: ModelBundle, n: int = 160) -> list[Query]:
+    """Seeded questions over every series: observation counts from none to 90 (some NaN, some out
+    of order), thresholds on both sides of the level, both directions, horizons up to too long."""
+    rng = np.random.default_rng(3)
+    ids = sorted(bundle.forecasters)
+    out = []
+    for k in range(n):
+        sid = ids[k % len(ids)]
+        model = bundle.forecasters[sid]
+        end = model.last_ts_ + timedelta(minutes=int(rng.integers(0, 600)))
+        if k % 11 == 0:  # inside the training history, before the trend's last changepoint
+            end = model.first_ts_ + timedelta(hours=30)
+        level = float(model.expected(np.array([np.datetime64(end.replace(tzinfo=None), "us")]))[0])
+        spread = 3 * max(model.sigma_, 0.01 * abs(level), 1e-3)
+        count = int(rng.choice([0, 1, 3, 10, 30, 90]))
+        drift = rng.normal(0, spread / 30)
+        recent = [(end - timedelta(minutes=count - 1 - i), level + drift * i + rng.normal(0, spread / 3))
+                  for i in range(count)]
+        if count > 5 and k % 4 == 0:
+            recent[2] = (recent[2][0], float("nan"))
+            recent[0], recent[3] = recent[3], recent[0]
+        threshold = level + float(rng.choice([-2, -0.5, 0.3, 1, 2.5])) * spread
+        context = {"apdex": 0.9} if sid == HEAP and k % 3 == 0 else None
+        out.append(Query(sid, threshold, str(rng.choice(["above", "below"])),
+                         float(rng.choice([15, 60, 120, 240, 360, 1000])), recent,
+                         None if count else end, context))
+    out.append(Query("nope/jvm_heap_pct", 1.0, "above", 60))
+    return out
+
+
+def test_predict_many_equals_predict_series_for_every_query(bundle):
+    asked = queries(bundle)
+    many = predict_many(bundle, asked)
+    kinds = {"answer": 0, "error": 0, "fallback": 0, "anomaly": 0, "crossing": 0, "alert": 0}
+    for q, got in zip(asked, many, strict=True):
+        try:
+            want = predict_series(bundle, q.series_id, q.threshold, q.direction, q.horizon_minutes,
+                                  recent=q.recent, now=q.now, context=q.context)
+        except Exception as exc:  # the batch gives the item the same error
+            assert type(got) is type(exc) and str(got) == str(exc), (q, got, exc)
+            kinds["error"] += 1
+            continue
+        assert not isinstance(got, Exception), (q, got)
+        assert same(got.as_dict(), want.as_dict(), q.series_id) == []
+        kinds["answer"] += 1
+        kinds["fallback"] += want.model_kind == "linear"
+        kinds["anomaly"] += want.anomaly_score is not None
+        kinds["crossing"] += want.minutes_to_threshold not in (None, 0.0)
+        kinds["alert"] += want.alert
+    assert all(kinds.values()), kinds  # every kind of answer and error was compared
+
+
+def mixed_items() -> list[dict]:
+    recent = [{"ts": f"2026-10-15T00:{m:02d}:00Z", "value": 60.0 + 0.2 * m} for m in range(40)]
+    low = [{"ts": f"2026-10-15T00:{m:02d}:00Z", "value": 20.0 + 0.01 * m} for m in range(10)]
+    return [
+        {"series_id": HEAP, "threshold": 68, "recent": recent},
+        {"series_id": HEAP, "threshold": 61, "recent": recent, "context": {"apdex": 0.9}},  # crossed
+        {"series_id": APDEX, "threshold": 0.94, "direction": "below", "recent": recent[:3]},
+        {"series_id": OTHER, "threshold": 70, "horizon_minutes": 360, "recent": recent[-10:]},
+        {"series_id": OTHER, "threshold": 30, "direction": "below"},
+        {"series_id": FLAT, "threshold": 21, "recent": low},  # the linear fallback
+        {"series_id": SHORT, "threshold": 60, "horizon_minutes": 120},
+        {"series_id": HEAP, "recent": [{"ts": "1999-01-01T00:00:00Z", "value": 1.0}]},  # bad time
+        {"series_id": HEAP, "threshold": "68"},  # a string is not a number here
+        {"series_id": HEAP, "horizon_minutes": -1, "direction": "sideways", "extra": 1},
+        {"labels": {}},  # names no series
+        {"metric": "jvm_heap_pct", "labels": {"service": "other-app"}, "now": "2026-10-15T00:30:00Z"},
+        {"series_id": "nope/jvm_heap_pct"},
+        {"rule": "jvm_heap", "labels": {"pod": "golden-app-7f9c-x2x"}, "recent": recent[-5:]},
+        {"metric": "apdex", "labels": {"pod": "brand-new-pod-7f9c8d-abcde"}},  # unknown workload
+        {"rule": "apdex", "labels": {"service": "golden-app"}},
+        {"series_id": APDEX, "horizon_minutes": 1000},  # beyond the learned errors
+    ]
+
+
+def test_predictor_batch_items_equal_the_one_series_path(bundle):
+    predictor = Predictor(bundle)
+    items = mixed_items() * 3  # repeats: the same item in three places answers the same
+    batch = predictor.predict_batch(PredictBatchRequest(items=items))
+    assert [r.index for r in batch.results] == list(range(len(items)))
+    statuses = set()
+    for item, result in zip(items, batch.results, strict=True):
+        try:  # the one-series path of training.predict, as /predict answered before batches shared it
+            q, how, rule = predictor.resolve(PredictRequest.model_validate_json(json.dumps(item)))
+            alone = predict_series(bundle, q.series_id, q.threshold, q.direction, q.horizon_minutes,
+                                   recent=q.recent, now=q.now, context=q.context)
+            single = _response(alone, how, rule)
+        except Exception as exc:
+            status, code, message = _item_error(exc, "single")
+            assert (result.status, result.error.code, result.error.message) == (status, code, message)
+            assert result.answer is None
+            statuses.add(status)
+            continue
+        assert result.status == 200 and result.error is None, (item, result)
+        assert same(json.loads(result.answer.model_dump_json()), json.loads(single.model_dump_json())) == []
+        statuses.add(200)
+    assert statuses == {200, 400, 404}
+    assert (batch.answered, batch.failed) == (sum(r.status == 200 for r in batch.results),
+                                              sum(r.status != 200 for r in batch.results))
+
+
+@pytest.mark.slow
+def test_a_real_server_answers_each_batch_item_as_predict_does(bundle, tmp_path):
+    folder = tmp_path / "bundle"
+    bundle.save(folder)
+    port = free_port()
+    proc = start_service(port, bundle=folder, env={"PREALERT_RELOAD_SECONDS": "0"},
+                         log_file=tmp_path / "serve.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url, timeout=300, log_file=tmp_path / "serve.log")
+        items = mixed_items()
+        with httpx.Client(base_url=url, timeout=60) as client:
+            batch = client.post("/predict_batch", json={"items": items}).json()["results"]
+            for item, result in zip(items, batch, strict=True):
+                single = client.post("/predict", json=item)
+                assert result["status"] == single.status_code, (item, single.text)
+                if single.status_code == 200:
+                    assert same(result["answer"], single.json()) == [] and result["error"] is None
+                else:
+                    assert result["error"] == single.json()["error"] and result["answer"] is None
+    finally:
+        stop_service(proc)

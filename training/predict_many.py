@@ -1,0 +1,498 @@
+"""Many series' predictions at once: :func:`predict_series`'s answers with array operations across series.
+
+A batch of N series costs a handful of numpy calls over (N x origins x paths x steps) arrays
+instead of N walks of the one-series path: the observations of every series are parsed in one
+pass, the Prophet point forecasts of every series (obs times, the alert rule's check grids and
+the drivers' two times) are evaluated in one call per calendar layout, the real-time
+corrections and the crossing distributions in one call per (horizon, paths, checks) shape, and
+the anomaly detector walks its forest once per workload. Each answer equals the one
+:func:`predict_series` gives for the same series (floats to the last few bits: sums are
+grouped differently); series the vectorised path does not cover (the linear fallback, Prophet
+models without a numpy point model, a horizon beyond the learned errors) are answered by
+:func:`predict_series` itself, and an item's failure is its own.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+
+import numpy as np
+
+from training.bundle import ModelBundle
+from training.forecast.correction import DAMPING_MINUTES, MIN_POINTS_FOR_SLOPE, WINDOW_MINUTES, damped
+from training.forecast.forecaster import local_calendar
+from training.predict import (
+    DRIVER_NAMES,
+    MIN_ERROR_PATHS,
+    Prediction,
+    _as_datetime64,
+    _covered,
+    _to_utc,
+    anomaly_row,
+    calendar_of,
+    calibration_note,
+    predict_series,
+    served_calibration,
+)
+from training.threshold import AlertRule, crossing_distribution_many
+
+__all__ = ["Query", "explain_rows", "point_forecasts", "predict_many"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class Query:
+    """One series to answer, as :func:`predict_series` takes it."""
+
+    series_id: str
+    threshold: float
+    direction: str
+    horizon_minutes: float
+    recent: list[tuple[datetime, float]] | None = None
+    now: datetime | None = None
+    context: dict[str, float] | None = None
+
+
+@dataclass
+class _Item:
+    """The per-series facts the array stages need (index into the batch, model, times in us)."""
+
+    index: int
+    query: Query
+    model: object
+    now: datetime
+    now_us: int
+    obs_lo: int  # this series' slice of the batch's sorted, finite observations
+    obs_hi: int
+    n_h: int
+    step_us: int
+    calibration: object
+    rule: AlertRule
+    origin_offsets_us: tuple[int, ...]  # now minus each check, oldest first (the last is 0)
+    rows: dict = field(default_factory=dict)  # slices into the point-forecast rows
+
+
+def predict_many(bundle: ModelBundle, queries: Sequence[Query]) -> list[Prediction | Exception]:
+    """One :class:`Prediction` (or the exception that series raised) per query, in order."""
+    out: list[Prediction | Exception | None] = [None] * len(queries)
+    obs_us, obs_y, bounds = _observations_of(queries, out)
+    items, slow = [], []
+    for i, q in enumerate(queries):
+        if out[i] is not None:
+            continue
+        try:
+            item = _item(bundle, i, q, obs_us, bounds)
+        except Exception as exc:
+            out[i] = exc
+            continue
+        (slow if item is None else items).append(i if item is None else item)
+    for i in slow:
+        try:
+            q = queries[i]
+            out[i] = predict_series(bundle, q.series_id, q.threshold, q.direction, q.horizon_minutes,
+                                    recent=q.recent, now=q.now, context=q.context)
+        except Exception as exc:
+            out[i] = exc
+    if items:
+        _answer(bundle, items, obs_us, obs_y, out)
+    return out  # type: ignore[return-value]
+
+
+# --- stage 1: observations and per-series facts ------------------------------------------------
+def _observations_of(queries: Sequence[Query], out: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every query's observations as :func:`~training.predict.observations` gives them, in one pass:
+    times (us since the epoch) and values sorted by (series, time), non-finite values dropped;
+    ``bounds[i]:bounds[i + 1]`` is query i's slice. A query whose times cannot be read gets its
+    error in ``out`` and no observations."""
+    times, values, counts = [], [], []
+    for i, q in enumerate(queries):
+        recent = q.recent or ()
+        try:
+            t = [ts for ts, _ in recent]
+            v = [float(y) for _, y in recent]
+            if any(not (isinstance(ts, datetime) and ts.tzinfo) for ts in t):
+                _as_datetime64(t)  # the one-series path's error for an unreadable time, if any
+        except Exception as exc:
+            out[i] = exc
+            t, v = [], []
+        times += t
+        values += v
+        counts.append(len(t))
+    us = _as_datetime64(times).astype(np.int64)
+    y = np.array(values, dtype=np.float64)
+    series = np.repeat(np.arange(len(queries)), counts)
+    order = np.lexsort((us, series))  # stable, as the one-series path's argsort(kind="stable")
+    us, y, series = us[order], y[order], series[order]
+    finite = np.isfinite(y)
+    us, y, series = us[finite], y[finite], series[finite]
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(series, minlength=len(queries)))])
+    return us, y, bounds
+
+
+@lru_cache(maxsize=256)
+def _origin_offsets(rule: AlertRule) -> tuple[int, ...]:
+    return tuple(timedelta(minutes=k * rule.every_minutes) // _US
+                 for k in range(rule.lookback_checks, -1, -1))
+
+
+def _item(bundle: ModelBundle, i: int, q: Query, obs_us: np.ndarray, bounds: np.ndarray) -> _Item | None:
+    """The series' facts, or None when the one-series path must answer it."""
+    model = bundle.forecasters.get(q.series_id)
+    if model is None or model.kind_ != "prophet" or getattr(model, "point_model_", None) is None:
+        return None  # unknown (its KeyError), the linear fallback, or Prophet's own predict
+    n_h = max(1, int(np.ceil(q.horizon_minutes / model.step_minutes_)))
+    paths = model.error_paths_
+    if not (paths.shape[0] >= MIN_ERROR_PATHS and paths.shape[1] >= n_h):
+        return None  # the one-series path says why the horizon is too long
+    lo, hi = int(bounds[i]), int(bounds[i + 1])
+    if hi > lo:
+        now = _to_utc(np.datetime64(int(obs_us[hi - 1]), "us").astype(datetime))
+    else:
+        now = _to_utc(model.last_ts_ if q.now is None else q.now)
+    calibration = served_calibration(model, q.horizon_minutes, True)
+    rule = bundle.alert_rule.with_for(calibration.for_minutes)
+    return _Item(i, q, model, now, (now - _EPOCH) // _US, lo, hi, n_h,
+                 int(model.step_minutes_ * 60e6), calibration, rule, _origin_offsets(rule))
+
+
+# --- stage 2: the Prophet point forecasts of many models ----------------------------------------
+@dataclass(frozen=True)
+class _PointParams:
+    """A model's point-forecast parameters as the batch evaluation reads them (cached per model)."""
+
+    layout: tuple  # what must agree for models to share one calendar and feature evaluation
+    times: tuple  # start_ns, t_scale_ns (integers: nanoseconds do not fit a float)
+    scalars: tuple  # last changepoint, rate and offset after it, y_scale, floor
+    beta: np.ndarray  # every seasonality's coefficients, in term order
+
+
+_PARAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LAST_CP, _K, _M, _Y_SCALE, _FLOOR = range(5)
+
+
+def _params(model) -> _PointParams:
+    found = _PARAMS.get(model)
+    if found is None:
+        pm = model.point_model_
+        terms = pm.seasonalities
+        cp = pm.changepoints_t
+        found = _PARAMS[model] = _PointParams(
+            (model.timezone, model.holidays_country,
+             tuple((t.name, t.period, t.fourier_order, t.condition_name, t.mode) for t in terms)),
+            (pm.start_ns, pm.t_scale_ns),
+            (cp[-1] if cp.size else -np.inf, pm._k_after[-1], pm._m_after[-1], pm.y_scale, pm.floor),
+            np.concatenate([t.beta for t in terms]) if terms else np.zeros(0))
+    return found
+
+
+def point_forecasts(models: Sequence, times_us: np.ndarray,
+                    owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``yhat`` and ``trend`` of ``models[owner[r]]`` at UTC time ``times_us[r]`` for every row r
+    (rows with a negative owner are left NaN).
+
+    The numpy point model's ``trend`` and ``yhat`` (see ``ProphetPointModel``) with each row's own
+    parameters: one local calendar and one feature block per seasonality for the distinct times
+    of the models that share a layout; the trend after the last changepoint for every row past
+    the training history, the changepoints looked up model by model for the others.
+    """
+    yhat = np.full(times_us.size, np.nan)
+    trend = np.full(times_us.size, np.nan)
+    params = [_params(m) for m in models]
+    groups: dict[tuple, list[int]] = {}
+    for m, p in enumerate(params):
+        groups.setdefault(p.layout, []).append(m)
+    for layout, members in groups.items():
+        member_of = np.full(len(models), -1)
+        member_of[members] = np.arange(len(members))
+        mine = np.where(owner >= 0, member_of[np.maximum(owner, 0)], -1)
+        order = np.argsort(mine, kind="stable")
+        order = order[np.searchsorted(mine[order], 0):]  # this layout's rows, by model
+        if order.size == 0:
+            continue
+        local = mine[order]
+        scalars = np.array([params[m].scalars for m in members])[local]  # (rows, 5)
+        start, scale = np.array([params[m].times for m in members], dtype=np.int64)[local].T
+        # the calendar and the Fourier features depend on the time alone: once per distinct time
+        times, at = np.unique(times_us[order], return_inverse=True)
+        cal = local_calendar(times.astype("datetime64[us]"), layout[0], layout[1])
+        ds_ns = cal["ds"].astype("datetime64[ns]").view(np.int64)[at]
+        t = (ds_ns - start) / scale
+        k, m = scalars[:, _K].copy(), scalars[:, _M].copy()
+        inside = np.flatnonzero(t < scalars[:, _LAST_CP])  # before the last changepoint: look it up
+        for j in np.unique(local[inside]):
+            rows = inside[local[inside] == j]
+            pm = models[members[j]].point_model_
+            # changepoints at or before t apply, as Prophet's ``changepoint_ts <= t``
+            after = np.searchsorted(pm.changepoints_t, t[rows], side="right")
+            k[rows], m[rows] = pm._k_after[after], pm._m_after[after]
+        y_scale = scalars[:, _Y_SCALE]
+        tr = (k * t + m) * y_scale + scalars[:, _FLOOR]
+        additive = np.zeros(order.size)
+        multiplicative = np.zeros(order.size)
+        terms = models[members[0]].point_model_.seasonalities
+        if terms:
+            x_t = np.pi * 2 * (cal["ds"].astype("datetime64[us]").view(np.int64) / 10**6 / 86400)
+            betas = np.stack([params[m].beta for m in members])  # (models, all terms' features)
+            col = 0
+            for term in terms:
+                beta = betas[:, col:col + 2 * term.fourier_order]
+                col += 2 * term.fourier_order
+                block = term.features(x_t, cal)  # (distinct times, features)
+                if block.shape[0] * len(members) <= 4 * order.size:  # few times or models: all pairs
+                    contribution = (block @ beta.T)[at, local]
+                else:
+                    contribution = np.einsum("rf,rf->r", block[at], beta[local])
+                if term.mode == "additive":
+                    additive += contribution
+                else:
+                    multiplicative += contribution
+        trend[order] = tr
+        yhat[order] = tr * (1 + multiplicative) + additive * y_scale
+    return yhat, trend
+
+
+# --- stage 3: corrections, crossings, the alert rule, drivers, anomaly --------------------------
+def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: np.ndarray,
+            out: list) -> None:
+    models = [it.model for it in items]
+    # rows: every observation of the batch (owned by its series' item), then each shape group's
+    # horizon grids at every check, (series, check, step)
+    owner = np.full(obs_us.size, -1)
+    for j, it in enumerate(items):
+        owner[it.obs_lo:it.obs_hi] = j
+    groups: dict[tuple, list[int]] = {}
+    for j, it in enumerate(items):
+        key = (it.n_h, it.model.error_paths_.shape[0], len(it.origin_offsets_us), it.step_us,
+               it.query.direction, float(it.model.step_minutes_))
+        groups.setdefault(key, []).append(j)
+    times, owners, first_row = [obs_us], [owner], {}
+    cursor = obs_us.size
+    for key, members in groups.items():
+        n_h, _, n_o, step_us = key[:4]
+        now = np.array([items[j].now_us for j in members], dtype=np.int64)
+        offsets = np.array([items[j].origin_offsets_us for j in members], dtype=np.int64)
+        grid = (now[:, None, None] - offsets[:, :, None]
+                + step_us * np.arange(1, n_h + 1, dtype=np.int64)[None, None, :])
+        times.append(grid.ravel())
+        owners.append(np.repeat(np.array(members), n_o * n_h))
+        first_row[key] = cursor
+        cursor += grid.size
+    yhat, _ = point_forecasts(models, np.concatenate(times), np.concatenate(owners))
+    finals = {}
+    for key, members in groups.items():
+        n_h, _, n_o, _, direction, step = key
+        grid_yhat = yhat[first_row[key]:first_row[key] + len(members) * n_o * n_h]
+        finals.update(_crossing_group(items, members, n_h, n_o, direction, step,
+                                      grid_yhat.reshape(len(members), n_o, n_h), yhat, obs_us, obs_y))
+
+    # drivers: the forecast's components now and at the crossing (or its closest approach)
+    both_us = np.empty(2 * len(items), dtype=np.int64)
+    for j, it in enumerate(items):
+        f = finals[j]
+        minutes = f["crossing"]["minutes"]
+        if minutes is not None and minutes > 0:
+            k = min(int(np.ceil(minutes / it.model.step_minutes_)) - 1, it.n_h - 1)
+        else:
+            sign = 1.0 if it.query.direction == "above" else -1.0
+            k = int(np.argmax(sign * f["point"])) if minutes is None else 0
+        f["k"] = k
+        both_us[2 * j], both_us[2 * j + 1] = it.now_us, it.now_us + it.step_us * (k + 1)
+    parts_yhat, parts_trend = point_forecasts(models, both_us, np.repeat(np.arange(len(items)), 2))
+    scores = _anomaly_many(bundle, items, finals)
+    for j, it in enumerate(items):
+        try:
+            out[it.index] = _prediction(bundle, it, finals[j], parts_yhat[2 * j:2 * j + 2],
+                                        parts_trend[2 * j:2 * j + 2], scores.get(j, (None, [])))
+        except Exception as exc:
+            out[it.index] = exc
+
+
+def _crossing_group(items: list[_Item], members: list[int], n_h: int, n_o: int, direction: str, step: float,
+                    grid_yhat: np.ndarray, yhat: np.ndarray, obs_us: np.ndarray,
+                    obs_y: np.ndarray) -> dict[int, dict]:
+    """The checks' crossings of series that share a shape: corrections, then every path at once.
+
+    ``grid_yhat`` (g, n_o, n_h): the model at each check's horizon; ``yhat[:obs_us.size]`` the
+    model at every observation of the batch.
+    """
+    g = len(members)
+    its = [items[j] for j in members]
+    lo = np.array([it.obs_lo for it in its])
+    counts = np.array([it.obs_hi - it.obs_lo for it in its])
+    width = max(1, int(counts.max()))
+    valid = np.arange(width)[None, :] < counts[:, None]
+    take = np.where(valid, lo[:, None] + np.arange(width)[None, :], 0)
+    if obs_us.size:
+        ts = np.where(valid, obs_us[take], 0)
+        ys = np.where(valid, obs_y[take], np.nan)
+        resid = np.where(valid, ys - yhat[take], np.nan)
+    else:
+        ts, ys, resid = np.zeros(valid.shape, dtype=np.int64), np.full(valid.shape, np.nan), np.full(
+            valid.shape, np.nan)
+    now_us = np.array([it.now_us for it in its], dtype=np.int64)
+    origins = now_us[:, None] - np.array([it.origin_offsets_us for it in its], dtype=np.int64)
+    ends = (valid[:, None, :] & (ts[:, None, :] <= origins[:, :, None])).sum(axis=2)  # (g, n_o)
+    level, slope = _corrections(ts, resid, ends)
+    minutes = np.arange(1, n_h + 1) * step
+    points = grid_yhat + damped(level, slope, minutes)
+    errors = np.stack([it.model.error_paths_[:, :n_h] for it in its])
+    thresholds = np.array([it.query.threshold for it in its], dtype=np.float64)
+    b = crossing_distribution_many(minutes, points, errors, thresholds, direction)
+    last = np.maximum(ends - 1, 0)
+    rows = np.arange(g)[:, None]
+    currents = np.where(ends > 0, ys[rows, last], np.nan)
+    sigma = np.array([max(it.model.sigma_, 1e-9) for it in its])
+    zs = np.where(ends > 0, resid[rows, last] / sigma[:, None], np.nan)
+    above = direction == "above"
+    crossed = (ends > 0) & ((currents >= thresholds[:, None]) if above else (currents <= thresholds[:, None]))
+    seen_all = ends > 0
+    raw_all = b.probability.tolist()
+    out = {}
+    for r, (j, it) in enumerate(zip(members, its, strict=True)):
+        cal = it.calibration
+        calibrated = [round(float(p), 4) for p in cal.apply([round(p, 4) for p in raw_all[r]])]
+        crossed_r = crossed[r].tolist()
+        probs = [1.0 if crossed_r[o] else calibrated[o] for o in range(n_o)]
+        if crossed_r[-1]:
+            crossing = {"minutes": 0.0, "earliest": 0.0, "latest": 0.0, "probability": 1.0, "crossed": True}
+        else:
+            crossing = {"minutes": _opt(b.minutes[r]), "earliest": _opt(b.earliest_minutes[r]),
+                        "latest": _opt(b.latest_minutes[r]), "probability": probs[-1], "crossed": False}
+        holds = tuple(c or p >= cal.alarm for c, p in zip(crossed_r, probs, strict=True))
+        alert, held_left, rule_text = _rule_outcome(it.rule, holds, tuple(seen_all[r].tolist()),
+                                                    bool(counts[r]), cal.alarm)
+        out[j] = {"crossing": crossing, "point": points[r, -1], "level": float(level[r, -1]),
+                  "slope": float(slope[r, -1]), "z": None if ends[r, -1] == 0 else float(zs[r, -1]),
+                  "alert": alert, "held_left": held_left, "rule_text": rule_text}
+    return out
+
+
+def _opt(x: float) -> float | None:
+    return None if np.isnan(x) else float(x)
+
+
+@lru_cache(maxsize=4096)
+def _rule_outcome(rule: AlertRule, holds: tuple, seen: tuple, observed: bool, alarm: float):
+    """The alert, the minutes ``keep_firing_for`` still holds it, and the rule's text (few patterns)."""
+    rule, on, text = _covered(rule, np.array(holds), list(seen), observed, alarm)
+    alert = bool(rule.firing(on)[-1])
+    return alert, rule.keep_firing_left(on) if alert else None, text
+
+
+def _corrections(ts: np.ndarray, resid: np.ndarray, ends: np.ndarray,
+                 window_minutes: float = WINDOW_MINUTES) -> tuple[np.ndarray, np.ndarray]:
+    """``realtime_corrections`` of many series' prefixes: level and slope per (series, check).
+
+    ``ts`` (g, w) us, ``resid`` (g, w) NaN-padded, ``ends`` (g, n_o) prefix lengths; the fit of a
+    prefix uses its finite residuals within the window before its latest one.
+    """
+    width = ts.shape[1]
+    ok = np.isfinite(resid)
+    inside = ok[:, None, :] & (np.arange(width)[None, None, :] < ends[:, :, None])  # (g, n_o, w)
+    live = inside.any(axis=2)
+    latest_at = width - 1 - np.argmax(inside[:, :, ::-1], axis=2)
+    latest = np.take_along_axis(ts, latest_at.reshape(ts.shape[0], -1), axis=1).reshape(ends.shape)
+    x = (ts[:, None, :] - latest[:, :, None]).astype(np.float64) / 60e6  # minutes before latest
+    inside &= x > -window_minutes
+    cnt = inside.sum(axis=2)
+    rs0 = np.where(ok, resid, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xs, rs = np.where(inside, x, 0.0), np.where(inside, rs0[:, None, :], 0.0)
+        xm, rm = xs.sum(axis=2) / cnt, rs.sum(axis=2) / cnt
+        dx = np.where(inside, x - xm[:, :, None], 0.0)
+        sxx = (dx * dx).sum(axis=2)
+        slope = np.where((cnt >= MIN_POINTS_FOR_SLOPE) & (sxx > 0),
+                         (dx * (rs - rm[:, :, None] * inside)).sum(axis=2) / sxx, 0.0)
+    level = rm - slope * xm
+    return np.where(live, level, 0.0), np.where(live, slope, 0.0)
+
+
+def _anomaly_many(bundle: ModelBundle, items: list[_Item], finals: dict) -> dict[int, tuple]:
+    """``anomaly_now`` of every series, one forest walk per workload detector (scores and explanations)."""
+    by_detector: dict[int, list[tuple[int, np.ndarray]]] = {}
+    detectors = {}
+    for j, it in enumerate(items):
+        found = anomaly_row(bundle, it.query.series_id, finals[j]["z"], it.query.context, it.now)
+        if found is not None:
+            detectors[id(found[0])] = found[0]
+            by_detector.setdefault(id(found[0]), []).append((j, found[1]))
+    out = {}
+    for key, rows in by_detector.items():
+        det = detectors[key]
+        for (j, _), score, top in zip(rows, *explain_rows(det, np.stack([r for _, r in rows])), strict=True):
+            out[j] = (round(float(score), 4), top)
+    return out
+
+
+def explain_rows(det, z: np.ndarray, top: int = 3) -> tuple[np.ndarray, list[list[dict]]]:
+    """``det.score`` and ``det.explain`` of every row of ``z`` from one walk of the forest.
+
+    Each row's probes (the row, then each metric put back at its expectation) are scored
+    together; the row's raw score is its first probe's.
+    """
+    rows = det._filled(z)
+    col_metric = np.array([det.metrics_.index(m) for m, _ in det.columns_])
+    n_m = len(det.metrics_)
+    probes = np.repeat(rows[:, None, :], n_m + 1, axis=1)
+    for i in range(n_m):
+        mask = col_metric == i
+        probes[:, i + 1, mask] = det.fill_[mask]
+    raw = det.raw_score(probes.reshape(-1, rows.shape[1])).reshape(rows.shape[0], n_m + 1)
+    scores = det.calibrate(raw[:, 0])
+    tops = []
+    for r in range(rows.shape[0]):
+        contrib = raw[r, 0] - raw[r, 1:]
+        zm = det.z_of_metrics(z[r])
+        az = np.nan_to_num(np.abs(zm), nan=0.0)
+        order = np.lexsort((-az, -np.maximum(np.round(contrib, 9), 0.0)))[:top]
+        tops.append([{"metric": det.metrics_[i], "z": round(float(np.nan_to_num(zm[i])), 3),
+                      "contribution": round(float(contrib[i]), 4)} for i in order])
+    return scores, tops
+
+
+def _prediction(bundle: ModelBundle, it: _Item, f: dict, yhat2: np.ndarray, trend2: np.ndarray,
+                anomaly: tuple) -> Prediction:
+    q, model, c = it.query, it.model, f["crossing"]
+    sign = 1.0 if q.direction == "above" else -1.0
+    minutes_ahead = (f["k"] + 1) * model.step_minutes_
+    drift = float(damped(f["level"], f["slope"], minutes_ahead, DAMPING_MINUTES).reshape(())) - f["level"]
+    changes = {
+        "trend": float(trend2[1] - trend2[0]),
+        "seasonality": float((yhat2[1] - trend2[1]) - (yhat2[0] - trend2[0])),
+        "recent_level": f["level"],
+        "recent_drift": drift,
+    }
+    ranked = sorted(changes.items(), key=lambda kv: -sign * kv[1])
+    drivers = [{"component": k, "meaning": DRIVER_NAMES[k], "change": round(v, 4)}
+               for k, v in ranked if sign * v > 0]
+    note = calibration_note(model, it.calibration, q.threshold, q.direction, True)
+    now = it.now
+
+    def r2(v):
+        return None if v is None else round(v, 2)
+
+    def at(m):
+        return None if m is None else now + timedelta(minutes=m)
+
+    score, top = anomaly
+    return Prediction(
+        series_id=q.series_id, model_kind=model.kind_, now=now, threshold=q.threshold,
+        direction=q.direction, horizon_minutes=q.horizon_minutes,
+        minutes_to_threshold=r2(c["minutes"]), crossing_at=at(c["minutes"]),
+        earliest_minutes=r2(c["earliest"]), latest_minutes=r2(c["latest"]),
+        earliest_at=at(c["earliest"]), latest_at=at(c["latest"]),
+        probability=c["probability"], already_crossed=c["crossed"],
+        alert=f["alert"], alarm_probability=it.calibration.alarm, alert_rule=f["rule_text"],
+        keep_firing_minutes_left=f["held_left"], calibrated=it.calibration.n_fitted > 0,
+        calibration_note=note, calendar=calendar_of(model),
+        drivers=drivers, driver=drivers[0]["component"] if drivers else None,
+        level_correction=round(f["level"], 4), trend_correction_per_min=round(f["slope"], 5),
+        anomaly_score=score, anomaly_top_metrics=top, model_version=bundle.version_label,
+    )
+

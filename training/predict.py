@@ -15,8 +15,10 @@ from training.bundle import ModelBundle
 from training.forecast.correction import RealtimeCorrection, realtime_corrections
 from training.forecast.forecaster import horizon_grid
 from training.threshold import (
+    UNBOUNDED,
     AlertRule,
     ProbabilityCalibration,
+    clip_to_range,
     crossings_from_paths,
     first_crossing_index,
     minutes_to_threshold,
@@ -131,6 +133,16 @@ def served_calibration(model, horizon_minutes: float, use_paths: bool) -> Probab
     identity (alarm 0.5) for the Gaussian band. Kept for any threshold: ``calibration_note``
     says when it is extrapolated."""
     return model.calibration_for(horizon_minutes) if use_paths else ProbabilityCalibration()
+
+def physical_range(series_id: str) -> tuple[float, float]:
+    """The values the series' metric kind can take (percentages [0, 100], APDEX [0, 1], counts
+    and rates >= 0), from the metric catalogue; unbounded for a metric it does not know."""
+    try:
+        spec = s.spec_for(s.split_series_id(series_id)[1])
+    except ValueError:
+        return UNBOUNDED
+    return float(spec.lower), float(spec.upper)
+
 
 DRIVER_NAMES = {
     "trend": "trend (a leak or steady growth)",
@@ -249,7 +261,7 @@ def predict_series(
     origins = [now - timedelta(minutes=k * rule.every_minutes)
                for k in range(rule.lookback_checks, -1, -1)]
     answers = _answers_at(model, obs_ts, obs_y, threshold, direction, grid, use_paths,
-                          calibration, origins)
+                          calibration, origins, physical_range(series_id))
     holds = np.array([c.already_crossed or c.probability >= alarm for c, *_ in answers])
     rule, holds, rule_text = _covered(rule, holds, [a[-1] is not None for a in answers],
                                       bool(obs_ts.size), alarm)
@@ -340,10 +352,12 @@ def _covered(rule: AlertRule, holds: np.ndarray, seen: list[bool], observed: boo
 
 def _answers_at(model, obs_ts: np.ndarray, obs_y: np.ndarray, threshold: float, direction: str,
                 grid: np.ndarray, use_paths: bool, calibration: ProbabilityCalibration,
-                origins: list[datetime]) -> list[tuple]:
+                origins: list[datetime], bounds: tuple[float, float] = UNBOUNDED) -> list[tuple]:
     """The crossing as it looked at each origin, from the (finite, sorted) observations up to it.
 
     ``grid`` is the horizon after the last origin (now); the earlier ones are it shifted back.
+    The point forecast, its paths and the fallback's band are held inside ``bounds``, the
+    metric's physical range (:func:`physical_range`).
 
     One ``(crossing, grid, point, correction, z_now)`` per origin; an origin before the first
     observation is answered by the model alone (``z_now`` None). One forecast call covers
@@ -368,16 +382,18 @@ def _answers_at(model, obs_ts: np.ndarray, obs_y: np.ndarray, threshold: float, 
     currents = [float(obs_y[e - 1]) if e else None for e in ends]
     zs = [resid[e - 1] / max(model.sigma_, 1e-9) if e else None for e in ends]
     offsets = [c.at(minutes) for c in corrections]
-    points = np.stack([at("yhat", i) + off for i, off in enumerate(offsets)])
+    points = clip_to_range(np.stack([at("yhat", i) + off for i, off in enumerate(offsets)]),
+                           bounds)
     if use_paths:
         crossings = crossings_from_paths(minutes, points, model.error_paths_[:, :n_h], threshold,
-                                         direction, currents)
+                                         direction, currents, bounds, calibration.timing)
         crossings = [c if c.already_crossed else dataclasses.replace(
             c, probability=round(float(calibration.apply(c.probability)), 4)) for c in crossings]
     else:  # the linear fallback: its Gaussian band
-        crossings = [minutes_to_threshold(grids[i], points[i], at("yhat_lower", i) + off,
-                                          at("yhat_upper", i) + off, threshold, direction,
-                                          origins[i], currents[i])
+        crossings = [minutes_to_threshold(grids[i], points[i],
+                                          clip_to_range(at("yhat_lower", i) + off, bounds),
+                                          clip_to_range(at("yhat_upper", i) + off, bounds),
+                                          threshold, direction, origins[i], currents[i])
                      for i, off in enumerate(offsets)]
     return list(zip(crossings, grids, points, corrections, zs, strict=True))
 
@@ -579,18 +595,20 @@ def forecast_detail(
     errors = model.error_paths_
     use_paths = answers_from_paths(model, grid.size)
     # the calibration only changes the probability, which ``prediction`` already holds
+    bounds = physical_range(series_id)
     ((_, grid, point, correction, _),) = _answers_at(
         model, obs_ts, obs_y, threshold, direction, grid, use_paths, ProbabilityCalibration(),
-        [prediction.now])
+        [prediction.now], bounds)
     minutes = np.arange(1, grid.size + 1) * model.step_minutes_
     band = None
     if use_paths:
-        paths = point[None, :] + errors[:, :grid.size].astype(np.float64)
+        paths = clip_to_range(point[None, :] + errors[:, :grid.size].astype(np.float64), bounds)
     else:
         paths = np.empty((0, grid.size))
         fc = model.predict(grid, with_interval=True)
         offset = point - fc["yhat"].to_numpy()
-        band = (fc["yhat_lower"].to_numpy() + offset, fc["yhat_upper"].to_numpy() + offset)
+        band = (clip_to_range(fc["yhat_lower"].to_numpy() + offset, bounds),
+                clip_to_range(fc["yhat_upper"].to_numpy() + offset, bounds))
     first = first_crossing_index(paths, threshold, direction == "above")
     crossing = np.where(first >= 0, minutes[np.maximum(first, 0)], np.nan)
     return ForecastDetail(prediction, grid, minutes, point, correction, paths, band, crossing,

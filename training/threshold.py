@@ -103,10 +103,23 @@ class CrossingBatch:
     cross), NaN where no path crosses; ``probability`` says how likely that crossing is.
     """
 
-    minutes: np.ndarray  # median (P50) of the crossing time among the paths that cross
+    minutes: np.ndarray  # the ``timing`` quantile (the median by default) of the crossing time
     earliest_minutes: np.ndarray  # its P10
     latest_minutes: np.ndarray  # its P90
     probability: np.ndarray  # share of plausible paths that reach the threshold within H
+    #: (n, len(levels)) quantiles of the crossing time at the ``levels`` asked for, if any
+    at_levels: np.ndarray | None = None
+
+
+#: no physical limit: a metric whose kind the catalogue does not know
+UNBOUNDED = (float("-inf"), float("inf"))
+
+
+def clip_to_range(values, bounds: tuple[float, float] = UNBOUNDED) -> np.ndarray:
+    """Values held inside the metric's physical range (a heap path never goes below 0 %)."""
+    lo, hi = bounds
+    values = np.asarray(values, dtype=np.float64)
+    return values if lo == -np.inf and hi == np.inf else np.clip(values, lo, hi)
 
 
 def crossing_distribution(
@@ -115,6 +128,9 @@ def crossing_distribution(
     error_paths: np.ndarray,
     threshold: float,
     direction: str,
+    bounds: tuple[float, float] = UNBOUNDED,
+    timing: float = 0.5,
+    levels: tuple[float, ...] = (),
 ) -> CrossingBatch:
     """Crossing times from a point path plus plausible error paths.
 
@@ -124,7 +140,11 @@ def crossing_distribution(
     ``point + error`` is one plausible future: the probability is the share whose extreme
     reaches the threshold, and P10/P50/P90 are quantiles of the first-crossing times of
     those that do ("if it crosses, when"), so P10 <= P50 <= P90 always holds; NaN when none
-    crosses. "Heap will cross in 38 min (between 25 and 55, probability 0.8)".
+    crosses. "Heap will cross in 38 min (between 25 and 55, probability 0.8)". Each path is
+    held inside the metric's physical ``bounds`` (see :func:`clip_to_range`): a threshold
+    beyond them is never reached. ``timing`` is the quantile the answer's crossing time takes
+    (the median unless a replay chose another, see :attr:`ProbabilityCalibration.timing`);
+    ``levels`` asks for more quantiles (``at_levels``).
     """
     if direction not in ("above", "below"):
         raise ValueError(f"direction must be 'above' or 'below', not {direction!r}")
@@ -134,20 +154,27 @@ def crossing_distribution(
     errors = np.asarray(error_paths, dtype=np.float64)
     n_t = point.shape[0]
     out = {k: np.full(n_t, np.nan) for k in ("minutes", "earliest", "latest")}
+    extra = np.full((n_t, len(levels)), np.nan)
     prob = np.zeros(n_t)
     chunk = max(1, 2_000_000 // max(1, errors.size))
     for lo in range(0, n_t, chunk):
-        paths = point[lo:lo + chunk, None, :] + errors[None, :, :]
+        paths = clip_to_range(point[lo:lo + chunk, None, :] + errors[None, :, :], bounds)
         first = first_crossing_index(paths, threshold, above)  # (chunk, K)
         t_cross = np.sort(np.where(first >= 0, minutes[np.maximum(first, 0)], np.inf), axis=1)
         n_cross = np.sum(first >= 0, axis=1)
         prob[lo:lo + chunk] = n_cross / errors.shape[0]
-        rows = np.arange(t_cross.shape[0])
-        for key, q in (("earliest", 0.1), ("minutes", 0.5), ("latest", 0.9)):
-            # the inverted-CDF quantile of the n_cross finite (sorted first) crossing times
-            k = np.clip(np.ceil(q * n_cross).astype(np.int64) - 1, 0, None)
-            out[key][lo:lo + chunk] = np.where(n_cross > 0, t_cross[rows, k], np.nan)
-    return CrossingBatch(out["minutes"], out["earliest"], out["latest"], prob)
+        for key, q in (("earliest", 0.1), ("minutes", timing), ("latest", 0.9)):
+            out[key][lo:lo + chunk] = _crossing_quantile(t_cross, n_cross, q)
+        for j, q in enumerate(levels):
+            extra[lo:lo + chunk, j] = _crossing_quantile(t_cross, n_cross, q)
+    return CrossingBatch(out["minutes"], out["earliest"], out["latest"], prob,
+                         extra if levels else None)
+
+
+def _crossing_quantile(t_cross: np.ndarray, n_cross: np.ndarray, q: float) -> np.ndarray:
+    """The inverted-CDF quantile of each row's ``n_cross`` finite (sorted first) crossing times."""
+    k = np.clip(np.ceil(q * n_cross).astype(np.int64) - 1, 0, None)
+    return np.where(n_cross > 0, t_cross[np.arange(t_cross.shape[0]), k], np.nan)
 
 
 def crossing_distribution_many(
@@ -225,10 +252,12 @@ def crossings_from_paths(
     threshold: float,
     direction: str,
     currents: list[float | None],
+    bounds: tuple[float, float] = UNBOUNDED,
+    timing: float = 0.5,
 ) -> list[Crossing]:
     """:class:`Crossing` per row of ``points`` (n, n_h), each with its latest observed value."""
     above = direction == "above"
-    b = crossing_distribution(minutes, points, error_paths, threshold, direction)
+    b = crossing_distribution(minutes, points, error_paths, threshold, direction, bounds, timing)
 
     def _opt(x: float) -> float | None:
         return None if np.isnan(x) else float(x)
@@ -247,6 +276,9 @@ def crossings_from_paths(
 DEFAULT_ALARM = 0.5
 #: pseudo-outcomes at the model's own probability that each calibration block is shrunk with
 PRIOR_OUTCOMES = 2.0
+#: independent outcomes an isotonic block must hold before its rate stands on its own (the same
+#: ten crossings a replay needs before it chooses an alarm level): fewer pool with a neighbour
+MIN_BLOCK_OUTCOMES = 10.0
 
 
 @dataclass(frozen=True)
@@ -266,6 +298,9 @@ class ProbabilityCalibration:
     #: thresholds the replay covered, per direction: beyond them the raw probability stands
     above: tuple[float, float] = (float("-inf"), float("inf"))
     below: tuple[float, float] = (float("-inf"), float("inf"))
+    #: the quantile of the paths' crossing times an answer gives as its crossing time: the one
+    #: closest to the true crossings (least absolute error) on the replay's warned crossings
+    timing: float = 0.5
 
     def covers(self, threshold: float, direction: str) -> bool:
         lo, hi = self.above if direction == "above" else self.below
@@ -277,14 +312,20 @@ class ProbabilityCalibration:
     @classmethod
     def fit(cls, p_raw: np.ndarray, crossed: np.ndarray, min_samples: int = 200,
             min_positives: int = 10, checks_per_outcome: float = 1.0,
-            prior_weight: float = PRIOR_OUTCOMES) -> ProbabilityCalibration:
+            prior_weight: float = PRIOR_OUTCOMES,
+            min_block_outcomes: float = MIN_BLOCK_OUTCOMES) -> ProbabilityCalibration:
         """Isotonic regression of ``crossed`` on ``p_raw``, each block's rate m-estimated.
 
         Checks a few minutes apart share most of their horizon, so a block of ``n`` checks
         holds only about ``n / checks_per_outcome`` independent outcomes. Each block's rate is
         an m-estimate (Zadrozny & Elkan): the replay's rate, shrunk toward what the model
         itself said (the block's mean raw probability) by ``prior_weight`` such outcomes. A
-        block of a few outcomes moves the model's probability only a little.
+        block of a few outcomes moves the model's probability only a little. Adjacent isotonic
+        blocks are first pooled where one holds fewer than ``min_block_outcomes`` independent
+        outcomes and their rates are within chance of each other (:meth:`_pooled_blocks`; the
+        map then runs through each pooled block's mean raw probability and its rate): a top
+        block of a handful of outcomes, all crossed, no longer pins the map near 1 (on the
+        backtest the top decile said 0.95 where 0.85 came true). 0 keeps isotonic's own blocks.
         """
         from sklearn.isotonic import IsotonicRegression
 
@@ -299,6 +340,11 @@ class ProbabilityCalibration:
         n = count / max(checks_per_outcome, 1.0)
         shrunk = (n * rate + prior_weight * said) / (n + prior_weight)
         shrunk = np.maximum.accumulate(shrunk)  # still monotone
+        if min_block_outcomes > 0:
+            lo = np.array([p_raw[block == b].min() for b in range(rate.size)])
+            hi = np.array([p_raw[block == b].max() for b in range(rate.size)])
+            return cls._pooled_blocks(rate, count, said, n, (lo, hi), prior_weight,
+                                      min_block_outcomes, int(p_raw.size))
         knots = np.concatenate([[0.0], iso.X_thresholds_, [1.0]])
         values = np.concatenate([[iso.predict([0.0])[0]], iso.y_thresholds_,
                                  [iso.predict([1.0])[0]]])
@@ -306,10 +352,56 @@ class ProbabilityCalibration:
         keep = np.concatenate([[True], np.diff(knots) > 0])
         return cls(tuple(knots[keep].round(6)), tuple(values[keep].round(6)), int(p_raw.size))
 
+    @classmethod
+    def _pooled_blocks(cls, rate, count, said, n, spans, prior_weight: float,
+                       min_outcomes: float, n_fitted: int) -> ProbabilityCalibration:
+        """The map through adjacent blocks pooled while one of a pair holds fewer than
+        ``min_outcomes`` outcomes and the two rates do not differ by two standard errors.
+
+        A thin block whose rate its neighbour's evidence cannot tell apart adds only noise
+        (five outcomes, all crossed, said "1.0"); a thin block that clearly differs (a first
+        leak, crossed at the top of a replay that was otherwise quiet) keeps its own rate.
+        Inside a pooled group the model's own probability keeps its order and is moved by the
+        group's (m-estimated) error, ``rate - said``, over the raw range ``spans`` it covers.
+        """
+        groups = [[b] for b in range(rate.size)]
+        pos = list(rate * n)  # crossed outcomes per group
+        out = list(n)
+        while len(groups) > 1:
+            r = np.array(pos) / np.maximum(out, 1e-9)
+            k, z = None, np.inf
+            for i in range(len(groups) - 1):
+                if min(out[i], out[i + 1]) >= min_outcomes:
+                    continue
+                pooled = (pos[i] + pos[i + 1]) / (out[i] + out[i + 1])
+                se = np.sqrt(max(pooled * (1 - pooled), 1e-12) * (1 / out[i] + 1 / out[i + 1]))
+                gap = abs(r[i + 1] - r[i]) / se
+                if gap < min(z, 2.0):
+                    k, z = i, gap
+            if k is None:
+                break
+            groups[k:k + 2] = [groups[k] + groups[k + 1]]
+            pos[k:k + 2] = [pos[k] + pos[k + 1]]
+            out[k:k + 2] = [out[k] + out[k + 1]]
+        knots, values = [], []
+        for g, k_pos, k_out in zip(groups, pos, out, strict=True):
+            m = float(np.sum(said[g] * count[g]) / count[g].sum())
+            shift = (k_pos + prior_weight * m) / (k_out + prior_weight) - m
+            for x in sorted({float(spans[0][g].min()), float(spans[1][g].max())}):
+                if not knots or x > knots[-1]:
+                    knots.append(x)
+                    values.append(x + shift)
+        if knots[0] > 0.0:
+            knots, values = [0.0, *knots], [max(values[0] - knots[0], 0.0), *values]
+        if knots[-1] < 1.0:
+            knots, values = [*knots, 1.0], [*values, values[-1] + 1.0 - knots[-1]]
+        values = np.maximum.accumulate(np.clip(values, 0.0, 1.0))
+        return cls(tuple(np.round(knots, 6)), tuple(np.round(values, 6)), n_fitted)
+
     def to_dict(self) -> dict:
         return {"knots": list(self.knots), "values": list(self.values), "n_fitted": self.n_fitted,
                 "alarm": self.alarm, "above": list(self.above), "below": list(self.below),
-                "for_minutes": self.for_minutes}
+                "for_minutes": self.for_minutes, "timing": self.timing}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> ProbabilityCalibration:
@@ -323,7 +415,8 @@ class ProbabilityCalibration:
                    alarm=float(d.get("alarm", DEFAULT_ALARM)),
                    for_minutes=None if for_minutes is None else float(for_minutes),
                    above=tuple(float(x) for x in d.get("above", (-inf, inf))),
-                   below=tuple(float(x) for x in d.get("below", (-inf, inf))))
+                   below=tuple(float(x) for x in d.get("below", (-inf, inf))),
+                   timing=float(d.get("timing", 0.5)))
 
 
 @dataclass(frozen=True)

@@ -42,13 +42,13 @@ RNG = np.random.default_rng(5)
 
 @pytest.fixture(scope="module")
 def ramp():
-    y = 40 + 0.5 * DAY * 24 + RNG.normal(0, 0.3, DAY.size)  # +0.5 per hour
+    y = 20 + 0.5 * DAY * 24 + RNG.normal(0, 0.3, DAY.size)  # +0.5 per hour, up to 92 %
     return y, fitted(y[:N])
 
 
 def test_linear_ramp_crossing_time(ramp):
     y, bundle = ramp
-    level_now = 40 + 0.5 * DAY[N - 1] * 24  # the noise-free level at the last observation
+    level_now = 20 + 0.5 * DAY[N - 1] * 24  # the noise-free level at the last observation
     p = predict_series(bundle, "app/jvm_heap_pct", level_now + 1.0, "above", 240,
                        recent=recent_of(y, N))
     assert p.minutes_to_threshold == pytest.approx(120, abs=20)  # 1.0 at 0.5/h

@@ -392,3 +392,42 @@ def test_replay_given_answers_as_the_walk_forward_replay_of_the_same_bundle(ramp
             assert np.allclose(mine.astype(float), theirs.astype(float), equal_nan=True), col
     prealert = joined.filter(pl.col("predictor") == PREALERT)
     assert prealert["warn"].any() and prealert["model_kind"][0] == "prophet"
+
+
+def test_the_crossing_time_quantile_is_the_one_closest_to_the_warned_crossings():
+    from training.evaluation.replay import TIMING_LEVELS, ReplayOutcome, best_timing
+    from training.threshold import ProbabilityCalibration
+
+    n = 40
+    when = np.tile(np.array(TIMING_LEVELS) * 100, (n, 1))
+    truth = np.full(n, 70.0)  # the truth comes late: 0.7 of the crossing times is right
+    p = np.where(np.arange(n) < 30, 0.9, 0.1)
+    truth[30:] = 20.0  # unwarned (p below the alarm): ignored
+    o = ReplayOutcome(p, np.ones(n, bool), np.zeros(n, bool), when, truth)
+    cal = ProbabilityCalibration(alarm=0.5)
+    assert best_timing([o], cal) == 0.7
+    few = ReplayOutcome(p[:5], np.ones(5, bool), np.zeros(5, bool), when[:5], truth[:5])
+    assert best_timing([few], cal) == 0.5  # too few warned crossings: the median
+
+
+def test_the_first_retrain_replays_a_trial_model_out_of_sample_as_training_does():
+    from training.evaluation.replay import _trial_replay
+
+    case = ramp_case()
+    config = ReplayConfig(horizons=(60,), retrain_every_hours=24, every_minutes=5)
+    t0 = case.eval_start
+    hold = t0 - np.timedelta64(3 * 1440, "m")
+    lead_in = np.timedelta64(60, "m")
+    trial = _trial_replay(case, config, t0, hold, 1, lead_in)
+    # the trial model knows nothing after the holdout starts: rewriting it changes nothing
+    changed = dataclasses.replace(case, values=np.where(case.ts >= hold, case.values + 40.0,
+                                                        case.values))
+    again = _trial_replay(changed, config, t0, hold, 1, lead_in)
+    np.testing.assert_array_equal(trial["expected"], again["expected"])
+    # it answers over the holdout (and the correction's warm-up hour) only
+    finite = np.isfinite(trial["expected"])
+    assert finite[trial["span"]].all() and not finite[~trial["span"]].any()
+    assert case.ts[trial["idx"]].min() >= hold and case.ts[trial["idx"]].max() < t0 - lead_in
+    # too short a history before the holdout: no trial (the replay falls back to in sample)
+    assert _trial_replay(case, config, t0, case.ts[0] + np.timedelta64(1440, "m"), 1,
+                         lead_in) is None

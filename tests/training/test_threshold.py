@@ -133,3 +133,50 @@ def test_keep_firing_left_says_how_long_the_rule_holds_an_alert_alone():
     assert rule.keep_firing_left(np.array([True, True, True])) is None  # for itself holds
     assert rule.keep_firing_left(np.array([True, True, True, False, False, False, False])) is None
     assert rule.keep_firing_left(np.array([False, True, False])) is None  # never fired
+
+
+def test_thin_blocks_pool_with_a_neighbour_they_cannot_be_told_apart_from():
+    from training.threshold import PRIOR_OUTCOMES, ProbabilityCalibration
+
+    # quiet checks that never crossed, then a few confident checks that all did: 36 checks at a
+    # 60-minute horizon every 5 minutes are 3 outcomes, too few to pin the map's top near 1
+    p = np.concatenate([np.full(1000, 0.05), np.full(480, 0.6), np.full(36, 0.97)])
+    crossed = np.concatenate([np.zeros(1000, bool), np.arange(480) % 2 == 0, np.ones(36, bool)])
+    plain = ProbabilityCalibration.fit(p, crossed, checks_per_outcome=12, min_block_outcomes=0)
+    pooled = ProbabilityCalibration.fit(p, crossed, checks_per_outcome=12, min_block_outcomes=10)
+    assert plain.apply(0.97) > 0.95
+    # the top block (3 outcomes, rate 1) pools with the one below (40, rate 0.5): within two
+    # standard errors of each other; the model's own probability keeps its order inside the
+    # group and moves by the group's m-estimated error
+    mean_p = (480 * 0.6 + 36 * 0.97) / 516
+    shift = (43 * 276 / 516 + PRIOR_OUTCOMES * mean_p) / (43 + PRIOR_OUTCOMES) - mean_p
+    assert pooled.apply(0.97) == pytest.approx(0.97 + shift, abs=1e-5) and 0.97 + shift < 0.9
+    assert pooled.apply(0.6) == pytest.approx(0.6 + shift, abs=1e-5)
+    assert np.all(np.diff(pooled.apply(np.linspace(0, 1, 41))) >= 0)
+    back = ProbabilityCalibration.from_dict(pooled.to_dict())
+    np.testing.assert_allclose(back.apply(np.linspace(0, 1, 11)), pooled.apply(np.linspace(0, 1, 11)))
+    # a thin top block that clearly differs from a quiet rest (a first leak) keeps its own rate
+    p = np.concatenate([np.full(1000, 0.05), np.full(40, 0.97)])
+    crossed = np.concatenate([np.zeros(1000, bool), np.ones(40, bool)])
+    leak = ProbabilityCalibration.fit(p, crossed, checks_per_outcome=12, min_block_outcomes=10)
+    assert leak.apply(0.97) == pytest.approx((40 / 12 + PRIOR_OUTCOMES * 0.97)
+                                             / (40 / 12 + PRIOR_OUTCOMES), abs=1e-5)
+
+
+def test_paths_are_held_in_the_physical_range_and_the_timing_quantile_is_answered():
+    from training.threshold import crossing_distribution
+
+    minutes = np.arange(1, 61, dtype=float)
+    # a heap at 95 % with errors that would carry it past 100 %: 100 is reached, never 101
+    errors = np.stack([np.full(60, e) for e in (-3.0, 2.0, 8.0, 12.0)])
+    at_101 = crossing_distribution(minutes, np.full((1, 60), 95.0), errors, 101, "above",
+                                   bounds=(0.0, 100.0))
+    assert at_101.probability[0] == 0.0
+    unbounded = crossing_distribution(minutes, np.full((1, 60), 95.0), errors, 101, "above")
+    assert unbounded.probability[0] == 0.5
+    # paths crossing at 10, 20, ..., 60: the 0.8 quantile is 50 and the levels are asked for
+    steps = np.stack([np.where(minutes >= 10 * k, 20.0, 0.0) for k in range(1, 7)])
+    b = crossing_distribution(minutes, np.full((1, 60), 80.0), steps, 90, "above", timing=0.8,
+                              levels=(0.2, 0.5))
+    assert b.minutes[0] == 50.0 and list(b.at_levels[0]) == [20.0, 30.0]
+    assert b.earliest_minutes[0] == 10.0 and b.latest_minutes[0] == 60.0

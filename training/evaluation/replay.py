@@ -19,8 +19,10 @@ from training.forecast.correction import WINDOW_MINUTES as CORRECTION_WINDOW
 from training.forecast.correction import damped, error_paths, rolling_corrections
 from training.forecast.forecaster import SeriesForecaster
 from training.threshold import (
+    UNBOUNDED,
     AlertRule,
     ProbabilityCalibration,
+    clip_to_range,
     crossing_distribution,
     first_crossing_index,
 )
@@ -67,6 +69,7 @@ class SeriesCase:
     threshold: float
     direction: str
     eval_start: np.datetime64
+    bounds: tuple[float, float] = UNBOUNDED  # the metric's physical range
 
     @property
     def step_minutes(self) -> float:
@@ -107,17 +110,22 @@ def onset_samples(y: np.ndarray, threshold: float, above: bool, gap_steps: int) 
 
 
 def replay_probabilities(y, expected, level, slope, idx, step: float, horizon: float,
-                         paths: np.ndarray, threshold: float, direction: str):
+                         paths: np.ndarray, threshold: float, direction: str,
+                         bounds: tuple[float, float] = UNBOUNDED, timing: float = 0.5,
+                         levels: tuple[float, ...] = ()):
     """prealert's answers at indices ``idx`` as serving gives them, and the true minutes.
 
     ``expected`` is the model's forecast on the grid, ``level``/``slope`` the real-time
-    correction at each index (from :func:`rolling_corrections`), ``paths`` the error paths.
+    correction at each index (from :func:`rolling_corrections`), ``paths`` the error paths,
+    ``bounds`` the metric's physical range, ``timing`` the crossing-time quantile answered
+    (:attr:`ProbabilityCalibration.timing`), ``levels`` more quantiles to return.
     """
     n_h = int(round(horizon / step))
     minutes = np.arange(1, n_h + 1) * step
     cols = np.clip(idx[:, None] + np.arange(1, n_h + 1)[None, :], 0, y.size - 1)
-    point = expected[cols] + damped(level[idx], slope[idx], minutes)
-    batch = crossing_distribution(minutes, point, paths[:, :n_h], threshold, direction)
+    point = clip_to_range(expected[cols] + damped(level[idx], slope[idx], minutes), bounds)
+    batch = crossing_distribution(minutes, point, paths[:, :n_h], threshold, direction, bounds,
+                                  timing, levels)
     return batch, true_minutes(y, idx, n_h, step, threshold, direction == "above")
 
 
@@ -128,6 +136,9 @@ class ReplayOutcome:
     probability: np.ndarray  # raw P(cross within H); NaN where not evaluated
     crossed: np.ndarray  # the crossing came within H
     beyond: np.ndarray  # already beyond the threshold (an alert rule counts it as holding)
+    #: (checks, len(TIMING_LEVELS)) crossing-time quantiles, and the true minutes (NaN: none)
+    when: np.ndarray | None = None
+    true_minutes: np.ndarray | None = None
 
     @property
     def live(self) -> np.ndarray:
@@ -135,7 +146,8 @@ class ReplayOutcome:
 
 
 def replay_outcomes(y, expected, idx, step: float, horizon: float, paths: np.ndarray,
-                    targets: list[tuple[float, str]]) -> list[ReplayOutcome]:
+                    targets: list[tuple[float, str]],
+                    bounds: tuple[float, float] = UNBOUNDED) -> list[ReplayOutcome]:
     """Raw probabilities and whether the crossing came, per (threshold, direction) target.
 
     A replay the model was not trained on, at the regular checks ``idx``; checks whose horizon
@@ -151,11 +163,15 @@ def replay_outcomes(y, expected, idx, step: float, horizon: float, paths: np.nda
         live = np.isfinite(cur) & ~beyond & np.isfinite(expected[idx])
         p = np.full(idx.size, np.nan)
         crossed = np.zeros(idx.size, dtype=bool)
+        when = np.full((idx.size, len(TIMING_LEVELS)), np.nan)
+        true = np.full(idx.size, np.nan)
         if live.any():
             batch, truth = replay_probabilities(y, expected, level, slope, idx[live], step,
-                                                horizon, paths, thr, direction)
+                                                horizon, paths, thr, direction, bounds,
+                                                levels=TIMING_LEVELS)
             p[live], crossed[live] = batch.probability, np.isfinite(truth)
-        out.append(ReplayOutcome(p, crossed, beyond))
+            when[live], true[live] = batch.at_levels, truth
+        out.append(ReplayOutcome(p, crossed, beyond, when, true))
     return out
 
 
@@ -168,7 +184,9 @@ def calibrate_on_replay(outcomes: list[ReplayOutcome], default_alarm: float,
     ``checks_per_outcome`` is the horizon over the spacing of the checks (see
     :meth:`ProbabilityCalibration.fit`). The alarm is chosen (:func:`best_alert`,
     under ``rule``) on ``alarm_on`` (one target's outcomes) or, without it, on all targets'
-    outcomes together; with ``tune_alarm`` off it stays ``default_alarm``.
+    outcomes together; with ``tune_alarm`` off it stays ``default_alarm``. The crossing-time
+    quantile (:func:`best_timing`) is chosen on the same outcomes when they carry crossing
+    times (:func:`replay_outcomes`); else the median stands.
     """
     p_raw = np.concatenate([o.probability[o.live] for o in outcomes])
     crossed = np.concatenate([o.crossed[o.live] for o in outcomes])
@@ -179,7 +197,35 @@ def calibrate_on_replay(outcomes: list[ReplayOutcome], default_alarm: float,
         alarm, for_minutes = best_alert(
             [dataclasses.replace(o, probability=calibration.apply(o.probability)) for o in on],
             default_alarm, rule)
-    return dataclasses.replace(calibration, alarm=alarm, for_minutes=for_minutes)
+    calibration = dataclasses.replace(calibration, alarm=alarm, for_minutes=for_minutes)
+    timing = best_timing([alarm_on] if alarm_on is not None else outcomes, calibration)
+    return dataclasses.replace(calibration, timing=timing)
+
+
+#: the crossing-time quantiles a replay chooses the answer's crossing time from
+TIMING_LEVELS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+def best_timing(outcomes: list[ReplayOutcome], calibration: ProbabilityCalibration,
+                default: float = 0.5) -> float:
+    """The crossing-time quantile closest to the truth on the replay's warned crossings.
+
+    Least mean absolute error of minutes over the checks whose crossing came within H and whose
+    calibrated probability reached the alarm level (the answers an operator acts on); the
+    ``default`` with fewer than :data:`MIN_CROSSINGS_FOR_OWN_ALARM` such checks.
+    """
+    err, n = np.zeros(len(TIMING_LEVELS)), 0
+    for o in outcomes:
+        if o.when is None:
+            continue
+        hit = o.live & o.crossed & (calibration.apply(np.nan_to_num(o.probability))
+                                    >= calibration.alarm)
+        hit &= np.isfinite(o.when).all(axis=1)
+        err += np.abs(o.when[hit] - o.true_minutes[hit, None]).sum(axis=0)
+        n += int(hit.sum())
+    if n < MIN_CROSSINGS_FOR_OWN_ALARM:
+        return default
+    return float(TIMING_LEVELS[int(np.argmin(err))])
 
 
 #: among alert settings whose F1 on the replay is within this share of the best, take the quietest
@@ -276,9 +322,12 @@ def replay_series(case: SeriesCase, config: ReplayConfig,
         expected = np.full(y.shape, np.nan)
         expected[span_idx] = model.expected(case.ts[span_idx])
         resid = y - expected
+        if prev is None and config.out_of_sample_errors:
+            # before the first retrain, replay a trial model on the week before, as training does
+            prev = _trial_replay(case, config, t0, hist_start, every, lead_in)
         if prev is not None and config.out_of_sample_errors:
             err_resid = (y - prev["expected"])[prev["span"]]
-        else:  # before the first retrain only in-sample residuals exist
+        else:  # a history too short for a trial: only in-sample residuals exist
             err_resid = np.where(fit_idx, resid, np.nan)[span_idx]
             # and the calibration replays the model on its own recent history (in sample)
             prev = {"expected": np.where(fit_idx, expected, np.nan),
@@ -311,7 +360,8 @@ def replay_series(case: SeriesCase, config: ReplayConfig,
                 q = [np.nanquantile(history, 0.95 if above else 0.05),
                      np.nanquantile(history, 0.995 if above else 0.005)]
                 outcomes = replay_outcomes(y, prev["expected"], prev["idx"], step, h, paths,
-                                           [(thr, case.direction) for thr in (case.threshold, *q)])
+                                           [(thr, case.direction) for thr in (case.threshold, *q)],
+                                           case.bounds)
                 # calibrated on all the replayed thresholds, as training does; the operator's
                 # own threshold picks the alarm level if the replay saw it crossed often enough
                 own = outcomes[0] if outcomes[0].crossed.sum() >= MIN_CROSSINGS_FOR_OWN_ALARM \
@@ -328,7 +378,8 @@ def replay_series(case: SeriesCase, config: ReplayConfig,
             paths, calibration = loaded.error_paths_.astype(np.float64), loaded.calibration_for(h)
             alarm = calibration.alarm if config.calibrate else config.alarm_probability
             b, truth = replay_probabilities(y, expected, level, slope, seg, step, h, paths,
-                                            case.threshold, case.direction)
+                                            case.threshold, case.direction, case.bounds,
+                                            calibration.timing)
             probability = calibration.apply(b.probability)
             # the crossing within H when it is an onset (see onset_samples), else NaN
             crossing_idx = seg + np.round(np.nan_to_num(truth) / step).astype(np.int64)
@@ -344,7 +395,8 @@ def replay_series(case: SeriesCase, config: ReplayConfig,
                 "alert_for_minutes": used.for_minutes if used is not None else 0.0,
                 "minutes": b.minutes[keep], "earliest": b.earliest_minutes[keep],
                 "latest": b.latest_minutes[keep], "probability": probability[keep],
-                "probability_raw": b.probability[keep], "model_kind": model.kind_}))
+                "probability_raw": b.probability[keep], "model_kind": model.kind_,
+                "crossing_quantile": calibration.timing}))
             for w, (lv, sl) in lin.items():
                 path = lv[seg, None] + sl[seg, None] * minutes[None, :]
                 first = first_crossing_index(path, case.threshold, above)
@@ -362,6 +414,32 @@ def replay_series(case: SeriesCase, config: ReplayConfig,
                 "idx": np.flatnonzero((case.ts >= t0) & (case.ts < t1 - lead_in))[::every]}
         t0 = t1
     return pl.concat(rows, how="diagonal_relaxed") if rows else pl.DataFrame()
+
+#: the least history (days) a trial model is fitted on before the first retrain's holdout
+MIN_TRIAL_DAYS = 2.0
+
+
+def _trial_replay(case: SeriesCase, config: ReplayConfig, t0, hold_start, every: int,
+                  lead_in) -> dict | None:
+    """The first retrain's out-of-sample replay: a trial model fitted before ``hold_start``
+    and replayed on ``[hold_start, t0)``, as training's holdout gives the served model its
+    error paths and calibration (:func:`training.train.use_holdout_errors`). Replaying the
+    model on its own training history instead makes its errors look small and its
+    probabilities overconfident. None when the history before the holdout is too short.
+    """
+    trial_idx = case.ts < hold_start
+    if not trial_idx.any() or (hold_start - case.ts[0]) < np.timedelta64(
+            int(MIN_TRIAL_DAYS * 86400e6), "us"):
+        return None
+    trial = SeriesForecaster(**config.forecaster).fit(
+        _fit_frame(case.ts[trial_idx], case.values[trial_idx], config.fit_step_minutes))
+    warmup = np.timedelta64(int(CORRECTION_WINDOW * 60e6), "us")
+    span = (case.ts >= hold_start - warmup) & (case.ts < t0)
+    expected = np.full(case.values.shape, np.nan)
+    expected[span] = trial.expected(case.ts[span])
+    idx = np.flatnonzero((case.ts >= hold_start) & (case.ts < t0 - lead_in))[::every]
+    return {"expected": expected, "span": span, "idx": idx}
+
 
 def run_evaluation(cases: list[SeriesCase], config: ReplayConfig, echo=print,
                    skipped: dict[str, str] | None = None) -> pl.DataFrame:
@@ -502,7 +580,7 @@ def replay_given(case: SeriesCase, model: SeriesForecaster, rule: AlertRule | No
             # still scores the raw probability beyond the calibrated thresholds
             calibration = ProbabilityCalibration()
         answers, truth = _given_answers(model, use_paths, y, expected, level, slope, seg, step, h,
-                                        case)
+                                        case, calibration.timing)
         probability = calibration.apply(answers["probability_raw"])
         used = rule.with_for(calibration.for_minutes) if rule is not None else None
         warn = _alerting(used, (beyond, live, keep), probability >= calibration.alarm)
@@ -520,12 +598,14 @@ def replay_given(case: SeriesCase, model: SeriesForecaster, rule: AlertRule | No
 
 
 def _given_answers(model: SeriesForecaster, use_paths: bool, y, expected, level, slope,
-                   seg: np.ndarray, step: float, horizon: float, case: SeriesCase):
-    """Raw probability and P50/P10/P90 minutes at the checks ``seg``, and the true minutes."""
+                   seg: np.ndarray, step: float, horizon: float, case: SeriesCase,
+                   timing: float = 0.5):
+    """Raw probability and crossing-time (``timing`` quantile, P10, P90) minutes at the checks
+    ``seg``, and the true minutes."""
     if use_paths:
         b, truth = replay_probabilities(y, expected, level, slope, seg, step, horizon,
                                         model.error_paths_.astype(np.float64), case.threshold,
-                                        case.direction)
+                                        case.direction, case.bounds, timing)
         return {"probability_raw": b.probability, "minutes": b.minutes,
                 "earliest": b.earliest_minutes, "latest": b.latest_minutes}, truth
     from training.threshold import Z90, minutes_to_threshold
@@ -536,8 +616,10 @@ def _given_answers(model: SeriesForecaster, use_paths: bool, y, expected, level,
     points = expected[cols] + damped(level[seg], slope[seg], minutes)
     half = Z90 * model.sigma_
     grid = np.datetime64("2000-01-01", "us") + (minutes * 60e6).astype("timedelta64[us]")
-    found = [minutes_to_threshold(grid, p, p - half, p + half, case.threshold, case.direction,
-                                  np.datetime64("2000-01-01", "us")) for p in points]
+    clip = lambda v: clip_to_range(v, case.bounds)  # noqa: E731  as serving holds the band
+    found = [minutes_to_threshold(grid, clip(p), clip(p - half), clip(p + half), case.threshold,
+                                  case.direction, np.datetime64("2000-01-01", "us"))
+             for p in points]
     nan = lambda v: np.nan if v is None else v  # noqa: E731
     answers = {"probability_raw": np.array([c.probability for c in found], dtype=np.float64)}
     for key, attr in (("minutes", "minutes"), ("earliest", "earliest_minutes"),

@@ -9,6 +9,7 @@ import polars as pl
 
 from features import schema as s
 from training.evaluation.replay import SeriesCase
+from training.predict import physical_range
 
 
 def threshold_from_rule(rule: str, history: np.ndarray) -> float:
@@ -31,7 +32,7 @@ def cases_from_series(series: pl.DataFrame, rules: dict[str, tuple[str, str]],
         ts = g[s.TS].dt.replace_time_zone(None).to_numpy().astype("datetime64[us]")
         y = g[s.VALUE].fill_null(np.nan).to_numpy().astype(np.float64)
         cases.append(SeriesCase(sid, ts, y, threshold_from_rule(rule, y[ts < start]),
-                                direction, start))
+                                direction, start, physical_range(sid)))
     return cases
 
 

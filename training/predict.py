@@ -138,10 +138,11 @@ def physical_range(series_id: str) -> tuple[float, float]:
     """The values the series' metric kind can take (percentages [0, 100], APDEX [0, 1], counts
     and rates >= 0), from the metric catalogue; unbounded for a metric it does not know."""
     try:
-        spec = s.spec_for(s.split_series_id(series_id)[1])
+        metric = s.split_series_id(series_id)[1]
     except ValueError:
         return UNBOUNDED
-    return float(spec.lower), float(spec.upper)
+    lo, hi = s.value_range(metric)
+    return float(lo), float(hi)
 
 
 DRIVER_NAMES = {

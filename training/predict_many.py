@@ -35,6 +35,7 @@ from training.predict import (
     anomaly_row,
     calendar_of,
     calibration_note,
+    physical_range,
     predict_series,
     served_calibration,
 )
@@ -75,6 +76,7 @@ class _Item:
     calibration: object
     rule: AlertRule
     origin_offsets_us: tuple[int, ...]  # now minus each check, oldest first (the last is 0)
+    bounds: tuple[float, float]  # the metric's physical range, the point forecasts held inside it
     rows: dict = field(default_factory=dict)  # slices into the point-forecast rows
 
 
@@ -150,6 +152,9 @@ def _item(bundle: ModelBundle, i: int, q: Query, obs_us: np.ndarray, bounds: np.
     paths = model.error_paths_
     if not (paths.shape[0] >= MIN_ERROR_PATHS and paths.shape[1] >= n_h):
         return None  # the one-series path says why the horizon is too long
+    value_lo, value_hi = physical_range(q.series_id)
+    if not value_lo < q.threshold < value_hi:
+        return None  # at or beyond the range's edge holding the paths in it decides crossings
     lo, hi = int(bounds[i]), int(bounds[i + 1])
     if hi > lo:
         now = _to_utc(np.datetime64(int(obs_us[hi - 1]), "us").astype(datetime))
@@ -158,7 +163,8 @@ def _item(bundle: ModelBundle, i: int, q: Query, obs_us: np.ndarray, bounds: np.
     calibration = served_calibration(model, q.horizon_minutes, True)
     rule = bundle.alert_rule.with_for(calibration.for_minutes)
     return _Item(i, q, model, now, (now - _EPOCH) // _US, lo, hi, n_h,
-                 int(model.step_minutes_ * 60e6), calibration, rule, _origin_offsets(rule))
+                 int(model.step_minutes_ * 60e6), calibration, rule, _origin_offsets(rule),
+                 (value_lo, value_hi))
 
 
 # --- stage 2: the Prophet point forecasts of many models ----------------------------------------
@@ -340,10 +346,13 @@ def _crossing_group(items: list[_Item], members: list[int], n_h: int, n_o: int, 
     ends = (valid[:, None, :] & (ts[:, None, :] <= origins[:, :, None])).sum(axis=2)  # (g, n_o)
     level, slope = _corrections(ts, resid, ends)
     minutes = np.arange(1, n_h + 1) * step
-    points = grid_yhat + damped(level, slope, minutes)
+    value_range = np.array([it.bounds for it in its], dtype=np.float64)
+    points = np.clip(grid_yhat + damped(level, slope, minutes),
+                     value_range[:, :1, None], value_range[:, 1:, None])
     errors = np.stack([it.model.error_paths_[:, :n_h] for it in its])
     thresholds = np.array([it.query.threshold for it in its], dtype=np.float64)
-    b = crossing_distribution_many(minutes, points, errors, thresholds, direction)
+    timing = np.array([it.calibration.timing for it in its], dtype=np.float64)
+    b = crossing_distribution_many(minutes, points, errors, thresholds, direction, timing)
     last = np.maximum(ends - 1, 0)
     rows = np.arange(g)[:, None]
     currents = np.where(ends > 0, ys[rows, last], np.nan)

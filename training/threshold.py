@@ -183,14 +183,18 @@ def crossing_distribution_many(
     error_paths: np.ndarray,
     thresholds: np.ndarray,
     direction: str,
+    timing: np.ndarray | float = 0.5,
 ) -> CrossingBatch:
     """:func:`crossing_distribution` of many series at once, each with its own paths and threshold.
 
     ``points`` (n, n_t, n_h): each series' corrected point forecasts at n_t evaluation times
     (the alert rule's checks, now last); ``error_paths`` (n, K, n_h) its paths, ``thresholds``
-    (n,). ``probability`` is (n, n_t), every check's; the crossing times (n,) are the last
+    (n,), ``timing`` (n,) or one for all: the quantile each answer's crossing time takes.
+    ``probability`` is (n, n_t), every check's; the crossing times (n,) are the last
     evaluation time's (the earlier checks need only the probability). Element for element what
-    :func:`crossing_distribution` gives for series i alone.
+    :func:`crossing_distribution` gives for series i alone with its ``bounds``, for a threshold
+    strictly inside them (where holding paths in the range changes no crossing: the caller
+    holds the point forecasts there itself).
     """
     if direction not in ("above", "below"):
         raise ValueError(f"direction must be 'above' or 'below', not {direction!r}")
@@ -200,6 +204,7 @@ def crossing_distribution_many(
     points = np.asarray(points, dtype=np.float64)
     thresholds = np.asarray(thresholds, dtype=np.float64)
     n, n_t, n_h = points.shape
+    timing = np.broadcast_to(np.asarray(timing, dtype=np.float64), (n,))
     k_paths = error_paths.shape[1]
     out = {k: np.full(n, np.nan) for k in ("minutes", "earliest", "latest")}
     prob = np.zeros((n, n_t))
@@ -227,10 +232,8 @@ def crossing_distribution_many(
         first[ci, ki] = _first_steps(pts, errors, thr, ci, np.full(ci.size, n_t - 1), ki, above)
         t_cross = np.sort(np.where(first >= 0, minutes[np.maximum(first, 0)], np.inf), axis=1)
         n_cross = np.sum(first >= 0, axis=1)
-        at = np.arange(t_cross.shape[0])
-        for key, q in (("earliest", 0.1), ("minutes", 0.5), ("latest", 0.9)):
-            k = np.clip(np.ceil(q * n_cross).astype(np.int64) - 1, 0, None)
-            out[key][lo:lo + chunk] = np.where(n_cross > 0, t_cross[at, k], np.nan)
+        for key, q in (("earliest", 0.1), ("minutes", timing[lo:lo + chunk]), ("latest", 0.9)):
+            out[key][lo:lo + chunk] = _crossing_quantile(t_cross, n_cross, q)
     return CrossingBatch(out["minutes"], out["earliest"], out["latest"], prob)
 
 

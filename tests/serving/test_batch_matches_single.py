@@ -132,6 +132,40 @@ def test_predict_many_equals_predict_series_for_every_query(bundle):
     assert all(kinds.values()), kinds  # every kind of answer and error was compared
 
 
+def test_batch_holds_paths_in_range_and_answers_the_chosen_timing(bundle):
+    """A bundle whose calibration answers another quantile than the median, and thresholds near
+    and at the edges of APDEX's [0, 1] and heap's [0, 100]: the batch still says what one says."""
+    import copy
+    import dataclasses
+
+    tuned = copy.copy(bundle)
+    tuned.forecasters = dict(bundle.forecasters)
+    for sid in (HEAP, APDEX):
+        model = copy.copy(bundle.forecasters[sid])
+        assert model.calibrations_  # trained with a holdout: calibrated
+        model.calibrations_ = {h: dataclasses.replace(c, timing=0.3) for h, c in model.calibrations_.items()}
+        tuned.forecasters[sid] = model
+    asked = []
+    for sid, edges in ((APDEX, (0.0, 0.5, 0.97, 0.999, 1.0)), (HEAP, (0.0, 99.0, 100.0))):
+        model = tuned.forecasters[sid]
+        for k, threshold in enumerate(edges):
+            for direction in ("above", "below"):
+                end = model.last_ts_ + timedelta(minutes=30 * k)
+                # observations that run up to (or past) the top of the range: a forecast beyond it
+                top = edges[-1]
+                recent = [(end - timedelta(minutes=29 - i), top * (0.8 + 0.01 * i)) for i in range(30)]
+                asked.append(Query(sid, threshold, direction, 120.0, recent))
+    many = predict_many(tuned, asked)
+    timed = 0
+    for q, got in zip(asked, many, strict=True):
+        want = predict_series(tuned, q.series_id, q.threshold, q.direction, q.horizon_minutes,
+                              recent=q.recent)
+        assert not isinstance(got, Exception), (q, got)
+        assert same(got.as_dict(), want.as_dict(), f"{q.series_id} {q.direction} {q.threshold}") == []
+        timed += want.minutes_to_threshold not in (None, 0.0)
+    assert timed >= 2  # some answers gave a crossing time (the 0.3 quantile of the paths')
+
+
 def mixed_items() -> list[dict]:
     recent = [{"ts": f"2026-10-15T00:{m:02d}:00Z", "value": 60.0 + 0.2 * m} for m in range(40)]
     low = [{"ts": f"2026-10-15T00:{m:02d}:00Z", "value": 20.0 + 0.01 * m} for m in range(10)]

@@ -281,7 +281,10 @@ class SeriesForecaster:
                                       condition_name=name)
         else:  # too few days of one kind to learn its shape apart: one daily shape for all
             model.add_seasonality("daily", period=1, fourier_order=self.daily_fourier_order)
-        model.fit(frame)
+        from training.forecast.prophet_map import cached_components
+
+        with cached_components(model):  # the same for every series: built once per process
+            model.fit(frame)
         self.kind_ = "prophet"
         self.model_ = model
         self.point_model_ = self._point_model(model)

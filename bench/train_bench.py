@@ -9,7 +9,8 @@ store (the first run makes a champion, the second, the "nightly" run, trains and
 and champion on the gate window); end to end = feature job + nightly run, wall and process-tree
 CPU seconds per phase. ``--what train``: ``train_bundle`` plus ``bundle.save`` only, with the
 summed per-series fit CPU seconds. A local Ray of ``--n-jobs`` CPUs is started first for the Ray
-engine, its start timed apart. Peak RSS of the process tree throughout. Then the first
+engine, its start timed apart. Peak RSS of the process tree throughout, and per phase (the
+feature job; the nightly run's training, and its gate with registration). Then the first
 ``--reference`` series through ``train_bundle`` with the settings before issue 11 (Prophet's
 defaults: every point, 300 uncertainty samples, Stan), with Stan's fit at this release's fit
 resolution, and as this release trains them: the same run's per-series cost. Load average before

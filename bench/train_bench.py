@@ -9,7 +9,8 @@ store (the first run makes a champion, the second, the "nightly" run, trains and
 and champion on the gate window); end to end = feature job + nightly run, wall and process-tree
 CPU seconds per phase. ``--what train``: ``train_bundle`` plus ``bundle.save`` only, with the
 summed per-series fit CPU seconds. A local Ray of ``--n-jobs`` CPUs is started first for the Ray
-engine, its start timed apart. Peak RSS of the process tree throughout. Then the first
+engine, its start timed apart. Peak RSS of the process tree throughout, and per phase (the
+feature job; the nightly run's training, and its gate with registration). Then the first
 ``--reference`` series through ``train_bundle`` with the settings before issue 11 (Prophet's
 defaults: every point, 300 uncertainty samples, Stan), with Stan's fit at this release's fit
 resolution, and as this release trains them: the same run's per-series cost. Load average before
@@ -142,24 +143,37 @@ def tree_cpu_seconds() -> float:
 
 
 class Phases:
-    """``echo`` for :func:`retrain`: remembers when each of its messages came, and the CPU used."""
+    """``echo`` for :func:`retrain`: remembers when each of its messages came, the CPU used and
+    the peak RSS of the process tree since the message before (with ``rss``, a :class:`PeakRss`)."""
 
-    def __init__(self):
+    def __init__(self, rss: PeakRss | None = None):
+        self.rss = rss
         self.marks = [("start", time.perf_counter(), tree_cpu_seconds())]
+        self.peaks: list[float] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        if self.rss is not None:
+            self.rss.peak = 0
 
     def __call__(self, message: str) -> None:
         self.marks.append((message.split(" ", 1)[0].rstrip(":"), time.perf_counter(),
                            tree_cpu_seconds()))
+        self.peaks.append(self.rss.peak if self.rss is not None else 0)
+        self._reset()
 
     def seconds(self) -> dict[str, float]:
         """Wall and CPU seconds of training (with the champion's download) and of the gate (with
         registering the candidate), and of the whole run."""
         names = {"training": "train", "gate": "gate_and_register"}
         out = {}
-        for (name, at, cpu), (_, until, cpu_until) in zip(self.marks, self.marks[1:], strict=False):
+        for (name, at, cpu), (_, until, cpu_until), peak in zip(self.marks, self.marks[1:],
+                                                                self.peaks, strict=False):
             if name in names:
                 out[f"{names[name]}_s"] = round(until - at, 1)
                 out[f"{names[name]}_cpu_s"] = round(cpu_until - cpu, 1)
+                if self.rss is not None:
+                    out[f"{names[name]}_peak_rss_gb"] = round(peak / 2**30, 2)
         out["retrain_s"] = round(self.marks[-1][1] - self.marks[0][1], 1)
         out["retrain_cpu_s"] = round(self.marks[-1][2] - self.marks[0][2], 1)
         return out
@@ -181,10 +195,13 @@ def run_retrain(label: str, series: pl.DataFrame, config: TrainConfig, cores: in
         os.environ["PREALERT_LOCK_FILE"] = f"{tmp}/prealert.lock"
         export_of(series).write_parquet(f"{tmp}/export.parquet")
         load_before = os.getloadavg()[0]
+        overall = rss.peak
+        rss.peak = 0
         began, cpu = time.perf_counter(), tree_cpu_seconds()
         run_build(f"{tmp}/export.parquet", f"{tmp}/features", step="1m")
         frame = load_series(f"{tmp}/features")
         features_s, features_cpu_s = time.perf_counter() - began, tree_cpu_seconds() - cpu
+        features_peak, overall = rss.peak, max(overall, rss.peak)
         newest = frame[s.TS].max()
         first = Phases()
         retrain(frame, RetrainConfig(until=newest - timedelta(minutes=59), train=config), echo=first)
@@ -192,9 +209,11 @@ def run_retrain(label: str, series: pl.DataFrame, config: TrainConfig, cores: in
         with writing_registry("bench") as (client, _):
             if champion_version(client) is None:
                 set_champion(client, "1", "bench: the first version, so the next run replays a champion")
-        second = Phases()
+        overall = max(overall, rss.peak)
+        second = Phases(rss)
         outcome = retrain(frame, RetrainConfig(train=config), echo=second)
         second("done")
+        overall = max([overall, rss.peak, *second.peaks])
         nightly = second.seconds()
         wall = features_s + nightly["retrain_s"]
         cpu = features_cpu_s + nightly["retrain_cpu_s"]
@@ -204,7 +223,7 @@ def run_retrain(label: str, series: pl.DataFrame, config: TrainConfig, cores: in
         "nightly_status": outcome.status, "counts": outcome.counts,
         "end_to_end_s": round(wall, 1), "series_per_s_per_core": round(n / wall / cores, 4),
         "end_to_end_cpu_s_per_series": round(cpu / n, 3),
-        "peak_rss_gb": round(rss.peak / 2**30, 2),
+        "peak_rss_gb": round(overall / 2**30, 2), "features_peak_rss_gb": round(features_peak / 2**30, 2),
         "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(out), flush=True)

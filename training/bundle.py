@@ -6,6 +6,9 @@ import hashlib
 import json
 import os
 import re
+import shutil
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -62,8 +65,10 @@ class ModelBundle:
     """Everything serving needs; ``manifest`` says how and on what data it was trained."""
 
     manifest: dict
-    forecasters: dict[str, SeriesForecaster] = field(default_factory=dict)
-    detectors: dict[str, WorkloadAnomalyDetector] = field(default_factory=dict)
+    #: a dict, or :class:`StoredForecasters` (training and the gate: each parsed when asked for)
+    forecasters: Mapping[str, SeriesForecaster] = field(default_factory=dict)
+    #: a dict, or :class:`StoredDetectors` (written by training as each entity finished)
+    detectors: Mapping[str, WorkloadAnomalyDetector] = field(default_factory=dict)
 
     def save(self, folder: str | Path) -> Path:
         """Write the bundle; every file's SHA-256 goes into ``manifest.json`` under ``checksums``."""
@@ -82,7 +87,16 @@ class ModelBundle:
                 if name in names:  # a 80-bit hash collision: refuse rather than overwrite
                     raise ValueError(f"{key!r} and {names[name]!r} map to the same file {name}")
                 names[name] = key
-                if kind == "series":
+                if kind == "series" and isinstance(items, StoredForecasters):
+                    # the files as the worker wrote them: the same bytes, no model parsed
+                    series_file, prophet_file = items.files[key]
+                    items.copy(series_file, folder / f"{name}.json")
+                    manifest["series_files"][key] = f"{name}.json"
+                    if prophet_file is not None:
+                        prophet = f"prophet/{file_stem(key)}.json"
+                        items.copy(prophet_file, folder / prophet)
+                        manifest["prophet_files"][key] = prophet
+                elif kind == "series":
                     model = items[key]
                     (folder / f"{name}.json").write_text(json.dumps(model.to_dict(with_prophet=False)))
                     manifest["series_files"][key] = f"{name}.json"
@@ -90,6 +104,10 @@ class ModelBundle:
                         prophet = f"prophet/{file_stem(key)}.json"
                         (folder / prophet).write_text(model.prophet_json())
                         manifest["prophet_files"][key] = prophet
+                elif isinstance(items, StoredDetectors):
+                    if os.path.abspath(items.folder / name) != os.path.abspath(folder / name):
+                        shutil.copytree(items.folder / name, folder / name, dirs_exist_ok=True)
+                    manifest["detector_folders"][key] = name
                 else:
                     items[key].save(folder / name)
                     manifest["detector_folders"][key] = name
@@ -102,15 +120,22 @@ class ModelBundle:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, prophet: str = "lazy") -> ModelBundle:
+    def load(cls, folder: str | Path, prophet: str = "lazy", series: str = "eager") -> ModelBundle:
         """Read a bundle, refusing any file that is missing or whose checksum does not match.
 
         ``prophet="lazy"``: each Prophet model is parsed (its file read and checked) when first
         used, so the folder must outlive the bundle; ``"eager"`` parses them all now, for a
         caller that removes the folder and may still need them (to save the bundle again).
+        ``series="lazy"``: not even the series files are parsed now, each is read when asked
+        for and dropped after (:class:`StoredForecasters`): memory flat in the number of series,
+        for a job that goes through them once (the gate); serving wants ``"eager"``.
         """
         if prophet not in ("lazy", "eager"):
             raise ValueError(f"prophet must be 'lazy' or 'eager', not {prophet!r}")
+        if series not in ("lazy", "eager"):
+            raise ValueError(f"series must be 'lazy' or 'eager', not {series!r}")
+        if series == "lazy" and prophet == "eager":
+            raise ValueError("series='lazy' parses nothing at load: prophet='eager' contradicts it")
         folder = Path(folder)
         path = folder / "manifest.json"
         if not path.is_file():
@@ -131,7 +156,13 @@ class ModelBundle:
             _verify_checksums(folder, manifest, lazy=set(manifest["series_files"].values())
                               | set(prophet_files.values()))
         forecasters, detectors = {}, {}
-        for sid, name in manifest["series_files"].items():
+        if series == "lazy":
+            for name in manifest["series_files"].values():
+                _inside(folder, name)  # refuse a path outside the bundle now, not on first use
+            forecasters = StoredForecasters(folder, {
+                sid: (name, prophet_files.get(sid)) for sid, name in manifest["series_files"].items()
+            }, sums)
+        for sid, name in (manifest["series_files"] if series == "eager" else {}).items():
             try:
                 source = None
                 if sid in prophet_files:
@@ -167,13 +198,123 @@ class _ProphetFile:
 
     Checked then rather than on load: a 1-minute series' model is ~10 MB (its training history),
     so hashing every one at load would cost what parsing them did; its presence is checked on load.
+    ``owner`` (a :class:`StoredForecasters`) keeps a training run's folder alive while a
+    forecaster taken from it is; it does not travel to another process.
     """
 
-    def __init__(self, folder: Path, name: str, sha256: str | None):
-        self.path, self.sha256 = _inside(folder, name), sha256
+    def __init__(self, folder: Path, name: str, sha256: str | None, owner: object = None):
+        self.path, self.sha256, self.owner = _inside(folder, name), sha256, owner
 
     def json_text(self) -> str:
         return _read_checked(self.path, self.sha256)
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "sha256": self.sha256, "owner": None}
+
+
+class StoredForecasters(Mapping):
+    """Forecasters kept as their bundle files in a folder, each parsed when asked for.
+
+    Training writes each series' files as its task finishes (:meth:`add`) and keeps only their
+    names, so its memory does not grow with the series count; ``bundle.save`` copies the files
+    as they are. A forecaster asked for is parsed from its file (checksum checked when known)
+    and not kept, but for the last few (a caller asking for the same one twice gets it once).
+    """
+
+    _RECENT = 4
+
+    def __init__(self, folder: str | Path, files: dict[str, tuple[str, str | None]] | None = None,
+                 sums: dict[str, str] | None = None):
+        self.folder = Path(folder)
+        self.files = dict(files or {})  # series id -> (series file, Prophet file or None)
+        self.sums = sums
+        self._recent: OrderedDict[str, SeriesForecaster] = OrderedDict()
+
+    def add(self, sid: str, series_json: str, prophet_json: str | None) -> None:
+        """Write one series' files, named as ``bundle.save`` names them."""
+        if sid in self.files:
+            raise ValueError(f"{sid!r} is stored already")
+        stem = file_stem(sid)
+        names = (f"series/{stem}.json", None if prophet_json is None else f"prophet/{stem}.json")
+        for name, text in zip(names, (series_json, prophet_json), strict=True):
+            if name is None:
+                continue
+            path = self.folder / name
+            if path.exists():  # a 80-bit hash collision: refuse rather than overwrite
+                raise ValueError(f"{sid!r} maps to the file {name} of another series")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        self.files[sid] = names
+
+    def __getitem__(self, sid: str) -> SeriesForecaster:
+        if sid in self._recent:
+            self._recent.move_to_end(sid)
+            return self._recent[sid]
+        series_file, prophet_file = self.files[sid]
+        source = None
+        if prophet_file is not None:
+            source = _ProphetFile(self.folder, prophet_file, self._sum(prophet_file), owner=self)
+        try:
+            text = _read_checked(_inside(self.folder, series_file), self._sum(series_file))
+            model = SeriesForecaster.from_json(text, source)
+        except BundleIntegrityError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise BundleIntegrityError(f"{self.folder / series_file}: cannot load the model of "
+                                       f"{sid!r}: {type(exc).__name__}: {exc}") from exc
+        self._recent[sid] = model
+        if len(self._recent) > self._RECENT:
+            self._recent.popitem(last=False)
+        return model
+
+    def copy(self, name: str, to: Path) -> None:
+        """Copy one of the files (checked against its checksum when known) to ``to``."""
+        source = _inside(self.folder, name)
+        if os.path.abspath(source) == os.path.abspath(to):
+            return
+        if self.sums is None:
+            shutil.copyfile(source, to)
+        else:
+            to.write_text(_read_checked(source, self._sum(name)), encoding="utf-8")
+
+    def _sum(self, name: str) -> str | None:
+        return None if self.sums is None else self.sums[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self.files))  # the same order whichever task finished first
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __contains__(self, sid: object) -> bool:
+        return sid in self.files
+
+
+class StoredDetectors(Mapping):
+    """Anomaly detectors saved in a folder as each entity's task finished, loaded when asked for."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.names: dict[str, str] = {}  # entity -> its folder, as ``bundle.save`` names it
+
+    def add(self, entity: str, detector: WorkloadAnomalyDetector) -> None:
+        name = f"anomaly/{file_stem(entity)}"
+        if entity in self.names or (self.folder / name).exists():
+            raise ValueError(f"{entity!r} maps to the folder {name} of another entity")
+        detector.save(self.folder / name)
+        self.names[entity] = name
+
+    def __getitem__(self, entity: str) -> WorkloadAnomalyDetector:
+        return WorkloadAnomalyDetector.load(self.folder / self.names[entity])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self.names))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __contains__(self, entity: object) -> bool:
+        return entity in self.names
 
 
 def _read_checked(path: str, sha256: str | None) -> str:

@@ -118,8 +118,15 @@ def batches_of(items: Sequence[tuple[str, Any]], workers: int, batch_size: int =
 
 def fan_out(fn: Callable[[str, Any], Any], items: Sequence[tuple[str, Any]], *, engine: str = "local",
             n_jobs: int = 2, batch_size: int = 0, verbose: bool = False,
-            progress: Progress | None = None, sizes: Sequence[int] | None = None) -> list:
+            progress: Progress | None = None, sizes: Sequence[int] | None = None,
+            consume: Callable[[str, Any], Any] | None = None,
+            load: Callable[[str, Any], Any] | None = None) -> list:
     """Run ``fn(key, payload)`` for every item on the engine; results in the order of ``items``.
+
+    ``consume(key, result)``, in this process as each batch arrives, turns a result into what is
+    kept (e.g. writes a fitted model to disk and keeps its name); ``load(key, payload)`` gives
+    the payload that travels, just before its batch is sent (e.g. a model read from disk). With
+    both, memory here holds a few batches, not every item's payload or result.
 
     ``fn`` must be picklable (a module-level function or a partial of one) and catch its own
     errors: a batch that still fails (a worker killed, out of memory) fails the whole call.
@@ -138,7 +145,9 @@ def fan_out(fn: Callable[[str, Any], Any], items: Sequence[tuple[str, Any]], *, 
     runner = _run_on_ray if engine == "ray" else _run_locally
     results: dict[str, Any] = {}
     done = 0
-    for batch_keys, batch_results in runner(fn, items, n_jobs, batch_size, verbose, sizes):
+    for batch_keys, batch_results in runner(fn, items, n_jobs, batch_size, verbose, sizes, load):
+        if consume is not None:
+            batch_results = [consume(k, r) for k, r in zip(batch_keys, batch_results, strict=True)]
         results.update(zip(batch_keys, batch_results, strict=True))
         done += sum(units[k] for k in batch_keys)
         if progress is not None:
@@ -146,16 +155,21 @@ def fan_out(fn: Callable[[str, Any], Any], items: Sequence[tuple[str, Any]], *, 
     return [results[key] for key in keys]
 
 
-def _run_locally(fn, items, n_jobs, batch_size, verbose, sizes):
+def _loaded(batch, load):
+    return batch if load is None else [(k, load(k, payload)) for k, payload in batch]
+
+
+def _run_locally(fn, items, n_jobs, batch_size, verbose, sizes, load=None):
     from joblib import Parallel, delayed
 
     batches = batches_of(items, n_jobs, batch_size, sizes)
     if n_jobs == 1:
         for batch in batches:
-            yield [k for k, _ in batch], run_batch(fn, batch, verbose)
+            yield [k for k, _ in batch], run_batch(fn, _loaded(batch, load), verbose)
         return
+    # joblib takes batches from this generator as workers free up (pre_dispatch): loaded lazily
     keyed = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-        delayed(_keyed_batch)(fn, batch, verbose) for batch in batches)
+        delayed(_keyed_batch)(fn, _loaded(batch, load), verbose) for batch in batches)
     yield from keyed
 
 
@@ -163,7 +177,7 @@ def _keyed_batch(fn, batch, verbose) -> tuple[list[str], list]:
     return [k for k, _ in batch], run_batch(fn, batch, verbose)
 
 
-def _run_on_ray(fn, items, n_jobs, batch_size, verbose, sizes):
+def _run_on_ray(fn, items, n_jobs, batch_size, verbose, sizes, load=None):
     # under `uv run`, Ray would package this folder and start every worker through `uv run`:
     # the workers of a local Ray run this interpreter anyway, and a cluster's image has prealert
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
@@ -181,7 +195,7 @@ def _run_on_ray(fn, items, n_jobs, batch_size, verbose, sizes):
         running = []
         while pending or running:
             while pending and len(running) < _RAY_BATCHES_PER_CPU * cpus:
-                running.append(remote.remote(fn, pending.pop(), verbose))
+                running.append(remote.remote(fn, _loaded(pending.pop(), load), verbose))
             done, running = ray.wait(running, num_returns=1)
             yield ray.get(done[0])
     finally:

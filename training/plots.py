@@ -188,6 +188,41 @@ def plot_prediction(detail: ForecastDetail, history=None):
     return fig
 
 
+#: the full answer is computed for this many series per plot, those nearest by the cheap margin
+SHORTLIST_PER_PLOT = 10
+
+
+def _shortlist(bundle: ModelBundle, k: int, horizon_minutes: float) -> list[str]:
+    """The ``k`` series (with a catalogue threshold) nearest to it by a cheap margin, sorted.
+
+    The margin: how far the point forecast plus its highest (lowest, below) error path stays
+    from the threshold over the horizon, in units of the model's sigma. Full answers for every
+    series cost ~65 ms each in the driver, 11 minutes for 10,000 series, for three plots.
+    """
+    margins = []
+    for sid in sorted(bundle.forecasters):
+        spec = s.spec_for(s.split_series_id(sid)[1])
+        if not math.isfinite(spec.threshold):
+            continue
+        if len(bundle.forecasters) <= k:  # all of them: no need to rank
+            margins.append((0.0, sid))
+            continue
+        model = bundle.forecasters[sid]
+        n_h = max(1, int(round(horizon_minutes / model.step_minutes_)))
+        paths = model.error_paths_[:, :n_h]
+        step = np.timedelta64(int(round(model.step_minutes_ * 60e6)), "us")
+        last = np.datetime64(model.last_ts_.replace(tzinfo=None), "us")
+        point = model.expected(last + step * np.arange(1, (paths.shape[1] or n_h) + 1))
+        if spec.direction == "above":
+            reach = point + (paths.max(axis=0) if paths.shape[0] else 0.0)
+            gap = spec.threshold - np.nanmax(reach)
+        else:
+            reach = point + (paths.min(axis=0) if paths.shape[0] else 0.0)
+            gap = np.nanmin(reach) - spec.threshold
+        margins.append((float(gap) / max(model.sigma_, 1e-9) if np.isfinite(gap) else math.inf, sid))
+    return sorted(sid for _, sid in sorted(margins)[:k])
+
+
 def nearest_crossings(bundle: ModelBundle, n: int = 3,
                       horizon_minutes: float = LOGGED_HORIZON_MINUTES) -> list[ForecastDetail]:
     """The ``n`` series whose catalogue threshold the bundle expects soonest, at the end of training.
@@ -197,10 +232,9 @@ def nearest_crossings(bundle: ModelBundle, n: int = 3,
     answered is logged and skipped.
     """
     found = []
-    for sid, model in sorted(bundle.forecasters.items()):
+    for sid in _shortlist(bundle, SHORTLIST_PER_PLOT * n, horizon_minutes):
+        model = bundle.forecasters[sid]
         spec = s.spec_for(s.split_series_id(sid)[1])
-        if not math.isfinite(spec.threshold):
-            continue
         horizon = horizon_minutes
         if model.error_paths_.shape[0]:  # within the errors the model learned
             horizon = min(horizon, model.error_paths_.shape[1] * model.step_minutes_)

@@ -198,16 +198,16 @@ def check_promotable(client: MlflowClient, version: str) -> None:
     load_version(version)  # raises on a missing or altered bundle file
 
 
-def load_version(version: str, dst: str | Path | None = None) -> ModelBundle:
+def load_version(version: str, dst: str | Path | None = None, *, series: str = "eager") -> ModelBundle:
     """Download and load one registered version's bundle (checksums verified); without ``dst``
-    through the model cache, as ``load_champion``."""
+    through the model cache, as ``load_champion``. ``series``: see ``ModelBundle.load``."""
     if dst is None:
         folder = _cached_download(str(version))
     else:
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{MODEL_NAME}/{version}", dst_path=str(dst))
         folder = Path(local) / "artifacts" / "bundle"
-    bundle = ModelBundle.load(folder)
+    bundle = ModelBundle.load(folder, series=series)
     bundle.manifest["registered_version"] = f"{MODEL_NAME}/{version}"
     return bundle
 
@@ -284,7 +284,7 @@ def _cached_download(version: str) -> Path:
     return final / "artifacts" / "bundle"
 
 
-def load_champion(dst: str | Path | None = None) -> ModelBundle:
+def load_champion(dst: str | Path | None = None, *, series: str = "eager") -> ModelBundle:
     """Download and load the ``@champion`` bundle; the bundle knows its registry version.
 
     Without ``dst`` the version is kept in the model cache (``model_cache_dir``): Prophet models
@@ -300,4 +300,4 @@ def load_champion(dst: str | Path | None = None) -> ModelBundle:
         ) from exc
     # by the version just resolved, not by the alias: a promotion between the two calls would
     # otherwise load one version and label it with another
-    return load_version(str(mv.version), dst)
+    return load_version(str(mv.version), dst, series=series)

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -210,12 +211,16 @@ def retrain(series: pl.DataFrame, config: RetrainConfig | None = None, echo=prin
             echo(f"training {scoped[s.SERIES_ID].n_unique()} series on {window['start']} .. "
                  f"{window['gate_start']} ...")
             progress = both(ProgressBar(), MlflowProgress(client, run.info.run_id))
+            # the candidate's models go to disk as they are fitted, the champion's are read
+            # from disk as the gate replays them: memory does not grow with the series count
+            workdir = Path(tempfile.mkdtemp(prefix="candidate-", dir=staging_dir()))
             result = train_bundle(data.filter(pl.col(s.TS) < gate_start), train_config,
-                                  progress=progress)
+                                  progress=progress, workdir=workdir)
             tags = log_training(result, train_config)
             counts = {k.removeprefix("prealert."): int(v) for k, v in tags.items()
                       if k.startswith("prealert.series_")}
-            champion = load_champion(staging_dir() / "champion") if before else None
+            champion = (load_champion(staging_dir() / "champion", series="lazy") if before
+                        else None)
             echo(f"gate: replaying the candidate{' and champion v' + before if before else ''} on "
                  f"{window['gate_start']} .. {window['end']} ...")
             decision = judge(result.bundle, champion, data, gate_start, config.gate,
@@ -223,6 +228,7 @@ def retrain(series: pl.DataFrame, config: RetrainConfig | None = None, echo=prin
             if decision.scores.height:
                 mlflow.log_table(decision.scores.to_pandas(), "gate.json")
             version = register_bundle(result.bundle, staging_dir())
+            shutil.rmtree(workdir, ignore_errors=True)
             if decision.promote:
                 set_champion(client, version, decision.reason)
             status = PROMOTED if decision.promote else KEPT

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
+import shutil
+import tempfile
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache, partial
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from features import schema as s
 from training.anomaly.detector import WorkloadAnomalyDetector
-from training.bundle import ModelBundle
+from training.bundle import ModelBundle, StoredDetectors, StoredForecasters
 from training.evaluation.replay import (
     ReplayOutcome,
     calibrate_on_replay,
@@ -89,7 +94,8 @@ def select_training_data(series: pl.DataFrame, config: TrainConfig) -> pl.DataFr
 
 def fingerprint(series: pl.DataFrame) -> str:
     """A stable hash of the training data, recorded in the manifest."""
-    rows = series.sort(s.SERIES_ID, s.TS).select(s.SERIES_ID, s.TS, s.VALUE).hash_rows(seed=0)
+    # the three columns first, then sorted: the same rows in the same order, a third of the copy
+    rows = series.select(s.SERIES_ID, s.TS, s.VALUE).sort(s.SERIES_ID, s.TS).hash_rows(seed=0)
     return hashlib.sha256(rows.to_numpy().tobytes()).hexdigest()
 
 
@@ -132,7 +138,29 @@ def _fit_entity(entity: str, members: list[tuple[str, pl.DataFrame]], config: Tr
             error = str(exc)
     for o in fitted:
         del o["residual_z"]
+        o.update(stored_form(o.pop("model")))
     return {"series": outcomes, "detector": detector, "detector_error": error}
+
+
+def stored_form(model: SeriesForecaster) -> dict:
+    """A fitted forecaster as the bundle stores it (its two files' text) and what the manifest
+    says of it: serialised in the worker, so no Prophet object travels back or stays in memory."""
+    return {"series_json": json.dumps(model.to_dict(with_prophet=False)),
+            "prophet_json": model.prophet_json() if model.kind_ == "prophet" else None,
+            "kind": model.kind_, "fallback_reason": model.fallback_reason_,
+            "n_points": model.n_points_, "sigma": model.sigma_,
+            "fit_step_minutes": model.fit_step_minutes_}
+
+
+def _store(entity: str, out: dict, forecasters: StoredForecasters, detectors: StoredDetectors) -> dict:
+    """Write one entity's fitted files as its task arrives; keep only what the manifest needs."""
+    for o in out["series"]:
+        if "error" not in o:
+            forecasters.add(o["sid"], o.pop("series_json"), o.pop("prophet_json"))
+    if out["detector"] is not None:
+        detectors.add(entity, out["detector"])
+        out["detector"] = True
+    return out
 
 
 @lru_cache(maxsize=1)
@@ -159,7 +187,10 @@ def _fit_one(sid: str, frame: pl.DataFrame, config: TrainConfig,
     """
     def fit(part: pl.DataFrame) -> SeriesForecaster:
         model = SeriesForecaster(**config.forecaster)
-        return model.fit(part) if fallback_reason is None else model.fit_fallback(part, fallback_reason)
+        # no in-sample error paths: the trial's are never read, the served model's are learned
+        # below only when the holdout's cannot replace them
+        return (model.fit(part, in_sample_errors=False) if fallback_reason is None
+                else model.fit_fallback(part, fallback_reason))
 
     try:
         holdout_start = frame[s.TS].max() - timedelta(hours=config.holdout_hours)
@@ -173,6 +204,8 @@ def _fit_one(sid: str, frame: pl.DataFrame, config: TrainConfig,
         model = fit(frame)
         errors["error_paths_from"] = use_holdout_errors(model, trial, frame, holdout_start,
                                                         config.alert_rule)
+        if errors["error_paths_from"] != "holdout" and fallback_reason is None:
+            model.learn_in_sample_errors(frame)
         clean = frame.drop_nulls(s.VALUE)
         expected = model.expected(clean[s.TS].to_numpy())
         z = (clean[s.VALUE].to_numpy() - expected) / max(model.sigma_, 1e-9)
@@ -293,13 +326,22 @@ def holdout_outcomes(y: np.ndarray, expected: np.ndarray, idx: np.ndarray, step:
 
 
 def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None, *,
-                 progress: Progress | None = None, verbose: bool = False) -> TrainResult:
+                 progress: Progress | None = None, verbose: bool = False,
+                 workdir: str | Path | None = None) -> TrainResult:
     """Fit and backtest every series, then each entity's anomaly detector; return the bundle.
 
     The series fan out over ``config.engine``; ``progress(done, total)`` is called here after each
-    finished batch; ``verbose`` lets the libraries log (in the workers too).
+    finished batch; ``verbose`` lets the libraries log (in the workers too). Each entity's models
+    are written to ``workdir`` as its task finishes (a temporary folder removed with the bundle
+    if None; ``workdir`` must outlive the bundle): the bundle's forecasters and detectors are
+    read from there when asked for, so memory does not grow with the number of series.
     """
     config = config or TrainConfig()
+    spool = Path(tempfile.mkdtemp(prefix="prealert-train-") if workdir is None else workdir)
+    spool.mkdir(parents=True, exist_ok=True)
+    stored, stored_detectors = StoredForecasters(spool), StoredDetectors(spool)
+    if workdir is None:  # the folder goes when the last forecaster read from it does
+        weakref.finalize(stored, shutil.rmtree, str(spool), True)
     data = select_training_data(series, config)
     # only what a fit reads travels to the workers; an entity's series and its detector together
     groups = {sid: g.select(s.TS, s.VALUE).sort(s.TS) for (sid,), g in data.group_by(s.SERIES_ID)}
@@ -309,7 +351,8 @@ def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None, *,
     items = sorted(entities.items())
     done = fan_out(partial(_fit_entity, config=config), items, engine=config.engine,
                    n_jobs=config.n_jobs, batch_size=config.batch_size, verbose=verbose,
-                   progress=progress, sizes=[len(members) for _, members in items])
+                   progress=progress, sizes=[len(members) for _, members in items],
+                   consume=partial(_store, forecasters=stored, detectors=stored_detectors))
     outcomes = [o for entity in done for o in entity["series"]]
     failed = {o["sid"]: o["error"] for o in outcomes if "error" in o}
     fitted = [o for o in outcomes if "error" not in o]
@@ -320,11 +363,8 @@ def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None, *,
     backtest = pl.DataFrame([{"series_id": o["sid"], **o["errors"]} for o in fitted])
     ratio = backtest["mae_model"] / backtest["mae_predict_linear"]
     score = float(ratio.drop_nans().drop_nulls().median() or float("nan"))
-    detectors = {}
     for (entity, _), out in zip(items, done, strict=True):
-        if out["detector"] is not None:
-            detectors[entity] = out["detector"]
-        elif out["detector_error"] is not None:
+        if out["detector"] is None and out["detector_error"] is not None:
             log.warning("entity %s got no anomaly detector: %s", entity, out["detector_error"])
 
     manifest = {
@@ -335,9 +375,9 @@ def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None, *,
         "data_fingerprint": fingerprint(data),
         "config": config.as_params(),
         "series": {
-            o["sid"]: {"kind": o["model"].kind_, "fallback_reason": o["model"].fallback_reason_,
-                       "n_points": o["model"].n_points_, "sigma": o["model"].sigma_,
-                       "fit_step_minutes": o["model"].fit_step_minutes_,
+            o["sid"]: {"kind": o["kind"], "fallback_reason": o["fallback_reason"],
+                       "n_points": o["n_points"], "sigma": o["sigma"],
+                       "fit_step_minutes": o["fit_step_minutes"],
                        "fit_seconds": o["fit_seconds"], "fit_cpu_seconds": o["fit_cpu_seconds"],
                        **o["errors"]}
             for o in fitted
@@ -348,7 +388,7 @@ def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None, *,
         "calendar": calendar_setting(config.forecaster),
         "score_mae_ratio_vs_predict_linear": score,
     }
-    bundle = ModelBundle(manifest, {o["sid"]: o["model"] for o in fitted}, detectors)
+    bundle = ModelBundle(manifest, stored, stored_detectors)
     return TrainResult(bundle, backtest, failed, score)
 
 

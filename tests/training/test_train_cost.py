@@ -125,3 +125,20 @@ def test_batches_hold_whole_entities_of_about_the_batch_size():
     assert [k for b in got for k, _ in b] == [k for k, _ in items]
     with pytest.raises(ValueError, match="one size per item"):
         batches_of(items, workers=2, sizes=[1])
+
+
+def test_the_cached_component_matrix_is_prophets_own():
+    from prophet import Prophet
+
+    frame = office_series(days=4)
+    fitted = SeriesForecaster().fit(frame).model_  # fitted under the cache (after a first fit)
+    SeriesForecaster().fit(frame)
+    again = SeriesForecaster().fit(frame).model_
+    own = Prophet()  # Prophet's own, uncached, on the same features
+    for name, props in fitted.seasonalities.items():
+        own.seasonalities[name] = dict(props)
+    features, _, cols, modes = own.make_all_seasonality_features(fitted.history)
+    assert "regressor_column_matrix" not in vars(again)  # the cache is gone after the fit
+    for model in (fitted, again):
+        assert model.train_component_cols.equals(cols)
+        assert model.component_modes == modes

@@ -96,12 +96,14 @@ def replay_bundle(bundle: ModelBundle, cases: list[SeriesCase], config: GateConf
     items = []
     for sid, mine in by_series.items():
         if sid in bundle.forecasters:
-            items.append((sid, (mine, bundle.forecasters[sid])))
+            items.append((sid, mine))
         else:
             skipped.update({c.name: f"KeyError: {sid!r}" for c in mine})
     task = partial(_replay_cases, rule=bundle.alert_rule, replay=config.replay())
     frames = []
-    for found, errors in fan_out(task, items, engine=engine, n_jobs=n_jobs):
+    # each model read (a lazily loaded bundle: from its file) as its batch is sent, then dropped
+    for found, errors in fan_out(task, items, engine=engine, n_jobs=n_jobs,
+                                 load=lambda sid, mine: (mine, bundle.forecasters[sid])):
         frames += found
         skipped.update(errors)
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()

@@ -137,8 +137,13 @@ class SeriesForecaster:
         return {k: v for k, v in vars(self).items() if not k.endswith("_")}
 
     # --- fitting ---------------------------------------------------------------------------
-    def fit(self, frame: pl.DataFrame) -> SeriesForecaster:
-        """Fit on a frame with ``ts`` (UTC) and ``value``; null values are gaps, not zeros."""
+    def fit(self, frame: pl.DataFrame, in_sample_errors: bool = True) -> SeriesForecaster:
+        """Fit on a frame with ``ts`` (UTC) and ``value``; null values are gaps, not zeros.
+
+        ``in_sample_errors=False`` leaves the error paths empty, for a caller that gives the
+        model other ones (training: the holdout's) or none (a trial model that only forecasts);
+        :meth:`learn_in_sample_errors` learns them later, the same as ``fit`` would have.
+        """
         frame = frame.select(s.TS, s.VALUE).drop_nulls().sort(s.TS)
         if frame.height < 3:
             raise ValueError(f"need at least 3 observations to fit, got {frame.height}")
@@ -162,7 +167,8 @@ class SeriesForecaster:
                 self.fallback_reason_ = f"prophet failed: {type(exc).__name__}: {exc}"[:300]
         if not fitted:
             self._fit_linear(ts, y)
-        self.error_paths_ = self._learn_error_paths(ts, y)
+        self.error_paths_ = (self._learn_error_paths(ts, y) if in_sample_errors
+                             else self._no_error_paths())
         if fitted:  # at the series' own resolution, not the fit's
             self.sigma_ = float(np.std(y - self.expected(ts)))
         self.calibrations_: dict[float, ProbabilityCalibration] = {}
@@ -218,6 +224,16 @@ class SeriesForecaster:
         h = min(self.calibrations_, key=lambda k: abs(np.log(k / max(horizon_minutes, 1e-9))))
         return self.calibrations_[h]
 
+    def learn_in_sample_errors(self, frame: pl.DataFrame) -> SeriesForecaster:
+        """The error paths ``fit(frame)`` learns, for a model fitted with ``in_sample_errors=False``."""
+        frame = frame.select(s.TS, s.VALUE).drop_nulls().sort(s.TS)
+        self.error_paths_ = self._learn_error_paths(frame[s.TS].to_numpy(), frame[s.VALUE].to_numpy())
+        return self
+
+    def _no_error_paths(self) -> np.ndarray:
+        n_h = max(1, int(round(self.max_horizon_minutes / self.step_minutes_)))
+        return np.empty((0, n_h), dtype=np.float32)
+
     def _learn_error_paths(self, ts, y) -> np.ndarray:
         """Whole-horizon errors of the corrected forecast over the recent history (float32).
 
@@ -265,7 +281,10 @@ class SeriesForecaster:
                                       condition_name=name)
         else:  # too few days of one kind to learn its shape apart: one daily shape for all
             model.add_seasonality("daily", period=1, fourier_order=self.daily_fourier_order)
-        model.fit(frame)
+        from training.forecast.prophet_map import cached_components
+
+        with cached_components(model):  # the same for every series: built once per process
+            model.fit(frame)
         self.kind_ = "prophet"
         self.model_ = model
         self.point_model_ = self._point_model(model)

@@ -19,6 +19,8 @@ Any other model (logistic or flat growth, multiplicative seasonality, MCMC) goes
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -150,3 +152,39 @@ class MapBackend:
         out = self.stan.sampling(stan_init, stan_data, samples, **kwargs)
         self.stan_fit = self.stan.stan_fit
         return out
+
+
+#: Prophet's component matrix by feature columns and modes: it depends on nothing else here
+_COMPONENTS: dict[tuple, tuple[Any, dict]] = {}
+
+
+@contextmanager
+def cached_components(model: Any) -> Iterator[None]:
+    """During ``model.fit``, Prophet's ``regressor_column_matrix`` from a cache.
+
+    That matrix (which feature column belongs to which component, built with ``pd.crosstab``)
+    depends only on the column names and the seasonality modes, the same for every series
+    fitted with the same settings, yet costs ~35 ms a fit. Models with holidays or extra
+    regressors, or a fitted model (predicting), use Prophet's own.
+    """
+    original = model.regressor_column_matrix
+
+    def cached(seasonal_features, modes):
+        if (model.train_component_cols is not None or model.train_holiday_names is not None
+                or model.extra_regressors):
+            return original(seasonal_features, modes)
+        key = (tuple(seasonal_features.columns), model.holidays_mode,
+               *(tuple(modes[m]) for m in sorted(modes)))
+        if key not in _COMPONENTS:
+            cols, out = original(seasonal_features, {m: list(v) for m, v in modes.items()})
+            _COMPONENTS[key] = (cols, {m: list(v) for m, v in out.items()})
+        cols, out = _COMPONENTS[key]
+        for m in modes:  # Prophet appends its combination components to the caller's lists
+            modes[m][:] = out[m]
+        return cols.copy(), modes
+
+    model.regressor_column_matrix = cached
+    try:
+        yield
+    finally:
+        del model.regressor_column_matrix

@@ -473,12 +473,13 @@ class AlertRule:
     def firing(self, on: np.ndarray) -> np.ndarray:
         """The alert at each check of a regular, time-ordered sequence of ``P >= alarm`` flags.
 
-        Checks before the sequence starts count as not holding.
+        Checks before the sequence starts count as not holding. Along the last axis: rows of a
+        2-D ``on`` (e.g. one per alarm level) are sequences of their own.
         """
         held = self.pending_met(on)
         out = held.copy()
         for j in range(1, self.keep_checks + 1):
-            out[j:] |= held[:-j]
+            out[..., j:] |= held[..., :-j]
         return out
 
     def pending_met(self, on: np.ndarray) -> np.ndarray:
@@ -486,8 +487,8 @@ class AlertRule:
         on = np.asarray(on, dtype=bool)
         held = on.copy()
         for j in range(1, self.pending_checks):
-            held[j:] &= on[:-j]
-            held[:j] = False
+            held[..., j:] &= on[..., :-j]
+            held[..., :j] = False
         return held
 
     def keep_firing_left(self, on: np.ndarray) -> float | None:

@@ -10,6 +10,7 @@ from training.evaluation.baselines import predict_linear_lines
 from training.evaluation.metrics import (
     episode_metrics,
     false_alarm_runs,
+    false_alarm_runs_per_row,
     interval_coverage,
     onset_metrics,
     reliability,
@@ -124,6 +125,47 @@ def test_best_alert_is_the_quietest_setting_with_the_best_f1():
     # given the choice, no `for` at 0.65 is as good and needs no earlier check
     free = AlertRule(for_minutes=5, keep_firing_minutes=0, every_minutes=5, for_choices=(0.0,))
     assert best_alert(out, 0.42, free) == (0.65, 0.0)
+
+
+def _quiet_runs_by_hand(warn, crossed) -> int:
+    runs, inside, hit = 0, False, False
+    for w, c in zip(warn.tolist(), crossed.tolist(), strict=True):
+        if w and not inside:
+            inside, hit = True, False
+        if w:
+            hit |= c
+        if inside and not w:
+            runs += not hit
+            inside = False
+    return runs + (inside and not hit)
+
+
+def test_best_alert_counts_every_level_as_the_one_level_rule_does():
+    """All alarm levels at once (2-D flags) give the counts of firing each level alone."""
+    rng = np.random.default_rng(5)
+    for trial in range(20):
+        outcomes = []
+        for _ in range(int(rng.integers(1, 4))):
+            n = int(rng.integers(5, 200))
+            p = np.round(rng.random(n) ** rng.choice([0.5, 1, 3]), 4)
+            p[rng.random(n) < 0.1] = np.nan
+            beyond = np.isnan(p) & (rng.random(n) < 0.5)
+            crossed = (rng.random(n) < p * 0.8) | (rng.random(n) < 0.05)
+            outcomes.append(ReplayOutcome(p, crossed & np.isfinite(p), beyond))
+        rule = AlertRule(for_minutes=float(rng.choice([0, 5, 10])), every_minutes=5,
+                         keep_firing_minutes=float(rng.choice([0, 5, 15])))
+        for r in [*rule.choices(), None]:
+            on_levels = np.round(np.arange(0.1, 0.95, 0.05), 2)
+            for o in outcomes:
+                c = o.crossed[o.live]
+                on = (np.nan_to_num(o.probability, nan=-1.0)[None, :] >= on_levels[:, None]) | o.beyond
+                many = (r.firing(on) if r is not None else on)[:, o.live]
+                runs = false_alarm_runs_per_row(many, c)
+                for j, level in enumerate(on_levels):
+                    one = (np.nan_to_num(o.probability, nan=-1.0) >= level) | o.beyond
+                    warn = (r.firing(one) if r is not None else one)[o.live]
+                    assert np.array_equal(many[j], warn), (trial, level)
+                    assert runs[j] == _quiet_runs_by_hand(warn, c), (trial, level)
 
 
 def test_best_alert_prefers_fewer_false_alarms_at_near_equal_f1():

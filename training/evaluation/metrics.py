@@ -8,10 +8,17 @@ import polars as pl
 
 def false_alarm_runs(warn: np.ndarray, crossed: np.ndarray) -> int:
     """Runs of consecutive warnings none of whose checks saw a crossing within H."""
-    edges = np.diff(np.concatenate([[0], warn.astype(np.int8), [0]]))
-    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    hits = np.concatenate([[0], np.cumsum(warn & crossed)])
-    return int(np.sum(hits[ends] - hits[starts] == 0))
+    return int(false_alarm_runs_per_row(warn[None, :], crossed)[0])
+
+
+def false_alarm_runs_per_row(warn: np.ndarray, crossed: np.ndarray) -> np.ndarray:
+    """:func:`false_alarm_runs` of each row of ``warn`` (rows, checks) against one ``crossed``."""
+    edges = np.diff(np.pad(warn.astype(np.int8), ((0, 0), (1, 1))), axis=1)
+    start_row, start = np.nonzero(edges == 1)
+    _, end = np.nonzero(edges == -1)  # row-major: the i-th end closes the i-th start
+    hits = np.pad(np.cumsum(warn & crossed[None, :], axis=1), ((0, 0), (1, 0)))
+    quiet = hits[start_row, end] - hits[start_row, start] == 0
+    return np.bincount(start_row, weights=quiet, minlength=warn.shape[0]).astype(np.int64)
 
 
 def _runs(flags: np.ndarray) -> list[tuple[int, int]]:

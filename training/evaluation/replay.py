@@ -14,7 +14,7 @@ import polars as pl
 from features import schema as s
 from training.bundle import ModelBundle
 from training.evaluation.baselines import predict_linear_lines, static_warning
-from training.evaluation.metrics import false_alarm_runs
+from training.evaluation.metrics import false_alarm_runs_per_row
 from training.forecast.correction import WINDOW_MINUTES as CORRECTION_WINDOW
 from training.forecast.correction import damped, error_paths, rolling_corrections
 from training.forecast.forecaster import SeriesForecaster
@@ -247,18 +247,22 @@ def best_alert(outcomes: list[ReplayOutcome], default: float, rule: AlertRule | 
     if n_crossed < min_positives:
         return default, None
     levels = np.round(np.arange(0.1, 0.95, 0.05), 2)
+    rules = rule.choices() if rule is not None else [None]
+    tp, n_warn, false_alarms = (np.zeros((len(rules), levels.size), dtype=np.int64) for _ in range(3))
+    for o, c in zip(outcomes, crossed, strict=True):
+        # every level at once: one row of flags per level
+        on = (np.nan_to_num(o.probability, nan=-1.0)[None, :] >= levels[:, None]) | o.beyond[None, :]
+        for i, r in enumerate(rules):
+            warn = (r.firing(on) if r is not None else on)[:, o.live]
+            tp[i] += (warn & c[None, :]).sum(axis=1)
+            n_warn[i] += warn.sum(axis=1)
+            false_alarms[i] += false_alarm_runs_per_row(warn, c)
     found = []  # (f1, false alarms, level, for)
-    for r in rule.choices() if rule is not None else [None]:
-        for level in levels:
-            tp = n_warn = false_alarms = 0
-            for o, c in zip(outcomes, crossed, strict=True):
-                on = (np.nan_to_num(o.probability, nan=-1.0) >= level) | o.beyond
-                warn = (r.firing(on) if r is not None else on)[o.live]
-                tp += int(np.sum(warn & c))
-                n_warn += int(warn.sum())
-                false_alarms += false_alarm_runs(warn, c)
-            f1 = 2 * tp / (n_warn + n_crossed) if tp else 0.0
-            found.append((f1, false_alarms, float(level), None if r is None else r.for_minutes))
+    for i, r in enumerate(rules):
+        for j, level in enumerate(levels):
+            f1 = 2 * int(tp[i, j]) / (int(n_warn[i, j]) + n_crossed) if tp[i, j] else 0.0
+            found.append((f1, int(false_alarms[i, j]), float(level),
+                          None if r is None else r.for_minutes))
     best = max(f[0] for f in found)
     if best <= 0:
         return default, None

@@ -23,8 +23,11 @@ from features import schema as s
 from training.anomaly.detector import WorkloadAnomalyDetector
 from training.bundle import ModelBundle, StoredDetectors, StoredForecasters
 from training.evaluation.replay import (
+    TIMING_LEVELS,
     ReplayOutcome,
+    best_timing,
     calibrate_on_replay,
+    replay_probabilities,
     rolling_corrections,
     rolling_origin_errors,
     true_minutes,
@@ -34,7 +37,7 @@ from training.forecast.correction import WINDOW_MINUTES as CORRECTION_WINDOW_MIN
 from training.forecast.correction import damped, error_paths
 from training.forecast.forecaster import SeriesForecaster, calendar_setting
 from training.predict import MIN_ERROR_PATHS
-from training.threshold import DEFAULT_ALARM, AlertRule
+from training.threshold import DEFAULT_ALARM, UNBOUNDED, AlertRule, ProbabilityCalibration
 
 log = logging.getLogger(__name__)
 
@@ -260,18 +263,51 @@ def holdout_calibrations(model: SeriesForecaster, trial: SeriesForecaster, ts: n
     idx = np.arange(0, y.size, every)
     rule = dataclasses.replace(rule, every_minutes=every * model.step_minutes_)  # as replayed
     horizons = [h for h in CALIBRATION_HORIZONS if h <= model.max_horizon_minutes]
-    replays = holdout_outcomes(y, expected, idx, model.step_minutes_, horizons,
-                               model.error_paths_.astype(np.float64), targets)
+    paths = model.error_paths_.astype(np.float64)
+    replays = holdout_outcomes(y, expected, idx, model.step_minutes_, horizons, paths, targets)
+    bounds = s.value_range(history[s.METRIC][0]) if s.METRIC in history.columns and history.height \
+        else UNBOUNDED
+    corrections = None
     out = {}
     for h in horizons:
         calibration = calibrate_on_replay(replays[h], DEFAULT_ALARM, rule=rule,
                                           checks_per_outcome=h / (every * model.step_minutes_))
         if calibration.n_fitted:
+            corrections = corrections or rolling_corrections(y - expected, model.step_minutes_)
+            timing = holdout_timing(y, expected, corrections, idx, model.step_minutes_, h, paths,
+                                    targets, replays[h], calibration, bounds)
             ups = [thr for thr, d in targets if d == "above"]
             downs = [thr for thr, d in targets if d == "below"]
             out[float(h)] = dataclasses.replace(
-                calibration, above=(min(ups), max(ups)), below=(min(downs), max(downs)))
+                calibration, above=(min(ups), max(ups)), below=(min(downs), max(downs)),
+                timing=timing)
     return out
+
+
+def holdout_timing(y: np.ndarray, expected: np.ndarray, corrections: tuple[np.ndarray, np.ndarray],
+                   idx: np.ndarray, step: float, horizon: float, paths: np.ndarray,
+                   targets: list[tuple[float, str]], outcomes: list[ReplayOutcome],
+                   calibration: ProbabilityCalibration, bounds: tuple[float, float]) -> float:
+    """The crossing-time quantile an answer gives, chosen on the holdout as the backtest chooses
+    it (:func:`~training.evaluation.replay.best_timing`): the paths' crossing times are worked
+    out only at the checks it reads, those that warned (calibrated probability at the alarm
+    level) of a crossing that came within H."""
+    n_h = max(1, int(round(horizon / step)))
+    at = idx[idx + n_h < y.size]  # the checks ``outcomes`` are aligned with
+    level, slope = corrections
+    timed = []
+    for (threshold, direction), o in zip(targets, outcomes, strict=True):
+        warned = o.live & o.crossed & (calibration.apply(np.nan_to_num(o.probability))
+                                       >= calibration.alarm)
+        when = np.full((at.size, len(TIMING_LEVELS)), np.nan)
+        truth = np.full(at.size, np.nan)
+        if warned.any():
+            batch, truth[warned] = replay_probabilities(
+                y, expected, level, slope, at[warned], step, horizon, paths, threshold, direction,
+                bounds, levels=TIMING_LEVELS)
+            when[warned] = batch.at_levels
+        timed.append(dataclasses.replace(o, when=when, true_minutes=truth))
+    return best_timing(timed, calibration)
 
 
 def holdout_outcomes(y: np.ndarray, expected: np.ndarray, idx: np.ndarray, step: float,

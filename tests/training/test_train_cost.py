@@ -3,6 +3,7 @@ optimum, the one-pass holdout replay equals the replay per horizon, and whole en
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -10,11 +11,12 @@ import polars as pl
 import pytest
 
 from features import schema as s
-from training.evaluation.replay import replay_outcomes
+from training.evaluation.replay import calibrate_on_replay, replay_outcomes, rolling_corrections
 from training.fanout import batches_of
 from training.forecast import prophet_map
 from training.forecast.forecaster import SeriesForecaster
-from training.train import holdout_outcomes
+from training.threshold import DEFAULT_ALARM, UNBOUNDED
+from training.train import holdout_outcomes, holdout_timing
 
 
 def office_series(days: float = 16.0, step_minutes: int = 5, seed: int = 3, jump: float = 0.0
@@ -115,6 +117,34 @@ def test_the_one_pass_holdout_replay_equals_the_replay_per_horizon(seed):
             assert np.array_equal(a.probability, b.probability, equal_nan=True)
             assert np.array_equal(a.crossed, b.crossed) and np.array_equal(a.beyond, b.beyond)
         assert any(o.crossed.any() for o in slow)  # the comparison saw crossings
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_training_chooses_the_crossing_time_quantile_as_the_backtest_does(seed):
+    """The holdout's timing, worked out only at the warned crossings, is the one the backtest's
+    full replay (every check's crossing times) chooses with the same calibration."""
+    rng = np.random.default_rng(seed)
+    n, step = int(rng.integers(600, 1500)), 5.0
+    y = 50 + np.cumsum(rng.normal(0, 0.6, n)) + 8 * np.sin(np.arange(n) * step / 180)
+    y[rng.random(n) < 0.02] = np.nan
+    expected = y + rng.normal(0, 2, n) + 3 * np.sin(np.arange(n) * step / 97)  # late and early
+    paths = rng.normal(0, 2, (int(rng.integers(40, 120)), int(120 / step))).cumsum(axis=1) / 3
+    finite = y[np.isfinite(y)]
+    targets = [(float(np.quantile(finite, q)), "above") for q in (0.8, 0.95)]
+    targets += [(float(np.quantile(finite, q)), "below") for q in (0.2, 0.05)]
+    idx = np.arange(0, n, 1)
+    bounds = UNBOUNDED  # training's one-pass replay holds nothing in a range
+    corrections = rolling_corrections(y - expected, step)
+    chosen = set()
+    for h in (60, 120):
+        fast = holdout_outcomes(y, expected, idx, step, [h], paths, targets)[h]
+        calibration = calibrate_on_replay(fast, DEFAULT_ALARM)
+        got = holdout_timing(y, expected, corrections, idx, step, h, paths, targets, fast,
+                             calibration, bounds)
+        full = replay_outcomes(y, expected, idx, step, h, paths, targets, bounds)
+        assert calibrate_on_replay(full, DEFAULT_ALARM) == dataclasses.replace(calibration, timing=got)
+        chosen.add(got)
+    assert chosen != {0.5}  # the replay chose another quantile than the median somewhere
 
 
 def test_batches_hold_whole_entities_of_about_the_batch_size():

@@ -454,15 +454,7 @@ def explain_rows(det, z: np.ndarray, top: int = 3) -> tuple[np.ndarray, list[lis
         probes[:, i + 1, mask] = det.fill_[mask]
     raw = det.raw_score(probes.reshape(-1, rows.shape[1])).reshape(rows.shape[0], n_m + 1)
     scores = det.calibrate(raw[:, 0])
-    tops = []
-    for r in range(rows.shape[0]):
-        contrib = raw[r, 0] - raw[r, 1:]
-        zm = det.z_of_metrics(z[r])
-        az = np.nan_to_num(np.abs(zm), nan=0.0)
-        order = np.lexsort((-az, -np.maximum(np.round(contrib, 9), 0.0)))[:top]
-        tops.append([{"metric": det.metrics_[i], "z": round(float(np.nan_to_num(zm[i])), 3),
-                      "contribution": round(float(contrib[i]), 4)} for i in order])
-    return scores, tops
+    return scores, [det.ranked(raw[r, 0] - raw[r, 1:], z[r], top) for r in range(rows.shape[0])]
 
 
 def _prediction(bundle: ModelBundle, it: _Item, f: dict, yhat2: np.ndarray, trend2: np.ndarray,

@@ -135,7 +135,10 @@ class WorkloadAnomalyDetector:
         expectation (see :meth:`contributions`). Ties (e.g. an ordinary minute, where every
         contribution is about 0) are broken by ``|z|``.
         """
-        contrib = self.contributions(z_row)
+        return self.ranked(self.contributions(z_row), z_row, top)
+
+    def ranked(self, contrib: np.ndarray, z_row: np.ndarray, top: int = 3) -> list[dict]:
+        """:meth:`explain`'s entries from the row's per-metric ``contrib`` (however scored)."""
         z = self.z_of_metrics(z_row)
         az = np.nan_to_num(np.abs(z), nan=0.0)
         order = np.lexsort((-az, -np.maximum(np.round(contrib, 9), 0.0)))[:top]

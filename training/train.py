@@ -264,16 +264,16 @@ def holdout_calibrations(model: SeriesForecaster, trial: SeriesForecaster, ts: n
     rule = dataclasses.replace(rule, every_minutes=every * model.step_minutes_)  # as replayed
     horizons = [h for h in CALIBRATION_HORIZONS if h <= model.max_horizon_minutes]
     paths = model.error_paths_.astype(np.float64)
-    replays = holdout_outcomes(y, expected, idx, model.step_minutes_, horizons, paths, targets)
+    corrections = rolling_corrections(y - expected, model.step_minutes_)
+    replays = holdout_outcomes(y, expected, idx, model.step_minutes_, horizons, paths, targets,
+                               corrections)
     bounds = s.value_range(history[s.METRIC][0]) if s.METRIC in history.columns and history.height \
         else UNBOUNDED
-    corrections = None
     out = {}
     for h in horizons:
         calibration = calibrate_on_replay(replays[h], DEFAULT_ALARM, rule=rule,
                                           checks_per_outcome=h / (every * model.step_minutes_))
         if calibration.n_fitted:
-            corrections = corrections or rolling_corrections(y - expected, model.step_minutes_)
             timing = holdout_timing(y, expected, corrections, idx, model.step_minutes_, h, paths,
                                     targets, replays[h], calibration, bounds)
             ups = [thr for thr, d in targets if d == "above"]
@@ -311,18 +311,20 @@ def holdout_timing(y: np.ndarray, expected: np.ndarray, corrections: tuple[np.nd
 
 
 def holdout_outcomes(y: np.ndarray, expected: np.ndarray, idx: np.ndarray, step: float,
-                     horizons: list[float], paths: np.ndarray, targets: list[tuple[float, str]]
+                     horizons: list[float], paths: np.ndarray, targets: list[tuple[float, str]],
+                     corrections: tuple[np.ndarray, np.ndarray] | None = None
                      ) -> dict[float, list[ReplayOutcome]]:
     """:func:`~training.evaluation.replay.replay_outcomes` for several horizons in one pass.
 
     The same outcomes (tested equal), for the probabilities only: the share of paths whose
     running extreme reaches the threshold within each horizon, from one running maximum and
     minimum over the longest horizon (a shorter horizon's corrected forecast is a prefix of a
-    longer one's), instead of every crossing time per horizon and threshold.
+    longer one's), instead of every crossing time per horizon and threshold. ``corrections``:
+    :func:`rolling_corrections` of the residuals, if the caller has them already.
     """
     if not horizons:
         return {}
-    level, slope = rolling_corrections(y - expected, step)
+    level, slope = rolling_corrections(y - expected, step) if corrections is None else corrections
     n_hs = {h: max(1, int(round(h / step))) for h in horizons}
     n_max = max(n_hs.values())
     rows = idx[idx + min(n_hs.values()) < y.size]

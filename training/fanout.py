@@ -27,8 +27,12 @@ def quiet_libraries(verbose: bool = False) -> None:
     """cmdstanpy, Prophet (and its "Importing plotly failed"), MLflow and Ray logging: off unless verbose.
 
     Safe to call again in every worker process, before or after the libraries are imported.
+    A notebook calls it first (``training.quiet_libraries()``) for cells without progress lines;
+    it covers this process, so train in it (``TrainConfig(n_jobs=1)``) for silent cells.
     """
     chatty = logging.INFO if verbose else logging.CRITICAL
+    # cmdstanpy's tqdm asks for ipywidgets in a notebook: not used
+    warnings.filterwarnings("ignore", message="IProgress not found")
     # cmdstanpy adds its own INFO stream handler to a logger that has none: give it one first
     for name in ("cmdstanpy", "prophet.plot"):
         logger = logging.getLogger(name)
@@ -41,6 +45,10 @@ def quiet_libraries(verbose: bool = False) -> None:
     for name in ("mlflow", "alembic", "ray"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
     if not verbose:  # e.g. "An input example was not provided when logging the model"
+        # MLflow sets its loggers' level from this variable when it is imported: the levels set
+        # above are undone by an import that comes later ("Creating initial MLflow database
+        # tables" on a new store), and child processes (the service) inherit it
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
         warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\.")
         # MLflow draws a progress bar per download (one line per file of a bundle in a log)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

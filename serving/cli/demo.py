@@ -13,6 +13,7 @@ import polars as pl
 from features import schema as s
 from features.build import load_series, run_build
 from serving.server import free_port, start_service, stop_service, wait_ready
+from training.fanout import quiet_libraries
 from training.registry import load_version, tracking_uri
 from training.retrain import PROMOTED, RetrainConfig, retrain
 from training.train import TrainConfig
@@ -126,6 +127,7 @@ def run_demo(
     crossing (the candidate learns on what precedes its gate window, the gate judges it on that
     window and moves ``@champion``); each request sends the 90 minutes before its own ask time.
     """
+    quiet_libraries()
     truth = load_ground_truth(sample)
     crossings = truth["crossings"]
     features_dir = workdir / "features"

@@ -113,3 +113,23 @@ def test_the_served_download_is_cached_per_version_and_pruned(result, tmp_path, 
     load_version(versions[1])
     load_version(versions[2])
     assert sorted(p.name for p in cache.iterdir()) == ["v2", "v3"]
+
+
+@pytest.mark.parametrize("mlflow_first", [False, True], ids=["quiet-then-import", "import-then-quiet"])
+def test_a_new_store_is_created_without_mlflow_chatter(tmp_path, mlflow_first):
+    """A scheduled job's stderr holds prealert's lines only, whichever of the two comes first."""
+    import os
+    import subprocess
+
+    steps = ["from training.fanout import quiet_libraries", "quiet_libraries()"]
+    if mlflow_first:  # MLflow imported (and its loggers set up) before prealert quiets them
+        steps.insert(0, "import training.registry")
+    steps += ["from training.registry import use_experiment", "use_experiment()"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = subprocess.run([sys.executable, "-c", "; ".join(steps)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "mlflow.db").exists()  # the store was made in this run
+    assert "Creating initial MLflow database tables" not in done.stderr
+    assert done.stderr.strip() == "", done.stderr

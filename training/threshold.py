@@ -304,6 +304,11 @@ class ProbabilityCalibration:
     #: the quantile of the paths' crossing times an answer gives as its crossing time: the one
     #: closest to the true crossings (least absolute error) on the replay's warned crossings
     timing: float = 0.5
+    #: independent crossings (crossed checks over checks per horizon) the alarm was chosen on
+    alarm_outcomes: float = 0.0
+    #: the level this replay alone chose, before it was shrunk toward the previous model's
+    #: (:func:`smoothed_alarm`); None when nothing was shrunk
+    alarm_chosen: float | None = None
 
     def covers(self, threshold: float, direction: str) -> bool:
         lo, hi = self.above if direction == "above" else self.below
@@ -404,7 +409,8 @@ class ProbabilityCalibration:
     def to_dict(self) -> dict:
         return {"knots": list(self.knots), "values": list(self.values), "n_fitted": self.n_fitted,
                 "alarm": self.alarm, "above": list(self.above), "below": list(self.below),
-                "for_minutes": self.for_minutes, "timing": self.timing}
+                "for_minutes": self.for_minutes, "timing": self.timing,
+                "alarm_outcomes": self.alarm_outcomes, "alarm_chosen": self.alarm_chosen}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> ProbabilityCalibration:
@@ -419,7 +425,37 @@ class ProbabilityCalibration:
                    for_minutes=None if for_minutes is None else float(for_minutes),
                    above=tuple(float(x) for x in d.get("above", (-inf, inf))),
                    below=tuple(float(x) for x in d.get("below", (-inf, inf))),
-                   timing=float(d.get("timing", 0.5)))
+                   timing=float(d.get("timing", 0.5)),
+                   alarm_outcomes=float(d.get("alarm_outcomes", 0.0)),
+                   alarm_chosen=None if d.get("alarm_chosen") is None else float(d["alarm_chosen"]))
+
+
+#: independent crossings' worth of weight the previous model's alarm level carries against a new
+#: replay's choice (the same ten crossings a replay needs before it chooses a level at all)
+PRIOR_ALARM_OUTCOMES = 10.0
+
+
+def smoothed_alarm(new: ProbabilityCalibration, previous: ProbabilityCalibration | None,
+                   prior_outcomes: float = PRIOR_ALARM_OUTCOMES) -> ProbabilityCalibration:
+    """``new`` with its alarm level shrunk toward the ``previous`` model's, by the new evidence.
+
+    A daily retrain chooses the level on one day's replay: a handful of crossings can move it
+    by 0.3. The served level is the weighted mean ``(n * new + m * previous) / (n + m)``, ``n``
+    the independent crossings the new level was chosen on (:attr:`alarm_outcomes`), ``m``
+    ``prior_outcomes``. A replay with too few crossings to choose a level (``n = 0``) keeps the
+    previous level and its ``for``; with plenty of evidence the new choice wins. No previous
+    model (or one that chose nothing of its own either): ``new`` unchanged.
+    """
+    chose = previous is not None and (previous.alarm_outcomes > 0 or previous.for_minutes is not None
+                                      or previous.alarm_chosen is not None)
+    if not chose:
+        return new
+    n = max(new.alarm_outcomes, 0.0)
+    if n <= 0:
+        return replace(new, alarm=previous.alarm, for_minutes=previous.for_minutes,
+                       alarm_chosen=new.alarm)
+    level = (n * new.alarm + prior_outcomes * previous.alarm) / (n + prior_outcomes)
+    return replace(new, alarm=round(float(level), 4), alarm_chosen=new.alarm)
 
 
 @dataclass(frozen=True)

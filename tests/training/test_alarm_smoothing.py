@@ -1,14 +1,22 @@
 """Alarm levels smoothed across retrains: the rule, the replay's use of it, and the retrain's."""
 
 import dataclasses
+import logging
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
 import pytest
+from mlflow import MlflowClient
 
+from features import schema as s
+from training.evaluation.gate import GateConfig
 from training.evaluation.replay import ReplayOutcome, calibrate_on_replay
 from training.evaluation.report import alarm_level_changes
+from training.registry import load_version, log_and_register, set_champion
+from training.retrain import RetrainConfig, retrain
 from training.threshold import PRIOR_ALARM_OUTCOMES, AlertRule, ProbabilityCalibration, smoothed_alarm
+from training.train import TrainConfig, train_bundle
 
 
 def chosen(alarm: float, outcomes: float, for_minutes: float | None = 10.0) -> ProbabilityCalibration:
@@ -84,3 +92,56 @@ def test_level_changes_are_reported_per_source_and_horizon():
     assert out["served_change_median"] == pytest.approx(0.06)
     assert out["chosen_change_median"] == pytest.approx(0.5)
     assert out["served_changes_ge_0.3"] == 0 and out["chosen_changes_ge_0.3"] == 2
+
+
+# --- the scheduled retrain reads the champion's levels ------------------------------------------
+
+START = datetime(2026, 9, 1, tzinfo=UTC)
+
+
+def plateau_days(days: int = 9, step: int = 15) -> pl.DataFrame:
+    """One workload's heap and CPU: a business-hours plateau each day with noise."""
+    rng = np.random.default_rng(3)
+    n = days * 1440 // step
+    ts = [START + timedelta(minutes=step * i) for i in range(n)]
+    day = np.clip(1.8 * np.sin(2 * np.pi * (np.arange(n) * step / 60 - 8) / 24), -1, 1)
+    return pl.concat([pl.DataFrame({
+        s.SERIES_ID: s.series_id("shop", metric), s.ENTITY: "shop", s.METRIC: metric, s.TS: ts,
+        s.VALUE: base + scale * day + rng.normal(0, 1.5, n),
+        s.N_PODS: pl.Series([3] * n, dtype=pl.UInt32), s.FILLED: False,
+    }).with_columns(pl.col(s.TS).dt.cast_time_unit("us"))
+        for metric, base, scale in (("jvm_heap_pct", 70.0, 18.0), ("cpu_pct", 62.0, 16.2))])
+
+
+@pytest.mark.slow
+def test_retrain_shrinks_the_candidates_levels_toward_the_champions(tmp_path, monkeypatch):
+    logging.getLogger("cmdstanpy").setLevel(logging.WARNING)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri, uri)
+    series = plateau_days()
+    end = series[s.TS].max() + timedelta(microseconds=1)
+    # a champion trained a day earlier, whose levels an operator had set to 0.9
+    first = train_bundle(series.filter(pl.col(s.TS) < end - timedelta(days=2)), TrainConfig())
+    model = first.bundle
+    forecasters = {sid: model.forecasters[sid] for sid in model.forecasters}
+    for f in forecasters.values():
+        f.calibrations_ = {h: dataclasses.replace(c, alarm=0.9, alarm_chosen=0.9, for_minutes=0.0)
+                           for h, c in f.calibrations_.items()}
+    first.bundle = dataclasses.replace(model, forecasters=forecasters)
+    _, v1 = log_and_register(first, TrainConfig())
+    set_champion(client, v1, "test: the champion's levels")
+
+    out = retrain(series, RetrainConfig(history_days=9, gate=GateConfig(window_hours=24)),
+                  echo=lambda _: None)
+    candidate = load_version(out.version)  # the candidate as registered: through save and load
+    shrunk = 0
+    for sid in candidate.forecasters:
+        for h, c in candidate.forecasters[sid].calibrations_.items():
+            assert c.alarm_chosen is not None, (sid, h)  # every level saw the champion's
+            n = c.alarm_outcomes
+            want = 0.9 if n == 0 else (n * c.alarm_chosen + PRIOR_ALARM_OUTCOMES * 0.9) / (
+                n + PRIOR_ALARM_OUTCOMES)
+            assert c.alarm == pytest.approx(want, abs=1e-4), (sid, h)
+            shrunk += c.alarm_chosen < 0.9 - 1e-9 and c.alarm > c.alarm_chosen
+    assert shrunk > 0

@@ -13,6 +13,7 @@ from features import schema as s
 from training.evaluation.gate import GateConfig
 from training.evaluation.replay import ReplayOutcome, calibrate_on_replay
 from training.evaluation.report import alarm_level_changes
+from training.predict import predict_series
 from training.registry import load_version, log_and_register, set_champion
 from training.retrain import RetrainConfig, retrain
 from training.threshold import PRIOR_ALARM_OUTCOMES, AlertRule, ProbabilityCalibration, smoothed_alarm
@@ -145,3 +146,12 @@ def test_retrain_shrinks_the_candidates_levels_toward_the_champions(tmp_path, mo
             assert c.alarm == pytest.approx(want, abs=1e-4), (sid, h)
             shrunk += c.alarm_chosen < 0.9 - 1e-9 and c.alarm > c.alarm_chosen
     assert shrunk > 0
+    # the answer says where its alarm level came from
+    sid = s.series_id("shop", "jvm_heap_pct")
+    calibration = candidate.forecasters[sid].calibration_for(60)
+    threshold = float(np.mean(calibration.above))
+    answer = predict_series(candidate, sid, threshold, "above", 60)
+    assert f"alarm level {calibration.alarm:g}" in answer.calibration_note
+    assert f"P >= {calibration.alarm:g}" in answer.alert_rule
+    assert ("shrunk toward the previous model's level" in answer.calibration_note
+            or "kept from the previous model" in answer.calibration_note)

@@ -319,9 +319,21 @@ def calibration_note(model, calibration: ProbabilityCalibration, threshold: floa
     lo, hi = calibration.above if direction == "above" else calibration.below
     fitted = f"isotonic on {calibration.n_fitted} holdout checks at thresholds {lo:.4g}-{hi:.4g}"
     if calibration.covers(threshold, direction):
-        return f"calibrated: {fitted}"
+        return f"calibrated: {fitted}{_alarm_history(calibration)}"
     return (f"calibrated by extrapolation: {fitted} ({direction}), applied unchanged at "
-            f"{threshold:g} outside that range")
+            f"{threshold:g} outside that range{_alarm_history(calibration)}")
+
+
+def _alarm_history(calibration: ProbabilityCalibration) -> str:
+    """Where the alarm level came from when a retrain's choice was smoothed (``smoothed_alarm``)."""
+    chosen = calibration.alarm_chosen
+    if chosen is None or abs(chosen - calibration.alarm) < 5e-4:
+        return ""
+    if calibration.alarm_outcomes <= 0:
+        return (f"; alarm level {calibration.alarm:g} kept from the previous model (the holdout "
+                "held too few crossings to choose one)")
+    return (f"; alarm level {calibration.alarm:g}: the holdout chose {chosen:g} on "
+            f"{calibration.alarm_outcomes:g} crossings, shrunk toward the previous model's level")
 
 
 def calendar_of(model) -> str:

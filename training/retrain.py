@@ -20,6 +20,7 @@ import polars as pl
 from mlflow import MlflowClient
 
 from features import schema as s
+from training.bundle import ModelBundle
 from training.evaluation.gate import GateConfig, judge
 from training.lock import RegistryLock
 from training.progress import MlflowProgress, ProgressBar, both
@@ -36,6 +37,7 @@ from training.registry import (
     tracking_uri,
     use_experiment,
 )
+from training.threshold import ProbabilityCalibration
 from training.train import TrainConfig, fingerprint, select_training_data, train_bundle
 
 PROMOTED, KEPT = "promoted", "kept"
@@ -170,6 +172,17 @@ def _decided(client: MlflowClient, key: str) -> mlflow.entities.Run | None:
     return runs[0] if runs else None
 
 
+def served_calibrations(bundle: ModelBundle | None, series_ids: set[str]
+                        ) -> dict[str, dict[float, ProbabilityCalibration]]:
+    """The calibrations (alarm levels) ``bundle`` serves for each of ``series_ids`` it holds,
+    by horizon: read from the series files only, no Prophet model is parsed."""
+    if bundle is None:
+        return {}
+    return {sid: dict(bundle.forecasters[sid].calibrations_)
+            for sid in sorted(series_ids & set(bundle.forecasters))
+            if bundle.forecasters[sid].calibrations_}
+
+
 def retrain(series: pl.DataFrame, config: RetrainConfig | None = None, echo=print) -> RetrainOutcome:
     """Train a candidate on the window before the gate, judge it against ``@champion``, promote or keep.
 
@@ -214,13 +227,16 @@ def retrain(series: pl.DataFrame, config: RetrainConfig | None = None, echo=prin
             # the candidate's models go to disk as they are fitted, the champion's are read
             # from disk as the gate replays them: memory does not grow with the series count
             workdir = Path(tempfile.mkdtemp(prefix="candidate-", dir=staging_dir()))
+            champion = (load_champion(staging_dir() / "champion", series="lazy") if before
+                        else None)
+            # the candidate's alarm levels are shrunk toward the champion's: a daily retrain
+            # on a quiet day does not swing them
             result = train_bundle(data.filter(pl.col(s.TS) < gate_start), train_config,
-                                  progress=progress, workdir=workdir)
+                                  progress=progress, workdir=workdir,
+                                  previous=served_calibrations(champion, set(scoped[s.SERIES_ID])))
             tags = log_training(result, train_config)
             counts = {k.removeprefix("prealert."): int(v) for k, v in tags.items()
                       if k.startswith("prealert.series_")}
-            champion = (load_champion(staging_dir() / "champion", series="lazy") if before
-                        else None)
             echo(f"gate: replaying the candidate{' and champion v' + before if before else ''} on "
                  f"{window['gate_start']} .. {window['end']} ...")
             decision = judge(result.bundle, champion, data, gate_start, config.gate,

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 import weakref
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache, partial
@@ -102,13 +103,14 @@ def fingerprint(series: pl.DataFrame) -> str:
     return hashlib.sha256(rows.to_numpy().tobytes()).hexdigest()
 
 
-def _fit_guarded(sid: str, frame: pl.DataFrame, config: TrainConfig) -> dict:
+def _fit_guarded(sid: str, frame: pl.DataFrame, config: TrainConfig,
+                 previous: dict | None = None) -> dict:
     """:func:`_fit_one` under the per-series time limit; a fit that raises or runs past it is
     served by the linear fallback, the reason recorded. Adds the wall and CPU seconds it took."""
     wall, cpu = time.perf_counter(), _cpu_seconds()
     try:
         with time_limit(config.series_time_limit_seconds):
-            out = _fit_one(sid, frame, config)
+            out = _fit_one(sid, frame, config, previous=previous)
     except SeriesTimeLimit:
         out = {"error": f"ran past the time limit of {config.series_time_limit_seconds:g} s"}
     if "error" in out:
@@ -121,12 +123,16 @@ def _fit_guarded(sid: str, frame: pl.DataFrame, config: TrainConfig) -> dict:
     return out
 
 
-def _fit_entity(entity: str, members: list[tuple[str, pl.DataFrame]], config: TrainConfig) -> dict:
+def _fit_entity(entity: str, task: tuple[list[tuple[str, pl.DataFrame]], dict],
+                config: TrainConfig) -> dict:
     """Every series of one entity (:func:`_fit_guarded`), then the entity's anomaly detector on
-    their residual z-scores, in one task: the residuals never leave the worker.
+    their residual z-scores, in one task: the residuals never leave the worker. ``task`` is the
+    entity's ``(sid, frame)`` members and the served model's calibrations of those series
+    (see :func:`train_bundle`).
     """
     _warm_up()
-    outcomes = [_fit_guarded(sid, frame, config) for sid, frame in members]
+    members, previous = task
+    outcomes = [_fit_guarded(sid, frame, config, previous.get(sid)) for sid, frame in members]
     fitted = [o for o in outcomes if "error" not in o]
     detector = error = None
     if fitted:
@@ -183,7 +189,7 @@ def _cpu_seconds() -> float:
 
 
 def _fit_one(sid: str, frame: pl.DataFrame, config: TrainConfig,
-             fallback_reason: str | None = None) -> dict:
+             fallback_reason: str | None = None, previous: dict | None = None) -> dict:
     """Backtest a fresh model on the holdout, then fit the served model on all history.
 
     With a ``fallback_reason``, both are the linear fallback, which records that reason.
@@ -206,7 +212,7 @@ def _fit_one(sid: str, frame: pl.DataFrame, config: TrainConfig,
         )
         model = fit(frame)
         errors["error_paths_from"] = use_holdout_errors(model, trial, frame, holdout_start,
-                                                        config.alert_rule)
+                                                        config.alert_rule, previous)
         if errors["error_paths_from"] != "holdout" and fallback_reason is None:
             model.learn_in_sample_errors(frame)
         clean = frame.drop_nulls(s.VALUE)
@@ -219,7 +225,8 @@ def _fit_one(sid: str, frame: pl.DataFrame, config: TrainConfig,
 
 
 def use_holdout_errors(model: SeriesForecaster, trial: SeriesForecaster, frame: pl.DataFrame,
-                       holdout_start, rule: AlertRule | None = None) -> str:
+                       holdout_start, rule: AlertRule | None = None,
+                       previous: dict | None = None) -> str:
     """Give the served model the errors the trial model made on the holdout (out of sample).
 
     In-sample residuals understate what a deployed model gets wrong; the holdout replay is what
@@ -238,7 +245,8 @@ def use_holdout_errors(model: SeriesForecaster, trial: SeriesForecaster, frame: 
     model.error_paths_ = paths.astype(np.float32)
     model.calibrations_ = holdout_calibrations(model, trial, ts, part[s.VALUE].fill_null(np.nan)
                                                .to_numpy(), frame.filter(pl.col(s.TS) < holdout_start),
-                                               rule or AlertRule(), expected=expected)
+                                               rule or AlertRule(), expected=expected,
+                                               previous=previous)
     return "holdout"
 
 
@@ -248,8 +256,12 @@ CALIBRATION_HORIZONS = (30, 60, 120, 240, 360)
 
 def holdout_calibrations(model: SeriesForecaster, trial: SeriesForecaster, ts: np.ndarray,
                          y: np.ndarray, history: pl.DataFrame, rule: AlertRule,
-                         expected: np.ndarray | None = None) -> dict:
+                         expected: np.ndarray | None = None,
+                         previous: dict[float, ProbabilityCalibration] | None = None) -> dict:
     """Probability calibrations and alarm levels from the trial model's replay of the holdout.
+
+    ``previous``: the served (champion) model's calibrations of this series by horizon; each
+    new alarm level is shrunk toward that one by the holdout's evidence (:func:`smoothed_alarm`).
 
     The thresholds the operator will use are unknown here: pool quantiles of the training
     history in both directions (P90, P95, P99 above; P10, P5, P1 below). The replay checks
@@ -272,7 +284,8 @@ def holdout_calibrations(model: SeriesForecaster, trial: SeriesForecaster, ts: n
     out = {}
     for h in horizons:
         calibration = calibrate_on_replay(replays[h], DEFAULT_ALARM, rule=rule,
-                                          checks_per_outcome=h / (every * model.step_minutes_))
+                                          checks_per_outcome=h / (every * model.step_minutes_),
+                                          previous=(previous or {}).get(float(h)))
         if calibration.n_fitted:
             timing = holdout_timing(y, expected, corrections, idx, model.step_minutes_, h, paths,
                                     targets, replays[h], calibration, bounds)
@@ -365,7 +378,9 @@ def holdout_outcomes(y: np.ndarray, expected: np.ndarray, idx: np.ndarray, step:
 
 def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None, *,
                  progress: Progress | None = None, verbose: bool = False,
-                 workdir: str | Path | None = None) -> TrainResult:
+                 workdir: str | Path | None = None,
+                 previous: Mapping[str, dict[float, ProbabilityCalibration]] | None = None
+                 ) -> TrainResult:
     """Fit and backtest every series, then each entity's anomaly detector; return the bundle.
 
     The series fan out over ``config.engine``; ``progress(done, total)`` is called here after each
@@ -373,6 +388,9 @@ def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None, *,
     are written to ``workdir`` as its task finishes (a temporary folder removed with the bundle
     if None; ``workdir`` must outlive the bundle): the bundle's forecasters and detectors are
     read from there when asked for, so memory does not grow with the number of series.
+    ``previous`` holds the served model's calibrations per series and horizon
+    (:func:`training.retrain.served_calibrations`): each alarm level is smoothed toward its
+    series' one.
     """
     config = config or TrainConfig()
     spool = Path(tempfile.mkdtemp(prefix="prealert-train-") if workdir is None else workdir)
@@ -387,7 +405,10 @@ def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None, *,
     for sid in sorted(groups):
         entities.setdefault(s.split_series_id(sid)[0], []).append((sid, groups[sid]))
     items = sorted(entities.items())
-    done = fan_out(partial(_fit_entity, config=config), items, engine=config.engine,
+    previous = previous or {}
+    tasks = [(entity, (members, {sid: previous[sid] for sid, _ in members if sid in previous}))
+             for entity, members in items]  # each task carries its own series' calibrations only
+    done = fan_out(partial(_fit_entity, config=config), tasks, engine=config.engine,
                    n_jobs=config.n_jobs, batch_size=config.batch_size, verbose=verbose,
                    progress=progress, sizes=[len(members) for _, members in items],
                    consume=partial(_store, forecasters=stored, detectors=stored_detectors))

@@ -116,12 +116,13 @@ def test_calibration_shrinks_blocks_of_few_independent_outcomes():
     crossed = np.concatenate([np.zeros(1000, bool), np.ones(120, bool)])
     independent = ProbabilityCalibration.fit(p, crossed)
     overlapping = ProbabilityCalibration.fit(p, crossed, checks_per_outcome=12)
-    # the m-estimate by hand: (n * rate + m * what the model said) / (n + m)
+    # the m-estimate by hand: (n * rate + m * the replay's base rate) / (n + m)
+    base = 120 / 1120
     assert overlapping.apply(0.95) == pytest.approx(
-        (10 * 1.0 + PRIOR_OUTCOMES * 0.95) / (10 + PRIOR_OUTCOMES), abs=1e-6)
+        (10 * 1.0 + PRIOR_OUTCOMES * base) / (10 + PRIOR_OUTCOMES), abs=1e-5)
     assert independent.apply(0.95) > overlapping.apply(0.95)
     assert overlapping.apply(0.05) == pytest.approx(
-        PRIOR_OUTCOMES * 0.05 / (1000 / 12 + PRIOR_OUTCOMES), abs=1e-6)
+        PRIOR_OUTCOMES * base / (1000 / 12 + PRIOR_OUTCOMES), abs=1e-5)
     assert np.all(np.diff(overlapping.apply(np.linspace(0, 1, 21))) >= 0)
 
 
@@ -144,12 +145,14 @@ def test_thin_blocks_pool_with_a_neighbour_they_cannot_be_told_apart_from():
     crossed = np.concatenate([np.zeros(1000, bool), np.arange(480) % 2 == 0, np.ones(36, bool)])
     plain = ProbabilityCalibration.fit(p, crossed, checks_per_outcome=12, min_block_outcomes=0)
     pooled = ProbabilityCalibration.fit(p, crossed, checks_per_outcome=12, min_block_outcomes=10)
-    assert plain.apply(0.97) > 0.95
+    base = 276 / 1516  # the replay's crossing rate: the m-estimate's prior
+    assert plain.apply(0.97) == pytest.approx((3 + PRIOR_OUTCOMES * base) / (3 + PRIOR_OUTCOMES),
+                                              abs=1e-5)
     # the top block (3 outcomes, rate 1) pools with the one below (40, rate 0.5): within two
     # standard errors of each other; the model's own probability keeps its order inside the
     # group and moves by the group's m-estimated error
     mean_p = (480 * 0.6 + 36 * 0.97) / 516
-    shift = (43 * 276 / 516 + PRIOR_OUTCOMES * mean_p) / (43 + PRIOR_OUTCOMES) - mean_p
+    shift = (43 * 276 / 516 + PRIOR_OUTCOMES * base) / (43 + PRIOR_OUTCOMES) - mean_p
     assert pooled.apply(0.97) == pytest.approx(0.97 + shift, abs=1e-5) and 0.97 + shift < 0.9
     assert pooled.apply(0.6) == pytest.approx(0.6 + shift, abs=1e-5)
     assert np.all(np.diff(pooled.apply(np.linspace(0, 1, 41))) >= 0)
@@ -159,8 +162,9 @@ def test_thin_blocks_pool_with_a_neighbour_they_cannot_be_told_apart_from():
     p = np.concatenate([np.full(1000, 0.05), np.full(40, 0.97)])
     crossed = np.concatenate([np.zeros(1000, bool), np.ones(40, bool)])
     leak = ProbabilityCalibration.fit(p, crossed, checks_per_outcome=12, min_block_outcomes=10)
-    assert leak.apply(0.97) == pytest.approx((40 / 12 + PRIOR_OUTCOMES * 0.97)
+    assert leak.apply(0.97) == pytest.approx((40 / 12 + PRIOR_OUTCOMES * 40 / 1040)
                                              / (40 / 12 + PRIOR_OUTCOMES), abs=1e-5)
+    assert leak.apply(0.97) > 0.6 > 10 * leak.apply(0.05)
 
 
 def test_paths_are_held_in_the_physical_range_and_the_timing_quantile_is_answered():

@@ -25,6 +25,7 @@ from training.threshold import (
     clip_to_range,
     crossing_distribution,
     first_crossing_index,
+    smoothed_alarm,
 )
 
 PREALERT = "prealert"
@@ -51,6 +52,8 @@ class ReplayConfig:
     out_of_sample_errors: bool = True  # error paths from the previous model's replayed segment
     calibrate: bool = True  # recalibrate probabilities on that replay (isotonic)
     tune_alarm: bool = True  # choose the alarm level and the rule's `for` on that replay
+    #: shrink that choice toward the previous model's level by the replay's evidence
+    smooth_alarm: bool = True
     #: prealert's alert rule (``for`` / ``keep_firing_for``); None warns on every check alone
     alert_rule: AlertRule | None = field(default_factory=AlertRule)
     forecaster: dict = field(default_factory=dict)
@@ -177,8 +180,8 @@ def replay_outcomes(y, expected, idx, step: float, horizon: float, paths: np.nda
 
 def calibrate_on_replay(outcomes: list[ReplayOutcome], default_alarm: float,
                         alarm_on: ReplayOutcome | None = None, tune_alarm: bool = True,
-                        rule: AlertRule | None = None, checks_per_outcome: float = 1.0
-                        ) -> ProbabilityCalibration:
+                        rule: AlertRule | None = None, checks_per_outcome: float = 1.0,
+                        previous: ProbabilityCalibration | None = None) -> ProbabilityCalibration:
     """Isotonic calibration on all replay outcomes, with the alarm level chosen on the replay.
 
     ``checks_per_outcome`` is the horizon over the spacing of the checks (see
@@ -186,20 +189,27 @@ def calibrate_on_replay(outcomes: list[ReplayOutcome], default_alarm: float,
     under ``rule``) on ``alarm_on`` (one target's outcomes) or, without it, on all targets'
     outcomes together; with ``tune_alarm`` off it stays ``default_alarm``. The crossing-time
     quantile (:func:`best_timing`) is chosen on the same outcomes when they carry crossing
-    times (:func:`replay_outcomes`); else the median stands.
+    times (:func:`replay_outcomes`); else the median stands. The chosen alarm level is then
+    shrunk toward the ``previous`` model's calibration at this horizon (:func:`smoothed_alarm`),
+    so a retrain on a day of few crossings does not swing it.
     """
     p_raw = np.concatenate([o.probability[o.live] for o in outcomes])
     crossed = np.concatenate([o.crossed[o.live] for o in outcomes])
     calibration = ProbabilityCalibration.fit(p_raw, crossed, checks_per_outcome=checks_per_outcome)
-    alarm, for_minutes = default_alarm, None
+    alarm, for_minutes, evidence = default_alarm, None, 0.0
     if tune_alarm:
         on = [alarm_on] if alarm_on is not None else outcomes
         alarm, for_minutes = best_alert(
             [dataclasses.replace(o, probability=calibration.apply(o.probability)) for o in on],
             default_alarm, rule)
-    calibration = dataclasses.replace(calibration, alarm=alarm, for_minutes=for_minutes)
+        crossed = sum(int(o.crossed[o.live].sum()) for o in on)
+        if crossed >= MIN_CROSSINGS_FOR_OWN_ALARM:  # best_alert chose a level of the replay's own
+            evidence = crossed / max(checks_per_outcome, 1.0)
+    calibration = dataclasses.replace(calibration, alarm=alarm, for_minutes=for_minutes,
+                                      alarm_outcomes=round(evidence, 2))
     timing = best_timing([alarm_on] if alarm_on is not None else outcomes, calibration)
-    return dataclasses.replace(calibration, timing=timing)
+    calibration = dataclasses.replace(calibration, timing=timing)
+    return smoothed_alarm(calibration, previous) if tune_alarm else calibration
 
 
 #: the crossing-time quantiles a replay chooses the answer's crossing time from
@@ -313,6 +323,7 @@ def replay_series(case: SeriesCase, config: ReplayConfig,
     t0 = case.eval_start
     last_index = y.size - 1
     prev = None  # the previous segment: its model's expectation and its indices
+    served_before: dict[int, ProbabilityCalibration] = {}  # the previous model's, per horizon
     while t0 < case.ts[-1]:
         t1 = t0 + cadence
         fit_idx = case.ts < t0
@@ -370,8 +381,9 @@ def replay_series(case: SeriesCase, config: ReplayConfig,
                 # own threshold picks the alarm level if the replay saw it crossed often enough
                 own = outcomes[0] if outcomes[0].crossed.sum() >= MIN_CROSSINGS_FOR_OWN_ALARM \
                     else None
-                calibration = calibrate_on_replay(outcomes, config.alarm_probability, own,
-                                                  config.tune_alarm, rule, h / (every * step))
+                calibration = calibrate_on_replay(
+                    outcomes, config.alarm_probability, own, config.tune_alarm, rule,
+                    h / (every * step), served_before.get(h) if config.smooth_alarm else None)
             # the paths and the calibration as the service reads them back from a bundle
             model.error_paths_, model.calibrations_ = paths, {float(h): calibration}
             with tempfile.TemporaryDirectory(prefix="prealert-replay-") as tmp:
@@ -380,6 +392,7 @@ def replay_series(case: SeriesCase, config: ReplayConfig,
                 served[(t0, h)] = bundle
             loaded = bundle.forecasters[case.name]
             paths, calibration = loaded.error_paths_.astype(np.float64), loaded.calibration_for(h)
+            served_before[h] = calibration
             alarm = calibration.alarm if config.calibrate else config.alarm_probability
             b, truth = replay_probabilities(y, expected, level, slope, seg, step, h, paths,
                                             case.threshold, case.direction, case.bounds,
@@ -400,7 +413,10 @@ def replay_series(case: SeriesCase, config: ReplayConfig,
                 "minutes": b.minutes[keep], "earliest": b.earliest_minutes[keep],
                 "latest": b.latest_minutes[keep], "probability": probability[keep],
                 "probability_raw": b.probability[keep], "model_kind": model.kind_,
-                "crossing_quantile": calibration.timing}))
+                "crossing_quantile": calibration.timing,
+                "retrained_at": np.full(int(keep.sum()), t0, dtype="datetime64[us]"),
+                "alarm_chosen": calibration.alarm if calibration.alarm_chosen is None
+                else calibration.alarm_chosen}))
             for w, (lv, sl) in lin.items():
                 path = lv[seg, None] + sl[seg, None] * minutes[None, :]
                 first = first_crossing_index(path, case.threshold, above)

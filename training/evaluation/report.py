@@ -101,6 +101,29 @@ def alert_settings(results: pl.DataFrame) -> pl.DataFrame:
             .sort("horizon", "alert_for_minutes"))
 
 
+def alarm_level_changes(sources: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """How far each retrain moved a series' alarm level from the retrain before, per source and
+    horizon: the level served (smoothed across retrains) and the one the replay alone chose."""
+    rows = []
+    for name, res in sources.items():
+        p = res.filter(pl.col("predictor") == PREALERT)
+        if "retrained_at" not in p.columns or "alarm_chosen" not in p.columns:
+            continue
+        levels = (p.group_by("series", "horizon", "retrained_at")
+                  .agg(pl.col("alarm_probability").first(), pl.col("alarm_chosen").first())
+                  .sort("series", "horizon", "retrained_at"))
+        moves = levels.with_columns(
+            *(pl.col(c).diff().abs().over("series", "horizon").alias(f"d_{c}")
+              for c in ("alarm_probability", "alarm_chosen"))).drop_nulls("d_alarm_probability")
+        for (h,), g in moves.group_by("horizon", maintain_order=True):
+            rows.append({"source": name, "horizon": h, "retrain_pairs": g.height,
+                         "served_change_median": g["d_alarm_probability"].median(),
+                         "served_changes_ge_0.3": int((g["d_alarm_probability"] >= 0.3 - 1e-9).sum()),
+                         "chosen_change_median": g["d_alarm_chosen"].median(),
+                         "chosen_changes_ge_0.3": int((g["d_alarm_chosen"] >= 0.3 - 1e-9).sum())})
+    return pl.DataFrame(rows).sort("source", "horizon") if rows else pl.DataFrame()
+
+
 def plot_reliability(results: pl.DataFrame, path: Path) -> Path:
     import matplotlib
 
@@ -210,6 +233,14 @@ def write_report(sources: dict[str, pl.DataFrame], configs: dict[str, ReplayConf
         lines += ["## Series not scored", "", to_markdown(pl.DataFrame(unscored)), ""]
     lines += ["## The alert settings the replays chose (share of prealert's checks)", "",
               to_markdown(alert_settings(pooled)), ""]
+    changes = alarm_level_changes(sources)
+    if changes.height:
+        lines += ["## Alarm levels across retrains", "",
+                  "Per pair of consecutive retrains of a series (daily on the sample, weekly on "
+                  "SMD), how far the alarm level moved: `served` is the level the model served, "
+                  "the replay's choice shrunk toward the previous model's level by the number of "
+                  "crossings it was chosen on (`smoothed_alarm`); `chosen` is the replay's choice "
+                  "alone (what was served before the smoothing).", "", to_markdown(changes), ""]
     per_series = summarize(pooled, config.every_minutes, group=("series", "predictor", "horizon"))
     lines += ["## Per series (onsets, F1, sustained recall on onsets, false alarms/day)", "",
               to_markdown(per_series.select("series", "predictor", "horizon", "onsets", "f1",

@@ -13,7 +13,15 @@ from serving.cli import anomaly as cli_anomaly
 from serving.cli import evaluate as cli_evaluate
 from serving.cli import features as cli_features
 from serving.cli import registry as cli_registry
-from serving.cli.common import ENGINE_HELP, FOR_CHOICES_HELP, KEEP_FIRING_HELP, alert_rule
+from serving.cli.common import (
+    ENGINE_HELP,
+    FOR_CHOICES_HELP,
+    HOLIDAYS_HELP,
+    KEEP_FIRING_HELP,
+    TIMEZONE_HELP,
+    alert_rule,
+    calendar,
+)
 from serving.cli.common import fail as _fail
 from serving.cli.prometheus import register as register_prometheus
 
@@ -50,6 +58,8 @@ def train(
     keep_firing_minutes: Annotated[float, typer.Option(help=KEEP_FIRING_HELP)] = 15.0,
     for_choices: Annotated[str, typer.Option(help=FOR_CHOICES_HELP)] = "0,5,10,15,20",
     engine: Annotated[str, typer.Option(envvar="PREALERT_ENGINE", help=ENGINE_HELP)] = "local",
+    timezone: Annotated[str, typer.Option(envvar="PREALERT_TIMEZONE", help=TIMEZONE_HELP)] = "Asia/Seoul",
+    holidays: Annotated[str, typer.Option(envvar="PREALERT_HOLIDAYS", help=HOLIDAYS_HELP)] = "KR",
     series_time_limit: Annotated[float, typer.Option(
         help="Seconds one series may take; past it, it is served by the linear fallback.")] = 300.0,
     verbose: Annotated[bool, typer.Option(help="Let cmdstanpy, Prophet, MLflow and Ray log.")] = False,
@@ -71,7 +81,8 @@ def train(
         config = TrainConfig(until=until, include=include, holdout_hours=holdout_hours,
                              horizon_minutes=horizon_minutes, n_jobs=n_jobs, engine=engine,
                              series_time_limit_seconds=series_time_limit,
-                             alert_rule=alert_rule(keep_firing_minutes, for_choices))
+                             alert_rule=alert_rule(keep_firing_minutes, for_choices),
+                             forecaster=calendar(timezone, holidays))
         series = load_series(features)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))

@@ -18,6 +18,29 @@ def fail(message: str) -> None:
 
 ENGINE_HELP = ("Where series are fitted: 'local' (a process pool of --n-jobs) or 'ray' "
                "(the cluster at RAY_ADDRESS, else a local Ray of --n-jobs CPUs).")
+TIMEZONE_HELP = ("Time zone of the daily and weekly shapes (an IANA name: Asia/Seoul, UTC, "
+                 "Europe/Berlin, ...); recorded in the run and the bundle.")
+HOLIDAYS_HELP = ("Public holidays treated as non-working days: a country code (KR, US, DE, ...) "
+                 "or 'none'; recorded in the run and the bundle.")
+
+
+def calendar(timezone: str, holidays: str) -> dict:
+    """The forecaster's calendar settings from the CLI's options; a clear error for an unknown one."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    import holidays as calendars
+
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        fail(f"--timezone {timezone!r} is not a time zone name (for example Asia/Seoul or UTC)")
+    country = None if holidays.strip().lower() == "none" else holidays.strip().upper()
+    if country is not None and country not in calendars.list_supported_countries():
+        fail(f"--holidays {holidays!r} is not a country code the holidays library knows "
+             "(for example KR, US, DE), nor 'none'")
+    return {"timezone": timezone, "holidays_country": country}
+
+
 def pairs(values: list[str], option: str, form: str) -> dict[str, str]:
     """``KEY=VALUE`` option values as a mapping; a clear error for one that is not of that form."""
     out = {}

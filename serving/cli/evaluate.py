@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from serving.cli.common import FOR_CHOICES_HELP, KEEP_FIRING_HELP, SMD_DIR, alert_rule, fail
+from serving.cli.common import (
+    FOR_CHOICES_HELP,
+    HOLIDAYS_HELP,
+    KEEP_FIRING_HELP,
+    SMD_DIR,
+    TIMEZONE_HELP,
+    alert_rule,
+    calendar,
+    fail,
+)
 
 SAMPLE_EXPORT = Path(__file__).resolve().parents[2] / "data" / "sample" / "export"
 
@@ -35,6 +44,8 @@ def evaluate(
     report: Annotated[Path, typer.Option(help="Markdown report (plots beside it).")] = Path(
         "reports/evaluate.md"),
     log_mlflow: Annotated[bool, typer.Option(help="Record the run in MLflow.")] = True,
+    timezone: Annotated[str, typer.Option(envvar="PREALERT_TIMEZONE", help=TIMEZONE_HELP)] = "Asia/Seoul",
+    holidays: Annotated[str, typer.Option(envvar="PREALERT_HOLIDAYS", help=HOLIDAYS_HELP)] = "KR",
 ) -> None:
     """Replay history as deployed: retrain on the cadence, warn, and score against the truth."""
     from training.evaluation.replay import ReplayConfig, run_evaluation
@@ -53,26 +64,30 @@ def evaluate(
     except ValueError:
         fail(f"--horizons takes minutes separated by commas, got {horizons!r}")
     rule = alert_rule(keep_firing_minutes, for_choices) if use_alert_rule else None
+    cal = calendar(timezone, holidays)
     started = time.perf_counter()
     sources, cases_by_source, skipped = {}, {}, {}
     try:
         if input is not None:
             cases_by_source[input.stem] = (file_cases(input, threshold, direction, eval_fraction),
                                            ReplayConfig(horizons=hs, every_minutes=every_minutes,
-                                                      alarm_probability=alarm_probability, alert_rule=rule))
+                                                        alarm_probability=alarm_probability,
+                                                        alert_rule=rule, forecaster=cal))
         else:
             if sample:
                 typer.echo(f"sample export {SAMPLE_EXPORT}:")
                 cases_by_source["sample"] = (
                     sample_cases(SAMPLE_EXPORT),
                     ReplayConfig(horizons=hs, every_minutes=every_minutes, retrain_every_hours=24,
-                               alarm_probability=alarm_probability, alert_rule=rule))
+                               alarm_probability=alarm_probability, alert_rule=rule,
+                               forecaster=cal))
             if smd:
                 typer.echo(f"SMD machines {smd_dir}:")
                 cases_by_source["smd"] = (
                     smd_cases(smd_dir),
                     ReplayConfig(horizons=hs, every_minutes=every_minutes,
-                               alarm_probability=alarm_probability, alert_rule=rule))
+                               alarm_probability=alarm_probability, alert_rule=rule,
+                               forecaster=cal))
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     if not cases_by_source:

@@ -12,7 +12,16 @@ from typing import Annotated
 
 import typer
 
-from serving.cli.common import ENGINE_HELP, FOR_CHOICES_HELP, KEEP_FIRING_HELP, alert_rule, fail
+from serving.cli.common import (
+    ENGINE_HELP,
+    FOR_CHOICES_HELP,
+    HOLIDAYS_HELP,
+    KEEP_FIRING_HELP,
+    TIMEZONE_HELP,
+    alert_rule,
+    calendar,
+    fail,
+)
 
 EXIT_PROMOTED, EXIT_FAILED, EXIT_KEPT, EXIT_BUSY = 0, 2, 3, 4
 
@@ -52,6 +61,8 @@ def retrain(
     lock_max_age_hours: Annotated[float, typer.Option(
         help="A registry lock older than this is taken as left by a killed run.")] = 6.0,
     engine: Annotated[str, typer.Option(envvar="PREALERT_ENGINE", help=ENGINE_HELP)] = "local",
+    timezone: Annotated[str, typer.Option(envvar="PREALERT_TIMEZONE", help=TIMEZONE_HELP)] = "Asia/Seoul",
+    holidays: Annotated[str, typer.Option(envvar="PREALERT_HOLIDAYS", help=HOLIDAYS_HELP)] = "KR",
     series_time_limit: Annotated[float, typer.Option(
         help="Seconds one series may take; past it, it is served by the linear fallback.")] = 300.0,
     verbose: Annotated[bool, typer.Option(help="Let cmdstanpy, Prophet, MLflow and Ray log.")] = False,
@@ -76,7 +87,8 @@ def retrain(
         history_days=history_days, until=until, lock_max_age_hours=lock_max_age_hours,
         train=TrainConfig(include=include, holdout_hours=holdout_hours, n_jobs=n_jobs,
                           engine=engine, series_time_limit_seconds=series_time_limit,
-                          alert_rule=alert_rule(keep_firing_minutes, for_choices)),
+                          alert_rule=alert_rule(keep_firing_minutes, for_choices),
+                          forecaster=calendar(timezone, holidays)),
         gate=GateConfig(window_hours=gate_hours, f1_tolerance=f1_tolerance,
                         false_alarms_tolerance=false_alarms_tolerance,
                         mae_tolerance=mae_tolerance, allow_shrink=allow_shrink))

@@ -398,6 +398,27 @@ def test_evaluate_without_the_alert_rule_and_a_bad_rule_option(tmp_path):
     assert bad.exit_code == 2 and "--for-choices takes minutes" in bad.output
 
 
+def test_evaluate_takes_the_calendar_as_a_setting_and_reports_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+
+    case = ramp_case()
+    csv = tmp_path / "heap.csv"
+    pl.DataFrame({"timestamp": case.ts.astype("datetime64[s]").astype(str),
+                  "value": case.values}).write_csv(csv)
+    report = tmp_path / "evaluate.md"
+    args = ["evaluate", "--input", str(csv), "--threshold", "90", "--eval-fraction", "0.75",
+            "--horizons", "60", "--report", str(report), "--no-log-mlflow", "--no-alert-rule"]
+    done = CliRunner().invoke(app, [*args, "--timezone", "Europe/Berlin", "--holidays", "none"])
+    assert done.exit_code == 0, done.output
+    assert "'timezone': 'Europe/Berlin', 'holidays_country': None" in report.read_text()
+    zone = CliRunner().invoke(app, [*args, "--timezone", "Mars/Olympus"])
+    assert zone.exit_code == 2 and "--timezone 'Mars/Olympus' is not a time zone" in zone.output
+    country = CliRunner().invoke(app, [*args, "--holidays", "XX"])
+    assert country.exit_code == 2 and "--holidays 'XX' is not a country code" in country.output
+
+
 def test_run_evaluation_says_why_a_series_was_not_scored():
     good = ramp_case()
     flat = SeriesCase("flat", good.ts, np.full(good.ts.size, 5.0), 90.0, "above", good.eval_start)

@@ -39,7 +39,7 @@ from training.predict import (
     predict_series,
     served_calibration,
 )
-from training.threshold import AlertRule, crossing_distribution_many
+from training.threshold import AlertRule, ProbabilityCalibration, crossing_distribution_many
 
 __all__ = ["Query", "explain_rows", "point_forecasts", "predict_many"]
 
@@ -270,8 +270,10 @@ def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: 
     # rows: every observation of the batch (owned by its series' item), then each shape group's
     # horizon grids at every check, (series, check, step)
     owner = np.full(obs_us.size, -1)
-    for j, it in enumerate(items):
-        owner[it.obs_lo:it.obs_hi] = j
+    counts = np.array([it.obs_hi - it.obs_lo for it in items], dtype=np.int64)
+    starts = np.array([it.obs_lo for it in items], dtype=np.int64)
+    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    owner[np.repeat(starts, counts) + within] = np.repeat(np.arange(len(items)), counts)
     groups: dict[tuple, list[int]] = {}
     for j, it in enumerate(items):
         key = (it.n_h, it.model.error_paths_.shape[0], len(it.origin_offsets_us), it.step_us,
@@ -290,45 +292,58 @@ def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: 
         first_row[key] = cursor
         cursor += grid.size
     yhat, _ = point_forecasts(models, np.concatenate(times), np.concatenate(owners))
-    finals = {}
+    n = len(items)
+    cols = {name: np.empty(n) for name in ("minutes", "earliest", "latest", "probability", "level",
+                                             "slope", "z", "k")}
+    crossed_now = np.zeros(n, dtype=bool)
+    alerts: list = [None] * n
     for key, members in groups.items():
         n_h, _, n_o, _, direction, step = key
         grid_yhat = yhat[first_row[key]:first_row[key] + len(members) * n_o * n_h]
-        finals.update(_crossing_group(items, members, n_h, n_o, direction, step,
-                                      grid_yhat.reshape(len(members), n_o, n_h), yhat, obs_us, obs_y))
+        _crossing_group(items, members, n_h, n_o, direction, step,
+                        grid_yhat.reshape(len(members), n_o, n_h), yhat, obs_us, obs_y, cols,
+                        crossed_now, alerts)
 
     # drivers: the forecast's components now and at the crossing (or its closest approach)
-    both_us = np.empty(2 * len(items), dtype=np.int64)
-    for j, it in enumerate(items):
-        f = finals[j]
-        minutes = f["crossing"]["minutes"]
-        if minutes is not None and minutes > 0:
-            k = min(int(np.ceil(minutes / it.model.step_minutes_)) - 1, it.n_h - 1)
-        else:
-            sign = 1.0 if it.query.direction == "above" else -1.0
-            k = int(np.argmax(sign * f["point"])) if minutes is None else 0
-        f["k"] = k
-        both_us[2 * j], both_us[2 * j + 1] = it.now_us, it.now_us + it.step_us * (k + 1)
-    parts_yhat, parts_trend = point_forecasts(models, both_us, np.repeat(np.arange(len(items)), 2))
-    scores = _anomaly_many(bundle, items, finals)
+    now_us = np.array([it.now_us for it in items], dtype=np.int64)
+    step_us = np.array([it.step_us for it in items], dtype=np.int64)
+    k = cols["k"].astype(np.int64)
+    both_us = np.stack([now_us, now_us + step_us * (k + 1)], axis=1).ravel()
+    parts_yhat, parts_trend = point_forecasts(models, both_us, np.repeat(np.arange(n), 2))
+    step_minutes = np.array([it.model.step_minutes_ for it in items], dtype=np.float64)
+    level, slope = cols["level"], cols["slope"]
+    drift = damped(level, slope, ((k + 1) * step_minutes)[:, None], DAMPING_MINUTES)[:, 0] - level
+    trend2, yhat2 = parts_trend.reshape(n, 2), parts_yhat.reshape(n, 2)
+    changes = np.stack([trend2[:, 1] - trend2[:, 0],
+                        (yhat2[:, 1] - trend2[:, 1]) - (yhat2[:, 0] - trend2[:, 0]), level, drift], axis=1)
+    scores = _anomaly_many(bundle, items, cols["z"])
+    rounded = {"minutes": _rounded(cols["minutes"], 2), "earliest": _rounded(cols["earliest"], 2),
+               "latest": _rounded(cols["latest"], 2), "level": _rounded(level, 4),
+               "slope": _rounded(slope, 5), "changes": _rounded(changes, 4)}
+    table = {name: col.tolist() for name, col in cols.items()}
+    table.update({f"r_{name}": col.tolist() for name, col in rounded.items()})
+    table["changes"] = changes.tolist()
+    version = bundle.version_label
     for j, it in enumerate(items):
         try:
-            out[it.index] = _prediction(bundle, it, finals[j], parts_yhat[2 * j:2 * j + 2],
-                                        parts_trend[2 * j:2 * j + 2], scores.get(j, (None, [])))
+            out[it.index] = _prediction(it, j, table, crossed_now[j], alerts[j], scores.get(j, (None, [])),
+                                        version)
         except Exception as exc:
             out[it.index] = exc
 
 
 def _crossing_group(items: list[_Item], members: list[int], n_h: int, n_o: int, direction: str, step: float,
-                    grid_yhat: np.ndarray, yhat: np.ndarray, obs_us: np.ndarray,
-                    obs_y: np.ndarray) -> dict[int, dict]:
-    """The checks' crossings of series that share a shape: corrections, then every path at once.
+                    grid_yhat: np.ndarray, yhat: np.ndarray, obs_us: np.ndarray, obs_y: np.ndarray,
+                    cols: dict[str, np.ndarray], crossed_now: np.ndarray, alerts: list) -> None:
+    """The checks' crossings of series that share a shape: corrections, then every path at once;
+    each series' answer written into row ``members[r]`` of ``cols`` (and ``crossed_now``, ``alerts``).
 
     ``grid_yhat`` (g, n_o, n_h): the model at each check's horizon; ``yhat[:obs_us.size]`` the
     model at every observation of the batch.
     """
     g = len(members)
     its = [items[j] for j in members]
+    rows_out = np.array(members)
     lo = np.array([it.obs_lo for it in its])
     counts = np.array([it.obs_hi - it.obs_lo for it in its])
     width = max(1, int(counts.max()))
@@ -349,47 +364,94 @@ def _crossing_group(items: list[_Item], members: list[int], n_h: int, n_o: int, 
     value_range = np.array([it.bounds for it in its], dtype=np.float64)
     points = np.clip(grid_yhat + damped(level, slope, minutes),
                      value_range[:, :1, None], value_range[:, 1:, None])
-    errors = np.stack([it.model.error_paths_[:, :n_h] for it in its])
+    errors = _error_paths(its, n_h)
     thresholds = np.array([it.query.threshold for it in its], dtype=np.float64)
-    timing = np.array([it.calibration.timing for it in its], dtype=np.float64)
+    calibrations = [it.calibration for it in its]
+    timing = np.array([c.timing for c in calibrations], dtype=np.float64)
     b = crossing_distribution_many(minutes, points, errors, thresholds, direction, timing)
     last = np.maximum(ends - 1, 0)
     rows = np.arange(g)[:, None]
-    currents = np.where(ends > 0, ys[rows, last], np.nan)
+    seen = ends > 0
+    currents = np.where(seen, ys[rows, last], np.nan)
     sigma = np.array([max(it.model.sigma_, 1e-9) for it in its])
-    zs = np.where(ends > 0, resid[rows, last] / sigma[:, None], np.nan)
+    zs = np.where(seen, resid[rows, last] / sigma[:, None], np.nan)
     above = direction == "above"
-    crossed = (ends > 0) & ((currents >= thresholds[:, None]) if above else (currents <= thresholds[:, None]))
-    seen_all = ends > 0
-    raw_all = b.probability.tolist()
-    out = {}
-    for r, (j, it) in enumerate(zip(members, its, strict=True)):
-        cal = it.calibration
-        calibrated = [round(float(p), 4) for p in cal.apply([round(p, 4) for p in raw_all[r]])]
-        crossed_r = crossed[r].tolist()
-        probs = [1.0 if crossed_r[o] else calibrated[o] for o in range(n_o)]
-        if crossed_r[-1]:
-            crossing = {"minutes": 0.0, "earliest": 0.0, "latest": 0.0, "probability": 1.0, "crossed": True}
-        else:
-            crossing = {"minutes": _opt(b.minutes[r]), "earliest": _opt(b.earliest_minutes[r]),
-                        "latest": _opt(b.latest_minutes[r]), "probability": probs[-1], "crossed": False}
-        holds = tuple(c or p >= cal.alarm for c, p in zip(crossed_r, probs, strict=True))
-        alert, held_left, rule_text = _rule_outcome(it.rule, holds, tuple(seen_all[r].tolist()),
-                                                    bool(counts[r]), cal.alarm)
-        out[j] = {"crossing": crossing, "point": points[r, -1], "level": float(level[r, -1]),
-                  "slope": float(slope[r, -1]), "z": None if ends[r, -1] == 0 else float(zs[r, -1]),
-                  "alert": alert, "held_left": held_left, "rule_text": rule_text}
+    crossed = seen & ((currents >= thresholds[:, None]) if above else (currents <= thresholds[:, None]))
+    # the one-series path: round(raw, 4), the calibration's map, round again (per calibration)
+    calibrated = _rounded(b.probability, 4)
+    by_map: dict[int, list[int]] = {}
+    for r, cal in enumerate(calibrations):
+        if cal.n_fitted or cal.knots != (0.0, 1.0) or cal.values != (0.0, 1.0):
+            by_map.setdefault(id(cal), []).append(r)
+    for rs in by_map.values():
+        cal = calibrations[rs[0]]
+        calibrated[rs] = _rounded(cal.apply(calibrated[rs]), 4)
+    probs = np.where(crossed, 1.0, calibrated)
+    alarm = np.array([c.alarm for c in calibrations], dtype=np.float64)
+    holds = crossed | (probs >= alarm[:, None])
+    done = crossed[:, -1]
+    for name, value in (("minutes", b.minutes), ("earliest", b.earliest_minutes),
+                        ("latest", b.latest_minutes)):
+        cols[name][rows_out] = np.where(done, 0.0, value)
+    cols["probability"][rows_out] = probs[:, -1]
+    cols["level"][rows_out] = level[:, -1]
+    cols["slope"][rows_out] = slope[:, -1]
+    cols["z"][rows_out] = np.where(ends[:, -1] == 0, np.nan, zs[:, -1])
+    crossed_now[rows_out] = done
+    # the drivers' step: the crossing's, else the point forecast's closest approach
+    m = cols["minutes"][rows_out]
+    with np.errstate(invalid="ignore"):
+        at_cross = np.minimum(np.ceil(m / step) - 1, n_h - 1)
+    approach = np.argmax((1.0 if above else -1.0) * points[:, -1, :], axis=1)
+    cols["k"][rows_out] = np.where(np.isnan(m), approach, np.where(m > 0, at_cross, 0))
+    bits = 1 << np.arange(n_o)
+    hold_bits = (holds @ bits).tolist()
+    seen_bits = (seen @ bits).tolist()
+    for r, j in enumerate(members):
+        it = its[r]
+        alerts[j] = _rule_outcome(it.rule, hold_bits[r], seen_bits[r], n_o, bool(counts[r]),
+                                  calibrations[r].alarm)
+
+
+def _error_paths(its: list[_Item], n_h: int) -> np.ndarray:
+    """The series' error paths over the horizon, stacked (g, K, n_h) as float64."""
+    first = its[0].model.error_paths_
+    out = np.empty((len(its), first.shape[0], n_h))
+    for r, it in enumerate(its):
+        out[r] = it.model.error_paths_[:, :n_h]
+    return out
+
+
+def _rounded(x: np.ndarray, digits: int) -> np.ndarray:
+    """Python's ``round(float, digits)`` of every element (NaN stays NaN).
+
+    ``np.round`` scales, rounds and scales back, which can land on the other side of a
+    halfway case than Python's correctly rounded ``round``: those few elements are asked of
+    Python itself.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    out = np.round(x, digits)
+    scaled = x * 10.0 ** digits
+    with np.errstate(invalid="ignore"):
+        near = np.abs(scaled - np.floor(scaled) - 0.5) < 1e-6
+    if near.any():
+        out = out.copy()
+        for i in zip(*np.nonzero(near), strict=True):
+            out[i] = round(float(x[i]), digits)
     return out
 
 
 def _opt(x: float) -> float | None:
-    return None if np.isnan(x) else float(x)
+    return None if x != x else x  # NaN: none
 
 
 @lru_cache(maxsize=4096)
-def _rule_outcome(rule: AlertRule, holds: tuple, seen: tuple, observed: bool, alarm: float):
-    """The alert, the minutes ``keep_firing_for`` still holds it, and the rule's text (few patterns)."""
-    rule, on, text = _covered(rule, np.array(holds), list(seen), observed, alarm)
+def _rule_outcome(rule: AlertRule, hold_bits: int, seen_bits: int, n_o: int, observed: bool, alarm: float):
+    """The alert, the minutes ``keep_firing_for`` still holds it, and the rule's text (few patterns);
+    the checks' flags as bits (bit i: check i, oldest first)."""
+    holds = np.array([(hold_bits >> i) & 1 for i in range(n_o)], dtype=bool)
+    seen = [bool((seen_bits >> i) & 1) for i in range(n_o)]
+    rule, on, text = _covered(rule, holds, seen, observed, alarm)
     alert = bool(rule.firing(on)[-1])
     return alert, rule.keep_firing_left(on) if alert else None, text
 
@@ -422,12 +484,14 @@ def _corrections(ts: np.ndarray, resid: np.ndarray, ends: np.ndarray,
     return np.where(live, level, 0.0), np.where(live, slope, 0.0)
 
 
-def _anomaly_many(bundle: ModelBundle, items: list[_Item], finals: dict) -> dict[int, tuple]:
+def _anomaly_many(bundle: ModelBundle, items: list[_Item], z: np.ndarray) -> dict[int, tuple]:
     """``anomaly_now`` of every series, one forest walk per workload detector (scores and explanations)."""
+    if not bundle.detectors:
+        return {}
     by_detector: dict[int, list[tuple[int, np.ndarray]]] = {}
     detectors = {}
-    for j, it in enumerate(items):
-        found = anomaly_row(bundle, it.query.series_id, finals[j]["z"], it.query.context, it.now)
+    for j, (it, z_j) in enumerate(zip(items, z.tolist(), strict=True)):
+        found = anomaly_row(bundle, it.query.series_id, None if z_j != z_j else z_j, it.query.context, it.now)
         if found is not None:
             detectors[id(found[0])] = found[0]
             by_detector.setdefault(id(found[0]), []).append((j, found[1]))
@@ -457,43 +521,46 @@ def explain_rows(det, z: np.ndarray, top: int = 3) -> tuple[np.ndarray, list[lis
     return scores, [det.ranked(raw[r, 0] - raw[r, 1:], z[r], top) for r in range(rows.shape[0])]
 
 
-def _prediction(bundle: ModelBundle, it: _Item, f: dict, yhat2: np.ndarray, trend2: np.ndarray,
-                anomaly: tuple) -> Prediction:
-    q, model, c = it.query, it.model, f["crossing"]
+_DRIVERS = ("trend", "seasonality", "recent_level", "recent_drift")
+
+
+def _prediction(it: _Item, j: int, t: dict[str, list], crossed: bool, outcome: tuple, anomaly: tuple,
+                version: str) -> Prediction:
+    """Row ``j`` of the batch's columns ``t`` as the one-series path's :class:`Prediction`."""
+    q, model, cal = it.query, it.model, it.calibration
     sign = 1.0 if q.direction == "above" else -1.0
-    minutes_ahead = (f["k"] + 1) * model.step_minutes_
-    drift = float(damped(f["level"], f["slope"], minutes_ahead, DAMPING_MINUTES).reshape(())) - f["level"]
-    changes = {
-        "trend": float(trend2[1] - trend2[0]),
-        "seasonality": float((yhat2[1] - trend2[1]) - (yhat2[0] - trend2[0])),
-        "recent_level": f["level"],
-        "recent_drift": drift,
-    }
-    ranked = sorted(changes.items(), key=lambda kv: -sign * kv[1])
-    drivers = [{"component": k, "meaning": DRIVER_NAMES[k], "change": round(v, 4)}
-               for k, v in ranked if sign * v > 0]
-    note = calibration_note(model, it.calibration, q.threshold, q.direction, True)
+    changes, rounded = t["changes"][j], t["r_changes"][j]
+    ranked = sorted(range(4), key=lambda i: -sign * changes[i])
+    drivers = [{"component": _DRIVERS[i], "meaning": DRIVER_NAMES[_DRIVERS[i]], "change": rounded[i]}
+               for i in ranked if sign * changes[i] > 0]
     now = it.now
-
-    def r2(v):
-        return None if v is None else round(v, 2)
-
-    def at(m):
-        return None if m is None else now + timedelta(minutes=m)
-
+    minutes, earliest, latest = t["minutes"][j], t["earliest"][j], t["latest"][j]
+    alert, held_left, rule_text = outcome
     score, top = anomaly
     return Prediction(
         series_id=q.series_id, model_kind=model.kind_, now=now, threshold=q.threshold,
         direction=q.direction, horizon_minutes=q.horizon_minutes,
-        minutes_to_threshold=r2(c["minutes"]), crossing_at=at(c["minutes"]),
-        earliest_minutes=r2(c["earliest"]), latest_minutes=r2(c["latest"]),
-        earliest_at=at(c["earliest"]), latest_at=at(c["latest"]),
-        probability=c["probability"], already_crossed=c["crossed"],
-        alert=f["alert"], alarm_probability=it.calibration.alarm, alert_rule=f["rule_text"],
-        keep_firing_minutes_left=f["held_left"], calibrated=it.calibration.n_fitted > 0,
-        calibration_note=note, calendar=calendar_of(model),
+        minutes_to_threshold=_opt(t["r_minutes"][j]),
+        crossing_at=None if minutes != minutes else now + timedelta(minutes=minutes),
+        earliest_minutes=_opt(t["r_earliest"][j]), latest_minutes=_opt(t["r_latest"][j]),
+        earliest_at=None if earliest != earliest else now + timedelta(minutes=earliest),
+        latest_at=None if latest != latest else now + timedelta(minutes=latest),
+        probability=t["probability"][j], already_crossed=bool(crossed),
+        alert=alert, alarm_probability=cal.alarm, alert_rule=rule_text,
+        keep_firing_minutes_left=held_left, calibrated=cal.n_fitted > 0,
+        calibration_note=_note(model, cal, q.threshold, q.direction), calendar=calendar_of(model),
         drivers=drivers, driver=drivers[0]["component"] if drivers else None,
-        level_correction=round(f["level"], 4), trend_correction_per_min=round(f["slope"], 5),
-        anomaly_score=score, anomaly_top_metrics=top, model_version=bundle.version_label,
+        level_correction=t["r_level"][j], trend_correction_per_min=t["r_slope"][j],
+        anomaly_score=score, anomaly_top_metrics=top, model_version=version,
     )
 
+
+def _note(model, cal, threshold: float, direction: str) -> str:
+    if not cal.n_fitted:  # the same words for every threshold
+        return _uncalibrated_note(cal.alarm)
+    return calibration_note(model, cal, threshold, direction, True)
+
+
+@lru_cache(maxsize=64)
+def _uncalibrated_note(alarm: float) -> str:
+    return calibration_note(None, ProbabilityCalibration(alarm=alarm), 0.0, "above", True)

@@ -28,6 +28,8 @@ DEFAULT_MAX_CONCURRENCY = 32
 TOKEN_ENV = "PREALERT_API_TOKEN"
 TOKEN_FILE_ENV = "PREALERT_API_TOKEN_FILE"
 VERSION_HEADER = b"x-prealert-model-version"
+#: the ASGI scope key under which the edge leaves the request body it has read
+BODY_KEY = "prealert.body"
 #: the model's APIs: JSON bodies only, behind the token when one is set, counted in prealert's
 #: metrics, 503 while no model is loaded; health, docs and /metrics stay open
 API_PATHS = ("/predict", "/predict_batch", "/alerts", "/model", "/series", "/rules", "/status",
@@ -168,7 +170,8 @@ def openapi_document(spec: dict, models: dict[str, tuple[type, type]], api_paths
             responses = operation["responses"]
             if path in models:
                 request, response = models[path]
-                operation["requestBody"]["content"] = {"application/json": {"schema": component(request)}}
+                operation.setdefault("requestBody", {"required": True})["content"] = {
+                    "application/json": {"schema": component(request)}}
                 responses["200"]["content"] = {"application/json": {"schema": component(response)}}
             if path in api_paths:
                 for status in DOCUMENTED_ERRORS:
@@ -325,6 +328,7 @@ class HttpEdge:
         if body is None:
             await _answer(send, 413, error_json(413, self._too_large()))
             return
+        scope[BODY_KEY] = body  # an API may read the body as it came (see service.predict_batch)
         await self._reshaping(scope, _replay(body, receive), send)
 
     def _too_large(self) -> str:

@@ -7,9 +7,12 @@ import json
 import logging
 import math
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+import pydantic_core
 from pydantic import TypeAdapter, ValidationError
 
 from features import schema as s
@@ -21,6 +24,7 @@ from serving.schemas import (
     AlertsRequest,
     AlertsResponse,
     BatchItemResult,
+    BatchItems,
     ErrorDetail,
     PredictBatchRequest,
     PredictBatchResponse,
@@ -33,6 +37,7 @@ from serving.schemas import (
     SeriesList,
     SeriesObservations,
     SkippedSeries,
+    plausible_seconds,
     positive_int,
     shortened,
     validation_message,
@@ -190,23 +195,32 @@ class Predictor:
     def resolve(self, req: PredictRequest) -> tuple[Query, str, str | None]:
         """What ``req`` asks of the bundle (series, threshold, direction, horizon, observations),
         how its series was found, and the rule it named; raises as /predict answers."""
+        return self._resolve(req.series_id, req.metric, req.labels, req.rule, req.threshold, req.direction,
+                             req.horizon_minutes, "horizon_minutes" in req.model_fields_set,
+                             req.now, req.context, given=req.recent)
+
+    def _resolve(self, series_id: str | None, metric_asked: str | None, labels: dict[str, str],
+                 rule_asked: str | None, threshold: float | None, direction: str | None, horizon: float,
+                 horizon_given: bool, now: datetime | None, context: dict[str, float],
+                 given: list | None = None, observed: tuple | None = None) -> tuple[Query, str, str | None]:
+        """:meth:`resolve` of a request's fields; the observations as ``given`` (``Observation``
+        models) or ``observed`` (times in us since the epoch and values, as arrays)."""
         rule = None
-        if req.rule:
-            if req.rule not in self.catalog.rules:
-                raise UnknownSeries(f"no rule {shortened(repr(req.rule))} in the rules catalogue; known: "
+        if rule_asked:
+            if rule_asked not in self.catalog.rules:
+                raise UnknownSeries(f"no rule {shortened(repr(rule_asked))} in the rules catalogue; known: "
                                     f"{shortened(', '.join(sorted(self.catalog.rules)), 300)}")
-            rule = self.catalog.rules[req.rule]
-            if req.metric and req.metric != rule.metric:
+            rule = self.catalog.rules[rule_asked]
+            if metric_asked and metric_asked != rule.metric:
                 raise ValueError(
-                    f"rule {req.rule!r} watches {rule.metric}, not {shortened(repr(req.metric))}")
-        sid, how = self.locate(req.series_id, req.metric or (rule.metric if rule else None), req.labels)
+                    f"rule {rule_asked!r} watches {rule.metric}, not {shortened(repr(metric_asked))}")
+        sid, how = self.locate(series_id, metric_asked or (rule.metric if rule else None), labels)
         entity, metric = s.split_series_id(sid)
         if rule is not None:
             rule = self.catalog.rule(rule.name, entity)
             if metric != rule.metric:
                 raise ValueError(f"rule {rule.name!r} watches {rule.metric}, not the series {sid!r}")
         spec = s.spec_for(metric)
-        threshold = req.threshold
         if threshold is None:
             threshold = rule.threshold if rule else spec.threshold
         if math.isnan(threshold):  # unknown metric and no threshold given
@@ -216,11 +230,13 @@ class Predictor:
             unit = f" {spec.unit}" if spec.unit not in ("", "1", "ratio") else ""
             raise ValueError(f"threshold {threshold:g} is outside the values {metric} can take "
                              f"({lo:g} to {hi:g}{unit}): it can never be crossed; send one within that range")
-        direction = req.direction or (rule.direction if rule else spec.direction)
-        horizon = (rule.horizon_minutes if rule and "horizon_minutes" not in req.model_fields_set
-                   else req.horizon_minutes)
-        query = Query(sid, threshold, direction, horizon, self._recent(sid, req.recent, req.now), req.now,
-                      req.context)
+        direction = direction or (rule.direction if rule else spec.direction)
+        horizon = rule.horizon_minutes if rule and not horizon_given else horizon
+        if observed is not None and (observed[0].size or now is not None or self.source is None):
+            query = Query(sid, threshold, direction, horizon, None, now, context, observed)
+        else:
+            recent = self._recent(sid, given or [], now)
+            query = Query(sid, threshold, direction, horizon, recent, now, context)
         return query, how, rule.name if rule else None
 
     def predict(self, req: PredictRequest) -> PredictResponse:
@@ -234,36 +250,47 @@ class Predictor:
 
     # --- many series ------------------------------------------------------------------------
     def predict_batch(self, req: PredictBatchRequest) -> PredictBatchResponse:
-        """Each item answered or given its own error; one bad item never fails the batch.
+        """:meth:`predict_batch_json` of a request model, as a response model."""
+        body = json.dumps({"items": req.items}).encode()
+        return PredictBatchResponse.model_validate_json(self.predict_batch_json(body))
 
-        The items are validated together, in one pass, as /predict validates one body (as JSON:
-        strict times are ISO strings there); an invalid item gets the message it would get alone.
-        The valid ones are answered together (``training.predict_many``), each as /predict would.
+    def predict_batch_json(self, body: bytes) -> bytes:
+        """A /predict_batch body answered, as the JSON of a ``PredictBatchResponse``.
+
+        Each item answered or given its own error; one bad item never fails the batch. The
+        items are read straight from the body in one pass (``BatchItem``); an item that fails
+        it, or the checks the batch runs over all items at once (times in the plausible window,
+        a series named), is validated alone as /predict validates its body, for the message it
+        would get alone. The valid ones are answered together (``training.predict_many``),
+        each as /predict would, and written as JSON without a model object per item.
         """
-        _within_limit(len(req.items), "items")
-        requests, errors = validate_items(req.items)
-        results: list = [None] * len(requests)
+        items, errors = _batch_items(body)
+        _within_limit(len(items), "items")
+        results: list = [None] * len(items)
         asked: list[tuple[int, Query, str, str | None]] = []
-        for i, item in enumerate(requests):
+        for i, item in enumerate(items):
             try:
                 if item is None:
                     raise errors[i]
-                asked.append((i, *self.resolve(item)))
+                asked.append((i, *self._resolve(
+                    item.get("series_id"), item.get("metric"), item.get("labels", _EMPTY),
+                    item.get("rule"), item.get("threshold"), item.get("direction"),
+                    item.get("horizon_minutes", 240), "horizon_minutes" in item, item.get("now"),
+                    item.get("context", _EMPTY), observed=item["observed"])))
             except Exception as exc:
-                results[i] = _item_failure(i, exc)
+                results[i] = _item_failure_json(i, exc)
         answers = predict_many(self.bundle, [q for _, q, _, _ in asked])
+        version = self.model_version
         for (i, _, how, rule), p in zip(asked, answers, strict=True):
             try:
                 if isinstance(p, Exception):
                     raise p
-                answer = _response(p, how, rule)
-                results[i] = BatchItemResult.model_construct(index=i, status=200, answer=answer, error=None)
+                results[i] = {"index": i, "status": 200, "answer": _answer_json(p, how, rule), "error": None}
             except Exception as exc:
-                results[i] = _item_failure(i, exc)
-        failed = sum(r.status != 200 for r in results)
-        return PredictBatchResponse.model_construct(model_version=self.model_version,
-                                                    answered=len(results) - failed, failed=failed,
-                                                    results=results)
+                results[i] = _item_failure_json(i, exc)
+        failed = sum(r["status"] != 200 for r in results)
+        return pydantic_core.to_json({"model_version": version, "answered": len(results) - failed,
+                                      "failed": failed, "results": results}, inf_nan_mode="null")
 
     def alerts(self, req: AlertsRequest) -> AlertsResponse:
         """The series predicted to cross within their rules' lead times, most urgent first."""
@@ -355,7 +382,9 @@ def source_from_environment() -> PrometheusSource | None:
         raise ModelLoadError(f"Prometheus source: {one_line(exc, 500)}") from exc
 
 
-_ITEMS = TypeAdapter(list[PredictRequest])
+_BATCH = TypeAdapter(BatchItems)
+_EMPTY: dict = {}  # never changed: a default shared by every item
+_NO_OBSERVATIONS = (np.zeros(0, dtype=np.int64), np.zeros(0))
 
 
 class ItemInvalid(ValueError):
@@ -366,24 +395,111 @@ class ItemInvalid(ValueError):
         self.errors = errors
 
 
-def validate_items(items: list[dict]) -> tuple[list[PredictRequest | None], dict[int, ItemInvalid]]:
-    """Every item as a ``PredictRequest`` (None where invalid) and each invalid item's error.
+def _batch_items(body: bytes) -> tuple[list[dict | None], dict[int, ItemInvalid]]:
+    """Every item of a /predict_batch body as a ``BatchItem`` dict whose ``observed`` holds its
+    observations as arrays (times in us since the epoch, values), None where invalid, and each
+    invalid item's error (the one ``PredictRequest`` gives it alone).
 
-    One validation of the whole list; if some items fail, one more of the others (pydantic gives
-    no partial result), so a batch costs two passes at most, never one per item.
+    A body that is not a batch at all raises ``ValueError`` with pydantic's message.
     """
     try:
-        return list(_ITEMS.validate_json(json.dumps(items))), {}
+        items = _BATCH.validate_json(body)["items"]
+        doubtful: set[int] = set()
     except ValidationError as exc:
-        by_item: dict[int, list[dict]] = {}
-        for err in exc.errors():
-            by_item.setdefault(err["loc"][0], []).append({**err, "loc": err["loc"][1:]})
-    good = [i for i in range(len(items)) if i not in by_item]
-    valid = _ITEMS.validate_json(json.dumps([items[i] for i in good])) if good else []
-    out: list[PredictRequest | None] = [None] * len(items)
-    for i, request in zip(good, valid, strict=True):
-        out[i] = request
-    return out, {i: ItemInvalid(errs) for i, errs in by_item.items()}
+        try:
+            raw = PredictBatchRequest.model_validate_json(body).items
+        except ValidationError as outer:
+            raise ValueError(validation_message(outer.errors())) from None
+        doubtful = {err["loc"][1] for err in exc.errors() if len(err["loc"]) > 1}
+        items = [None] * len(raw)
+        good = [i for i in range(len(raw)) if i not in doubtful]
+        for i, item in zip(good, _BATCH.validate_json(json.dumps({"items": [raw[i] for i in good]}))["items"],
+                           strict=True):
+            items[i] = item
+    # the times of every item at once, read as the one-series path reads them (naive = UTC)
+    times, values, counts = [], [], []
+    for item in items:
+        recent = item.get("recent") if item is not None else None
+        counts.append(len(recent) if recent else 0)
+        if recent:
+            times += [o["ts"] for o in recent]
+            values += [o["value"] for o in recent]
+    secs = np.array([t.timestamp() if t.tzinfo is not None else t.replace(tzinfo=UTC).timestamp()
+                     for t in times], dtype=np.float64)
+    us = np.round(secs * 1e6).astype(np.int64)
+    y = np.array(values, dtype=np.float64)
+    late = np.flatnonzero(~plausible_seconds(secs))
+    if late.size:
+        doubtful.update(np.searchsorted(np.cumsum(counts), late, side="right").tolist())
+    ends = np.cumsum(counts).tolist()
+    for i, item in enumerate(items):
+        if item is None or i in doubtful:
+            continue
+        now = item.get("now")
+        if not (item.get("series_id") or item.get("metric") or item.get("rule")) or (
+                now is not None and not plausible_seconds(
+                    (now if now.tzinfo is not None else now.replace(tzinfo=UTC)).timestamp())):
+            doubtful.add(i)
+            continue
+        lo, hi = ends[i] - counts[i], ends[i]
+        item["observed"] = (us[lo:hi], y[lo:hi]) if hi > lo else _NO_OBSERVATIONS
+    errors: dict[int, ItemInvalid] = {}
+    if doubtful:  # each alone, as /predict validates it, for its own message
+        raw = PredictBatchRequest.model_validate_json(body).items
+        for i in sorted(doubtful):
+            try:
+                valid = PredictRequest.model_validate_json(json.dumps(raw[i]))
+            except ValidationError as exc:
+                errors[i] = ItemInvalid(exc.errors())
+                items[i] = None
+            else:  # valid after all (a time on the window's edge): answered as /predict reads it
+                items[i] = _item_of(valid)
+    return items, errors
+
+
+def _item_of(req: PredictRequest) -> dict:
+    """A validated request as the batch's item dict."""
+    item = {name: getattr(req, name) for name in req.model_fields_set}
+    secs = np.array([(o.ts if o.ts.tzinfo is not None else o.ts.replace(tzinfo=UTC)).timestamp()
+                     for o in req.recent], dtype=np.float64)
+    item["observed"] = (np.round(secs * 1e6).astype(np.int64), np.array([o.value for o in req.recent],
+                                                                         dtype=np.float64))
+    return item
+
+
+#: PredictResponse's fields in its order, and those it holds as floats (an int is written as one)
+_ANSWER_FIELDS = tuple(PredictResponse.model_fields)
+_FLOAT_FIELDS = frozenset(name for name, f in PredictResponse.model_fields.items()
+                          if f.annotation in (float, float | None))
+
+
+def _answer_json(p: Prediction, how: str, rule: str | None) -> dict:
+    """``_response(p, how, rule)`` as the plain dict its JSON is written from (no model object)."""
+    values = p.__dict__
+    out = {}
+    for name in _ANSWER_FIELDS:
+        if name == "message":
+            value = p.sentence()
+        elif name == "resolved_by":
+            value = how
+        elif name == "rule":
+            value = rule
+        elif name == "drivers":
+            value = [{"component": d["component"], "meaning": d["meaning"], "change": float(d["change"])}
+                     for d in values["drivers"]]
+        elif name == "anomaly_top_metrics":
+            value = [{"metric": m["metric"], "z": float(m["z"])} for m in values["anomaly_top_metrics"]]
+        else:
+            value = values[name]
+            if name in _FLOAT_FIELDS and value is not None:
+                value = float(value)
+        out[name] = value
+    return out
+
+
+def _item_failure_json(i: int, exc: Exception) -> dict:
+    status, code, message = _item_error(exc, f"batch item {i}")
+    return {"index": i, "status": status, "answer": None, "error": {"code": code, "message": message}}
 
 
 def _response(p: Prediction, how: str, rule: str | None) -> PredictResponse:

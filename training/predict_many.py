@@ -49,7 +49,12 @@ _US = timedelta(microseconds=1)
 
 @dataclass(frozen=True)
 class Query:
-    """One series to answer, as :func:`predict_series` takes it."""
+    """One series to answer, as :func:`predict_series` takes it.
+
+    ``observed`` may give the recent observations already as arrays instead of ``recent``: times
+    in microseconds since the epoch (UTC, int64) and values (a service parses a batch's times
+    in one pass).
+    """
 
     series_id: str
     threshold: float
@@ -58,6 +63,14 @@ class Query:
     recent: list[tuple[datetime, float]] | None = None
     now: datetime | None = None
     context: dict[str, float] | None = None
+    observed: tuple[np.ndarray, np.ndarray] | None = None
+
+    def observations(self) -> list[tuple[datetime, float]] | None:
+        """``recent``, or ``observed`` as (time, value) pairs."""
+        if self.observed is None:
+            return self.recent
+        us, y = self.observed
+        return [(_EPOCH + timedelta(microseconds=t), v) for t, v in zip(us.tolist(), y.tolist(), strict=True)]
 
 
 @dataclass
@@ -98,7 +111,7 @@ def predict_many(bundle: ModelBundle, queries: Sequence[Query]) -> list[Predicti
         try:
             q = queries[i]
             out[i] = predict_series(bundle, q.series_id, q.threshold, q.direction, q.horizon_minutes,
-                                    recent=q.recent, now=q.now, context=q.context)
+                                    recent=q.observations(), now=q.now, context=q.context)
         except Exception as exc:
             out[i] = exc
     if items:
@@ -112,8 +125,12 @@ def _observations_of(queries: Sequence[Query], out: list) -> tuple[np.ndarray, n
     times (us since the epoch) and values sorted by (series, time), non-finite values dropped;
     ``bounds[i]:bounds[i + 1]`` is query i's slice. A query whose times cannot be read gets its
     error in ``out`` and no observations."""
-    times, values, counts = [], [], []
+    times, values, counts, given = [], [], [], []
     for i, q in enumerate(queries):
+        if q.observed is not None:
+            given.append(i)
+            counts.append(q.observed[0].size)
+            continue
         recent = q.recent or ()
         try:
             t = [ts for ts, _ in recent]
@@ -126,8 +143,21 @@ def _observations_of(queries: Sequence[Query], out: list) -> tuple[np.ndarray, n
         times += t
         values += v
         counts.append(len(t))
-    us = _as_datetime64(times).astype(np.int64)
-    y = np.array(values, dtype=np.float64)
+    if given:  # arrays as they came, in query order with the others
+        us_parts, y_parts, k = [], [], 0
+        listed_us = _as_datetime64(times).astype(np.int64)
+        listed_y = np.array(values, dtype=np.float64)
+        for i, q in enumerate(queries):
+            if q.observed is not None:
+                us_parts.append(np.asarray(q.observed[0], dtype=np.int64))
+                y_parts.append(np.asarray(q.observed[1], dtype=np.float64))
+            else:
+                us_parts.append(listed_us[k:k + counts[i]])
+                y_parts.append(listed_y[k:k + counts[i]])
+                k += counts[i]
+        us, y = np.concatenate(us_parts), np.concatenate(y_parts)
+    else:
+        us, y = _as_datetime64(times).astype(np.int64), np.array(values, dtype=np.float64)
     series = np.repeat(np.arange(len(queries)), counts)
     order = np.lexsort((us, series))  # stable, as the one-series path's argsort(kind="stable")
     us, y, series = us[order], y[order], series[order]

@@ -15,10 +15,11 @@ import httpx
 import numpy as np
 import polars as pl
 import pytest
+from pydantic import TypeAdapter
 
 from features import schema as s
 from serving.predictor import Predictor, _item_error, _response
-from serving.schemas import PredictBatchRequest, PredictRequest
+from serving.schemas import BatchItem, PredictBatchRequest, PredictBatchResponse, PredictRequest
 from serving.server import free_port, start_service, stop_service, wait_ready
 from training.bundle import ModelBundle
 from training.predict import predict_series
@@ -188,6 +189,12 @@ def mixed_items() -> list[dict]:
         {"metric": "apdex", "labels": {"pod": "brand-new-pod-7f9c8d-abcde"}},  # unknown workload
         {"rule": "apdex", "labels": {"service": "golden-app"}},
         {"series_id": APDEX, "horizon_minutes": 1000},  # beyond the learned errors
+        {"series_id": HEAP, "threshold": 68, "recent": [  # an offset and a naive (UTC) time
+            {"ts": "2026-10-15T02:10:00+02:00", "value": 61.0}, {"ts": "2026-10-15T00:11:30.25", "value": 61.5}]},
+        {"series_id": HEAP, "now": "1999-01-01T00:00:00Z"},  # 'now' outside the plausible window
+        {"series_id": HEAP, "recent": [*recent[:3], {"ts": "2099-01-01T00:00:00Z", "value": 1.0}]},  # future
+        {"series_id": HEAP, "recent": [{"ts": "2026-10-15T00:00:00Z", "value": 1.0, "x": 2}]},  # extra key
+        {"series_id": HEAP, "recent": [{"ts": 1760486400, "value": 1.0}]},  # a number is not a time here
     ]
 
 
@@ -215,6 +222,34 @@ def test_predictor_batch_items_equal_the_one_series_path(bundle):
     assert statuses == {200, 400, 404}
     assert (batch.answered, batch.failed) == (sum(r.status == 200 for r in batch.results),
                                               sum(r.status != 200 for r in batch.results))
+
+
+def test_the_batch_json_is_what_the_response_models_write(bundle):
+    """The batch writes its JSON without a model object per item: it is byte for byte what
+    ``PredictBatchResponse`` writes for the same content (field order, floats, times, nulls)."""
+    body = json.dumps({"items": mixed_items()}).encode()
+    written = Predictor(bundle).predict_batch_json(body)
+    assert PredictBatchResponse.model_validate_json(written).model_dump_json().encode() == written
+
+
+def test_batch_items_are_read_with_predict_requests_checks():
+    """``BatchItem`` (the batch's one-pass read) holds every field and constraint of
+    ``PredictRequest`` but the two checks the batch runs across items (times' window, a series named)."""
+    def fields(schema: dict) -> dict:
+        defs = schema.get("$defs", {})
+
+        def plain(node):
+            if isinstance(node, dict):
+                if "$ref" in node:
+                    return plain(defs[node["$ref"].split("/")[-1]])
+                return {k: plain(v) for k, v in node.items()
+                        if k not in ("description", "examples", "title", "default", "required")}
+            if isinstance(node, list):
+                return [plain(v) for v in node]
+            return node
+        return plain(schema)["properties"]
+
+    assert fields(TypeAdapter(BatchItem).json_schema()) == fields(PredictRequest.model_json_schema())
 
 
 @pytest.mark.slow

@@ -190,7 +190,8 @@ def mixed_items() -> list[dict]:
         {"rule": "apdex", "labels": {"service": "golden-app"}},
         {"series_id": APDEX, "horizon_minutes": 1000},  # beyond the learned errors
         {"series_id": HEAP, "threshold": 68, "recent": [  # an offset and a naive (UTC) time
-            {"ts": "2026-10-15T02:10:00+02:00", "value": 61.0}, {"ts": "2026-10-15T00:11:30.25", "value": 61.5}]},
+            {"ts": "2026-10-15T02:10:00+02:00", "value": 61.0},
+            {"ts": "2026-10-15T00:11:30.25", "value": 61.5}]},
         {"series_id": HEAP, "now": "1999-01-01T00:00:00Z"},  # 'now' outside the plausible window
         {"series_id": HEAP, "recent": [*recent[:3], {"ts": "2099-01-01T00:00:00Z", "value": 1.0}]},  # future
         {"series_id": HEAP, "recent": [{"ts": "2026-10-15T00:00:00Z", "value": 1.0, "x": 2}]},  # extra key

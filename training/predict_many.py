@@ -444,9 +444,11 @@ def _crossing_group(items: list[_Item], members: list[int], n_h: int, n_o: int, 
 
 
 def _error_paths(its: list[_Item], n_h: int) -> np.ndarray:
-    """The series' error paths over the horizon, stacked (g, K, n_h) as float64."""
+    """The series' error paths over the horizon, stacked (g, K, n_h) in their own float type
+    (float32 as stored: every sum with them is taken in float64)."""
     first = its[0].model.error_paths_
-    out = np.empty((len(its), first.shape[0], n_h))
+    dtype = first.dtype if all(it.model.error_paths_.dtype == first.dtype for it in its) else np.float64
+    out = np.empty((len(its), first.shape[0], n_h), dtype=dtype)
     for r, it in enumerate(its):
         out[r] = it.model.error_paths_[:, :n_h]
     return out

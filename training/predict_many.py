@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 import numpy as np
+import pandas as pd
 
 from training.bundle import ModelBundle
 from training.forecast.correction import DAMPING_MINUTES, MIN_POINTS_FOR_SLOPE, WINDOW_MINUTES, damped
@@ -173,27 +174,58 @@ def _origin_offsets(rule: AlertRule) -> tuple[int, ...]:
                  for k in range(rule.lookback_checks, -1, -1))
 
 
+_FACTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _horizon_facts(model, horizon_minutes: float, alert_rule: AlertRule) -> tuple | None:
+    """What a model answers a horizon with: steps, calibration, the alert rule and its checks'
+    offsets (None when the one-series path must answer it); cached per model and horizon."""
+    facts = _FACTS.get(model)
+    if facts is None:
+        facts = _FACTS[model] = {}
+    found = facts.get(horizon_minutes)
+    if found is None or found[0] is not alert_rule:
+        if model.kind_ != "prophet" or getattr(model, "point_model_", None) is None:
+            found = (alert_rule, None)  # the linear fallback, or Prophet's own predict
+        else:
+            n_h = max(1, int(np.ceil(horizon_minutes / model.step_minutes_)))
+            paths = model.error_paths_
+            if not (paths.shape[0] >= MIN_ERROR_PATHS and paths.shape[1] >= n_h):
+                found = (alert_rule, None)  # the one-series path says why the horizon is too long
+            else:
+                calibration = served_calibration(model, horizon_minutes, True)
+                rule = alert_rule.with_for(calibration.for_minutes)
+                found = (alert_rule, (n_h, int(model.step_minutes_ * 60e6), calibration, rule,
+                                      _origin_offsets(rule)))
+        facts[horizon_minutes] = found
+    return found[1]
+
+
+@lru_cache(maxsize=65536)
+def _range_of(series_id: str) -> tuple[float, float]:
+    return physical_range(series_id)
+
+
 def _item(bundle: ModelBundle, i: int, q: Query, obs_us: np.ndarray, bounds: np.ndarray) -> _Item | None:
     """The series' facts, or None when the one-series path must answer it."""
     model = bundle.forecasters.get(q.series_id)
-    if model is None or model.kind_ != "prophet" or getattr(model, "point_model_", None) is None:
-        return None  # unknown (its KeyError), the linear fallback, or Prophet's own predict
-    n_h = max(1, int(np.ceil(q.horizon_minutes / model.step_minutes_)))
-    paths = model.error_paths_
-    if not (paths.shape[0] >= MIN_ERROR_PATHS and paths.shape[1] >= n_h):
-        return None  # the one-series path says why the horizon is too long
-    value_lo, value_hi = physical_range(q.series_id)
+    if model is None:
+        return None  # unknown: the one-series path's KeyError
+    facts = _horizon_facts(model, q.horizon_minutes, bundle.alert_rule)
+    if facts is None:
+        return None
+    value_lo, value_hi = _range_of(q.series_id)
     if not value_lo < q.threshold < value_hi:
         return None  # at or beyond the range's edge holding the paths in it decides crossings
     lo, hi = int(bounds[i]), int(bounds[i + 1])
     if hi > lo:
-        now = _to_utc(np.datetime64(int(obs_us[hi - 1]), "us").astype(datetime))
+        now_us = int(obs_us[hi - 1])
+        now = _EPOCH + timedelta(microseconds=now_us)
     else:
         now = _to_utc(model.last_ts_ if q.now is None else q.now)
-    calibration = served_calibration(model, q.horizon_minutes, True)
-    rule = bundle.alert_rule.with_for(calibration.for_minutes)
-    return _Item(i, q, model, now, (now - _EPOCH) // _US, lo, hi, n_h,
-                 int(model.step_minutes_ * 60e6), calibration, rule, _origin_offsets(rule),
+        now_us = (now - _EPOCH) // _US
+    n_h, step_us, calibration, rule, offsets = facts
+    return _Item(i, q, model, now, now_us, lo, hi, n_h, step_us, calibration, rule, offsets,
                  (value_lo, value_hi))
 
 
@@ -227,35 +259,61 @@ def _params(model) -> _PointParams:
     return found
 
 
-def point_forecasts(models: Sequence, times_us: np.ndarray,
-                    owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+@dataclass
+class _Layouts:
+    """The point-forecast parameters of a list of models as arrays, grouped by calendar layout
+    (built once per batch, read by every :func:`point_forecasts` call of it)."""
+
+    groups: list[tuple[tuple, list[int]]]  # (layout, its models' positions in the list)
+    group_of: np.ndarray  # each model's group
+    local_of: np.ndarray  # each model's position within its group
+    scalars: list[np.ndarray]  # per group: (members, 5), see _PointParams.scalars
+    times: list[np.ndarray]  # per group: (members, 2) int64 start_ns, t_scale_ns
+    betas: list[np.ndarray]  # per group: (members, features)
+
+    @classmethod
+    def of(cls, models: Sequence) -> _Layouts:
+        params = [_params(m) for m in models]
+        by_layout: dict[tuple, list[int]] = {}
+        for m, p in enumerate(params):
+            by_layout.setdefault(p.layout, []).append(m)
+        groups = list(by_layout.items())
+        group_of = np.empty(len(models), dtype=np.int64)
+        local_of = np.empty(len(models), dtype=np.int64)
+        for g, (_, members) in enumerate(groups):
+            group_of[members] = g
+            local_of[members] = np.arange(len(members))
+        return cls(groups, group_of, local_of,
+                   [np.array([params[m].scalars for m in members]) for _, members in groups],
+                   [np.array([params[m].times for m in members], dtype=np.int64) for _, members in groups],
+                   [np.stack([params[m].beta for m in members]) for _, members in groups])
+
+
+def point_forecasts(models: Sequence, times_us: np.ndarray, owner: np.ndarray,
+                    layouts: _Layouts | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``yhat`` and ``trend`` of ``models[owner[r]]`` at UTC time ``times_us[r]`` for every row r
-    (rows with a negative owner are left NaN).
+    (rows with a negative owner are left NaN); ``layouts``: ``_Layouts.of(models)`` if at hand.
 
     The numpy point model's ``trend`` and ``yhat`` (see ``ProphetPointModel``) with each row's own
     parameters: one local calendar and one feature block per seasonality for the distinct times
     of the models that share a layout; the trend after the last changepoint for every row past
     the training history, the changepoints looked up model by model for the others.
     """
+    layouts = layouts or _Layouts.of(models)
     yhat = np.full(times_us.size, np.nan)
     trend = np.full(times_us.size, np.nan)
-    params = [_params(m) for m in models]
-    groups: dict[tuple, list[int]] = {}
-    for m, p in enumerate(params):
-        groups.setdefault(p.layout, []).append(m)
-    for layout, members in groups.items():
-        member_of = np.full(len(models), -1)
-        member_of[members] = np.arange(len(members))
-        mine = np.where(owner >= 0, member_of[np.maximum(owner, 0)], -1)
-        order = np.argsort(mine, kind="stable")
-        order = order[np.searchsorted(mine[order], 0):]  # this layout's rows, by model
+    owned = owner >= 0
+    group = np.where(owned, layouts.group_of[np.maximum(owner, 0)], -1)
+    for g, (layout, members) in enumerate(layouts.groups):
+        order = np.flatnonzero(group == g) if len(layouts.groups) > 1 or not owned.all() else \
+            np.arange(times_us.size)  # this layout's rows (every row, mostly)
         if order.size == 0:
             continue
-        local = mine[order]
-        scalars = np.array([params[m].scalars for m in members])[local]  # (rows, 5)
-        start, scale = np.array([params[m].times for m in members], dtype=np.int64)[local].T
+        local = layouts.local_of[owner[order]]
+        scalars = layouts.scalars[g][local]  # (rows, 5)
+        start, scale = layouts.times[g][local].T
         # the calendar and the Fourier features depend on the time alone: once per distinct time
-        times, at = np.unique(times_us[order], return_inverse=True)
+        at, times = pd.factorize(times_us[order])
         cal = local_calendar(times.astype("datetime64[us]"), layout[0], layout[1])
         ds_ns = cal["ds"].astype("datetime64[ns]").view(np.int64)[at]
         t = (ds_ns - start) / scale
@@ -274,7 +332,7 @@ def point_forecasts(models: Sequence, times_us: np.ndarray,
         terms = models[members[0]].point_model_.seasonalities
         if terms:
             x_t = np.pi * 2 * (cal["ds"].astype("datetime64[us]").view(np.int64) / 10**6 / 86400)
-            betas = np.stack([params[m].beta for m in members])  # (models, all terms' features)
+            betas = layouts.betas[g]  # (models, all terms' features)
             col = 0
             for term in terms:
                 beta = betas[:, col:col + 2 * term.fourier_order]
@@ -321,7 +379,8 @@ def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: 
         owners.append(np.repeat(np.array(members), n_o * n_h))
         first_row[key] = cursor
         cursor += grid.size
-    yhat, _ = point_forecasts(models, np.concatenate(times), np.concatenate(owners))
+    layouts = _Layouts.of(models)
+    yhat, _ = point_forecasts(models, np.concatenate(times), np.concatenate(owners), layouts)
     n = len(items)
     cols = {name: np.empty(n) for name in ("minutes", "earliest", "latest", "probability", "level",
                                              "slope", "z", "k")}
@@ -339,7 +398,7 @@ def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: 
     step_us = np.array([it.step_us for it in items], dtype=np.int64)
     k = cols["k"].astype(np.int64)
     both_us = np.stack([now_us, now_us + step_us * (k + 1)], axis=1).ravel()
-    parts_yhat, parts_trend = point_forecasts(models, both_us, np.repeat(np.arange(n), 2))
+    parts_yhat, parts_trend = point_forecasts(models, both_us, np.repeat(np.arange(n), 2), layouts)
     step_minutes = np.array([it.model.step_minutes_ for it in items], dtype=np.float64)
     level, slope = cols["level"], cols["slope"]
     drift = damped(level, slope, ((k + 1) * step_minutes)[:, None], DAMPING_MINUTES)[:, 0] - level

@@ -313,13 +313,16 @@ def point_forecasts(models: Sequence, times_us: np.ndarray, owner: np.ndarray,
         scalars = layouts.scalars[g][local]  # (rows, 5)
         start, scale = layouts.times[g][local].T
         # the calendar and the Fourier features depend on the time alone: once per distinct time
-        at, times = pd.factorize(times_us[order])
+        if order.size > 4096:  # hashing beats sorting on many rows, not on a few
+            at, times = pd.factorize(times_us[order])
+        else:
+            times, at = np.unique(times_us[order], return_inverse=True)
         cal = local_calendar(times.astype("datetime64[us]"), layout[0], layout[1])
         ds_ns = cal["ds"].astype("datetime64[ns]").view(np.int64)[at]
         t = (ds_ns - start) / scale
         k, m = scalars[:, _K].copy(), scalars[:, _M].copy()
         inside = np.flatnonzero(t < scalars[:, _LAST_CP])  # before the last changepoint: look it up
-        for j in np.unique(local[inside]):
+        for j in np.unique(local[inside]) if inside.size else ():
             rows = inside[local[inside] == j]
             pm = models[members[j]].point_model_
             # changepoints at or before t apply, as Prophet's ``changepoint_ts <= t``
@@ -367,21 +370,28 @@ def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: 
         key = (it.n_h, it.model.error_paths_.shape[0], len(it.origin_offsets_us), it.step_us,
                it.query.direction, float(it.model.step_minutes_))
         groups.setdefault(key, []).append(j)
+    n = len(items)
+    now_us = np.array([it.now_us for it in items], dtype=np.int64)
+    # ... and each series' now (the drivers' start; the grid of the last check holds their end)
     times, owners, first_row = [obs_us], [owner], {}
     cursor = obs_us.size
+    now_grid = np.empty(n, dtype=np.int64)  # each series' first row of its last check's grid
     for key, members in groups.items():
         n_h, _, n_o, step_us = key[:4]
-        now = np.array([items[j].now_us for j in members], dtype=np.int64)
+        now = now_us[members]
         offsets = np.array([items[j].origin_offsets_us for j in members], dtype=np.int64)
         grid = (now[:, None, None] - offsets[:, :, None]
                 + step_us * np.arange(1, n_h + 1, dtype=np.int64)[None, None, :])
         times.append(grid.ravel())
         owners.append(np.repeat(np.array(members), n_o * n_h))
         first_row[key] = cursor
+        now_grid[members] = cursor + np.arange(len(members)) * n_o * n_h + (n_o - 1) * n_h
         cursor += grid.size
+    times.append(now_us)
+    owners.append(np.arange(n))
+    now_row = cursor
     layouts = _Layouts.of(models)
-    yhat, _ = point_forecasts(models, np.concatenate(times), np.concatenate(owners), layouts)
-    n = len(items)
+    yhat, trend = point_forecasts(models, np.concatenate(times), np.concatenate(owners), layouts)
     cols = {name: np.empty(n) for name in ("minutes", "earliest", "latest", "probability", "level",
                                              "slope", "z", "k")}
     crossed_now = np.zeros(n, dtype=bool)
@@ -394,24 +404,20 @@ def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: 
                         crossed_now, alerts)
 
     # drivers: the forecast's components now and at the crossing (or its closest approach)
-    now_us = np.array([it.now_us for it in items], dtype=np.int64)
-    step_us = np.array([it.step_us for it in items], dtype=np.int64)
     k = cols["k"].astype(np.int64)
-    both_us = np.stack([now_us, now_us + step_us * (k + 1)], axis=1).ravel()
-    parts_yhat, parts_trend = point_forecasts(models, both_us, np.repeat(np.arange(n), 2), layouts)
+    at_now, then = np.arange(now_row, now_row + n), now_grid + k  # then: now + step * (k + 1)
     step_minutes = np.array([it.model.step_minutes_ for it in items], dtype=np.float64)
     level, slope = cols["level"], cols["slope"]
     drift = damped(level, slope, ((k + 1) * step_minutes)[:, None], DAMPING_MINUTES)[:, 0] - level
-    trend2, yhat2 = parts_trend.reshape(n, 2), parts_yhat.reshape(n, 2)
-    changes = np.stack([trend2[:, 1] - trend2[:, 0],
-                        (yhat2[:, 1] - trend2[:, 1]) - (yhat2[:, 0] - trend2[:, 0]), level, drift], axis=1)
+    changes = np.stack([trend[then] - trend[at_now],
+                        (yhat[then] - trend[then]) - (yhat[at_now] - trend[at_now]), level, drift], axis=1)
     scores = _anomaly_many(bundle, items, cols["z"])
-    rounded = {"minutes": _rounded(cols["minutes"], 2), "earliest": _rounded(cols["earliest"], 2),
-               "latest": _rounded(cols["latest"], 2), "level": _rounded(level, 4),
-               "slope": _rounded(slope, 5), "changes": _rounded(changes, 4)}
     table = {name: col.tolist() for name, col in cols.items()}
-    table.update({f"r_{name}": col.tolist() for name, col in rounded.items()})
     table["changes"] = changes.tolist()
+    for name, digits in (("minutes", 2), ("earliest", 2), ("latest", 2), ("level", 4), ("slope", 5)):
+        table[f"r_{name}"] = _rounded_list(cols[name], table[name], digits)
+    table["r_changes"] = (_rounded(changes, 4).tolist() if n > _FEW else
+                          [[round(v, 4) for v in row] for row in table["changes"]])
     version = bundle.version_label
     for j, it in enumerate(items):
         try:
@@ -467,7 +473,8 @@ def _crossing_group(items: list[_Item], members: list[int], n_h: int, n_o: int, 
     above = direction == "above"
     crossed = seen & ((currents >= thresholds[:, None]) if above else (currents <= thresholds[:, None]))
     # the one-series path: round(raw, 4), the calibration's map, round again (per calibration)
-    calibrated = _rounded(b.probability, 4)
+    calibrated = _rounded(b.probability, 4) if g > _FEW else np.array(
+        [[round(p, 4) for p in row] for row in b.probability.tolist()]).reshape(b.probability.shape)
     by_map: dict[int, list[int]] = {}
     for r, cal in enumerate(calibrations):
         if cal.n_fitted or cal.knots != (0.0, 1.0) or cal.values != (0.0, 1.0):
@@ -530,6 +537,15 @@ def _rounded(x: np.ndarray, digits: int) -> np.ndarray:
         for i in zip(*np.nonzero(near), strict=True):
             out[i] = round(float(x[i]), digits)
     return out
+
+
+#: below this many series Python's own round costs less than the array version's fixed costs
+_FEW = 32
+
+
+def _rounded_list(x: np.ndarray, values: list[float], digits: int) -> list[float]:
+    """``[round(v, digits) for v in values]`` (``values`` is ``x.tolist()``), through arrays for many."""
+    return _rounded(x, digits).tolist() if len(values) > _FEW else [round(v, digits) for v in values]
 
 
 def _opt(x: float) -> float | None:

@@ -467,34 +467,33 @@ def _item_of(req: PredictRequest) -> dict:
     return item
 
 
-#: PredictResponse's fields in its order, and those it holds as floats (an int is written as one)
-_ANSWER_FIELDS = tuple(PredictResponse.model_fields)
-_FLOAT_FIELDS = frozenset(name for name, f in PredictResponse.model_fields.items()
-                          if f.annotation in (float, float | None))
+def _float(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def _answer_json(p: Prediction, how: str, rule: str | None) -> dict:
-    """``_response(p, how, rule)`` as the plain dict its JSON is written from (no model object)."""
-    values = p.__dict__
-    out = {}
-    for name in _ANSWER_FIELDS:
-        if name == "message":
-            value = p.sentence()
-        elif name == "resolved_by":
-            value = how
-        elif name == "rule":
-            value = rule
-        elif name == "drivers":
-            value = [{"component": d["component"], "meaning": d["meaning"], "change": float(d["change"])}
-                     for d in values["drivers"]]
-        elif name == "anomaly_top_metrics":
-            value = [{"metric": m["metric"], "z": float(m["z"])} for m in values["anomaly_top_metrics"]]
-        else:
-            value = values[name]
-            if name in _FLOAT_FIELDS and value is not None:
-                value = float(value)
-        out[name] = value
-    return out
+    """``_response(p, how, rule)`` as the plain dict its JSON is written from, without a model
+    object: ``PredictResponse``'s fields in its order, its floats as floats (a test compares the
+    bytes with the model's)."""
+    return {
+        "series_id": p.series_id, "model_version": p.model_version, "model_kind": p.model_kind,
+        "now": p.now,
+        "threshold": float(p.threshold), "direction": p.direction, "horizon_minutes": float(p.horizon_minutes),
+        "minutes_to_threshold": _float(p.minutes_to_threshold), "crossing_at": p.crossing_at,
+        "earliest_minutes": _float(p.earliest_minutes), "latest_minutes": _float(p.latest_minutes),
+        "earliest_at": p.earliest_at, "latest_at": p.latest_at, "probability": float(p.probability),
+        "already_crossed": bool(p.already_crossed), "alert": bool(p.alert),
+        "alarm_probability": float(p.alarm_probability), "alert_rule": p.alert_rule,
+        "keep_firing_minutes_left": _float(p.keep_firing_minutes_left), "calibrated": bool(p.calibrated),
+        "calibration_note": p.calibration_note, "calendar": p.calendar, "driver": p.driver,
+        "drivers": [{"component": d["component"], "meaning": d["meaning"], "change": float(d["change"])}
+                    for d in p.drivers],
+        "level_correction": float(p.level_correction),
+        "trend_correction_per_min": float(p.trend_correction_per_min),
+        "anomaly_score": _float(p.anomaly_score),
+        "anomaly_top_metrics": [{"metric": m["metric"], "z": float(m["z"])} for m in p.anomaly_top_metrics],
+        "message": p.sentence(), "resolved_by": how, "rule": rule,
+    }
 
 
 def _item_failure_json(i: int, exc: Exception) -> dict:

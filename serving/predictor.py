@@ -477,8 +477,8 @@ def _answer_json(p: Prediction, how: str, rule: str | None) -> dict:
     bytes with the model's)."""
     return {
         "series_id": p.series_id, "model_version": p.model_version, "model_kind": p.model_kind,
-        "now": p.now,
-        "threshold": float(p.threshold), "direction": p.direction, "horizon_minutes": float(p.horizon_minutes),
+        "now": p.now, "threshold": float(p.threshold), "direction": p.direction,
+        "horizon_minutes": float(p.horizon_minutes),
         "minutes_to_threshold": _float(p.minutes_to_threshold), "crossing_at": p.crossing_at,
         "earliest_minutes": _float(p.earliest_minutes), "latest_minutes": _float(p.latest_minutes),
         "earliest_at": p.earliest_at, "latest_at": p.latest_at, "probability": float(p.probability),

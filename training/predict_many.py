@@ -98,12 +98,13 @@ def predict_many(bundle: ModelBundle, queries: Sequence[Query]) -> list[Predicti
     """One :class:`Prediction` (or the exception that series raised) per query, in order."""
     out: list[Prediction | Exception | None] = [None] * len(queries)
     obs_us, obs_y, bounds = _observations_of(queries, out)
+    alert_rule = bundle.alert_rule
     items, slow = [], []
     for i, q in enumerate(queries):
         if out[i] is not None:
             continue
         try:
-            item = _item(bundle, i, q, obs_us, bounds)
+            item = _item(bundle, i, q, obs_us, bounds, alert_rule)
         except Exception as exc:
             out[i] = exc
             continue
@@ -184,7 +185,7 @@ def _horizon_facts(model, horizon_minutes: float, alert_rule: AlertRule) -> tupl
     if facts is None:
         facts = _FACTS[model] = {}
     found = facts.get(horizon_minutes)
-    if found is None or found[0] is not alert_rule:
+    if found is None or found[0] != alert_rule:
         if model.kind_ != "prophet" or getattr(model, "point_model_", None) is None:
             found = (alert_rule, None)  # the linear fallback, or Prophet's own predict
         else:
@@ -206,12 +207,14 @@ def _range_of(series_id: str) -> tuple[float, float]:
     return physical_range(series_id)
 
 
-def _item(bundle: ModelBundle, i: int, q: Query, obs_us: np.ndarray, bounds: np.ndarray) -> _Item | None:
-    """The series' facts, or None when the one-series path must answer it."""
+def _item(bundle: ModelBundle, i: int, q: Query, obs_us: np.ndarray, bounds: np.ndarray,
+          alert_rule: AlertRule) -> _Item | None:
+    """The series' facts, or None when the one-series path must answer it (``alert_rule``: the
+    bundle's, read once: the property parses the manifest)."""
     model = bundle.forecasters.get(q.series_id)
     if model is None:
         return None  # unknown: the one-series path's KeyError
-    facts = _horizon_facts(model, q.horizon_minutes, bundle.alert_rule)
+    facts = _horizon_facts(model, q.horizon_minutes, alert_rule)
     if facts is None:
         return None
     value_lo, value_hi = _range_of(q.series_id)

@@ -43,7 +43,7 @@ from serving.schemas import (
     validation_message,
 )
 from training.bundle import ModelBundle
-from training.predict import Prediction, predict_series
+from training.predict import Prediction
 from training.predict_many import Query, predict_many
 
 if TYPE_CHECKING:
@@ -300,8 +300,14 @@ class Predictor:
         if unknown:
             raise ValueError(f"no rule(s) {shortened(unknown)} in the rules catalogue; known: "
                              f"{shortened(', '.join(sorted(self.catalog.rules)), 300)}")
-        alerts, skipped, checked = [], [], 0
+        # every (series, rule) pair answered in one predict_many; a series that fails (locating
+        # it, its rules, its observations or a rule's prediction) is skipped with its error, the
+        # pairs before the failure counted and kept, as when each pair was predicted in turn
+        asked: list[tuple[int, SeriesObservations, str, str, list[AlertingRule], Exception | None]] = []
+        queries: list[Query] = []
+        checked = 0
         for i, obs in enumerate(req.series):
+            sid, how, rules, failure = "", "", [], None
             try:
                 sid, how = self.locate(obs.series_id, obs.metric, obs.labels)
                 entity, metric = s.split_series_id(sid)
@@ -309,13 +315,32 @@ class Predictor:
                          if self.catalog.rules[name].metric == metric]
                 if not rules:
                     raise UnknownSeries(f"no rule of the catalogue watches {metric!r}")
-                for rule in rules:
-                    checked += 1
-                    hit = self._crossing_within_lead(sid, how, rule, obs)
-                    if hit is not None:
-                        alerts.append(hit)
+                try:
+                    recent = self._recent(sid, obs.recent)
+                except Exception:
+                    checked += 1  # its first rule was being checked when the source failed
+                    raise
+                queries += [Query(sid, rule.threshold, rule.direction, rule.horizon_minutes, recent,
+                                  context=obs.context) for rule in rules]
             except Exception as exc:
-                status, code, message = _item_error(exc, f"alerts series {i}")
+                rules, failure = [], exc
+            asked.append((i, obs, sid, how, rules, failure))
+        answers = iter(predict_many(self.bundle, queries))
+        alerts, skipped = [], []
+        for i, obs, sid, how, rules, failure in asked:
+            for rule, p in zip(rules, [next(answers) for _ in rules], strict=True):
+                checked += 1
+                try:
+                    if isinstance(p, Exception):
+                        raise p
+                    hit = _crossing_within_lead(p, sid, how, rule)
+                except Exception as exc:
+                    failure = exc
+                    break
+                if hit is not None:
+                    alerts.append(hit)
+            if failure is not None:
+                status, code, message = _item_error(failure, f"alerts series {i}")
                 named = obs.series_id or f"{obs.metric} {obs.labels}"
                 skipped.append(SkippedSeries(index=i, series=shortened(named),
                                              error={"code": code, "message": message}))
@@ -323,22 +348,6 @@ class Predictor:
                                    a.series_id, a.rule))
         return AlertsResponse(model_version=self.model_version, checked=checked, alerts=alerts,
                               skipped=skipped)
-
-    def _crossing_within_lead(self, sid: str, how: str, rule: AlertingRule,
-                              obs: SeriesObservations) -> PredictedAlert | None:
-        p = predict_series(self.bundle, sid, rule.threshold, rule.direction, rule.horizon_minutes,
-                           recent=self._recent(sid, obs.recent), context=obs.context)
-        soon = (p.minutes_to_threshold is not None and p.minutes_to_threshold <= rule.lead_minutes
-                and p.probability >= p.alarm_probability)
-        if not (p.already_crossed or soon):
-            return None
-        return PredictedAlert(
-            rule=rule.name, severity=rule.severity, series_id=sid, threshold=rule.threshold,
-            direction=rule.direction, lead_minutes=rule.lead_minutes, horizon_minutes=rule.horizon_minutes,
-            minutes_to_threshold=0.0 if p.already_crossed else p.minutes_to_threshold,
-            earliest_minutes=p.earliest_minutes, latest_minutes=p.latest_minutes, crossing_at=p.crossing_at,
-            probability=p.probability, already_crossed=p.already_crossed, alert=p.alert,
-            message=p.sentence(), resolved_by=how)
 
     # --- what is served ---------------------------------------------------------------------
     def series(self, metric: str | None = None, entity: str | None = None, kind: str | None = None,
@@ -499,6 +508,21 @@ def _answer_json(p: Prediction, how: str, rule: str | None) -> dict:
 def _item_failure_json(i: int, exc: Exception) -> dict:
     status, code, message = _item_error(exc, f"batch item {i}")
     return {"index": i, "status": status, "answer": None, "error": {"code": code, "message": message}}
+
+
+def _crossing_within_lead(p: Prediction, sid: str, how: str, rule: AlertingRule) -> PredictedAlert | None:
+    """The alert a rule's prediction raises: already crossed, or a likely crossing within its lead time."""
+    soon = (p.minutes_to_threshold is not None and p.minutes_to_threshold <= rule.lead_minutes
+            and p.probability >= p.alarm_probability)
+    if not (p.already_crossed or soon):
+        return None
+    return PredictedAlert(
+        rule=rule.name, severity=rule.severity, series_id=sid, threshold=rule.threshold,
+        direction=rule.direction, lead_minutes=rule.lead_minutes, horizon_minutes=rule.horizon_minutes,
+        minutes_to_threshold=0.0 if p.already_crossed else p.minutes_to_threshold,
+        earliest_minutes=p.earliest_minutes, latest_minutes=p.latest_minutes, crossing_at=p.crossing_at,
+        probability=p.probability, already_crossed=p.already_crossed, alert=p.alert,
+        message=p.sentence(), resolved_by=how)
 
 
 def _response(p: Prediction, how: str, rule: str | None) -> PredictResponse:

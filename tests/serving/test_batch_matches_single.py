@@ -18,8 +18,17 @@ import pytest
 from pydantic import TypeAdapter
 
 from features import schema as s
-from serving.predictor import Predictor, _item_error, _response
-from serving.schemas import BatchItem, PredictBatchRequest, PredictBatchResponse, PredictRequest
+from serving.predictor import Predictor, UnknownSeries, _crossing_within_lead, _item_error, _response
+from serving.rules import load_catalog
+from serving.schemas import (
+    AlertsRequest,
+    AlertsResponse,
+    BatchItem,
+    PredictBatchRequest,
+    PredictBatchResponse,
+    PredictRequest,
+    SkippedSeries,
+)
 from serving.server import free_port, start_service, stop_service, wait_ready
 from training.bundle import ModelBundle
 from training.predict import predict_series
@@ -275,3 +284,64 @@ def test_a_real_server_answers_each_batch_item_as_predict_does(bundle, tmp_path)
                     assert result["error"] == single.json()["error"] and result["answer"] is None
     finally:
         stop_service(proc)
+
+
+def _alerts_one_pair_at_a_time(predictor: Predictor, req: AlertsRequest) -> AlertsResponse:
+    """/alerts as it was answered before it shared the batch's path: ``predict_series`` per series
+    and rule, in turn (a series' first failure skips it, the pairs before it kept)."""
+    wanted = req.rules if req.rules is not None else list(predictor.catalog.rules)
+    alerts, skipped, checked = [], [], 0
+    for i, obs in enumerate(req.series):
+        try:
+            sid, how = predictor.locate(obs.series_id, obs.metric, obs.labels)
+            entity, metric = s.split_series_id(sid)
+            rules = [predictor.catalog.rule(name, entity) for name in wanted
+                     if predictor.catalog.rules[name].metric == metric]
+            if not rules:
+                raise UnknownSeries(f"no rule of the catalogue watches {metric!r}")
+            for rule in rules:
+                checked += 1
+                p = predict_series(predictor.bundle, sid, rule.threshold, rule.direction,
+                                   rule.horizon_minutes, recent=[(o.ts, o.value) for o in obs.recent], context=obs.context)
+                hit = _crossing_within_lead(p, sid, how, rule)
+                if hit is not None:
+                    alerts.append(hit)
+        except Exception as exc:
+            status, code, message = _item_error(exc, "reference")
+            skipped.append(SkippedSeries(index=i, series=obs.series_id or f"{obs.metric} {obs.labels}",
+                                         error={"code": code, "message": message}))
+    alerts.sort(key=lambda a: (not a.already_crossed, a.minutes_to_threshold or 0.0, -a.probability,
+                               a.series_id, a.rule))
+    return AlertsResponse(model_version=predictor.model_version, checked=checked, alerts=alerts,
+                          skipped=skipped)
+
+
+def test_alerts_answer_every_series_and_rule_as_the_one_series_path(bundle, tmp_path):
+    """/alerts answers all its (series, rule) pairs in one ``predict_many``: the same alerts,
+    order, skipped series and count of checked pairs as ``predict_series`` pair by pair."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("overrides:\n"
+                     "  - {rule: jvm_heap, entity: golden-app, threshold: 62}\n"
+                     "  - {rule: jvm_heap, entity: other-app, threshold: 45}\n"
+                     "  - {rule: apdex, entity: golden-app, threshold: 0.97}\n"
+                     "  - {rule: cpu, entity: flat-app, threshold: 20.05}\n")
+    predictor = Predictor(bundle, load_catalog(rules))
+    recent = [{"ts": f"2026-10-15T00:{m:02d}:00Z", "value": 60.0 + 0.1 * m} for m in range(40)]
+    low = [{"ts": f"2026-10-15T00:{m:02d}:00Z", "value": 20.0 + 0.01 * m} for m in range(10)]
+    req = AlertsRequest.model_validate_json(json.dumps({"series": [
+        {"series_id": HEAP, "recent": recent},  # crosses 62 within the hour: soon, or crossed
+        {"series_id": HEAP, "recent": recent[:3], "context": {"apdex": 0.9}},
+        {"series_id": OTHER},
+        {"metric": "jvm_heap_pct", "labels": {"service": "other-app"}, "recent": recent[-10:]},
+        {"series_id": APDEX, "recent": [{"ts": "2026-10-15T00:00:00Z", "value": 0.96}]},  # crossed
+        {"series_id": FLAT, "recent": low},  # the linear fallback, crossed
+        {"series_id": SHORT},
+        {"series_id": "nope/jvm_heap_pct"},  # unknown series
+        {"metric": "jvm_heap_pct", "labels": {}},  # names no series
+        {"series_id": "golden-app/no_such_metric"},  # no rule watches it
+    ]}))
+    got = predictor.alerts(req)
+    want = _alerts_one_pair_at_a_time(predictor, req)
+    assert got.model_dump() == want.model_dump()
+    assert len(got.alerts) >= 3 and any(a.already_crossed for a in got.alerts)
+    assert len(got.skipped) == 3 and got.checked >= 7

@@ -302,7 +302,8 @@ def _alerts_one_pair_at_a_time(predictor: Predictor, req: AlertsRequest) -> Aler
             for rule in rules:
                 checked += 1
                 p = predict_series(predictor.bundle, sid, rule.threshold, rule.direction,
-                                   rule.horizon_minutes, recent=[(o.ts, o.value) for o in obs.recent], context=obs.context)
+                                   rule.horizon_minutes, recent=[(o.ts, o.value) for o in obs.recent],
+                                   context=obs.context)
                 hit = _crossing_within_lead(p, sid, how, rule)
                 if hit is not None:
                     alerts.append(hit)

@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 import serving.bentoml_fixes  # noqa: F401 - replaces BentoML's TimeoutMiddleware before the app is built
 from serving import routes
-from serving.http_edge import BODY_KEY, HttpEdge, error_json
+from serving.http_edge import BODY_KEY, HttpEdge, access_log, error_json
 from serving.predictor import BatchTooLarge, Predictor, SourceUnavailable, UnknownSeries
 from serving.reload import ModelFollower
 from serving.schemas import (
@@ -30,11 +30,12 @@ Answer = TypeVar("Answer")
 
 #: what BentoML would do per request that prealert does not need (~40 % on top of the predictor's
 #: own cost, measured with bench/serve_bench.py): its access log line (prealert's edge counts every
-#: request in ``prealert_*`` metrics), its traffic metrics middleware (the same counts again, and
-#: /metrics is served by routes.py from the same multiprocess registry) and an OpenTelemetry span
-#: per request (no exporter is configured; every URL is excluded, so the middleware passes through)
+#: request in ``prealert_*`` metrics; ``PREALERT_ACCESS_LOG=1`` or ``prealert serve --access-log``
+#: turns it back on), its traffic metrics middleware (the same counts again, and /metrics is served
+#: by routes.py from the same multiprocess registry) and an OpenTelemetry span per request (no
+#: exporter is configured; every URL is excluded, so the middleware passes through)
 PER_REQUEST_OFF = {
-    "logging": {"access": {"enabled": False}},
+    "logging": {"access": {"enabled": access_log()}},
     "metrics": {"enabled": False},
     "tracing": {"excluded_urls": [".*"]},
 }

@@ -376,19 +376,24 @@ def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: 
     n = len(items)
     now_us = np.array([it.now_us for it in items], dtype=np.int64)
     # ... and each series' now (the drivers' start; the grid of the last check holds their end)
-    times, owners, first_row = [obs_us], [owner], {}
+    times, owners, first_row, grid_of = [obs_us], [owner], {}, {}
     cursor = obs_us.size
-    now_grid = np.empty(n, dtype=np.int64)  # each series' first row of its last check's grid
     for key, members in groups.items():
         n_h, _, n_o, step_us = key[:4]
         now = now_us[members]
         offsets = np.array([items[j].origin_offsets_us for j in members], dtype=np.int64)
-        grid = (now[:, None, None] - offsets[:, :, None]
-                + step_us * np.arange(1, n_h + 1, dtype=np.int64)[None, None, :])
+        steps = step_us * np.arange(1, n_h + 1, dtype=np.int64)
+        if len(members) > _FEW and (offsets == offsets[0]).all():
+            # the checks' horizons overlap (checks every 5 min, steps of 15): each distinct time once
+            distinct, at = np.unique(steps[None, :] - offsets[0][:, None], return_inverse=True)
+            grid = now[:, None] + distinct[None, :]
+            grid_of[key] = at.reshape(n_o, n_h)  # (check, step) -> column of the series' rows
+        else:
+            grid = (now[:, None, None] - offsets[:, :, None] + steps[None, None, :]).reshape(len(members), -1)
+            grid_of[key] = np.arange(n_o * n_h).reshape(n_o, n_h)
         times.append(grid.ravel())
-        owners.append(np.repeat(np.array(members), n_o * n_h))
+        owners.append(np.repeat(np.array(members), grid.shape[1]))
         first_row[key] = cursor
-        now_grid[members] = cursor + np.arange(len(members)) * n_o * n_h + (n_o - 1) * n_h
         cursor += grid.size
     times.append(now_us)
     owners.append(np.arange(n))
@@ -399,16 +404,20 @@ def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: 
                                              "slope", "z", "k")}
     crossed_now = np.zeros(n, dtype=bool)
     alerts: list = [None] * n
+    then_of = {}  # per group: (members, n_h) rows of the last check's horizon (the drivers' ends)
     for key, members in groups.items():
         n_h, _, n_o, _, direction, step = key
-        grid_yhat = yhat[first_row[key]:first_row[key] + len(members) * n_o * n_h]
-        _crossing_group(items, members, n_h, n_o, direction, step,
-                        grid_yhat.reshape(len(members), n_o, n_h), yhat, obs_us, obs_y, cols,
+        width = int(grid_of[key].max()) + 1
+        rows = first_row[key] + np.arange(len(members))[:, None, None] * width + grid_of[key][None, :, :]
+        _crossing_group(items, members, n_h, n_o, direction, step, yhat[rows], yhat, obs_us, obs_y, cols,
                         crossed_now, alerts)
+        then_of[key] = rows[:, -1, :]
 
     # drivers: the forecast's components now and at the crossing (or its closest approach)
     k = cols["k"].astype(np.int64)
-    at_now, then = np.arange(now_row, now_row + n), now_grid + k  # then: now + step * (k + 1)
+    at_now, then = np.arange(now_row, now_row + n), np.empty(n, dtype=np.int64)
+    for key, members in groups.items():  # then: now + step * (k + 1)
+        then[members] = then_of[key][np.arange(len(members)), k[members]]
     step_minutes = np.array([it.model.step_minutes_ for it in items], dtype=np.float64)
     level, slope = cols["level"], cols["slope"]
     drift = damped(level, slope, ((k + 1) * step_minutes)[:, None], DAMPING_MINUTES)[:, 0] - level

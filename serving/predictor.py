@@ -8,6 +8,7 @@ import logging
 import math
 import os
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -215,17 +216,15 @@ class Predictor:
                 raise ValueError(
                     f"rule {rule_asked!r} watches {rule.metric}, not {shortened(repr(metric_asked))}")
         sid, how = self.locate(series_id, metric_asked or (rule.metric if rule else None), labels)
-        entity, metric = s.split_series_id(sid)
+        entity, metric, spec, (lo, hi) = _series_facts(sid)
         if rule is not None:
             rule = self.catalog.rule(rule.name, entity)
             if metric != rule.metric:
                 raise ValueError(f"rule {rule.name!r} watches {rule.metric}, not the series {sid!r}")
-        spec = s.spec_for(metric)
         if threshold is None:
             threshold = rule.threshold if rule else spec.threshold
         if math.isnan(threshold):  # unknown metric and no threshold given
             raise ValueError(f"metric of {shortened(repr(sid))} has no default threshold: send 'threshold'")
-        lo, hi = s.value_range(metric)
         if not lo <= threshold <= hi:
             unit = f" {spec.unit}" if spec.unit not in ("", "1", "ratio") else ""
             raise ValueError(f"threshold {threshold:g} is outside the values {metric} can take "
@@ -378,6 +377,13 @@ class Predictor:
                          for entity, changed in self.catalog.overrides_of(name).items()}
             out.append(RuleInfo(**vars(rule), overrides=overrides))
         return RulesList(files=self.catalog.files, rules=out)
+
+
+@lru_cache(maxsize=65536)
+def _series_facts(sid: str) -> tuple:
+    """A series id's entity, metric, metric spec and value range (the same for every request)."""
+    entity, metric = s.split_series_id(sid)
+    return entity, metric, s.spec_for(metric), s.value_range(metric)
 
 
 def source_from_environment() -> PrometheusSource | None:

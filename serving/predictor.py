@@ -24,9 +24,7 @@ from serving.schemas import (
     ECHO_CHARS,
     AlertsRequest,
     AlertsResponse,
-    BatchItemResult,
     BatchItems,
-    ErrorDetail,
     PredictBatchRequest,
     PredictBatchResponse,
     PredictedAlert,
@@ -536,12 +534,6 @@ def _response(p: Prediction, how: str, rule: str | None) -> PredictResponse:
     # them (in pydantic's core) costs less than ``model_construct`` (a Python loop over the fields)
     return PredictResponse(**{f: getattr(p, f) for f in PREDICTION_FIELDS}, message=p.sentence(),
                            resolved_by=how, rule=rule)
-
-
-def _item_failure(i: int, exc: Exception) -> BatchItemResult:
-    status, code, message = _item_error(exc, f"batch item {i}")
-    return BatchItemResult.model_construct(index=i, status=status, answer=None,
-                                           error=ErrorDetail(code=code, message=message))
 
 
 def _within_limit(n: int, what: str) -> None:

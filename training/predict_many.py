@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
@@ -91,7 +91,6 @@ class _Item:
     rule: AlertRule
     origin_offsets_us: tuple[int, ...]  # now minus each check, oldest first (the last is 0)
     bounds: tuple[float, float]  # the metric's physical range, the point forecasts held inside it
-    rows: dict = field(default_factory=dict)  # slices into the point-forecast rows
 
 
 def predict_many(bundle: ModelBundle, queries: Sequence[Query]) -> list[Prediction | Exception]:
@@ -667,11 +666,21 @@ def _prediction(it: _Item, j: int, t: dict[str, list], crossed: bool, outcome: t
         probability=t["probability"][j], already_crossed=bool(crossed),
         alert=alert, alarm_probability=cal.alarm, alert_rule=rule_text,
         keep_firing_minutes_left=held_left, calibrated=cal.n_fitted > 0,
-        calibration_note=_note(model, cal, q.threshold, q.direction), calendar=calendar_of(model),
+        calibration_note=_note(model, cal, q.threshold, q.direction), calendar=_calendar(model),
         drivers=drivers, driver=drivers[0]["component"] if drivers else None,
         level_correction=t["r_level"][j], trend_correction_per_min=t["r_slope"][j],
         anomaly_score=score, anomaly_top_metrics=top, model_version=version,
     )
+
+
+def _calendar(model) -> str:
+    found = _CALENDARS.get(model)
+    if found is None:
+        found = _CALENDARS[model] = calendar_of(model)
+    return found
+
+
+_CALENDARS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _note(model, cal, threshold: float, direction: str) -> str:

@@ -306,12 +306,7 @@ class Predictor:
         for i, obs in enumerate(req.series):
             sid, how, rules, failure = "", "", [], None
             try:
-                sid, how = self.locate(obs.series_id, obs.metric, obs.labels)
-                entity, metric = s.split_series_id(sid)
-                rules = [self.catalog.rule(name, entity) for name in wanted
-                         if self.catalog.rules[name].metric == metric]
-                if not rules:
-                    raise UnknownSeries(f"no rule of the catalogue watches {metric!r}")
+                sid, how, rules = self.rules_of(obs, wanted)
                 try:
                     recent = self._recent(sid, obs.recent)
                 except Exception:
@@ -345,6 +340,17 @@ class Predictor:
                                    a.series_id, a.rule))
         return AlertsResponse(model_version=self.model_version, checked=checked, alerts=alerts,
                               skipped=skipped)
+
+    def rules_of(self, obs: SeriesObservations, wanted: list[str]) -> tuple[str, str, list[AlertingRule]]:
+        """The series an /alerts entry names, how it was found, and the ``wanted`` rules on its
+        metric as they apply to its entity; raises when there is none."""
+        sid, how = self.locate(obs.series_id, obs.metric, obs.labels)
+        entity, metric = s.split_series_id(sid)
+        rules = [self.catalog.rule(name, entity) for name in wanted
+                 if self.catalog.rules[name].metric == metric]
+        if not rules:
+            raise UnknownSeries(f"no rule of the catalogue watches {metric!r}")
+        return sid, how, rules
 
     # --- what is served ---------------------------------------------------------------------
     def series(self, metric: str | None = None, entity: str | None = None, kind: str | None = None,

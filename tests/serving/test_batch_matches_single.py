@@ -18,7 +18,7 @@ import pytest
 from pydantic import TypeAdapter
 
 from features import schema as s
-from serving.predictor import Predictor, UnknownSeries, _crossing_within_lead, _item_error, _response
+from serving.predictor import Predictor, _crossing_within_lead, _item_error, _response
 from serving.rules import load_catalog
 from serving.schemas import (
     AlertsRequest,
@@ -293,12 +293,7 @@ def _alerts_one_pair_at_a_time(predictor: Predictor, req: AlertsRequest) -> Aler
     alerts, skipped, checked = [], [], 0
     for i, obs in enumerate(req.series):
         try:
-            sid, how = predictor.locate(obs.series_id, obs.metric, obs.labels)
-            entity, metric = s.split_series_id(sid)
-            rules = [predictor.catalog.rule(name, entity) for name in wanted
-                     if predictor.catalog.rules[name].metric == metric]
-            if not rules:
-                raise UnknownSeries(f"no rule of the catalogue watches {metric!r}")
+            sid, how, rules = predictor.rules_of(obs, wanted)
             for rule in rules:
                 checked += 1
                 p = predict_series(predictor.bundle, sid, rule.threshold, rule.direction,

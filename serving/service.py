@@ -52,6 +52,7 @@ class PreAlert:
     def __init__(self) -> None:
         # a model that cannot load leaves the worker up, answering 503 with the reason on /readyz,
         # instead of crashing it into BentoML's endless restart loop; the follower keeps checking
+        self._batch_lane: anyio.CapacityLimiter | None = None
         self.follower = ModelFollower()
         self.follower.load_first()
         self.follower.start()
@@ -102,8 +103,10 @@ class PreAlert:
         body = ctx.request.scope.get(BODY_KEY)
         if body is None:  # the edge is added below; BentoML's own request object has been read
             raise RuntimeError("the HTTP edge left no request body")
+        if self._batch_lane is None:  # one batch at a time per worker, as BentoML's sync APIs run
+            self._batch_lane = anyio.CapacityLimiter(1)
         return await anyio.to_thread.run_sync(self._answer, lambda p: Response(
-            p.predict_batch_json(body), media_type="application/json"))
+            p.predict_batch_json(body), media_type="application/json"), limiter=self._batch_lane)
 
     @bentoml.api(route="/alerts")
     def alerts(self, request: AlertsRequest, /) -> AlertsResponse:

@@ -1,7 +1,8 @@
 """``/predict`` latency against the HTTP floor in one run: bare Starlette, + Predictor, ``bentoml serve``.
 
 Run: ``uv run python bench/serve_bench.py [--duration 10] [--rounds 3] [--connections 1,4]
-[--bundle data/sample/golden_bundle] [--json out.json]``. Needs Debian's ``wrk`` on PATH
+[--bundle data/sample/golden_bundle] [--json out.json] [--stages predict,batch,inprocess]``
+(``--stages batch`` times only the batch, while iterating). Needs Debian's ``wrk`` on PATH
 (``apt-get install -y wrk``). Everything listens on 127.0.0.1 and is stopped at the end.
 
 Three targets get the same POST (one series, 90 one-minute observations): "floor" (a bare Starlette
@@ -12,8 +13,9 @@ figure is the median over rounds (max: the largest over rounds). A probe (``site
 servers' path, bench only) times ``Predictor.predict`` inside each server and logs full (generation-2)
 garbage collections. Then ``/predict_batch`` of ``--batch-series`` distinct series (the served bundle is
 ``--bundle`` plus clones of its heap forecaster under new ids, so every target serves it) to "floor +
-predict" and "serve", timed sequentially; and the same batch in-process, one ``predict_batch`` against a
-loop of ``predict`` over its items (their ratio). No assertions: numbers only.
+predict" and "serve", timed sequentially (one request to each in turn; their ratio); and the same batch
+in-process, one ``predict_batch_json`` against a loop of ``predict`` over its items (their ratio). No
+assertions: numbers only.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ ROOT = BENCH.parent
 SERIES = "golden-app/jvm_heap_pct"
 THRESHOLD = 68.0
 OBSERVATIONS = 90
+#: what a run measures: /predict under wrk (with the probe), /predict_batch through the servers,
+#: and both in-process
+STAGES = ("predict", "batch", "inprocess")
 
 #: wrk script: POST the body file, print the summary as one JSON line (latencies in microseconds)
 WRK_LUA = r"""
@@ -231,7 +236,7 @@ def run_app(kind: str, port: int, bundle: Path) -> None:
     from starlette.routing import Route
 
     from serving.predictor import Predictor
-    from serving.schemas import PredictBatchRequest, PredictRequest
+    from serving.schemas import PredictRequest
     from training.bundle import ModelBundle
 
     predictor = Predictor(ModelBundle.load(bundle))
@@ -246,9 +251,8 @@ def run_app(kind: str, port: int, bundle: Path) -> None:
         req = PredictRequest.model_validate_json(await request.body())
         return Response(predictor.predict(req).model_dump_json(), media_type="application/json")
 
-    async def predict_batch(request: Request) -> Response:
-        req = PredictBatchRequest.model_validate_json(await request.body())
-        return Response(predictor.predict_batch(req).model_dump_json(), media_type="application/json")
+    async def predict_batch(request: Request) -> Response:  # the service's own batch path
+        return Response(predictor.predict_batch_json(await request.body()), media_type="application/json")
 
     async def ready(request: Request) -> Response:
         return JSONResponse({"ok": True})
@@ -311,7 +315,7 @@ def inprocess_batch_ms(bundle: Path, raw: bytes, repeats: int) -> dict[str, list
     dump) and as a loop of ``predict`` over its items (each parsed, answered, dumped alone);
     interleaved, so load drift hits both alike. Wall ms per round."""
     from serving.predictor import Predictor
-    from serving.schemas import PredictBatchRequest, PredictRequest
+    from serving.schemas import PredictRequest
     from training.bundle import ModelBundle
 
     predictor = Predictor(ModelBundle.load(bundle))
@@ -320,7 +324,7 @@ def inprocess_batch_ms(bundle: Path, raw: bytes, repeats: int) -> dict[str, list
     times: dict[str, list[float]] = {k: [] for k in ways}
     for i in range(repeats + 1):
         t, c = time.perf_counter(), time.process_time()
-        predictor.predict_batch(PredictBatchRequest.model_validate_json(raw)).model_dump_json()
+        predictor.predict_batch_json(raw)
         batch, batch_cpu = (time.perf_counter() - t) * 1e3, (time.process_time() - c) * 1e3
         t, c = time.perf_counter(), time.process_time()
         for item in items:
@@ -354,8 +358,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="series in the /predict_batch request (the served bundle gets clones to match)")
     parser.add_argument("--batch-observations", type=int, default=10, help="observations per batch item")
     parser.add_argument("--batch-repeats", type=int, default=10, help="timed batch requests per target")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help=f"comma-separated stages to run, of {', '.join(STAGES)} (default: all)")
     args = parser.parse_args(argv)
-    if shutil.which("wrk") is None:
+    stages = set(args.stages.split(","))
+    if not stages or stages - set(STAGES):
+        sys.exit(f"--stages: choose from {', '.join(STAGES)}")
+    if "predict" in stages and shutil.which("wrk") is None:
         sys.exit("wrk is not on PATH: apt-get install -y wrk")
     conns = [int(c) for c in args.connections.split(",")]
 
@@ -368,63 +377,76 @@ def main(argv: list[str] | None = None) -> None:
         body_file, script = tmp / "body.json", tmp / "post.lua"
         body_file.write_text(json.dumps(request_body()))
         script.write_text(WRK_LUA)
-        ports = {name: free_port() for name in ("floor", "floor + predict", "serve")}
+        servers = ("floor", "floor + predict", "serve") if "predict" in stages else \
+            ("floor + predict", "serve") if "batch" in stages else ()
+        ports = {name: free_port() for name in servers}
         logs = {name: tmp / f"{name.replace(' + ', '-')}.log" for name in ports}
-        procs = {
-            "floor": start_starlette("floor", ports["floor"], bundle, logs["floor"], env),
-            "floor + predict": start_starlette("predict", ports["floor + predict"], bundle,
-                                               logs["floor + predict"], env),
-        }
+        procs = {name: start_starlette("floor" if name == "floor" else "predict", ports[name], bundle,
+                                       logs[name], env) for name in servers if name != "serve"}
         started = time.monotonic()
-        procs["serve"] = start_service(ports["serve"], bundle=bundle, env=env, log_file=logs["serve"])
+        if "serve" in servers:
+            procs["serve"] = start_service(ports["serve"], bundle=bundle, env=env, log_file=logs["serve"])
+        results: dict[tuple[str, int], list[dict]] = {}
+        records: list[dict] = []
+        batches: dict = {}
         try:
             for name, proc in procs.items():
                 wait_ready(proc, f"http://127.0.0.1:{ports[name]}", timeout=600, log_file=logs[name])
-            print(f"# all three ready after {time.monotonic() - started:.1f} s; {uptime()}", flush=True)
-            urls = {name: f"http://127.0.0.1:{port}/predict" for name, port in ports.items()}
-            for url in urls.values():  # warm-up, not counted
-                wrk(url, 1, 2, body_file, script)
-            results: dict[tuple[str, int], list[dict]] = {}
-            for r in range(args.rounds):
-                for c in conns:
+            if procs:
+                print(f"# {', '.join(procs)} ready after {time.monotonic() - started:.1f} s; {uptime()}",
+                      flush=True)
+            if "predict" in stages:
+                urls = {name: f"http://127.0.0.1:{port}/predict" for name, port in ports.items()}
+                for url in urls.values():  # warm-up, not counted
+                    wrk(url, 1, 2, body_file, script)
+                for r in range(args.rounds):
+                    for c in conns:
+                        for name, url in urls.items():
+                            t0 = time.time()
+                            stats = wrk(url, c, args.duration, body_file, script)
+                            stats.update(round=r, target=name, connections=c, start=t0, end=time.time())
+                            results.setdefault((name, c), []).append(stats)
+                    print(f"# round {r + 1}/{args.rounds} done; {uptime()}", flush=True)
+                records = probe_records(probe)
+            if "batch" in stages:
+                # interleaved, one request to each target in turn, so that load drift hits both alike
+                urls = {name: f"http://127.0.0.1:{ports[name]}/predict_batch" for name in ("floor + predict",
+                                                                                           "serve")}
+                batches = {name: [] for name in urls}
+                for _ in range(args.batch_repeats):
                     for name, url in urls.items():
-                        t0 = time.time()
-                        stats = wrk(url, c, args.duration, body_file, script)
-                        stats.update(round=r, target=name, connections=c, start=t0, end=time.time())
-                        results.setdefault((name, c), []).append(stats)
-                print(f"# round {r + 1}/{args.rounds} done; {uptime()}", flush=True)
-            records = probe_records(probe)
-            batches = {}
-            for name in ("floor + predict", "serve"):
-                url = f"http://127.0.0.1:{ports[name]}/predict_batch"
-                batches[name] = time_batches(url, batch_raw, args.batch_repeats)
-            batches["load average"] = uptime()
+                        batches[name] += time_batches(url, batch_raw, 1)
+                batches["load average"] = uptime()
         finally:
             for proc in procs.values():
                 stop_service(proc)
-        inproc = inprocess_predict_ms(bundle)
-        inproc_batch = inprocess_batch_ms(bundle, batch_raw, max(3, args.batch_repeats // 2))
-        inproc_batch_load = uptime()
-        report(results, records, inproc, conns, args)
-        print(f"\n## /predict_batch, {args.batch_series:,} distinct series x {args.batch_observations} "
-              f"observations ({len(batch_raw) / 1024:,.0f} KB body), {args.batch_repeats} sequential "
-              f"requests; {batches.pop('load average')}\n")
-        print("| target | p50 ms | min ms | max ms | ms an item (p50) |")
-        print("|---|---|---|---|---|")
-        for name, times in batches.items():
-            print(f"| {name} | {statistics.median(times):,.0f} | {min(times):,.0f} | {max(times):,.0f} | "
-                  f"{statistics.median(times) / args.batch_series:.2f} |")
-        print(f"\n## the same batch in-process (no server), interleaved rounds; {inproc_batch_load}\n")
-        print("| way | p50 ms | min ms | ms an item (p50) | CPU ms (p50) | CPU ms (min) |")
-        print("|---|---|---|---|---|---|")
-        for name in ("batch", "per-item loop"):
-            times, cpu = inproc_batch[name], inproc_batch[f"{name} cpu"]
-            print(f"| {name} | {statistics.median(times):,.0f} | {min(times):,.0f} | "
-                  f"{statistics.median(times) / args.batch_series:.3f} | {statistics.median(cpu):,.0f} | "
-                  f"{min(cpu):,.0f} |")
-        med = {k: statistics.median(v) for k, v in inproc_batch.items()}
-        print(f"\nbatch / per-item loop (p50): wall {med['batch'] / med['per-item loop']:.3f}, "
-              f"CPU {med['batch cpu'] / med['per-item loop cpu']:.3f}")
+        if "predict" in stages:
+            inproc = inprocess_predict_ms(bundle) if "inprocess" in stages else []
+            report(results, records, inproc, conns, args)
+        if "batch" in stages:
+            print(f"\n## /predict_batch, {args.batch_series:,} distinct series x {args.batch_observations} "
+                  f"observations ({len(batch_raw) / 1024:,.0f} KB body), {args.batch_repeats} sequential "
+                  f"requests per target, interleaved; {batches.pop('load average')}\n")
+            print("| target | p50 ms | min ms | max ms | ms an item (p50) |")
+            print("|---|---|---|---|---|")
+            for name, times in batches.items():
+                print(f"| {name} | {statistics.median(times):,.0f} | {min(times):,.0f} | {max(times):,.0f} | "
+                      f"{statistics.median(times) / args.batch_series:.2f} |")
+            ratio = statistics.median(batches["serve"]) / statistics.median(batches["floor + predict"])
+            print(f"\nserve / floor + predict (p50): {ratio:.2f}")
+        if "inprocess" in stages:
+            inproc_batch = inprocess_batch_ms(bundle, batch_raw, max(3, args.batch_repeats // 2))
+            print(f"\n## the same batch in-process (no server), interleaved rounds; {uptime()}\n")
+            print("| way | p50 ms | min ms | ms an item (p50) | CPU ms (p50) | CPU ms (min) |")
+            print("|---|---|---|---|---|---|")
+            for name in ("batch", "per-item loop"):
+                times, cpu = inproc_batch[name], inproc_batch[f"{name} cpu"]
+                print(f"| {name} | {statistics.median(times):,.0f} | {min(times):,.0f} | "
+                      f"{statistics.median(times) / args.batch_series:.3f} | {statistics.median(cpu):,.0f} | "
+                      f"{min(cpu):,.0f} |")
+            med = {k: statistics.median(v) for k, v in inproc_batch.items()}
+            print(f"\nbatch / per-item loop (p50): wall {med['batch'] / med['per-item loop']:.3f}, "
+                  f"CPU {med['batch cpu'] / med['per-item loop cpu']:.3f}")
 
 
 def report(results: dict, records: list[dict], inproc: list[float], conns: list[int], args) -> None:
@@ -461,11 +483,13 @@ def report(results: dict, records: list[dict], inproc: list[float], conns: list[
         print(f"| {name} | {len(times):,} | {percentile(times, 0.5):.2f} | {percentile(times, 0.9):.2f} | "
               f"{percentile(times, 0.99):.2f} | {len(gcs)} | {percentile(gcs, 0.5):.1f} | "
               f"{max(gcs, default=float('nan')):.1f} |")
+    if args.json:
+        args.json.write_text(json.dumps({f"{k[0]}@{k[1]}": v for k, v in results.items()}, indent=1))
+    if not inproc:
+        return
     print(f"| in-process loop (parse + predict + dump, no server) | {len(inproc)} | "
           f"{percentile(inproc, 0.5):.2f} | {percentile(inproc, 0.9):.2f} | {percentile(inproc, 0.99):.2f} "
           "| | | |")
-    if args.json:
-        args.json.write_text(json.dumps({f"{k[0]}@{k[1]}": v for k, v in results.items()}, indent=1))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,10 @@ MAX_CONCURRENCY_ENV = "PREALERT_MAX_CONCURRENCY"
 DEFAULT_MAX_CONCURRENCY = 32
 TOKEN_ENV = "PREALERT_API_TOKEN"
 TOKEN_FILE_ENV = "PREALERT_API_TOKEN_FILE"
+ACCESS_LOG_ENV = "PREALERT_ACCESS_LOG"
 VERSION_HEADER = b"x-prealert-model-version"
+#: the ASGI scope key under which the edge leaves the request body it has read
+BODY_KEY = "prealert.body"
 #: the model's APIs: JSON bodies only, behind the token when one is set, counted in prealert's
 #: metrics, 503 while no model is loaded; health, docs and /metrics stay open
 API_PATHS = ("/predict", "/predict_batch", "/alerts", "/model", "/series", "/rules", "/status",
@@ -52,6 +55,18 @@ def max_body_bytes() -> int:
 def max_concurrency() -> int:
     """API requests in progress at once per worker: ``PREALERT_MAX_CONCURRENCY`` or 32; more get 503."""
     return positive_int(MAX_CONCURRENCY_ENV, DEFAULT_MAX_CONCURRENCY, "requests")
+
+
+def access_log() -> bool:
+    """Whether BentoML's per-request access log is on: ``PREALERT_ACCESS_LOG`` (1/true/yes/on or
+    0/false/no/off; off when unset: it costs a share of every request)."""
+    raw = os.environ.get(ACCESS_LOG_ENV, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{ACCESS_LOG_ENV}={shortened(raw, 40)} is not one of 1, true, yes, on, 0, false, "
+                     "no, off")
 
 
 def api_token() -> str | None:
@@ -168,7 +183,8 @@ def openapi_document(spec: dict, models: dict[str, tuple[type, type]], api_paths
             responses = operation["responses"]
             if path in models:
                 request, response = models[path]
-                operation["requestBody"]["content"] = {"application/json": {"schema": component(request)}}
+                operation.setdefault("requestBody", {"required": True})["content"] = {
+                    "application/json": {"schema": component(request)}}
                 responses["200"]["content"] = {"application/json": {"schema": component(response)}}
             if path in api_paths:
                 for status in DOCUMENTED_ERRORS:
@@ -325,6 +341,7 @@ class HttpEdge:
         if body is None:
             await _answer(send, 413, error_json(413, self._too_large()))
             return
+        scope[BODY_KEY] = body  # an API may read the body as it came (see service.predict_batch)
         await self._reshaping(scope, _replay(body, receive), send)
 
     def _too_large(self) -> str:

@@ -7,9 +7,13 @@ import json
 import logging
 import math
 import os
+from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+import pydantic_core
 from pydantic import TypeAdapter, ValidationError
 
 from features import schema as s
@@ -20,8 +24,7 @@ from serving.schemas import (
     ECHO_CHARS,
     AlertsRequest,
     AlertsResponse,
-    BatchItemResult,
-    ErrorDetail,
+    BatchItems,
     PredictBatchRequest,
     PredictBatchResponse,
     PredictedAlert,
@@ -33,12 +36,13 @@ from serving.schemas import (
     SeriesList,
     SeriesObservations,
     SkippedSeries,
+    plausible_seconds,
     positive_int,
     shortened,
     validation_message,
 )
 from training.bundle import ModelBundle
-from training.predict import Prediction, predict_series
+from training.predict import Prediction
 from training.predict_many import Query, predict_many
 
 if TYPE_CHECKING:
@@ -190,37 +194,46 @@ class Predictor:
     def resolve(self, req: PredictRequest) -> tuple[Query, str, str | None]:
         """What ``req`` asks of the bundle (series, threshold, direction, horizon, observations),
         how its series was found, and the rule it named; raises as /predict answers."""
+        return self._resolve(req.series_id, req.metric, req.labels, req.rule, req.threshold, req.direction,
+                             req.horizon_minutes, "horizon_minutes" in req.model_fields_set,
+                             req.now, req.context, given=req.recent)
+
+    def _resolve(self, series_id: str | None, metric_asked: str | None, labels: dict[str, str],
+                 rule_asked: str | None, threshold: float | None, direction: str | None, horizon: float,
+                 horizon_given: bool, now: datetime | None, context: dict[str, float],
+                 given: list | None = None, observed: tuple | None = None) -> tuple[Query, str, str | None]:
+        """:meth:`resolve` of a request's fields; the observations as ``given`` (``Observation``
+        models) or ``observed`` (times in us since the epoch and values, as arrays)."""
         rule = None
-        if req.rule:
-            if req.rule not in self.catalog.rules:
-                raise UnknownSeries(f"no rule {shortened(repr(req.rule))} in the rules catalogue; known: "
+        if rule_asked:
+            if rule_asked not in self.catalog.rules:
+                raise UnknownSeries(f"no rule {shortened(repr(rule_asked))} in the rules catalogue; known: "
                                     f"{shortened(', '.join(sorted(self.catalog.rules)), 300)}")
-            rule = self.catalog.rules[req.rule]
-            if req.metric and req.metric != rule.metric:
+            rule = self.catalog.rules[rule_asked]
+            if metric_asked and metric_asked != rule.metric:
                 raise ValueError(
-                    f"rule {req.rule!r} watches {rule.metric}, not {shortened(repr(req.metric))}")
-        sid, how = self.locate(req.series_id, req.metric or (rule.metric if rule else None), req.labels)
-        entity, metric = s.split_series_id(sid)
+                    f"rule {rule_asked!r} watches {rule.metric}, not {shortened(repr(metric_asked))}")
+        sid, how = self.locate(series_id, metric_asked or (rule.metric if rule else None), labels)
+        entity, metric, spec, (lo, hi) = _series_facts(sid)
         if rule is not None:
             rule = self.catalog.rule(rule.name, entity)
             if metric != rule.metric:
                 raise ValueError(f"rule {rule.name!r} watches {rule.metric}, not the series {sid!r}")
-        spec = s.spec_for(metric)
-        threshold = req.threshold
         if threshold is None:
             threshold = rule.threshold if rule else spec.threshold
         if math.isnan(threshold):  # unknown metric and no threshold given
             raise ValueError(f"metric of {shortened(repr(sid))} has no default threshold: send 'threshold'")
-        lo, hi = s.value_range(metric)
         if not lo <= threshold <= hi:
             unit = f" {spec.unit}" if spec.unit not in ("", "1", "ratio") else ""
             raise ValueError(f"threshold {threshold:g} is outside the values {metric} can take "
                              f"({lo:g} to {hi:g}{unit}): it can never be crossed; send one within that range")
-        direction = req.direction or (rule.direction if rule else spec.direction)
-        horizon = (rule.horizon_minutes if rule and "horizon_minutes" not in req.model_fields_set
-                   else req.horizon_minutes)
-        query = Query(sid, threshold, direction, horizon, self._recent(sid, req.recent, req.now), req.now,
-                      req.context)
+        direction = direction or (rule.direction if rule else spec.direction)
+        horizon = rule.horizon_minutes if rule and not horizon_given else horizon
+        if observed is not None and (observed[0].size or now is not None or self.source is None):
+            query = Query(sid, threshold, direction, horizon, None, now, context, observed)
+        else:
+            recent = self._recent(sid, given or [], now)
+            query = Query(sid, threshold, direction, horizon, recent, now, context)
         return query, how, rule.name if rule else None
 
     def predict(self, req: PredictRequest) -> PredictResponse:
@@ -234,36 +247,47 @@ class Predictor:
 
     # --- many series ------------------------------------------------------------------------
     def predict_batch(self, req: PredictBatchRequest) -> PredictBatchResponse:
-        """Each item answered or given its own error; one bad item never fails the batch.
+        """:meth:`predict_batch_json` of a request model, as a response model."""
+        body = json.dumps({"items": req.items}).encode()
+        return PredictBatchResponse.model_validate_json(self.predict_batch_json(body))
 
-        The items are validated together, in one pass, as /predict validates one body (as JSON:
-        strict times are ISO strings there); an invalid item gets the message it would get alone.
-        The valid ones are answered together (``training.predict_many``), each as /predict would.
+    def predict_batch_json(self, body: bytes) -> bytes:
+        """A /predict_batch body answered, as the JSON of a ``PredictBatchResponse``.
+
+        Each item answered or given its own error; one bad item never fails the batch. The
+        items are read straight from the body in one pass (``BatchItem``); an item that fails
+        it, or the checks the batch runs over all items at once (times in the plausible window,
+        a series named), is validated alone as /predict validates its body, for the message it
+        would get alone. The valid ones are answered together (``training.predict_many``),
+        each as /predict would, and written as JSON without a model object per item.
         """
-        _within_limit(len(req.items), "items")
-        requests, errors = validate_items(req.items)
-        results: list = [None] * len(requests)
+        items, errors = _batch_items(body)
+        _within_limit(len(items), "items")
+        results: list = [None] * len(items)
         asked: list[tuple[int, Query, str, str | None]] = []
-        for i, item in enumerate(requests):
+        for i, item in enumerate(items):
             try:
                 if item is None:
                     raise errors[i]
-                asked.append((i, *self.resolve(item)))
+                asked.append((i, *self._resolve(
+                    item.get("series_id"), item.get("metric"), item.get("labels", _EMPTY),
+                    item.get("rule"), item.get("threshold"), item.get("direction"),
+                    item.get("horizon_minutes", 240), "horizon_minutes" in item, item.get("now"),
+                    item.get("context", _EMPTY), observed=item["observed"])))
             except Exception as exc:
-                results[i] = _item_failure(i, exc)
+                results[i] = _item_failure_json(i, exc)
         answers = predict_many(self.bundle, [q for _, q, _, _ in asked])
+        version = self.model_version
         for (i, _, how, rule), p in zip(asked, answers, strict=True):
             try:
                 if isinstance(p, Exception):
                     raise p
-                answer = _response(p, how, rule)
-                results[i] = BatchItemResult.model_construct(index=i, status=200, answer=answer, error=None)
+                results[i] = {"index": i, "status": 200, "answer": _answer_json(p, how, rule), "error": None}
             except Exception as exc:
-                results[i] = _item_failure(i, exc)
-        failed = sum(r.status != 200 for r in results)
-        return PredictBatchResponse.model_construct(model_version=self.model_version,
-                                                    answered=len(results) - failed, failed=failed,
-                                                    results=results)
+                results[i] = _item_failure_json(i, exc)
+        failed = sum(r["status"] != 200 for r in results)
+        return pydantic_core.to_json({"model_version": version, "answered": len(results) - failed,
+                                      "failed": failed, "results": results}, inf_nan_mode="null")
 
     def alerts(self, req: AlertsRequest) -> AlertsResponse:
         """The series predicted to cross within their rules' lead times, most urgent first."""
@@ -273,22 +297,42 @@ class Predictor:
         if unknown:
             raise ValueError(f"no rule(s) {shortened(unknown)} in the rules catalogue; known: "
                              f"{shortened(', '.join(sorted(self.catalog.rules)), 300)}")
-        alerts, skipped, checked = [], [], 0
+        # every (series, rule) pair answered in one predict_many; a series that fails (locating
+        # it, its rules, its observations or a rule's prediction) is skipped with its error, the
+        # pairs before the failure counted and kept, as when each pair was predicted in turn
+        asked: list[tuple[int, SeriesObservations, str, str, list[AlertingRule], Exception | None]] = []
+        queries: list[Query] = []
+        checked = 0
         for i, obs in enumerate(req.series):
+            sid, how, rules, failure = "", "", [], None
             try:
-                sid, how = self.locate(obs.series_id, obs.metric, obs.labels)
-                entity, metric = s.split_series_id(sid)
-                rules = [self.catalog.rule(name, entity) for name in wanted
-                         if self.catalog.rules[name].metric == metric]
-                if not rules:
-                    raise UnknownSeries(f"no rule of the catalogue watches {metric!r}")
-                for rule in rules:
-                    checked += 1
-                    hit = self._crossing_within_lead(sid, how, rule, obs)
-                    if hit is not None:
-                        alerts.append(hit)
+                sid, how, rules = self.rules_of(obs, wanted)
+                try:
+                    recent = self._recent(sid, obs.recent)
+                except Exception:
+                    checked += 1  # its first rule was being checked when the source failed
+                    raise
+                queries += [Query(sid, rule.threshold, rule.direction, rule.horizon_minutes, recent,
+                                  context=obs.context) for rule in rules]
             except Exception as exc:
-                status, code, message = _item_error(exc, f"alerts series {i}")
+                rules, failure = [], exc
+            asked.append((i, obs, sid, how, rules, failure))
+        answers = iter(predict_many(self.bundle, queries))
+        alerts, skipped = [], []
+        for i, obs, sid, how, rules, failure in asked:
+            for rule, p in zip(rules, [next(answers) for _ in rules], strict=True):
+                checked += 1
+                try:
+                    if isinstance(p, Exception):
+                        raise p
+                    hit = _crossing_within_lead(p, sid, how, rule)
+                except Exception as exc:
+                    failure = exc
+                    break
+                if hit is not None:
+                    alerts.append(hit)
+            if failure is not None:
+                status, code, message = _item_error(failure, f"alerts series {i}")
                 named = obs.series_id or f"{obs.metric} {obs.labels}"
                 skipped.append(SkippedSeries(index=i, series=shortened(named),
                                              error={"code": code, "message": message}))
@@ -297,21 +341,16 @@ class Predictor:
         return AlertsResponse(model_version=self.model_version, checked=checked, alerts=alerts,
                               skipped=skipped)
 
-    def _crossing_within_lead(self, sid: str, how: str, rule: AlertingRule,
-                              obs: SeriesObservations) -> PredictedAlert | None:
-        p = predict_series(self.bundle, sid, rule.threshold, rule.direction, rule.horizon_minutes,
-                           recent=self._recent(sid, obs.recent), context=obs.context)
-        soon = (p.minutes_to_threshold is not None and p.minutes_to_threshold <= rule.lead_minutes
-                and p.probability >= p.alarm_probability)
-        if not (p.already_crossed or soon):
-            return None
-        return PredictedAlert(
-            rule=rule.name, severity=rule.severity, series_id=sid, threshold=rule.threshold,
-            direction=rule.direction, lead_minutes=rule.lead_minutes, horizon_minutes=rule.horizon_minutes,
-            minutes_to_threshold=0.0 if p.already_crossed else p.minutes_to_threshold,
-            earliest_minutes=p.earliest_minutes, latest_minutes=p.latest_minutes, crossing_at=p.crossing_at,
-            probability=p.probability, already_crossed=p.already_crossed, alert=p.alert,
-            message=p.sentence(), resolved_by=how)
+    def rules_of(self, obs: SeriesObservations, wanted: list[str]) -> tuple[str, str, list[AlertingRule]]:
+        """The series an /alerts entry names, how it was found, and the ``wanted`` rules on its
+        metric as they apply to its entity; raises when there is none."""
+        sid, how = self.locate(obs.series_id, obs.metric, obs.labels)
+        entity, metric = s.split_series_id(sid)
+        rules = [self.catalog.rule(name, entity) for name in wanted
+                 if self.catalog.rules[name].metric == metric]
+        if not rules:
+            raise UnknownSeries(f"no rule of the catalogue watches {metric!r}")
+        return sid, how, rules
 
     # --- what is served ---------------------------------------------------------------------
     def series(self, metric: str | None = None, entity: str | None = None, kind: str | None = None,
@@ -344,6 +383,13 @@ class Predictor:
         return RulesList(files=self.catalog.files, rules=out)
 
 
+@lru_cache(maxsize=65536)
+def _series_facts(sid: str) -> tuple:
+    """A series id's entity, metric, metric spec and value range (the same for every request)."""
+    entity, metric = s.split_series_id(sid)
+    return entity, metric, s.spec_for(metric), s.value_range(metric)
+
+
 def source_from_environment() -> PrometheusSource | None:
     """The Prometheus source of ``PREALERT_PROMETHEUS_URL``, None when unset (serving/source.py); a
     wrong configuration is a ``ModelLoadError`` (the service must not answer without it)."""
@@ -355,7 +401,9 @@ def source_from_environment() -> PrometheusSource | None:
         raise ModelLoadError(f"Prometheus source: {one_line(exc, 500)}") from exc
 
 
-_ITEMS = TypeAdapter(list[PredictRequest])
+_BATCH = TypeAdapter(BatchItems)
+_EMPTY: dict = {}  # never changed: a default shared by every item
+_NO_OBSERVATIONS = (np.zeros(0, dtype=np.int64), np.zeros(0))
 
 
 class ItemInvalid(ValueError):
@@ -366,24 +414,125 @@ class ItemInvalid(ValueError):
         self.errors = errors
 
 
-def validate_items(items: list[dict]) -> tuple[list[PredictRequest | None], dict[int, ItemInvalid]]:
-    """Every item as a ``PredictRequest`` (None where invalid) and each invalid item's error.
+def _batch_items(body: bytes) -> tuple[list[dict | None], dict[int, ItemInvalid]]:
+    """Every item of a /predict_batch body as a ``BatchItem`` dict whose ``observed`` holds its
+    observations as arrays (times in us since the epoch, values), None where invalid, and each
+    invalid item's error (the one ``PredictRequest`` gives it alone).
 
-    One validation of the whole list; if some items fail, one more of the others (pydantic gives
-    no partial result), so a batch costs two passes at most, never one per item.
+    A body that is not a batch at all raises ``ValueError`` with pydantic's message.
     """
     try:
-        return list(_ITEMS.validate_json(json.dumps(items))), {}
+        items = _BATCH.validate_json(body)["items"]
+        doubtful: set[int] = set()
     except ValidationError as exc:
-        by_item: dict[int, list[dict]] = {}
-        for err in exc.errors():
-            by_item.setdefault(err["loc"][0], []).append({**err, "loc": err["loc"][1:]})
-    good = [i for i in range(len(items)) if i not in by_item]
-    valid = _ITEMS.validate_json(json.dumps([items[i] for i in good])) if good else []
-    out: list[PredictRequest | None] = [None] * len(items)
-    for i, request in zip(good, valid, strict=True):
-        out[i] = request
-    return out, {i: ItemInvalid(errs) for i, errs in by_item.items()}
+        try:
+            raw = PredictBatchRequest.model_validate_json(body).items
+        except ValidationError as outer:
+            raise ValueError(validation_message(outer.errors())) from None
+        doubtful = {err["loc"][1] for err in exc.errors() if len(err["loc"]) > 1}
+        items = [None] * len(raw)
+        good = [i for i in range(len(raw)) if i not in doubtful]
+        for i, item in zip(good, _BATCH.validate_json(json.dumps({"items": [raw[i] for i in good]}))["items"],
+                           strict=True):
+            items[i] = item
+    # the times of every item at once, read as the one-series path reads them (naive = UTC)
+    times, values, counts = [], [], []
+    for item in items:
+        recent = item.get("recent") if item is not None else None
+        counts.append(len(recent) if recent else 0)
+        if recent:
+            times += [o["ts"] for o in recent]
+            values += [o["value"] for o in recent]
+    secs = np.array([t.timestamp() if t.tzinfo is not None else t.replace(tzinfo=UTC).timestamp()
+                     for t in times], dtype=np.float64)
+    us = np.round(secs * 1e6).astype(np.int64)
+    y = np.array(values, dtype=np.float64)
+    late = np.flatnonzero(~plausible_seconds(secs))
+    if late.size:
+        doubtful.update(np.searchsorted(np.cumsum(counts), late, side="right").tolist())
+    ends = np.cumsum(counts).tolist()
+    for i, item in enumerate(items):
+        if item is None or i in doubtful:
+            continue
+        now = item.get("now")
+        if not (item.get("series_id") or item.get("metric") or item.get("rule")) or (
+                now is not None and not plausible_seconds(
+                    (now if now.tzinfo is not None else now.replace(tzinfo=UTC)).timestamp())):
+            doubtful.add(i)
+            continue
+        lo, hi = ends[i] - counts[i], ends[i]
+        item["observed"] = (us[lo:hi], y[lo:hi]) if hi > lo else _NO_OBSERVATIONS
+    errors: dict[int, ItemInvalid] = {}
+    if doubtful:  # each alone, as /predict validates it, for its own message
+        raw = PredictBatchRequest.model_validate_json(body).items
+        for i in sorted(doubtful):
+            try:
+                valid = PredictRequest.model_validate_json(json.dumps(raw[i]))
+            except ValidationError as exc:
+                errors[i] = ItemInvalid(exc.errors())
+                items[i] = None
+            else:  # valid after all (a time on the window's edge): answered as /predict reads it
+                items[i] = _item_of(valid)
+    return items, errors
+
+
+def _item_of(req: PredictRequest) -> dict:
+    """A validated request as the batch's item dict."""
+    item = {name: getattr(req, name) for name in req.model_fields_set}
+    secs = np.array([(o.ts if o.ts.tzinfo is not None else o.ts.replace(tzinfo=UTC)).timestamp()
+                     for o in req.recent], dtype=np.float64)
+    item["observed"] = (np.round(secs * 1e6).astype(np.int64), np.array([o.value for o in req.recent],
+                                                                         dtype=np.float64))
+    return item
+
+
+def _float(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def _answer_json(p: Prediction, how: str, rule: str | None) -> dict:
+    """``_response(p, how, rule)`` as the plain dict its JSON is written from, without a model
+    object: ``PredictResponse``'s fields in its order, its floats as floats (a test compares the
+    bytes with the model's)."""
+    return {
+        "series_id": p.series_id, "model_version": p.model_version, "model_kind": p.model_kind,
+        "now": p.now, "threshold": float(p.threshold), "direction": p.direction,
+        "horizon_minutes": float(p.horizon_minutes),
+        "minutes_to_threshold": _float(p.minutes_to_threshold), "crossing_at": p.crossing_at,
+        "earliest_minutes": _float(p.earliest_minutes), "latest_minutes": _float(p.latest_minutes),
+        "earliest_at": p.earliest_at, "latest_at": p.latest_at, "probability": float(p.probability),
+        "already_crossed": bool(p.already_crossed), "alert": bool(p.alert),
+        "alarm_probability": float(p.alarm_probability), "alert_rule": p.alert_rule,
+        "keep_firing_minutes_left": _float(p.keep_firing_minutes_left), "calibrated": bool(p.calibrated),
+        "calibration_note": p.calibration_note, "calendar": p.calendar, "driver": p.driver,
+        "drivers": [{"component": d["component"], "meaning": d["meaning"], "change": float(d["change"])}
+                    for d in p.drivers],
+        "level_correction": float(p.level_correction),
+        "trend_correction_per_min": float(p.trend_correction_per_min),
+        "anomaly_score": _float(p.anomaly_score),
+        "anomaly_top_metrics": [{"metric": m["metric"], "z": float(m["z"])} for m in p.anomaly_top_metrics],
+        "message": p.sentence(), "resolved_by": how, "rule": rule,
+    }
+
+
+def _item_failure_json(i: int, exc: Exception) -> dict:
+    status, code, message = _item_error(exc, f"batch item {i}")
+    return {"index": i, "status": status, "answer": None, "error": {"code": code, "message": message}}
+
+
+def _crossing_within_lead(p: Prediction, sid: str, how: str, rule: AlertingRule) -> PredictedAlert | None:
+    """The alert a rule's prediction raises: already crossed, or a likely crossing within its lead time."""
+    soon = (p.minutes_to_threshold is not None and p.minutes_to_threshold <= rule.lead_minutes
+            and p.probability >= p.alarm_probability)
+    if not (p.already_crossed or soon):
+        return None
+    return PredictedAlert(
+        rule=rule.name, severity=rule.severity, series_id=sid, threshold=rule.threshold,
+        direction=rule.direction, lead_minutes=rule.lead_minutes, horizon_minutes=rule.horizon_minutes,
+        minutes_to_threshold=0.0 if p.already_crossed else p.minutes_to_threshold,
+        earliest_minutes=p.earliest_minutes, latest_minutes=p.latest_minutes, crossing_at=p.crossing_at,
+        probability=p.probability, already_crossed=p.already_crossed, alert=p.alert,
+        message=p.sentence(), resolved_by=how)
 
 
 def _response(p: Prediction, how: str, rule: str | None) -> PredictResponse:
@@ -391,12 +540,6 @@ def _response(p: Prediction, how: str, rule: str | None) -> PredictResponse:
     # them (in pydantic's core) costs less than ``model_construct`` (a Python loop over the fields)
     return PredictResponse(**{f: getattr(p, f) for f in PREDICTION_FIELDS}, message=p.sentence(),
                            resolved_by=how, rule=rule)
-
-
-def _item_failure(i: int, exc: Exception) -> BatchItemResult:
-    status, code, message = _item_error(exc, f"batch item {i}")
-    return BatchItemResult.model_construct(index=i, status=status, answer=None,
-                                           error=ErrorDetail(code=code, message=message))
 
 
 def _within_limit(n: int, what: str) -> None:

@@ -96,10 +96,10 @@ def _checked(rule: AlertingRule, where: str) -> AlertingRule:
     if rule.lead_minutes > rule.horizon_minutes:
         raise RulesError(f"{where}: lead_minutes: {rule.lead_minutes:g} is beyond horizon_minutes "
                          f"{rule.horizon_minutes:g}")
-    spec = s.METRICS[rule.metric]
-    if not spec.lower <= rule.threshold <= spec.upper:
+    lo, hi = s.value_range(rule.metric)  # the range /predict checks a request's threshold against
+    if not lo <= rule.threshold <= hi:
         raise RulesError(f"{where}: threshold: {rule.threshold:g} is outside {rule.metric}'s range "
-                         f"[{spec.lower:g}, {spec.upper:g}]")
+                         f"[{lo:g}, {hi:g}]")
     return rule
 
 

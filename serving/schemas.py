@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model_validator
+from typing_extensions import TypedDict
 
 #: times before this are a client's mistake (a zero date, a wrong epoch), not monitoring data
 EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
@@ -30,6 +31,11 @@ def _plausible_time(t: datetime) -> datetime:
         raise ValueError(f"time must lie between {EARLIEST_TIME:%Y-%m-%d} and {latest_at:%Y-%m-%dT%H:%MZ} "
                          "(server time + 1 day)")
     return t
+
+
+def plausible_seconds(at: Any) -> Any:
+    """Whether epoch seconds (a number or a numpy array of them) lie in ``_plausible_time``'s window."""
+    return (at >= _EARLIEST_S) & (at <= time.time() + _AHEAD_S)
 
 
 #: strict: an ISO-8601 string, not a number of seconds; within the plausible window
@@ -127,6 +133,42 @@ class PredictRequest(BaseModel):
         if not self.series_id and not self.metric and not self.rule:
             raise ValueError("give either 'series_id', or 'metric' (or 'rule') with 'labels'")
         return self
+
+
+class _BatchObservation(TypedDict):
+    __pydantic_config__ = REQUEST_CONFIG  # type: ignore[misc]
+
+    ts: Annotated[datetime, Strict()]
+    value: Number
+
+
+class BatchItem(TypedDict, total=False):
+    """A /predict body as a batch item is first read: :class:`PredictRequest`'s checks that run
+    inside pydantic's core, as a plain dict. The two checks that would call Python per item or
+    per observation, the times' plausible window and "some series named", the batch runs over
+    all its items at once; an item failing either is validated as a ``PredictRequest`` alone,
+    for the message /predict gives (tests/serving compare the two schemas)."""
+
+    __pydantic_config__ = REQUEST_CONFIG  # type: ignore[misc]
+
+    series_id: Annotated[str | None, Field(max_length=200)]
+    metric: Annotated[str | None, Field(max_length=100)]
+    labels: Annotated[dict[str, str], Field(max_length=50)]
+    rule: Annotated[str | None, Field(max_length=100)]
+    threshold: Number | None
+    direction: Literal["above", "below"] | None
+    horizon_minutes: Annotated[Number, Field(gt=0, le=24 * 60)]
+    recent: Annotated[list[_BatchObservation], Field(max_length=10_000)]
+    context: Annotated[dict[str, Number], Field(max_length=200)]
+    now: Annotated[datetime, Strict()] | None
+
+
+class BatchItems(TypedDict):
+    """A /predict_batch body whose items are all :class:`BatchItem`."""
+
+    __pydantic_config__ = REQUEST_CONFIG  # type: ignore[misc]
+
+    items: list[BatchItem]
 
 
 class ErrorDetail(BaseModel):

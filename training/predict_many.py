@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 import numpy as np
+import pandas as pd
 
 from training.bundle import ModelBundle
 from training.forecast.correction import DAMPING_MINUTES, MIN_POINTS_FOR_SLOPE, WINDOW_MINUTES, damped
@@ -39,7 +40,7 @@ from training.predict import (
     predict_series,
     served_calibration,
 )
-from training.threshold import AlertRule, crossing_distribution_many
+from training.threshold import AlertRule, ProbabilityCalibration, crossing_distribution_many
 
 __all__ = ["Query", "explain_rows", "point_forecasts", "predict_many"]
 
@@ -49,7 +50,12 @@ _US = timedelta(microseconds=1)
 
 @dataclass(frozen=True)
 class Query:
-    """One series to answer, as :func:`predict_series` takes it."""
+    """One series to answer, as :func:`predict_series` takes it.
+
+    ``observed`` may give the recent observations already as arrays instead of ``recent``: times
+    in microseconds since the epoch (UTC, int64) and values (a service parses a batch's times
+    in one pass).
+    """
 
     series_id: str
     threshold: float
@@ -58,6 +64,14 @@ class Query:
     recent: list[tuple[datetime, float]] | None = None
     now: datetime | None = None
     context: dict[str, float] | None = None
+    observed: tuple[np.ndarray, np.ndarray] | None = None
+
+    def observations(self) -> list[tuple[datetime, float]] | None:
+        """``recent``, or ``observed`` as (time, value) pairs."""
+        if self.observed is None:
+            return self.recent
+        us, y = self.observed
+        return [(_EPOCH + timedelta(microseconds=t), v) for t, v in zip(us.tolist(), y.tolist(), strict=True)]
 
 
 @dataclass
@@ -77,19 +91,19 @@ class _Item:
     rule: AlertRule
     origin_offsets_us: tuple[int, ...]  # now minus each check, oldest first (the last is 0)
     bounds: tuple[float, float]  # the metric's physical range, the point forecasts held inside it
-    rows: dict = field(default_factory=dict)  # slices into the point-forecast rows
 
 
 def predict_many(bundle: ModelBundle, queries: Sequence[Query]) -> list[Prediction | Exception]:
     """One :class:`Prediction` (or the exception that series raised) per query, in order."""
     out: list[Prediction | Exception | None] = [None] * len(queries)
     obs_us, obs_y, bounds = _observations_of(queries, out)
+    alert_rule = bundle.alert_rule
     items, slow = [], []
     for i, q in enumerate(queries):
         if out[i] is not None:
             continue
         try:
-            item = _item(bundle, i, q, obs_us, bounds)
+            item = _item(bundle, i, q, obs_us, bounds, alert_rule)
         except Exception as exc:
             out[i] = exc
             continue
@@ -98,7 +112,7 @@ def predict_many(bundle: ModelBundle, queries: Sequence[Query]) -> list[Predicti
         try:
             q = queries[i]
             out[i] = predict_series(bundle, q.series_id, q.threshold, q.direction, q.horizon_minutes,
-                                    recent=q.recent, now=q.now, context=q.context)
+                                    recent=q.observations(), now=q.now, context=q.context)
         except Exception as exc:
             out[i] = exc
     if items:
@@ -112,8 +126,12 @@ def _observations_of(queries: Sequence[Query], out: list) -> tuple[np.ndarray, n
     times (us since the epoch) and values sorted by (series, time), non-finite values dropped;
     ``bounds[i]:bounds[i + 1]`` is query i's slice. A query whose times cannot be read gets its
     error in ``out`` and no observations."""
-    times, values, counts = [], [], []
+    times, values, counts, given = [], [], [], []
     for i, q in enumerate(queries):
+        if q.observed is not None:
+            given.append(i)
+            counts.append(q.observed[0].size)
+            continue
         recent = q.recent or ()
         try:
             t = [ts for ts, _ in recent]
@@ -126,8 +144,21 @@ def _observations_of(queries: Sequence[Query], out: list) -> tuple[np.ndarray, n
         times += t
         values += v
         counts.append(len(t))
-    us = _as_datetime64(times).astype(np.int64)
-    y = np.array(values, dtype=np.float64)
+    if given:  # arrays as they came, in query order with the others
+        us_parts, y_parts, k = [], [], 0
+        listed_us = _as_datetime64(times).astype(np.int64)
+        listed_y = np.array(values, dtype=np.float64)
+        for i, q in enumerate(queries):
+            if q.observed is not None:
+                us_parts.append(np.asarray(q.observed[0], dtype=np.int64))
+                y_parts.append(np.asarray(q.observed[1], dtype=np.float64))
+            else:
+                us_parts.append(listed_us[k:k + counts[i]])
+                y_parts.append(listed_y[k:k + counts[i]])
+                k += counts[i]
+        us, y = np.concatenate(us_parts), np.concatenate(y_parts)
+    else:
+        us, y = _as_datetime64(times).astype(np.int64), np.array(values, dtype=np.float64)
     series = np.repeat(np.arange(len(queries)), counts)
     order = np.lexsort((us, series))  # stable, as the one-series path's argsort(kind="stable")
     us, y, series = us[order], y[order], series[order]
@@ -143,27 +174,60 @@ def _origin_offsets(rule: AlertRule) -> tuple[int, ...]:
                  for k in range(rule.lookback_checks, -1, -1))
 
 
-def _item(bundle: ModelBundle, i: int, q: Query, obs_us: np.ndarray, bounds: np.ndarray) -> _Item | None:
-    """The series' facts, or None when the one-series path must answer it."""
+_FACTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _horizon_facts(model, horizon_minutes: float, alert_rule: AlertRule) -> tuple | None:
+    """What a model answers a horizon with: steps, calibration, the alert rule and its checks'
+    offsets (None when the one-series path must answer it); cached per model and horizon."""
+    facts = _FACTS.get(model)
+    if facts is None:
+        facts = _FACTS[model] = {}
+    found = facts.get(horizon_minutes)
+    if found is None or found[0] != alert_rule:
+        if model.kind_ != "prophet" or getattr(model, "point_model_", None) is None:
+            found = (alert_rule, None)  # the linear fallback, or Prophet's own predict
+        else:
+            n_h = max(1, int(np.ceil(horizon_minutes / model.step_minutes_)))
+            paths = model.error_paths_
+            if not (paths.shape[0] >= MIN_ERROR_PATHS and paths.shape[1] >= n_h):
+                found = (alert_rule, None)  # the one-series path says why the horizon is too long
+            else:
+                calibration = served_calibration(model, horizon_minutes, True)
+                rule = alert_rule.with_for(calibration.for_minutes)
+                found = (alert_rule, (n_h, int(model.step_minutes_ * 60e6), calibration, rule,
+                                      _origin_offsets(rule)))
+        facts[horizon_minutes] = found
+    return found[1]
+
+
+@lru_cache(maxsize=65536)
+def _range_of(series_id: str) -> tuple[float, float]:
+    return physical_range(series_id)
+
+
+def _item(bundle: ModelBundle, i: int, q: Query, obs_us: np.ndarray, bounds: np.ndarray,
+          alert_rule: AlertRule) -> _Item | None:
+    """The series' facts, or None when the one-series path must answer it (``alert_rule``: the
+    bundle's, read once: the property parses the manifest)."""
     model = bundle.forecasters.get(q.series_id)
-    if model is None or model.kind_ != "prophet" or getattr(model, "point_model_", None) is None:
-        return None  # unknown (its KeyError), the linear fallback, or Prophet's own predict
-    n_h = max(1, int(np.ceil(q.horizon_minutes / model.step_minutes_)))
-    paths = model.error_paths_
-    if not (paths.shape[0] >= MIN_ERROR_PATHS and paths.shape[1] >= n_h):
-        return None  # the one-series path says why the horizon is too long
-    value_lo, value_hi = physical_range(q.series_id)
+    if model is None:
+        return None  # unknown: the one-series path's KeyError
+    facts = _horizon_facts(model, q.horizon_minutes, alert_rule)
+    if facts is None:
+        return None
+    value_lo, value_hi = _range_of(q.series_id)
     if not value_lo < q.threshold < value_hi:
         return None  # at or beyond the range's edge holding the paths in it decides crossings
     lo, hi = int(bounds[i]), int(bounds[i + 1])
     if hi > lo:
-        now = _to_utc(np.datetime64(int(obs_us[hi - 1]), "us").astype(datetime))
+        now_us = int(obs_us[hi - 1])
+        now = _EPOCH + timedelta(microseconds=now_us)
     else:
         now = _to_utc(model.last_ts_ if q.now is None else q.now)
-    calibration = served_calibration(model, q.horizon_minutes, True)
-    rule = bundle.alert_rule.with_for(calibration.for_minutes)
-    return _Item(i, q, model, now, (now - _EPOCH) // _US, lo, hi, n_h,
-                 int(model.step_minutes_ * 60e6), calibration, rule, _origin_offsets(rule),
+        now_us = (now - _EPOCH) // _US
+    n_h, step_us, calibration, rule, offsets = facts
+    return _Item(i, q, model, now, now_us, lo, hi, n_h, step_us, calibration, rule, offsets,
                  (value_lo, value_hi))
 
 
@@ -197,41 +261,70 @@ def _params(model) -> _PointParams:
     return found
 
 
-def point_forecasts(models: Sequence, times_us: np.ndarray,
-                    owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+@dataclass
+class _Layouts:
+    """The point-forecast parameters of a list of models as arrays, grouped by calendar layout
+    (built once per batch, read by every :func:`point_forecasts` call of it)."""
+
+    groups: list[tuple[tuple, list[int]]]  # (layout, its models' positions in the list)
+    group_of: np.ndarray  # each model's group
+    local_of: np.ndarray  # each model's position within its group
+    scalars: list[np.ndarray]  # per group: (members, 5), see _PointParams.scalars
+    times: list[np.ndarray]  # per group: (members, 2) int64 start_ns, t_scale_ns
+    betas: list[np.ndarray]  # per group: (members, features)
+
+    @classmethod
+    def of(cls, models: Sequence) -> _Layouts:
+        params = [_params(m) for m in models]
+        by_layout: dict[tuple, list[int]] = {}
+        for m, p in enumerate(params):
+            by_layout.setdefault(p.layout, []).append(m)
+        groups = list(by_layout.items())
+        group_of = np.empty(len(models), dtype=np.int64)
+        local_of = np.empty(len(models), dtype=np.int64)
+        for g, (_, members) in enumerate(groups):
+            group_of[members] = g
+            local_of[members] = np.arange(len(members))
+        return cls(groups, group_of, local_of,
+                   [np.array([params[m].scalars for m in members]) for _, members in groups],
+                   [np.array([params[m].times for m in members], dtype=np.int64) for _, members in groups],
+                   [np.stack([params[m].beta for m in members]) for _, members in groups])
+
+
+def point_forecasts(models: Sequence, times_us: np.ndarray, owner: np.ndarray,
+                    layouts: _Layouts | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``yhat`` and ``trend`` of ``models[owner[r]]`` at UTC time ``times_us[r]`` for every row r
-    (rows with a negative owner are left NaN).
+    (rows with a negative owner are left NaN); ``layouts``: ``_Layouts.of(models)`` if at hand.
 
     The numpy point model's ``trend`` and ``yhat`` (see ``ProphetPointModel``) with each row's own
     parameters: one local calendar and one feature block per seasonality for the distinct times
     of the models that share a layout; the trend after the last changepoint for every row past
     the training history, the changepoints looked up model by model for the others.
     """
+    layouts = layouts or _Layouts.of(models)
     yhat = np.full(times_us.size, np.nan)
     trend = np.full(times_us.size, np.nan)
-    params = [_params(m) for m in models]
-    groups: dict[tuple, list[int]] = {}
-    for m, p in enumerate(params):
-        groups.setdefault(p.layout, []).append(m)
-    for layout, members in groups.items():
-        member_of = np.full(len(models), -1)
-        member_of[members] = np.arange(len(members))
-        mine = np.where(owner >= 0, member_of[np.maximum(owner, 0)], -1)
-        order = np.argsort(mine, kind="stable")
-        order = order[np.searchsorted(mine[order], 0):]  # this layout's rows, by model
+    owned = owner >= 0
+    group = np.where(owned, layouts.group_of[np.maximum(owner, 0)], -1)
+    for g, (layout, members) in enumerate(layouts.groups):
+        order = np.flatnonzero(group == g) if len(layouts.groups) > 1 or not owned.all() else \
+            np.arange(times_us.size)  # this layout's rows (every row, mostly)
         if order.size == 0:
             continue
-        local = mine[order]
-        scalars = np.array([params[m].scalars for m in members])[local]  # (rows, 5)
-        start, scale = np.array([params[m].times for m in members], dtype=np.int64)[local].T
+        local = layouts.local_of[owner[order]]
+        scalars = layouts.scalars[g][local]  # (rows, 5)
+        start, scale = layouts.times[g][local].T
         # the calendar and the Fourier features depend on the time alone: once per distinct time
-        times, at = np.unique(times_us[order], return_inverse=True)
+        if order.size > 4096:  # hashing beats sorting on many rows, not on a few
+            at, times = pd.factorize(times_us[order])
+        else:
+            times, at = np.unique(times_us[order], return_inverse=True)
         cal = local_calendar(times.astype("datetime64[us]"), layout[0], layout[1])
         ds_ns = cal["ds"].astype("datetime64[ns]").view(np.int64)[at]
         t = (ds_ns - start) / scale
         k, m = scalars[:, _K].copy(), scalars[:, _M].copy()
         inside = np.flatnonzero(t < scalars[:, _LAST_CP])  # before the last changepoint: look it up
-        for j in np.unique(local[inside]):
+        for j in np.unique(local[inside]) if inside.size else ():
             rows = inside[local[inside] == j]
             pm = models[members[j]].point_model_
             # changepoints at or before t apply, as Prophet's ``changepoint_ts <= t``
@@ -244,7 +337,7 @@ def point_forecasts(models: Sequence, times_us: np.ndarray,
         terms = models[members[0]].point_model_.seasonalities
         if terms:
             x_t = np.pi * 2 * (cal["ds"].astype("datetime64[us]").view(np.int64) / 10**6 / 86400)
-            betas = np.stack([params[m].beta for m in members])  # (models, all terms' features)
+            betas = layouts.betas[g]  # (models, all terms' features)
             col = 0
             for term in terms:
                 beta = betas[:, col:col + 2 * term.fourier_order]
@@ -270,65 +363,93 @@ def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: 
     # rows: every observation of the batch (owned by its series' item), then each shape group's
     # horizon grids at every check, (series, check, step)
     owner = np.full(obs_us.size, -1)
-    for j, it in enumerate(items):
-        owner[it.obs_lo:it.obs_hi] = j
+    counts = np.array([it.obs_hi - it.obs_lo for it in items], dtype=np.int64)
+    starts = np.array([it.obs_lo for it in items], dtype=np.int64)
+    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    owner[np.repeat(starts, counts) + within] = np.repeat(np.arange(len(items)), counts)
     groups: dict[tuple, list[int]] = {}
     for j, it in enumerate(items):
         key = (it.n_h, it.model.error_paths_.shape[0], len(it.origin_offsets_us), it.step_us,
                it.query.direction, float(it.model.step_minutes_))
         groups.setdefault(key, []).append(j)
-    times, owners, first_row = [obs_us], [owner], {}
+    n = len(items)
+    now_us = np.array([it.now_us for it in items], dtype=np.int64)
+    # ... and each series' now (the drivers' start; the grid of the last check holds their end)
+    times, owners, first_row, grid_of = [obs_us], [owner], {}, {}
     cursor = obs_us.size
     for key, members in groups.items():
         n_h, _, n_o, step_us = key[:4]
-        now = np.array([items[j].now_us for j in members], dtype=np.int64)
+        now = now_us[members]
         offsets = np.array([items[j].origin_offsets_us for j in members], dtype=np.int64)
-        grid = (now[:, None, None] - offsets[:, :, None]
-                + step_us * np.arange(1, n_h + 1, dtype=np.int64)[None, None, :])
+        steps = step_us * np.arange(1, n_h + 1, dtype=np.int64)
+        if len(members) > _FEW and (offsets == offsets[0]).all():
+            # the checks' horizons overlap (checks every 5 min, steps of 15): each distinct time once
+            distinct, at = np.unique(steps[None, :] - offsets[0][:, None], return_inverse=True)
+            grid = now[:, None] + distinct[None, :]
+            grid_of[key] = at.reshape(n_o, n_h)  # (check, step) -> column of the series' rows
+        else:
+            grid = (now[:, None, None] - offsets[:, :, None] + steps[None, None, :]).reshape(len(members), -1)
+            grid_of[key] = np.arange(n_o * n_h).reshape(n_o, n_h)
         times.append(grid.ravel())
-        owners.append(np.repeat(np.array(members), n_o * n_h))
+        owners.append(np.repeat(np.array(members), grid.shape[1]))
         first_row[key] = cursor
         cursor += grid.size
-    yhat, _ = point_forecasts(models, np.concatenate(times), np.concatenate(owners))
-    finals = {}
+    times.append(now_us)
+    owners.append(np.arange(n))
+    now_row = cursor
+    layouts = _Layouts.of(models)
+    yhat, trend = point_forecasts(models, np.concatenate(times), np.concatenate(owners), layouts)
+    cols = {name: np.empty(n) for name in ("minutes", "earliest", "latest", "probability", "level",
+                                             "slope", "z", "k")}
+    crossed_now = np.zeros(n, dtype=bool)
+    alerts: list = [None] * n
+    then_of = {}  # per group: (members, n_h) rows of the last check's horizon (the drivers' ends)
     for key, members in groups.items():
         n_h, _, n_o, _, direction, step = key
-        grid_yhat = yhat[first_row[key]:first_row[key] + len(members) * n_o * n_h]
-        finals.update(_crossing_group(items, members, n_h, n_o, direction, step,
-                                      grid_yhat.reshape(len(members), n_o, n_h), yhat, obs_us, obs_y))
+        width = int(grid_of[key].max()) + 1
+        rows = first_row[key] + np.arange(len(members))[:, None, None] * width + grid_of[key][None, :, :]
+        _crossing_group(items, members, n_h, n_o, direction, step, yhat[rows], yhat, obs_us, obs_y, cols,
+                        crossed_now, alerts)
+        then_of[key] = rows[:, -1, :]
 
     # drivers: the forecast's components now and at the crossing (or its closest approach)
-    both_us = np.empty(2 * len(items), dtype=np.int64)
-    for j, it in enumerate(items):
-        f = finals[j]
-        minutes = f["crossing"]["minutes"]
-        if minutes is not None and minutes > 0:
-            k = min(int(np.ceil(minutes / it.model.step_minutes_)) - 1, it.n_h - 1)
-        else:
-            sign = 1.0 if it.query.direction == "above" else -1.0
-            k = int(np.argmax(sign * f["point"])) if minutes is None else 0
-        f["k"] = k
-        both_us[2 * j], both_us[2 * j + 1] = it.now_us, it.now_us + it.step_us * (k + 1)
-    parts_yhat, parts_trend = point_forecasts(models, both_us, np.repeat(np.arange(len(items)), 2))
-    scores = _anomaly_many(bundle, items, finals)
+    k = cols["k"].astype(np.int64)
+    at_now, then = np.arange(now_row, now_row + n), np.empty(n, dtype=np.int64)
+    for key, members in groups.items():  # then: now + step * (k + 1)
+        then[members] = then_of[key][np.arange(len(members)), k[members]]
+    step_minutes = np.array([it.model.step_minutes_ for it in items], dtype=np.float64)
+    level, slope = cols["level"], cols["slope"]
+    drift = damped(level, slope, ((k + 1) * step_minutes)[:, None], DAMPING_MINUTES)[:, 0] - level
+    changes = np.stack([trend[then] - trend[at_now],
+                        (yhat[then] - trend[then]) - (yhat[at_now] - trend[at_now]), level, drift], axis=1)
+    scores = _anomaly_many(bundle, items, cols["z"])
+    table = {name: col.tolist() for name, col in cols.items()}
+    table["changes"] = changes.tolist()
+    for name, digits in (("minutes", 2), ("earliest", 2), ("latest", 2), ("level", 4), ("slope", 5)):
+        table[f"r_{name}"] = _rounded_list(cols[name], table[name], digits)
+    table["r_changes"] = (_rounded(changes, 4).tolist() if n > _FEW else
+                          [[round(v, 4) for v in row] for row in table["changes"]])
+    version = bundle.version_label
     for j, it in enumerate(items):
         try:
-            out[it.index] = _prediction(bundle, it, finals[j], parts_yhat[2 * j:2 * j + 2],
-                                        parts_trend[2 * j:2 * j + 2], scores.get(j, (None, [])))
+            out[it.index] = _prediction(it, j, table, crossed_now[j], alerts[j], scores.get(j, (None, [])),
+                                        version)
         except Exception as exc:
             out[it.index] = exc
 
 
 def _crossing_group(items: list[_Item], members: list[int], n_h: int, n_o: int, direction: str, step: float,
-                    grid_yhat: np.ndarray, yhat: np.ndarray, obs_us: np.ndarray,
-                    obs_y: np.ndarray) -> dict[int, dict]:
-    """The checks' crossings of series that share a shape: corrections, then every path at once.
+                    grid_yhat: np.ndarray, yhat: np.ndarray, obs_us: np.ndarray, obs_y: np.ndarray,
+                    cols: dict[str, np.ndarray], crossed_now: np.ndarray, alerts: list) -> None:
+    """The checks' crossings of series that share a shape: corrections, then every path at once;
+    each series' answer written into row ``members[r]`` of ``cols`` (and ``crossed_now``, ``alerts``).
 
     ``grid_yhat`` (g, n_o, n_h): the model at each check's horizon; ``yhat[:obs_us.size]`` the
     model at every observation of the batch.
     """
     g = len(members)
     its = [items[j] for j in members]
+    rows_out = np.array(members)
     lo = np.array([it.obs_lo for it in its])
     counts = np.array([it.obs_hi - it.obs_lo for it in its])
     width = max(1, int(counts.max()))
@@ -349,47 +470,106 @@ def _crossing_group(items: list[_Item], members: list[int], n_h: int, n_o: int, 
     value_range = np.array([it.bounds for it in its], dtype=np.float64)
     points = np.clip(grid_yhat + damped(level, slope, minutes),
                      value_range[:, :1, None], value_range[:, 1:, None])
-    errors = np.stack([it.model.error_paths_[:, :n_h] for it in its])
+    errors = _error_paths(its, n_h)
     thresholds = np.array([it.query.threshold for it in its], dtype=np.float64)
-    timing = np.array([it.calibration.timing for it in its], dtype=np.float64)
+    calibrations = [it.calibration for it in its]
+    timing = np.array([c.timing for c in calibrations], dtype=np.float64)
     b = crossing_distribution_many(minutes, points, errors, thresholds, direction, timing)
     last = np.maximum(ends - 1, 0)
     rows = np.arange(g)[:, None]
-    currents = np.where(ends > 0, ys[rows, last], np.nan)
+    seen = ends > 0
+    currents = np.where(seen, ys[rows, last], np.nan)
     sigma = np.array([max(it.model.sigma_, 1e-9) for it in its])
-    zs = np.where(ends > 0, resid[rows, last] / sigma[:, None], np.nan)
+    zs = np.where(seen, resid[rows, last] / sigma[:, None], np.nan)
     above = direction == "above"
-    crossed = (ends > 0) & ((currents >= thresholds[:, None]) if above else (currents <= thresholds[:, None]))
-    seen_all = ends > 0
-    raw_all = b.probability.tolist()
-    out = {}
-    for r, (j, it) in enumerate(zip(members, its, strict=True)):
-        cal = it.calibration
-        calibrated = [round(float(p), 4) for p in cal.apply([round(p, 4) for p in raw_all[r]])]
-        crossed_r = crossed[r].tolist()
-        probs = [1.0 if crossed_r[o] else calibrated[o] for o in range(n_o)]
-        if crossed_r[-1]:
-            crossing = {"minutes": 0.0, "earliest": 0.0, "latest": 0.0, "probability": 1.0, "crossed": True}
-        else:
-            crossing = {"minutes": _opt(b.minutes[r]), "earliest": _opt(b.earliest_minutes[r]),
-                        "latest": _opt(b.latest_minutes[r]), "probability": probs[-1], "crossed": False}
-        holds = tuple(c or p >= cal.alarm for c, p in zip(crossed_r, probs, strict=True))
-        alert, held_left, rule_text = _rule_outcome(it.rule, holds, tuple(seen_all[r].tolist()),
-                                                    bool(counts[r]), cal.alarm)
-        out[j] = {"crossing": crossing, "point": points[r, -1], "level": float(level[r, -1]),
-                  "slope": float(slope[r, -1]), "z": None if ends[r, -1] == 0 else float(zs[r, -1]),
-                  "alert": alert, "held_left": held_left, "rule_text": rule_text}
+    crossed = seen & ((currents >= thresholds[:, None]) if above else (currents <= thresholds[:, None]))
+    # the one-series path: round(raw, 4), the calibration's map, round again (per calibration)
+    calibrated = _rounded(b.probability, 4) if g > _FEW else np.array(
+        [[round(p, 4) for p in row] for row in b.probability.tolist()]).reshape(b.probability.shape)
+    by_map: dict[int, list[int]] = {}
+    for r, cal in enumerate(calibrations):
+        if cal.n_fitted or cal.knots != (0.0, 1.0) or cal.values != (0.0, 1.0):
+            by_map.setdefault(id(cal), []).append(r)
+    for rs in by_map.values():
+        cal = calibrations[rs[0]]
+        calibrated[rs] = _rounded(cal.apply(calibrated[rs]), 4)
+    probs = np.where(crossed, 1.0, calibrated)
+    alarm = np.array([c.alarm for c in calibrations], dtype=np.float64)
+    holds = crossed | (probs >= alarm[:, None])
+    done = crossed[:, -1]
+    for name, value in (("minutes", b.minutes), ("earliest", b.earliest_minutes),
+                        ("latest", b.latest_minutes)):
+        cols[name][rows_out] = np.where(done, 0.0, value)
+    cols["probability"][rows_out] = probs[:, -1]
+    cols["level"][rows_out] = level[:, -1]
+    cols["slope"][rows_out] = slope[:, -1]
+    cols["z"][rows_out] = np.where(ends[:, -1] == 0, np.nan, zs[:, -1])
+    crossed_now[rows_out] = done
+    # the drivers' step: the crossing's, else the point forecast's closest approach
+    m = cols["minutes"][rows_out]
+    with np.errstate(invalid="ignore"):
+        at_cross = np.minimum(np.ceil(m / step) - 1, n_h - 1)
+    approach = np.argmax((1.0 if above else -1.0) * points[:, -1, :], axis=1)
+    cols["k"][rows_out] = np.where(np.isnan(m), approach, np.where(m > 0, at_cross, 0))
+    bits = 1 << np.arange(n_o)
+    hold_bits = (holds @ bits).tolist()
+    seen_bits = (seen @ bits).tolist()
+    for r, j in enumerate(members):
+        it = its[r]
+        alerts[j] = _rule_outcome(it.rule, hold_bits[r], seen_bits[r], n_o, bool(counts[r]),
+                                  calibrations[r].alarm)
+
+
+def _error_paths(its: list[_Item], n_h: int) -> np.ndarray:
+    """The series' error paths over the horizon, stacked (g, K, n_h) in their own float type
+    (float32 as stored: every sum with them is taken in float64)."""
+    first = its[0].model.error_paths_
+    dtype = first.dtype if all(it.model.error_paths_.dtype == first.dtype for it in its) else np.float64
+    out = np.empty((len(its), first.shape[0], n_h), dtype=dtype)
+    for r, it in enumerate(its):
+        out[r] = it.model.error_paths_[:, :n_h]
     return out
 
 
+def _rounded(x: np.ndarray, digits: int) -> np.ndarray:
+    """Python's ``round(float, digits)`` of every element (NaN stays NaN).
+
+    ``np.round`` scales, rounds and scales back, which can land on the other side of a
+    halfway case than Python's correctly rounded ``round``: those few elements are asked of
+    Python itself.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    out = np.round(x, digits)
+    scaled = x * 10.0 ** digits
+    with np.errstate(invalid="ignore"):
+        near = np.abs(scaled - np.floor(scaled) - 0.5) < 1e-6
+    if near.any():
+        out = out.copy()
+        for i in zip(*np.nonzero(near), strict=True):
+            out[i] = round(float(x[i]), digits)
+    return out
+
+
+#: below this many series Python's own round costs less than the array version's fixed costs
+_FEW = 32
+
+
+def _rounded_list(x: np.ndarray, values: list[float], digits: int) -> list[float]:
+    """``[round(v, digits) for v in values]`` (``values`` is ``x.tolist()``), through arrays for many."""
+    return _rounded(x, digits).tolist() if len(values) > _FEW else [round(v, digits) for v in values]
+
+
 def _opt(x: float) -> float | None:
-    return None if np.isnan(x) else float(x)
+    return None if x != x else x  # NaN: none
 
 
 @lru_cache(maxsize=4096)
-def _rule_outcome(rule: AlertRule, holds: tuple, seen: tuple, observed: bool, alarm: float):
-    """The alert, the minutes ``keep_firing_for`` still holds it, and the rule's text (few patterns)."""
-    rule, on, text = _covered(rule, np.array(holds), list(seen), observed, alarm)
+def _rule_outcome(rule: AlertRule, hold_bits: int, seen_bits: int, n_o: int, observed: bool, alarm: float):
+    """The alert, the minutes ``keep_firing_for`` still holds it, and the rule's text (few patterns);
+    the checks' flags as bits (bit i: check i, oldest first)."""
+    holds = np.array([(hold_bits >> i) & 1 for i in range(n_o)], dtype=bool)
+    seen = [bool((seen_bits >> i) & 1) for i in range(n_o)]
+    rule, on, text = _covered(rule, holds, seen, observed, alarm)
     alert = bool(rule.firing(on)[-1])
     return alert, rule.keep_firing_left(on) if alert else None, text
 
@@ -422,12 +602,14 @@ def _corrections(ts: np.ndarray, resid: np.ndarray, ends: np.ndarray,
     return np.where(live, level, 0.0), np.where(live, slope, 0.0)
 
 
-def _anomaly_many(bundle: ModelBundle, items: list[_Item], finals: dict) -> dict[int, tuple]:
+def _anomaly_many(bundle: ModelBundle, items: list[_Item], z: np.ndarray) -> dict[int, tuple]:
     """``anomaly_now`` of every series, one forest walk per workload detector (scores and explanations)."""
+    if not bundle.detectors:
+        return {}
     by_detector: dict[int, list[tuple[int, np.ndarray]]] = {}
     detectors = {}
-    for j, it in enumerate(items):
-        found = anomaly_row(bundle, it.query.series_id, finals[j]["z"], it.query.context, it.now)
+    for j, (it, z_j) in enumerate(zip(items, z.tolist(), strict=True)):
+        found = anomaly_row(bundle, it.query.series_id, None if z_j != z_j else z_j, it.query.context, it.now)
         if found is not None:
             detectors[id(found[0])] = found[0]
             by_detector.setdefault(id(found[0]), []).append((j, found[1]))
@@ -457,43 +639,56 @@ def explain_rows(det, z: np.ndarray, top: int = 3) -> tuple[np.ndarray, list[lis
     return scores, [det.ranked(raw[r, 0] - raw[r, 1:], z[r], top) for r in range(rows.shape[0])]
 
 
-def _prediction(bundle: ModelBundle, it: _Item, f: dict, yhat2: np.ndarray, trend2: np.ndarray,
-                anomaly: tuple) -> Prediction:
-    q, model, c = it.query, it.model, f["crossing"]
+_DRIVERS = ("trend", "seasonality", "recent_level", "recent_drift")
+
+
+def _prediction(it: _Item, j: int, t: dict[str, list], crossed: bool, outcome: tuple, anomaly: tuple,
+                version: str) -> Prediction:
+    """Row ``j`` of the batch's columns ``t`` as the one-series path's :class:`Prediction`."""
+    q, model, cal = it.query, it.model, it.calibration
     sign = 1.0 if q.direction == "above" else -1.0
-    minutes_ahead = (f["k"] + 1) * model.step_minutes_
-    drift = float(damped(f["level"], f["slope"], minutes_ahead, DAMPING_MINUTES).reshape(())) - f["level"]
-    changes = {
-        "trend": float(trend2[1] - trend2[0]),
-        "seasonality": float((yhat2[1] - trend2[1]) - (yhat2[0] - trend2[0])),
-        "recent_level": f["level"],
-        "recent_drift": drift,
-    }
-    ranked = sorted(changes.items(), key=lambda kv: -sign * kv[1])
-    drivers = [{"component": k, "meaning": DRIVER_NAMES[k], "change": round(v, 4)}
-               for k, v in ranked if sign * v > 0]
-    note = calibration_note(model, it.calibration, q.threshold, q.direction, True)
+    changes, rounded = t["changes"][j], t["r_changes"][j]
+    ranked = sorted(range(4), key=lambda i: -sign * changes[i])
+    drivers = [{"component": _DRIVERS[i], "meaning": DRIVER_NAMES[_DRIVERS[i]], "change": rounded[i]}
+               for i in ranked if sign * changes[i] > 0]
     now = it.now
-
-    def r2(v):
-        return None if v is None else round(v, 2)
-
-    def at(m):
-        return None if m is None else now + timedelta(minutes=m)
-
+    minutes, earliest, latest = t["minutes"][j], t["earliest"][j], t["latest"][j]
+    alert, held_left, rule_text = outcome
     score, top = anomaly
     return Prediction(
         series_id=q.series_id, model_kind=model.kind_, now=now, threshold=q.threshold,
         direction=q.direction, horizon_minutes=q.horizon_minutes,
-        minutes_to_threshold=r2(c["minutes"]), crossing_at=at(c["minutes"]),
-        earliest_minutes=r2(c["earliest"]), latest_minutes=r2(c["latest"]),
-        earliest_at=at(c["earliest"]), latest_at=at(c["latest"]),
-        probability=c["probability"], already_crossed=c["crossed"],
-        alert=f["alert"], alarm_probability=it.calibration.alarm, alert_rule=f["rule_text"],
-        keep_firing_minutes_left=f["held_left"], calibrated=it.calibration.n_fitted > 0,
-        calibration_note=note, calendar=calendar_of(model),
+        minutes_to_threshold=_opt(t["r_minutes"][j]),
+        crossing_at=None if minutes != minutes else now + timedelta(minutes=minutes),
+        earliest_minutes=_opt(t["r_earliest"][j]), latest_minutes=_opt(t["r_latest"][j]),
+        earliest_at=None if earliest != earliest else now + timedelta(minutes=earliest),
+        latest_at=None if latest != latest else now + timedelta(minutes=latest),
+        probability=t["probability"][j], already_crossed=bool(crossed),
+        alert=alert, alarm_probability=cal.alarm, alert_rule=rule_text,
+        keep_firing_minutes_left=held_left, calibrated=cal.n_fitted > 0,
+        calibration_note=_note(model, cal, q.threshold, q.direction), calendar=_calendar(model),
         drivers=drivers, driver=drivers[0]["component"] if drivers else None,
-        level_correction=round(f["level"], 4), trend_correction_per_min=round(f["slope"], 5),
-        anomaly_score=score, anomaly_top_metrics=top, model_version=bundle.version_label,
+        level_correction=t["r_level"][j], trend_correction_per_min=t["r_slope"][j],
+        anomaly_score=score, anomaly_top_metrics=top, model_version=version,
     )
 
+
+def _calendar(model) -> str:
+    found = _CALENDARS.get(model)
+    if found is None:
+        found = _CALENDARS[model] = calendar_of(model)
+    return found
+
+
+_CALENDARS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _note(model, cal, threshold: float, direction: str) -> str:
+    if not cal.n_fitted:  # the same words for every threshold
+        return _uncalibrated_note(cal.alarm)
+    return calibration_note(model, cal, threshold, direction, True)
+
+
+@lru_cache(maxsize=64)
+def _uncalibrated_note(alarm: float) -> str:
+    return calibration_note(None, ProbabilityCalibration(alarm=alarm), 0.0, "above", True)

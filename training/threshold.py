@@ -210,15 +210,24 @@ def crossing_distribution_many(
     prob = np.zeros((n, n_t))
     chunk = max(1, 300_000 // max(1, n_t * k_paths))  # a (chunk, n_t, K) slab stays in cache
     extreme, arg_extreme = (np.max, np.argmax) if above else (np.min, np.argmin)
+    if isinstance(error_paths, np.ndarray) and error_paths.dtype not in (np.float32, np.float64):
+        error_paths = error_paths.astype(np.float64)
+    pairwise = np.maximum if above else np.minimum
     for lo in range(0, n, chunk):
         pts = points[lo:lo + chunk]
-        errors = np.asarray(error_paths[lo:lo + chunk], dtype=np.float64)
+        # float32 paths stay float32: every sum with the float64 points is taken in float64 (exact
+        # promotion), as with a float64 copy, at half the memory traffic
+        errors = np.asarray(error_paths[lo:lo + chunk])
+        if errors.dtype not in (np.float32, np.float64):
+            errors = errors.astype(np.float64)
         thr = thresholds[lo:lo + chunk, None, None]
         # most paths are decided without walking the horizon: one whose largest possible value
         # (for "below": smallest) misses the threshold never reaches it (rounding is monotone),
         # one that reaches it where the point forecast peaks does; only the rest are walked
-        # extremes over the horizon along the leading axis: a reduction along a short last axis is slow
-        paths_extreme = extreme(np.ascontiguousarray(errors.transpose(2, 0, 1)), axis=0)
+        # extremes over the horizon step by step: a reduction along a short last axis is slow
+        paths_extreme = errors[:, :, 0].copy()
+        for h in range(1, n_h):
+            pairwise(paths_extreme, errors[:, :, h], out=paths_extreme)
         maybe = reach(extreme(pts, axis=2)[:, :, None] + paths_extreme[:, None, :], thr)
         peak = arg_extreme(pts, axis=2)  # (c, n_t)
         rows = np.arange(pts.shape[0])[:, None]

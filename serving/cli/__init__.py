@@ -125,6 +125,9 @@ def serve(
         help="Write the server's output here (appended); default: this terminal.")] = None,
     start_timeout: Annotated[float, typer.Option(
         help="Seconds to wait for the model to load before giving up.")] = 300.0,
+    access_log: Annotated[bool, typer.Option(
+        "--access-log", help="Log every request (BentoML's access log; off by default: it costs a share "
+        "of each request). The same as PREALERT_ACCESS_LOG=1.")] = False,
 ) -> None:
     """Run the BentoML service in the foreground until Ctrl-C or SIGTERM stops it.
 
@@ -133,7 +136,8 @@ def serve(
     """
     import signal
 
-    from serving.http_edge import TOKEN_ENV, api_token, max_body_bytes, max_concurrency
+    from serving.http_edge import ACCESS_LOG_ENV, TOKEN_ENV, api_token, max_body_bytes, max_concurrency
+    from serving.http_edge import access_log as access_log_env
     from serving.predictor import max_batch
     from serving.reload import reload_seconds
     from serving.server import (
@@ -146,7 +150,7 @@ def serve(
     )
 
     try:
-        max_body_bytes(), max_concurrency(), max_batch(), reload_seconds()
+        max_body_bytes(), max_concurrency(), max_batch(), reload_seconds(), access_log_env()
         token = api_token()
     except ValueError as exc:
         _fail(str(exc))
@@ -159,7 +163,8 @@ def serve(
     url = f"http://{host}:{port}"
     for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a shell may start us with it ignored
         signal.signal(sig, _raise_terminated)
-    proc = start_service(port, host, bundle, log_file=log_file)
+    proc = start_service(port, host, bundle, env={ACCESS_LOG_ENV: "1"} if access_log else None,
+                         log_file=log_file)
     where = f"; server log: {log_file}" if log_file else ""
     typer.echo(f"starting on {url} (pid {proc.pid}), loading the model{where}", err=True)
     code = 0

@@ -15,10 +15,20 @@ import httpx
 import numpy as np
 import polars as pl
 import pytest
+from pydantic import TypeAdapter
 
 from features import schema as s
-from serving.predictor import Predictor, _item_error, _response
-from serving.schemas import PredictBatchRequest, PredictRequest
+from serving.predictor import Predictor, _crossing_within_lead, _item_error, _response
+from serving.rules import load_catalog
+from serving.schemas import (
+    AlertsRequest,
+    AlertsResponse,
+    BatchItem,
+    PredictBatchRequest,
+    PredictBatchResponse,
+    PredictRequest,
+    SkippedSeries,
+)
 from serving.server import free_port, start_service, stop_service, wait_ready
 from training.bundle import ModelBundle
 from training.predict import predict_series
@@ -188,6 +198,13 @@ def mixed_items() -> list[dict]:
         {"metric": "apdex", "labels": {"pod": "brand-new-pod-7f9c8d-abcde"}},  # unknown workload
         {"rule": "apdex", "labels": {"service": "golden-app"}},
         {"series_id": APDEX, "horizon_minutes": 1000},  # beyond the learned errors
+        {"series_id": HEAP, "threshold": 68, "recent": [  # an offset and a naive (UTC) time
+            {"ts": "2026-10-15T02:10:00+02:00", "value": 61.0},
+            {"ts": "2026-10-15T00:11:30.25", "value": 61.5}]},
+        {"series_id": HEAP, "now": "1999-01-01T00:00:00Z"},  # 'now' outside the plausible window
+        {"series_id": HEAP, "recent": [*recent[:3], {"ts": "2099-01-01T00:00:00Z", "value": 1.0}]},  # future
+        {"series_id": HEAP, "recent": [{"ts": "2026-10-15T00:00:00Z", "value": 1.0, "x": 2}]},  # extra key
+        {"series_id": HEAP, "recent": [{"ts": 1760486400, "value": 1.0}]},  # a number is not a time here
     ]
 
 
@@ -217,6 +234,34 @@ def test_predictor_batch_items_equal_the_one_series_path(bundle):
                                               sum(r.status != 200 for r in batch.results))
 
 
+def test_the_batch_json_is_what_the_response_models_write(bundle):
+    """The batch writes its JSON without a model object per item: it is byte for byte what
+    ``PredictBatchResponse`` writes for the same content (field order, floats, times, nulls)."""
+    body = json.dumps({"items": mixed_items()}).encode()
+    written = Predictor(bundle).predict_batch_json(body)
+    assert PredictBatchResponse.model_validate_json(written).model_dump_json().encode() == written
+
+
+def test_batch_items_are_read_with_predict_requests_checks():
+    """``BatchItem`` (the batch's one-pass read) holds every field and constraint of
+    ``PredictRequest`` but the two checks the batch runs across items (times' window, a series named)."""
+    def fields(schema: dict) -> dict:
+        defs = schema.get("$defs", {})
+
+        def plain(node):
+            if isinstance(node, dict):
+                if "$ref" in node:
+                    return plain(defs[node["$ref"].split("/")[-1]])
+                return {k: plain(v) for k, v in node.items()
+                        if k not in ("description", "examples", "title", "default", "required")}
+            if isinstance(node, list):
+                return [plain(v) for v in node]
+            return node
+        return plain(schema)["properties"]
+
+    assert fields(TypeAdapter(BatchItem).json_schema()) == fields(PredictRequest.model_json_schema())
+
+
 @pytest.mark.slow
 def test_a_real_server_answers_each_batch_item_as_predict_does(bundle, tmp_path):
     folder = tmp_path / "bundle"
@@ -239,3 +284,60 @@ def test_a_real_server_answers_each_batch_item_as_predict_does(bundle, tmp_path)
                     assert result["error"] == single.json()["error"] and result["answer"] is None
     finally:
         stop_service(proc)
+
+
+def _alerts_one_pair_at_a_time(predictor: Predictor, req: AlertsRequest) -> AlertsResponse:
+    """/alerts as it was answered before it shared the batch's path: ``predict_series`` per series
+    and rule, in turn (a series' first failure skips it, the pairs before it kept)."""
+    wanted = req.rules if req.rules is not None else list(predictor.catalog.rules)
+    alerts, skipped, checked = [], [], 0
+    for i, obs in enumerate(req.series):
+        try:
+            sid, how, rules = predictor.rules_of(obs, wanted)
+            for rule in rules:
+                checked += 1
+                p = predict_series(predictor.bundle, sid, rule.threshold, rule.direction,
+                                   rule.horizon_minutes, recent=[(o.ts, o.value) for o in obs.recent],
+                                   context=obs.context)
+                hit = _crossing_within_lead(p, sid, how, rule)
+                if hit is not None:
+                    alerts.append(hit)
+        except Exception as exc:
+            status, code, message = _item_error(exc, "reference")
+            skipped.append(SkippedSeries(index=i, series=obs.series_id or f"{obs.metric} {obs.labels}",
+                                         error={"code": code, "message": message}))
+    alerts.sort(key=lambda a: (not a.already_crossed, a.minutes_to_threshold or 0.0, -a.probability,
+                               a.series_id, a.rule))
+    return AlertsResponse(model_version=predictor.model_version, checked=checked, alerts=alerts,
+                          skipped=skipped)
+
+
+def test_alerts_answer_every_series_and_rule_as_the_one_series_path(bundle, tmp_path):
+    """/alerts answers all its (series, rule) pairs in one ``predict_many``: the same alerts,
+    order, skipped series and count of checked pairs as ``predict_series`` pair by pair."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("overrides:\n"
+                     "  - {rule: jvm_heap, entity: golden-app, threshold: 62}\n"
+                     "  - {rule: jvm_heap, entity: other-app, threshold: 45}\n"
+                     "  - {rule: apdex, entity: golden-app, threshold: 0.97}\n"
+                     "  - {rule: cpu, entity: flat-app, threshold: 20.05}\n")
+    predictor = Predictor(bundle, load_catalog(rules))
+    recent = [{"ts": f"2026-10-15T00:{m:02d}:00Z", "value": 60.0 + 0.1 * m} for m in range(40)]
+    low = [{"ts": f"2026-10-15T00:{m:02d}:00Z", "value": 20.0 + 0.01 * m} for m in range(10)]
+    req = AlertsRequest.model_validate_json(json.dumps({"series": [
+        {"series_id": HEAP, "recent": recent},  # crosses 62 within the hour: soon, or crossed
+        {"series_id": HEAP, "recent": recent[:3], "context": {"apdex": 0.9}},
+        {"series_id": OTHER},
+        {"metric": "jvm_heap_pct", "labels": {"service": "other-app"}, "recent": recent[-10:]},
+        {"series_id": APDEX, "recent": [{"ts": "2026-10-15T00:00:00Z", "value": 0.96}]},  # crossed
+        {"series_id": FLAT, "recent": low},  # the linear fallback, crossed
+        {"series_id": SHORT},
+        {"series_id": "nope/jvm_heap_pct"},  # unknown series
+        {"metric": "jvm_heap_pct", "labels": {}},  # names no series
+        {"series_id": "golden-app/no_such_metric"},  # no rule watches it
+    ]}))
+    got = predictor.alerts(req)
+    want = _alerts_one_pair_at_a_time(predictor, req)
+    assert got.model_dump() == want.model_dump()
+    assert len(got.alerts) >= 3 and any(a.already_crossed for a in got.alerts)
+    assert len(got.skipped) == 3 and got.checked >= 7

@@ -66,6 +66,11 @@ overrides:
     ("overrides: [{rule: nope, entity: a}]", "override 1 (rule 'nope', entity 'a'): rule: no such rule"),
     ("overrides: [{rule: cpu, threshold: 1}]", "override 1 (rule 'cpu', entity None): entity: "),
     ("overrides: [{rule: cpu, entity: a, lead_minutes: 999}]", "(rule 'cpu', entity 'a'): lead_minutes: 999"),
+    ("overrides: [{rule: jvm_heap, entity: portal, threshold: 150}]",
+     "override 1 (rule 'jvm_heap', entity 'portal'): threshold: 150 is outside jvm_heap_pct's range "
+     "[0, 100]"),
+    ("overrides: [{rule: apdex, entity: shop, threshold: -0.5}]",
+     "(rule 'apdex', entity 'shop'): threshold: -0.5 is outside apdex's range [0, 1]"),
     ("rules: {cpu: 1}", "rules: expected a list"),
     ("alerts: []", "unknown field(s) ['alerts']"),
     ("rules: [unclosed", "not valid YAML"),

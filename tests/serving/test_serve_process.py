@@ -117,3 +117,38 @@ def test_a_signal_stops_the_whole_tree(tmp_path, stop):
     assert not group_alive(pgid), "bentoml processes survived"
     assert 'prealert_requests_total{endpoint="/predict",status="200"} 1.0' in metrics
     assert 'prealert_request_duration_seconds_count{endpoint="/predict"} 1.0' in metrics
+    assert "path=/predict" not in (tmp_path / "bentoml.log").read_text()  # no access log by default
+
+
+@pytest.mark.slow
+def test_the_access_log_is_an_opt_in(tmp_path):
+    port = free_port()
+    proc = prealert_serve(tmp_path, "--port", str(port), "--bundle", str(GOLDEN), "--access-log")
+    try:
+        deadline = time.monotonic() + 240
+        while "serving on" not in (tmp_path / "serve.err").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.err").read_text()
+            time.sleep(0.5)
+        answer = httpx.post(f"http://127.0.0.1:{port}/predict", json={"series_id": "golden-app/apdex"},
+                            timeout=60)
+        assert answer.status_code == 200, answer.text
+        log = ""
+        for _ in range(20):  # written by the worker; read until it shows
+            log = (tmp_path / "bentoml.log").read_text()
+            if "path=/predict" in log:
+                break
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        code, lines = finished(proc, tmp_path, timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code == 0, lines
+    assert "method=POST,path=/predict" in log and "status=200" in log
+
+
+def test_a_bad_access_log_setting_is_a_clear_error_before_start(tmp_path):
+    code, lines = finished(prealert_serve(tmp_path, "--port", str(free_port()),
+                                          env={"PREALERT_ACCESS_LOG": "maybe"}), tmp_path, timeout=60)
+    assert code == 2
+    assert lines == ["error: PREALERT_ACCESS_LOG=maybe is not one of 1, true, yes, on, 0, false, no, off"]

@@ -157,11 +157,20 @@ def crossing_distribution(
     extra = np.full((n_t, len(levels)), np.nan)
     prob = np.zeros(n_t)
     chunk = max(1, 2_000_000 // max(1, errors.size))
+    # strictly inside the range, holding a path in it changes none of its comparisons with
+    # the threshold: the paths that cannot reach it are then set aside without being walked
+    inside = bounds[0] < threshold < bounds[1]
     for lo in range(0, n_t, chunk):
-        paths = clip_to_range(point[lo:lo + chunk, None, :] + errors[None, :, :], bounds)
-        first = first_crossing_index(paths, threshold, above)  # (chunk, K)
-        t_cross = np.sort(np.where(first >= 0, minutes[np.maximum(first, 0)], np.inf), axis=1)
+        if inside:
+            first = _first_crossings(point[lo:lo + chunk], errors, threshold, above)
+        else:
+            paths = clip_to_range(point[lo:lo + chunk, None, :] + errors[None, :, :], bounds)
+            first = first_crossing_index(paths, threshold, above)  # (chunk, K)
         n_cross = np.sum(first >= 0, axis=1)
+        t_cross = np.full(first.shape, np.inf)  # sorted only where a path crosses
+        some = n_cross > 0
+        t_cross[some] = np.sort(np.where(first[some] >= 0, minutes[np.maximum(first[some], 0)],
+                                         np.inf), axis=1)
         prob[lo:lo + chunk] = n_cross / errors.shape[0]
         for key, q in (("earliest", 0.1), ("minutes", timing), ("latest", 0.9)):
             out[key][lo:lo + chunk] = _crossing_quantile(t_cross, n_cross, q)
@@ -169,6 +178,29 @@ def crossing_distribution(
             extra[lo:lo + chunk, j] = _crossing_quantile(t_cross, n_cross, q)
     return CrossingBatch(out["minutes"], out["earliest"], out["latest"], prob,
                          extra if levels else None)
+
+
+def _first_crossings(point: np.ndarray, errors: np.ndarray, threshold: float,
+                     above: bool) -> np.ndarray:
+    """:func:`first_crossing_index` of every path ``point[t] + errors[k]``, (n_t, K), walking
+    only the paths that may reach the threshold: one whose largest possible value (the point
+    forecast's largest plus the error path's largest; for "below" the smallest) misses it never
+    reaches it, as rounding is monotone. The same sums, so the same crossings bit for bit."""
+    extreme = np.fmax.reduce if above else np.fmin.reduce  # NaN steps never cross: skipped
+    reach = np.greater_equal if above else np.less_equal
+    maybe = reach(extreme(point, axis=1)[:, None] + extreme(errors, axis=1)[None, :], threshold)
+    first = np.full(maybe.shape, -1, dtype=np.int64)
+    # checks where most paths may cross: every path at once (gathering pairs costs more there)
+    dense = maybe.mean(axis=1) > 0.5
+    if dense.any():
+        first[dense] = first_crossing_index(point[dense][:, None, :] + errors[None, :, :],
+                                            threshold, above)
+    ti, ki = np.nonzero(maybe & ~dense[:, None])
+    size = max(1, 2_000_000 // max(1, point.shape[1]))
+    for s in range(0, ti.size, size):
+        t, k = ti[s:s + size], ki[s:s + size]
+        first[t, k] = first_crossing_index(point[t] + errors[k], threshold, above)
+    return first
 
 
 def _crossing_quantile(t_cross: np.ndarray, n_cross: np.ndarray, q: float) -> np.ndarray:

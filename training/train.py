@@ -27,7 +27,6 @@ from training.evaluation.replay import (
     ReplayOutcome,
     best_timing,
     calibrate_on_replay,
-    replay_probabilities,
     rolling_corrections,
     rolling_origin_errors,
     true_minutes,
@@ -37,7 +36,15 @@ from training.forecast.correction import WINDOW_MINUTES as CORRECTION_WINDOW_MIN
 from training.forecast.correction import damped, error_paths
 from training.forecast.forecaster import SeriesForecaster, calendar_setting
 from training.predict import MIN_ERROR_PATHS
-from training.threshold import DEFAULT_ALARM, UNBOUNDED, AlertRule, ProbabilityCalibration
+from training.threshold import (
+    DEFAULT_ALARM,
+    UNBOUNDED,
+    AlertRule,
+    ProbabilityCalibration,
+    clip_to_range,
+    crossing_time_quantiles,
+    first_crossings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -269,45 +276,68 @@ def holdout_calibrations(model: SeriesForecaster, trial: SeriesForecaster, ts: n
                                corrections)
     bounds = s.value_range(history[s.METRIC][0]) if s.METRIC in history.columns and history.height \
         else UNBOUNDED
-    out = {}
+    calibrations = {}
     for h in horizons:
         calibration = calibrate_on_replay(replays[h], DEFAULT_ALARM, rule=rule,
                                           checks_per_outcome=h / (every * model.step_minutes_))
         if calibration.n_fitted:
-            timing = holdout_timing(y, expected, corrections, idx, model.step_minutes_, h, paths,
-                                    targets, replays[h], calibration, bounds)
-            ups = [thr for thr, d in targets if d == "above"]
-            downs = [thr for thr, d in targets if d == "below"]
-            out[float(h)] = dataclasses.replace(
-                calibration, above=(min(ups), max(ups)), below=(min(downs), max(downs)),
-                timing=timing)
-    return out
+            calibrations[h] = calibration
+    timings = holdout_timings(y, expected, corrections, idx, model.step_minutes_, paths, targets,
+                              {h: replays[h] for h in calibrations}, calibrations, bounds)
+    ups = [thr for thr, d in targets if d == "above"]
+    downs = [thr for thr, d in targets if d == "below"]
+    return {float(h): dataclasses.replace(calibration, above=(min(ups), max(ups)),
+                                          below=(min(downs), max(downs)), timing=timings[h])
+            for h, calibration in calibrations.items()}
 
 
-def holdout_timing(y: np.ndarray, expected: np.ndarray, corrections: tuple[np.ndarray, np.ndarray],
-                   idx: np.ndarray, step: float, horizon: float, paths: np.ndarray,
-                   targets: list[tuple[float, str]], outcomes: list[ReplayOutcome],
-                   calibration: ProbabilityCalibration, bounds: tuple[float, float]) -> float:
-    """The crossing-time quantile an answer gives, chosen on the holdout as the backtest chooses
-    it (:func:`~training.evaluation.replay.best_timing`): the paths' crossing times are worked
-    out only at the checks it reads, those that warned (calibrated probability at the alarm
-    level) of a crossing that came within H."""
-    n_h = max(1, int(round(horizon / step)))
-    at = idx[idx + n_h < y.size]  # the checks ``outcomes`` are aligned with
+def holdout_timings(y: np.ndarray, expected: np.ndarray, corrections: tuple[np.ndarray, np.ndarray],
+                    idx: np.ndarray, step: float, paths: np.ndarray,
+                    targets: list[tuple[float, str]], outcomes: dict[float, list[ReplayOutcome]],
+                    calibrations: dict[float, ProbabilityCalibration],
+                    bounds: tuple[float, float]) -> dict[float, float]:
+    """The crossing-time quantile an answer gives at each horizon, chosen on the holdout as the
+    backtest chooses it (:func:`~training.evaluation.replay.best_timing`).
+
+    The paths' crossing times are worked out only at the checks it reads, those that warned
+    (calibrated probability at the alarm level) of a crossing that came within H, and once per
+    check and target for every horizon: a shorter horizon's paths are a prefix of the longest
+    one's, so a path crosses within H exactly when its first crossing over the longest comes
+    before H (the same answers as :func:`replay_probabilities` at each horizon, tested).
+    """
     level, slope = corrections
-    timed = []
-    for (threshold, direction), o in zip(targets, outcomes, strict=True):
-        warned = o.live & o.crossed & (calibration.apply(np.nan_to_num(o.probability))
-                                       >= calibration.alarm)
-        when = np.full((at.size, len(TIMING_LEVELS)), np.nan)
-        truth = np.full(at.size, np.nan)
-        if warned.any():
-            batch, truth[warned] = replay_probabilities(
-                y, expected, level, slope, at[warned], step, horizon, paths, threshold, direction,
-                bounds, levels=TIMING_LEVELS)
-            when[warned] = batch.at_levels
-        timed.append(dataclasses.replace(o, when=when, true_minutes=truth))
-    return best_timing(timed, calibration)
+    n_hs = {h: max(1, int(round(h / step))) for h in outcomes}
+    warned, at = {}, {}
+    for h, n_h in n_hs.items():
+        at[h] = idx[idx + n_h < y.size]  # the checks ``outcomes[h]`` are aligned with
+        calibration = calibrations[h]
+        warned[h] = [o.live & o.crossed & (calibration.apply(np.nan_to_num(o.probability))
+                                           >= calibration.alarm) for o in outcomes[h]]
+    timed = {h: [] for h in outcomes}
+    for i, (threshold, direction) in enumerate(targets):
+        mine = [h for h in outcomes if warned[h][i].any()]
+        checks = np.unique(np.concatenate([at[h][warned[h][i]] for h in mine])) if mine else \
+            np.zeros(0, dtype=np.int64)
+        first = None
+        if checks.size:
+            n_max = max(n_hs[h] for h in mine)
+            minutes = np.arange(1, n_max + 1) * step
+            cols = np.clip(checks[:, None] + np.arange(1, n_max + 1)[None, :], 0, y.size - 1)
+            point = clip_to_range(expected[cols] + damped(level[checks], slope[checks], minutes),
+                                  bounds)
+            first = first_crossings(point, paths[:, :n_max], threshold, direction, bounds)
+        for h in outcomes:
+            o, n_h, hit = outcomes[h][i], n_hs[h], warned[h][i]
+            when = np.full((at[h].size, len(TIMING_LEVELS)), np.nan)
+            truth = np.full(at[h].size, np.nan)
+            if hit.any():
+                rows = np.searchsorted(checks, at[h][hit])
+                within = np.where(first[rows] < n_h, first[rows], -1)
+                when[hit] = crossing_time_quantiles(np.arange(1, n_h + 1) * step, within,
+                                                    TIMING_LEVELS)
+                truth[hit] = true_minutes(y, at[h][hit], n_h, step, threshold, direction == "above")
+            timed[h].append(dataclasses.replace(o, when=when, true_minutes=truth))
+    return {h: best_timing(timed[h], calibrations[h]) for h in outcomes}
 
 
 def holdout_outcomes(y: np.ndarray, expected: np.ndarray, idx: np.ndarray, step: float,

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache, partial
@@ -89,11 +90,82 @@ class TrainResult:
     score: float  # median MAE ratio of prealert to predict_linear; lower is better
 
 
-def select_training_data(series: pl.DataFrame, config: TrainConfig) -> pl.DataFrame:
+@dataclass(frozen=True)
+class SeriesFile:
+    """Series rows in a Parquet file sorted by series id (the feature job's ``series.parquet``),
+    read a batch of series at a time where they are used (in the workers): no process holds
+    every row. ``start``/``end`` bound the rows' times (end exclusive), ``include`` keeps these
+    series ids or entities (empty: all)."""
+
+    path: str
+    start: datetime | None = None
+    end: datetime | None = None
+    include: tuple[tuple[str, ...], ...] = ()  # each a list of series ids or entities to keep
+
+    @classmethod
+    def of(cls, path: str | Path) -> SeriesFile:
+        """The series file of a feature job's output folder (or the file itself), its columns checked."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "series.parquet"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no series file (run `prealert features build` first)")
+        s.validate(pl.scan_parquet(path).head(0).collect(), s.SERIES_SCHEMA, what=str(path))
+        return cls(str(path))
+
+    def within(self, start: datetime | None = None, end: datetime | None = None,
+               include: Sequence[str] = ()) -> SeriesFile:
+        """These rows narrowed further: times in ``[start, end)``, only ``include``."""
+        both = (lambda a, b, pick: b if a is None else a if b is None else pick(a, b))  # noqa: E731
+        return dataclasses.replace(
+            self, start=both(self.start, _utc(start), max), end=both(self.end, _utc(end), min),
+            include=self.include + ((tuple(include),) if include else ()))
+
+    def scan(self) -> pl.LazyFrame:
+        lf = pl.scan_parquet(self.path)
+        if self.start is not None:
+            lf = lf.filter(pl.col(s.TS) >= self.start)
+        if self.end is not None:
+            lf = lf.filter(pl.col(s.TS) < self.end)
+        for wanted in self.include:
+            lf = lf.filter(pl.col(s.SERIES_ID).is_in(wanted) | pl.col(s.ENTITY).is_in(wanted))
+        return lf
+
+    def ids(self) -> list[str]:
+        """The series ids with a row here, sorted."""
+        return sorted(self.scan().select(pl.col(s.SERIES_ID).unique()).collect(engine="streaming")
+                      .to_series().to_list())
+
+    def newest(self) -> datetime | None:
+        return self.scan().select(pl.col(s.TS).max()).collect(engine="streaming").item()
+
+    def rows(self, ids: Sequence[str], columns: Sequence[str] = ()) -> pl.DataFrame:
+        """The rows of the series ``ids``: the file is sorted by series id, so the range filter
+        lets the reader skip every row group outside it."""
+        ids = sorted(ids)
+        lf = self.scan().filter(pl.col(s.SERIES_ID).is_between(pl.lit(ids[0]), pl.lit(ids[-1]))
+                                & pl.col(s.SERIES_ID).is_in(ids))
+        return (lf.select(columns) if columns else lf).collect()
+
+
+def _utc(when: datetime | None) -> datetime | None:
+    return when if when is None or when.tzinfo else when.replace(tzinfo=UTC)
+
+
+#: series per read when a whole file is hashed: the rows of a few hundred series at a time
+_FINGERPRINT_SERIES = 256
+
+
+def select_training_data(series: pl.DataFrame | SeriesFile, config: TrainConfig
+                         ) -> pl.DataFrame | SeriesFile:
+    if isinstance(series, SeriesFile):
+        series = series.within(end=config.until, include=config.include)
+        if not series.ids():
+            raise ValueError("no training data left after applying --until/--include")
+        return series
     s.validate(series, s.SERIES_SCHEMA, what="training input")
     if config.until is not None:
-        until = config.until if config.until.tzinfo else config.until.replace(tzinfo=UTC)
-        series = series.filter(pl.col(s.TS) < until)
+        series = series.filter(pl.col(s.TS) < _utc(config.until))
     if config.include:
         wanted = set(config.include)
         series = series.filter(pl.col(s.SERIES_ID).is_in(wanted) | pl.col(s.ENTITY).is_in(wanted))
@@ -102,11 +174,32 @@ def select_training_data(series: pl.DataFrame, config: TrainConfig) -> pl.DataFr
     return series
 
 
-def fingerprint(series: pl.DataFrame) -> str:
-    """A stable hash of the training data, recorded in the manifest."""
+def fingerprint(series: pl.DataFrame | SeriesFile) -> str:
+    """A stable hash of the training data, recorded in the manifest.
+
+    A :class:`SeriesFile` is hashed a few hundred series at a time, in series order: the same
+    bytes fed to the hash as the whole frame's (row hashes are per row), so the same digest.
+    """
+    digest = hashlib.sha256()
+    if isinstance(series, SeriesFile):
+        ids = series.ids()
+        for lo in range(0, len(ids), _FINGERPRINT_SERIES):
+            part = series.rows(ids[lo:lo + _FINGERPRINT_SERIES], (s.SERIES_ID, s.TS, s.VALUE))
+            digest.update(part.sort(s.SERIES_ID, s.TS).hash_rows(seed=0).to_numpy().tobytes())
+        return digest.hexdigest()
     # the three columns first, then sorted: the same rows in the same order, a third of the copy
     rows = series.select(s.SERIES_ID, s.TS, s.VALUE).sort(s.SERIES_ID, s.TS).hash_rows(seed=0)
-    return hashlib.sha256(rows.to_numpy().tobytes()).hexdigest()
+    digest.update(rows.to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _read_members(batch: Sequence[tuple[str, list[str]]], source: SeriesFile
+                  ) -> list[tuple[str, list[tuple[str, pl.DataFrame]]]]:
+    """In a worker: the rows of every series of a batch of entities, read at once."""
+    rows = source.rows([sid for _, sids in batch for sid in sids], (s.SERIES_ID, s.TS, s.VALUE))
+    by_id = rows.partition_by(s.SERIES_ID, as_dict=True)
+    return [(entity, [(sid, by_id[(sid,)].select(s.TS, s.VALUE).sort(s.TS)) for sid in sids])
+            for entity, sids in batch]
 
 
 def _fit_guarded(sid: str, frame: pl.DataFrame, config: TrainConfig) -> dict:
@@ -134,6 +227,7 @@ def _fit_entity(entity: str, members: list[tuple[str, pl.DataFrame]], config: Tr
     """
     _warm_up()
     outcomes = [_fit_guarded(sid, frame, config) for sid, frame in members]
+    seen = _seen(frame for _, frame in members)
     fitted = [o for o in outcomes if "error" not in o]
     detector = error = None
     if fitted:
@@ -149,7 +243,24 @@ def _fit_entity(entity: str, members: list[tuple[str, pl.DataFrame]], config: Tr
     for o in fitted:
         del o["residual_z"]
         o.update(stored_form(o.pop("model")))
-    return {"series": outcomes, "detector": detector, "detector_error": error}
+    return {"series": outcomes, "detector": detector, "detector_error": error, **seen}
+
+
+def _seen(frames) -> dict:
+    """What the manifest says of the data, from each task's own rows: the first and last
+    times, and how often each step between consecutive times occurs (microseconds)."""
+    steps: dict[int, int] = {}
+    first = last = None
+    for frame in frames:
+        if frame.is_empty():
+            continue
+        ts = frame[s.TS]
+        first = ts[0] if first is None else min(first, ts[0])
+        last = ts[-1] if last is None else max(last, ts[-1])
+        counts = ts.diff().drop_nulls().dt.total_microseconds().value_counts()
+        for step, n in counts.iter_rows():
+            steps[step] = steps.get(step, 0) + n
+    return {"first": first, "last": last, "steps": steps}
 
 
 def stored_form(model: SeriesForecaster) -> dict:
@@ -411,16 +522,23 @@ def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None, *,
     if workdir is None:  # the folder goes when the last forecaster read from it does
         weakref.finalize(stored, shutil.rmtree, str(spool), True)
     data = select_training_data(series, config)
-    # only what a fit reads travels to the workers; an entity's series and its detector together
-    groups = {sid: g.select(s.TS, s.VALUE).sort(s.TS) for (sid,), g in data.group_by(s.SERIES_ID)}
+    # an entity's series and its detector together; only what a fit reads travels to the
+    # workers: from a SeriesFile, each batch's workers read the rows themselves
+    if isinstance(data, SeriesFile):
+        groups, read = {sid: sid for sid in data.ids()}, partial(_read_members, source=data)
+    else:
+        groups = {sid: (sid, g.select(s.TS, s.VALUE).sort(s.TS))
+                  for (sid,), g in data.group_by(s.SERIES_ID)}
+        read = None
     entities: dict[str, list] = {}
     for sid in sorted(groups):
-        entities.setdefault(s.split_series_id(sid)[0], []).append((sid, groups[sid]))
+        entities.setdefault(s.split_series_id(sid)[0], []).append(groups[sid])
     items = sorted(entities.items())
     done = fan_out(partial(_fit_entity, config=config), items, engine=config.engine,
                    n_jobs=config.n_jobs, batch_size=config.batch_size, verbose=verbose,
                    progress=progress, sizes=[len(members) for _, members in items],
-                   consume=partial(_store, forecasters=stored, detectors=stored_detectors))
+                   consume=partial(_store, forecasters=stored, detectors=stored_detectors),
+                   read=read)
     outcomes = [o for entity in done for o in entity["series"]]
     failed = {o["sid"]: o["error"] for o in outcomes if "error" in o}
     fitted = [o for o in outcomes if "error" not in o]
@@ -437,9 +555,9 @@ def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None, *,
 
     manifest = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "step": _step_of(data),
-        "training_window": {"start": data[s.TS].min().isoformat(),
-                            "end": data[s.TS].max().isoformat()},
+        "step": _step_of([out["steps"] for out in done]),
+        "training_window": {"start": min(o["first"] for o in done if o["first"]).isoformat(),
+                            "end": max(o["last"] for o in done if o["last"]).isoformat()},
         "data_fingerprint": fingerprint(data),
         "config": config.as_params(),
         "series": {
@@ -460,8 +578,13 @@ def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None, *,
     return TrainResult(bundle, backtest, failed, score)
 
 
-def _step_of(data: pl.DataFrame) -> str:
-    diffs = data.sort(s.SERIES_ID, s.TS).select(pl.col(s.TS).diff().over(s.SERIES_ID)).to_series()
-    step = diffs.drop_nulls().mode()
-    return str(step[0]) if len(step) else "unknown"
+def _step_of(counts: list[dict[int, int]]) -> str:
+    """The most common step between consecutive times of a series (the smaller of a tie)."""
+    total: dict[int, int] = {}
+    for part in counts:
+        for step, n in part.items():
+            total[step] = total.get(step, 0) + n
+    if not total:
+        return "unknown"
+    return str(timedelta(microseconds=min(total, key=lambda k: (-total[k], k))))
 

@@ -36,6 +36,7 @@ from training.fanout import ENGINES, Progress, SeriesTimeLimit, fan_out, time_li
 from training.forecast.correction import WINDOW_MINUTES as CORRECTION_WINDOW_MINUTES
 from training.forecast.correction import damped, error_paths
 from training.forecast.forecaster import SeriesForecaster, calendar_setting
+from training.plots import crossing_margin
 from training.predict import MIN_ERROR_PATHS
 from training.threshold import (
     DEFAULT_ALARM,
@@ -88,6 +89,8 @@ class TrainResult:
     backtest: pl.DataFrame  # one row per series: maes per predictor
     failed: dict[str, str]  # series id -> error, for series that got no model at all
     score: float  # median MAE ratio of prealert to predict_linear; lower is better
+    #: series id -> :func:`training.plots.crossing_margin` at the end of training
+    crossing_margins: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -242,6 +245,8 @@ def _fit_entity(entity: str, members: list[tuple[str, pl.DataFrame]], config: Tr
             error = str(exc)
     for o in fitted:
         del o["residual_z"]
+        # the crossing plots' shortlist, worked out here beside the model (not in the driver)
+        o["crossing_margin"] = crossing_margin(o["sid"], o["model"])
         o.update(stored_form(o.pop("model")))
     return {"series": outcomes, "detector": detector, "detector_error": error, **seen}
 
@@ -575,7 +580,8 @@ def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None, *,
         "score_mae_ratio_vs_predict_linear": score,
     }
     bundle = ModelBundle(manifest, stored, stored_detectors)
-    return TrainResult(bundle, backtest, failed, score)
+    return TrainResult(bundle, backtest, failed, score,
+                       {o["sid"]: o["crossing_margin"] for o in fitted})
 
 
 def _step_of(counts: list[dict[int, int]]) -> str:

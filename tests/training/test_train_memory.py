@@ -121,3 +121,16 @@ def test_training_from_the_series_file_gives_the_bundle_training_in_memory_gives
     narrowed = train_bundle(source, small_config(n_jobs=1, until=until, include=["app-0"]))
     assert sorted(narrowed.bundle.forecasters) == ["app-0/cpu_pct", "app-0/heap_pct"]
     assert narrowed.bundle.manifest["training_window"]["end"] < until.isoformat()
+
+
+def test_the_workers_crossing_margins_are_those_of_the_saved_models(trained):
+    """The crossing plots' shortlist is ranked on margins the workers work out beside the
+    fitted models: the same numbers the saved models give (so the same plots)."""
+    from training.plots import _shortlist, crossing_margin
+
+    result, _ = trained
+    bundle = result.bundle
+    from_files = {sid: crossing_margin(sid, bundle.forecasters[sid]) for sid in bundle.forecasters}
+    assert result.crossing_margins == from_files
+    assert any(m is not None for m in from_files.values())
+    assert _shortlist(bundle, 2, 240.0, result.crossing_margins) == _shortlist(bundle, 2, 240.0)

@@ -3,14 +3,16 @@
 Run: ``uv run python bench/train_bench.py [--series 10000] [--days 14] [--n-jobs 2]
 [--engines local,ray] [--reference 100] [--what retrain|train]``. Generates ``--series`` seeded
 series (10 pod metrics per workload; a workday office-hour peak, a quieter weekend, a trend, an
-AR(1) wander and noise) in memory. ``--what retrain`` (default), per engine: writes them as a raw
-export, runs the feature job, then :func:`training.retrain.retrain` twice on a temporary MLflow
-store (the first run makes a champion, the second, the "nightly" run, trains and replays candidate
-and champion on the gate window); end to end = feature job + nightly run, wall and process-tree
-CPU seconds per phase. ``--what train``: ``train_bundle`` plus ``bundle.save`` only, with the
-summed per-series fit CPU seconds. A local Ray of ``--n-jobs`` CPUs is started first for the Ray
-engine, its start timed apart. Peak RSS of the process tree throughout, and per phase (the
-feature job; the nightly run's training, and its gate with registration). Then the first
+AR(1) wander and noise). ``--what retrain`` (default), per engine: writes them as a raw export
+100 series at a time (never all in memory), runs the feature job, then
+:func:`training.retrain.retrain` on its output folder (the workers read their own series) twice
+on a temporary MLflow store (the first run makes a champion, the second, the "nightly" run,
+trains and replays candidate and champion on the gate window); end to end = feature job +
+nightly run, wall and process-tree CPU seconds per phase. ``--what train``: ``train_bundle`` on
+the series held in memory plus ``bundle.save`` only, with the summed per-series fit CPU seconds.
+A local Ray of ``--n-jobs`` CPUs is started first for the Ray engine, its start timed apart.
+Peak RSS of the process tree throughout, and per phase (the feature job; the nightly run's
+training, and its gate with registration). Then the first
 ``--reference`` series through ``train_bundle`` with the settings before issue 11 (Prophet's
 defaults: every point, 300 uncertainty samples, Stan), with Stan's fit at this release's fit
 resolution, and as this release trains them: the same run's per-series cost. Load average before

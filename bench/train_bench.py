@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import tempfile
 import threading
@@ -195,8 +196,9 @@ def run_retrain(label: str, n: int, days: float, config: TrainConfig, cores: int
     the window ending an hour before the newest data (no champion yet: promoted by hand if the
     gate keeps it out), then ``retrain`` for the whole window, which replays candidate and champion.
     End to end = the feature job + that second ("nightly") run; CPU seconds of the process tree.
-    The export is written 100 series at a time, and ``retrain`` reads the feature job's folder
-    (its workers read their own series): this process never holds every row.
+    The export is written 100 series at a time, the feature job runs in a child process, and
+    ``retrain`` reads its folder (its workers read their own series): this process never holds
+    every row.
     """
     from features.build import run_build
     from training.registry import champion_version, set_champion
@@ -213,7 +215,15 @@ def run_retrain(label: str, n: int, days: float, config: TrainConfig, cores: int
         overall = rss.peak
         rss.peak = 0
         began, cpu = time.perf_counter(), tree_cpu_seconds()
-        run_build(f"{tmp}/export", f"{tmp}/features", step="1m")
+        # in a process of its own, as the scheduler's separate step would: its memory goes
+        # back when it ends (the allocator keeps what one process freed), so the later phases'
+        # peaks are their own
+        job = multiprocessing.get_context("spawn").Process(
+            target=run_build, args=(f"{tmp}/export", f"{tmp}/features"), kwargs={"step": "1m"})
+        job.start()
+        job.join()
+        if job.exitcode:
+            raise RuntimeError(f"the feature job failed (exit {job.exitcode})")
         features_s, features_cpu_s = time.perf_counter() - began, tree_cpu_seconds() - cpu
         features_peak, overall = rss.peak, max(overall, rss.peak)
         newest = SeriesFile.of(f"{tmp}/features").newest()

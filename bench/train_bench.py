@@ -3,14 +3,16 @@
 Run: ``uv run python bench/train_bench.py [--series 10000] [--days 14] [--n-jobs 2]
 [--engines local,ray] [--reference 100] [--what retrain|train]``. Generates ``--series`` seeded
 series (10 pod metrics per workload; a workday office-hour peak, a quieter weekend, a trend, an
-AR(1) wander and noise) in memory. ``--what retrain`` (default), per engine: writes them as a raw
-export, runs the feature job, then :func:`training.retrain.retrain` twice on a temporary MLflow
-store (the first run makes a champion, the second, the "nightly" run, trains and replays candidate
-and champion on the gate window); end to end = feature job + nightly run, wall and process-tree
-CPU seconds per phase. ``--what train``: ``train_bundle`` plus ``bundle.save`` only, with the
-summed per-series fit CPU seconds. A local Ray of ``--n-jobs`` CPUs is started first for the Ray
-engine, its start timed apart. Peak RSS of the process tree throughout, and per phase (the
-feature job; the nightly run's training, and its gate with registration). Then the first
+AR(1) wander and noise). ``--what retrain`` (default), per engine: writes them as a raw export
+100 series at a time (never all in memory), runs the feature job, then
+:func:`training.retrain.retrain` on its output folder (the workers read their own series) twice
+on a temporary MLflow store (the first run makes a champion, the second, the "nightly" run,
+trains and replays candidate and champion on the gate window); end to end = feature job +
+nightly run, wall and process-tree CPU seconds per phase. ``--what train``: ``train_bundle`` on
+the series held in memory plus ``bundle.save`` only, with the summed per-series fit CPU seconds.
+A local Ray of ``--n-jobs`` CPUs is started first for the Ray engine, its start timed apart.
+Peak RSS of the process tree throughout, and per phase (the feature job; the nightly run's
+training, and its gate with registration). Then the first
 ``--reference`` series through ``train_bundle`` with the settings before issue 11 (Prophet's
 defaults: every point, 300 uncertainty samples, Stan), with Stan's fit at this release's fit
 resolution, and as this release trains them: the same run's per-series cost. Load average before
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import tempfile
 import threading
@@ -49,6 +52,11 @@ STAN = {"fit_solver": "stan"}
 
 def synthetic_series(n: int, days: float, step_minutes: int = 1, seed: int = 20261128) -> pl.DataFrame:
     """``n`` series in the training schema with daily (workday peak) and weekly (weekend) cycles."""
+    return pl.concat(synthetic_chunks(n, days, n, step_minutes, seed))
+
+
+def synthetic_chunks(n: int, days: float, chunk: int, step_minutes: int = 1, seed: int = 20261128):
+    """:func:`synthetic_series` ``chunk`` series at a time (the same values): never all in memory."""
     rng = np.random.default_rng(seed)
     m = int(days * 1440 / step_minutes)
     minutes = np.arange(m) * step_minutes
@@ -59,6 +67,9 @@ def synthetic_series(n: int, days: float, step_minutes: int = 1, seed: int = 202
                            timedelta(minutes=step_minutes), time_zone="UTC", eager=True)
     frames = []
     for i in range(n):
+        if len(frames) == chunk:
+            yield pl.concat(frames).select(list(s.SERIES_SCHEMA))
+            frames = []
         peak = rng.uniform(10, 16)
         daily = np.exp(-((local_hour - peak) / rng.uniform(2, 4)) ** 2)
         level, amp = rng.uniform(20, 60), rng.uniform(5, 25)
@@ -72,7 +83,8 @@ def synthetic_series(n: int, days: float, step_minutes: int = 1, seed: int = 202
             pl.lit(f"{entity}/{metric}").alias(s.SERIES_ID), pl.lit(entity).alias(s.ENTITY),
             pl.lit(metric).alias(s.METRIC), pl.lit(1, dtype=pl.UInt32).alias(s.N_PODS),
             pl.lit(False).alias(s.FILLED)))
-    return pl.concat(frames).select(list(s.SERIES_SCHEMA))
+    if frames:
+        yield pl.concat(frames).select(list(s.SERIES_SCHEMA))
 
 
 class PeakRss:
@@ -179,39 +191,52 @@ class Phases:
         return out
 
 
-def run_retrain(label: str, series: pl.DataFrame, config: TrainConfig, cores: int) -> dict:
+def run_retrain(label: str, n: int, days: float, config: TrainConfig, cores: int) -> dict:
     """The scheduled job end to end, twice: the feature job on a raw export, then ``retrain`` for
     the window ending an hour before the newest data (no champion yet: promoted by hand if the
     gate keeps it out), then ``retrain`` for the whole window, which replays candidate and champion.
     End to end = the feature job + that second ("nightly") run; CPU seconds of the process tree.
+    The export is written 100 series at a time, the feature job runs in a child process, and
+    ``retrain`` reads its folder (its workers read their own series): this process never holds
+    every row.
     """
-    from features.build import load_series, run_build
+    from features.build import run_build
     from training.registry import champion_version, set_champion
     from training.retrain import RetrainConfig, retrain, writing_registry
+    from training.train import SeriesFile
 
-    n = series[s.SERIES_ID].n_unique()
     with PeakRss() as rss, tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
         os.environ["PREALERT_LOCK_FILE"] = f"{tmp}/prealert.lock"
-        export_of(series).write_parquet(f"{tmp}/export.parquet")
+        os.mkdir(f"{tmp}/export")
+        for i, part in enumerate(synthetic_chunks(n, days, 100)):
+            export_of(part).write_parquet(f"{tmp}/export/part-{i:05d}.parquet")
         load_before = os.getloadavg()[0]
         overall = rss.peak
         rss.peak = 0
         began, cpu = time.perf_counter(), tree_cpu_seconds()
-        run_build(f"{tmp}/export.parquet", f"{tmp}/features", step="1m")
-        frame = load_series(f"{tmp}/features")
+        # in a process of its own, as the scheduler's separate step would: its memory goes
+        # back when it ends (the allocator keeps what one process freed), so the later phases'
+        # peaks are their own
+        job = multiprocessing.get_context("spawn").Process(
+            target=run_build, args=(f"{tmp}/export", f"{tmp}/features"), kwargs={"step": "1m"})
+        job.start()
+        job.join()
+        if job.exitcode:
+            raise RuntimeError(f"the feature job failed (exit {job.exitcode})")
         features_s, features_cpu_s = time.perf_counter() - began, tree_cpu_seconds() - cpu
         features_peak, overall = rss.peak, max(overall, rss.peak)
-        newest = frame[s.TS].max()
+        newest = SeriesFile.of(f"{tmp}/features").newest()
         first = Phases()
-        retrain(frame, RetrainConfig(until=newest - timedelta(minutes=59), train=config), echo=first)
+        retrain(f"{tmp}/features", RetrainConfig(until=newest - timedelta(minutes=59), train=config),
+                echo=first)
         first("done")
         with writing_registry("bench") as (client, _):
             if champion_version(client) is None:
                 set_champion(client, "1", "bench: the first version, so the next run replays a champion")
         overall = max(overall, rss.peak)
         second = Phases(rss)
-        outcome = retrain(frame, RetrainConfig(train=config), echo=second)
+        outcome = retrain(f"{tmp}/features", RetrainConfig(train=config), echo=second)
         second("done")
         overall = max([overall, rss.peak, *second.peaks])
         nightly = second.seconds()
@@ -242,10 +267,12 @@ def main() -> None:
     args = parser.parse_args()
 
     made = time.perf_counter()
-    series = synthetic_series(args.series, args.days)
-    print(f"{args.series} series x {args.days:g} days at 1 minute: {series.height:,} rows, "
-          f"generated in {time.perf_counter() - made:.1f} s; {os.cpu_count()} CPUs, "
-          f"load {os.getloadavg()}", flush=True)
+    # retrain: generated 100 series at a time into the export; train: held in memory
+    series = synthetic_series(args.series, args.days) if args.what == "train" else None
+    print(f"{args.series} series x {args.days:g} days at 1 minute"
+          + (f": {series.height:,} rows, generated in {time.perf_counter() - made:.1f} s"
+             if series is not None else "") + f"; {os.cpu_count()} CPUs, load {os.getloadavg()}",
+          flush=True)
     results = []
     for engine in args.engines.split(","):
         if engine == "ray":
@@ -259,15 +286,14 @@ def main() -> None:
                      log_to_driver=False)
             print(f"ray.init: {time.perf_counter() - began:.1f} s", flush=True)
         try:
-            measure = run_retrain if args.what == "retrain" else run
-            results.append(measure(engine, series, TrainConfig(engine=engine, n_jobs=args.n_jobs),
-                                   args.n_jobs))
+            config = TrainConfig(engine=engine, n_jobs=args.n_jobs)
+            results.append(run_retrain(engine, args.series, args.days, config, args.n_jobs)
+                           if args.what == "retrain" else run(engine, series, config, args.n_jobs))
         finally:
             if engine == "ray":
                 ray.shutdown()
-    if args.reference:
-        ids = sorted(series[s.SERIES_ID].unique())[: args.reference]
-        subset = series.filter(pl.col(s.SERIES_ID).is_in(ids))
+    if args.reference:  # the first series generated: the same values as in the export
+        subset = synthetic_series(min(args.reference, args.series), args.days)
         results.append(run("before", subset, TrainConfig(n_jobs=args.n_jobs, forecaster=BEFORE,
                                                          series_time_limit_seconds=None), args.n_jobs))
         results.append(run("stan", subset, TrainConfig(n_jobs=args.n_jobs, forecaster=STAN), args.n_jobs))

@@ -15,6 +15,8 @@ from typing import Any
 ENGINES = ("local", "ray")
 #: (done, total) after each finished batch, in the calling process
 Progress = Callable[[int, int], None]
+#: a whole batch's ``(key, payload)`` items -> the items ``fn`` gets, in the worker
+Reader = Callable[[Sequence[tuple[str, Any]]], Sequence[tuple[str, Any]]]
 #: batches in flight per Ray CPU: enough to keep workers busy, few enough to bound the object store
 _RAY_BATCHES_PER_CPU = 2
 
@@ -96,9 +98,12 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         timer.cancel()
 
 
-def run_batch(fn: Callable[[str, Any], Any], batch: Sequence[tuple[str, Any]], verbose: bool) -> list:
-    """``fn(key, payload)`` for every item of one batch, in a worker process."""
+def run_batch(fn: Callable[[str, Any], Any], batch: Sequence[tuple[str, Any]], verbose: bool,
+              read: Reader | None = None) -> list:
+    """``fn(key, payload)`` for every item of one batch, in a worker process (after ``read``)."""
     quiet_libraries(verbose)
+    if read is not None:
+        batch = read(batch)
     return [fn(key, payload) for key, payload in batch]
 
 
@@ -128,13 +133,15 @@ def fan_out(fn: Callable[[str, Any], Any], items: Sequence[tuple[str, Any]], *, 
             n_jobs: int = 2, batch_size: int = 0, verbose: bool = False,
             progress: Progress | None = None, sizes: Sequence[int] | None = None,
             consume: Callable[[str, Any], Any] | None = None,
-            load: Callable[[str, Any], Any] | None = None) -> list:
+            load: Callable[[str, Any], Any] | None = None, read: Reader | None = None) -> list:
     """Run ``fn(key, payload)`` for every item on the engine; results in the order of ``items``.
 
     ``consume(key, result)``, in this process as each batch arrives, turns a result into what is
     kept (e.g. writes a fitted model to disk and keeps its name); ``load(key, payload)`` gives
     the payload that travels, just before its batch is sent (e.g. a model read from disk). With
-    both, memory here holds a few batches, not every item's payload or result.
+    both, memory here holds a few batches, not every item's payload or result. ``read`` (picklable)
+    turns a whole batch's items into the items ``fn`` gets, in the worker: e.g. reads the
+    rows of the batch's series from a file at once, so they never pass through this process.
 
     ``fn`` must be picklable (a module-level function or a partial of one) and catch its own
     errors: a batch that still fails (a worker killed, out of memory) fails the whole call.
@@ -153,7 +160,8 @@ def fan_out(fn: Callable[[str, Any], Any], items: Sequence[tuple[str, Any]], *, 
     runner = _run_on_ray if engine == "ray" else _run_locally
     results: dict[str, Any] = {}
     done = 0
-    for batch_keys, batch_results in runner(fn, items, n_jobs, batch_size, verbose, sizes, load):
+    for batch_keys, batch_results in runner(fn, items, n_jobs, batch_size, verbose, sizes, load,
+                                            read):
         if consume is not None:
             batch_results = [consume(k, r) for k, r in zip(batch_keys, batch_results, strict=True)]
         results.update(zip(batch_keys, batch_results, strict=True))
@@ -167,25 +175,25 @@ def _loaded(batch, load):
     return batch if load is None else [(k, load(k, payload)) for k, payload in batch]
 
 
-def _run_locally(fn, items, n_jobs, batch_size, verbose, sizes, load=None):
+def _run_locally(fn, items, n_jobs, batch_size, verbose, sizes, load=None, read=None):
     from joblib import Parallel, delayed
 
     batches = batches_of(items, n_jobs, batch_size, sizes)
     if n_jobs == 1:
         for batch in batches:
-            yield [k for k, _ in batch], run_batch(fn, _loaded(batch, load), verbose)
+            yield [k for k, _ in batch], run_batch(fn, _loaded(batch, load), verbose, read)
         return
     # joblib takes batches from this generator as workers free up (pre_dispatch): loaded lazily
     keyed = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-        delayed(_keyed_batch)(fn, _loaded(batch, load), verbose) for batch in batches)
+        delayed(_keyed_batch)(fn, _loaded(batch, load), verbose, read) for batch in batches)
     yield from keyed
 
 
-def _keyed_batch(fn, batch, verbose) -> tuple[list[str], list]:
-    return [k for k, _ in batch], run_batch(fn, batch, verbose)
+def _keyed_batch(fn, batch, verbose, read=None) -> tuple[list[str], list]:
+    return [k for k, _ in batch], run_batch(fn, batch, verbose, read)
 
 
-def _run_on_ray(fn, items, n_jobs, batch_size, verbose, sizes, load=None):
+def _run_on_ray(fn, items, n_jobs, batch_size, verbose, sizes, load=None, read=None):
     # under `uv run`, Ray would package this folder and start every worker through `uv run`:
     # the workers of a local Ray run this interpreter anyway, and a cluster's image has prealert
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
@@ -203,7 +211,7 @@ def _run_on_ray(fn, items, n_jobs, batch_size, verbose, sizes, load=None):
         running = []
         while pending or running:
             while pending and len(running) < _RAY_BATCHES_PER_CPU * cpus:
-                running.append(remote.remote(fn, _loaded(pending.pop(), load), verbose))
+                running.append(remote.remote(fn, _loaded(pending.pop(), load), verbose, read))
             done, running = ray.wait(running, num_returns=1)
             yield ray.get(done[0])
     finally:

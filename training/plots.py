@@ -192,39 +192,52 @@ def plot_prediction(detail: ForecastDetail, history=None):
 SHORTLIST_PER_PLOT = 10
 
 
-def _shortlist(bundle: ModelBundle, k: int, horizon_minutes: float) -> list[str]:
-    """The ``k`` series (with a catalogue threshold) nearest to it by a cheap margin, sorted.
-
-    The margin: how far the point forecast plus its highest (lowest, below) error path stays
-    from the threshold over the horizon, in units of the model's sigma. Full answers for every
-    series cost ~65 ms each in the driver, 11 minutes for 10,000 series, for three plots.
+def _shortlist(bundle: ModelBundle, k: int, horizon_minutes: float,
+               margins: dict[str, float] | None = None) -> list[str]:
+    """The ``k`` series (with a catalogue threshold) nearest to it by a cheap margin
+    (:func:`crossing_margin`), sorted. ``margins``: worked out already (by training's workers,
+    beside the fitted models), else read here from each model: full answers for every series
+    cost ~65 ms each in the driver, 11 minutes for 10,000 series, for three plots.
     """
-    margins = []
+    found = []
     for sid in sorted(bundle.forecasters):
-        spec = s.spec_for(s.split_series_id(sid)[1])
-        if not math.isfinite(spec.threshold):
+        if not math.isfinite(s.spec_for(s.split_series_id(sid)[1]).threshold):
             continue
         if len(bundle.forecasters) <= k:  # all of them: no need to rank
-            margins.append((0.0, sid))
+            found.append((0.0, sid))
             continue
-        model = bundle.forecasters[sid]
-        n_h = max(1, int(round(horizon_minutes / model.step_minutes_)))
-        paths = model.error_paths_[:, :n_h]
-        step = np.timedelta64(int(round(model.step_minutes_ * 60e6)), "us")
-        last = np.datetime64(model.last_ts_.replace(tzinfo=None), "us")
-        point = model.expected(last + step * np.arange(1, (paths.shape[1] or n_h) + 1))
-        if spec.direction == "above":
-            reach = point + (paths.max(axis=0) if paths.shape[0] else 0.0)
-            gap = spec.threshold - np.nanmax(reach)
-        else:
-            reach = point + (paths.min(axis=0) if paths.shape[0] else 0.0)
-            gap = np.nanmin(reach) - spec.threshold
-        margins.append((float(gap) / max(model.sigma_, 1e-9) if np.isfinite(gap) else math.inf, sid))
-    return sorted(sid for _, sid in sorted(margins)[:k])
+        margin = margins.get(sid) if margins is not None else None
+        if margin is None:
+            margin = crossing_margin(sid, bundle.forecasters[sid], horizon_minutes)
+        found.append((margin, sid))
+    return sorted(sid for _, sid in sorted(found)[:k])
+
+
+def crossing_margin(sid: str, model, horizon_minutes: float = LOGGED_HORIZON_MINUTES
+                    ) -> float | None:
+    """How far the point forecast plus its highest (lowest, below) error path stays from the
+    catalogue threshold over the horizon after training, in units of the model's sigma (None:
+    no catalogue threshold)."""
+    spec = s.spec_for(s.split_series_id(sid)[1])
+    if not math.isfinite(spec.threshold):
+        return None
+    n_h = max(1, int(round(horizon_minutes / model.step_minutes_)))
+    paths = model.error_paths_[:, :n_h]
+    step = np.timedelta64(int(round(model.step_minutes_ * 60e6)), "us")
+    last = np.datetime64(model.last_ts_.replace(tzinfo=None), "us")
+    point = model.expected(last + step * np.arange(1, (paths.shape[1] or n_h) + 1))
+    if spec.direction == "above":
+        reach = point + (paths.max(axis=0) if paths.shape[0] else 0.0)
+        gap = spec.threshold - np.nanmax(reach)
+    else:
+        reach = point + (paths.min(axis=0) if paths.shape[0] else 0.0)
+        gap = np.nanmin(reach) - spec.threshold
+    return float(gap) / max(model.sigma_, 1e-9) if np.isfinite(gap) else math.inf
 
 
 def nearest_crossings(bundle: ModelBundle, n: int = 3,
-                      horizon_minutes: float = LOGGED_HORIZON_MINUTES) -> list[ForecastDetail]:
+                      horizon_minutes: float = LOGGED_HORIZON_MINUTES,
+                      margins: dict[str, float] | None = None) -> list[ForecastDetail]:
     """The ``n`` series whose catalogue threshold the bundle expects soonest, at the end of training.
 
     Ranked by: crossing expected within the horizon (median), then soonest, then most likely.
@@ -232,7 +245,7 @@ def nearest_crossings(bundle: ModelBundle, n: int = 3,
     answered is logged and skipped.
     """
     found = []
-    for sid in _shortlist(bundle, SHORTLIST_PER_PLOT * n, horizon_minutes):
+    for sid in _shortlist(bundle, SHORTLIST_PER_PLOT * n, horizon_minutes, margins):
         model = bundle.forecasters[sid]
         spec = s.spec_for(s.split_series_id(sid)[1])
         horizon = horizon_minutes
@@ -251,15 +264,17 @@ def nearest_crossings(bundle: ModelBundle, n: int = 3,
     return sorted(found, key=soonest)[:n]
 
 
-def log_crossing_plots(bundle: ModelBundle, n: int = 3) -> list[str]:
+def log_crossing_plots(bundle: ModelBundle, n: int = 3,
+                       margins: dict[str, float] | None = None) -> list[str]:
     """Log :func:`plot_prediction` of the ``n`` nearest crossings to the active MLflow run.
 
-    Each series' recent training data is drawn as its history. Returns the artifact paths.
+    Each series' recent training data is drawn as its history; ``margins``: see
+    :func:`nearest_crossings`. Returns the artifact paths.
     """
     import mlflow
 
     paths = []
-    for detail in nearest_crossings(bundle, n):
+    for detail in nearest_crossings(bundle, n, margins=margins):
         sid = detail.prediction.series_id
         fig = plot_prediction(detail, history=bundle.forecasters[sid].training_tail(12 * 60))
         name = f"plots/crossing_{re.sub(r'[^A-Za-z0-9_.-]+', '_', sid)}.png"

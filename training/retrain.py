@@ -38,7 +38,7 @@ from training.registry import (
     use_experiment,
 )
 from training.threshold import ProbabilityCalibration
-from training.train import TrainConfig, fingerprint, select_training_data, train_bundle
+from training.train import SeriesFile, TrainConfig, fingerprint, select_training_data, train_bundle
 
 PROMOTED, KEPT = "promoted", "kept"
 KEY_TAG = "prealert.retrain_key"
@@ -147,11 +147,13 @@ def staging_dir() -> Path:
     return path.with_name(path.name + ".staging")
 
 
-def windows(series: pl.DataFrame, config: RetrainConfig) -> tuple[datetime, datetime, datetime]:
+def windows(series: pl.DataFrame | SeriesFile, config: RetrainConfig
+            ) -> tuple[datetime, datetime, datetime]:
     """``(start, gate_start, end)`` of the rolling window; ``end`` is exclusive."""
-    if series.is_empty():
+    newest = series.newest() if isinstance(series, SeriesFile) else series[s.TS].max()
+    if newest is None:
         raise ValueError("no series to retrain on")
-    end = config.until or (series[s.TS].max() + timedelta(microseconds=1))
+    end = config.until or (newest + timedelta(microseconds=1))
     if end.tzinfo is None:
         end = end.replace(tzinfo=UTC)
     return (end - timedelta(days=config.history_days),
@@ -183,19 +185,32 @@ def served_calibrations(bundle: ModelBundle | None, series_ids: set[str]
             if bundle.forecasters[sid].calibrations_}
 
 
-def retrain(series: pl.DataFrame, config: RetrainConfig | None = None, echo=print) -> RetrainOutcome:
+def retrain(series: pl.DataFrame | SeriesFile | str | Path, config: RetrainConfig | None = None,
+            echo=print) -> RetrainOutcome:
     """Train a candidate on the window before the gate, judge it against ``@champion``, promote or keep.
 
-    ``series`` is a feature-job frame (:func:`features.build.load_series`). Under the registry
+    ``series`` is a feature job's output folder (or its ``series.parquet``): training's and the
+    gate's workers read their own series from it, so no process holds every row; or a
+    feature-job frame (:func:`features.build.load_series`) held in memory. Under the registry
     lock; a retry of a window already decided returns that decision and changes nothing.
     """
     config = config or RetrainConfig()
     started = time.perf_counter()
+    if isinstance(series, str | Path):
+        series = SeriesFile.of(series)
     start, gate_start, end = windows(series, config)
-    data = series.filter((pl.col(s.TS) >= start) & (pl.col(s.TS) < end))
     train_config = replace(config.train, until=None)
-    scoped = select_training_data(data, train_config)
-    if scoped.filter(pl.col(s.TS) < gate_start).is_empty():
+    if isinstance(series, SeriesFile):
+        data = series.within(start, end)
+        scoped = select_training_data(data, train_config)
+        training_data = data.within(end=gate_start)
+        nothing_before = not scoped.within(end=gate_start).ids()
+    else:
+        data = series.filter((pl.col(s.TS) >= start) & (pl.col(s.TS) < end))
+        scoped = select_training_data(data, train_config)
+        training_data = data.filter(pl.col(s.TS) < gate_start)
+        nothing_before = scoped.filter(pl.col(s.TS) < gate_start).is_empty()
+    if nothing_before:
         raise ValueError(f"no data before the gate window ({gate_start.isoformat()}) to train on")
     window = {"start": start.isoformat(timespec="minutes"),
               "gate_start": gate_start.isoformat(timespec="minutes"),
@@ -221,7 +236,9 @@ def retrain(series: pl.DataFrame, config: RetrainConfig | None = None, echo=prin
                     f"{window['gate_start']} .. {window['end']}"}
         with mlflow.start_run(run_name=f"retrain {window['end']}", tags=run_tags) as run:
             mlflow.log_params({"history_days": config.history_days, **config.gate.as_params()})
-            echo(f"training {scoped[s.SERIES_ID].n_unique()} series on {window['start']} .. "
+            n_series = len(scoped.ids()) if isinstance(scoped, SeriesFile) else \
+                scoped[s.SERIES_ID].n_unique()
+            echo(f"training {n_series} series on {window['start']} .. "
                  f"{window['gate_start']} ...")
             progress = both(ProgressBar(), MlflowProgress(client, run.info.run_id))
             # the candidate's models go to disk as they are fitted, the champion's are read
@@ -231,9 +248,10 @@ def retrain(series: pl.DataFrame, config: RetrainConfig | None = None, echo=prin
                         else None)
             # the candidate's alarm levels are shrunk toward the champion's: a daily retrain
             # on a quiet day does not swing them
-            result = train_bundle(data.filter(pl.col(s.TS) < gate_start), train_config,
-                                  progress=progress, workdir=workdir,
-                                  previous=served_calibrations(champion, set(scoped[s.SERIES_ID])))
+            ids = scoped.ids() if isinstance(scoped, SeriesFile) else \
+                scoped[s.SERIES_ID].unique().to_list()
+            result = train_bundle(training_data, train_config, progress=progress, workdir=workdir,
+                                  previous=served_calibrations(champion, set(ids)))
             tags = log_training(result, train_config)
             counts = {k.removeprefix("prealert."): int(v) for k, v in tags.items()
                       if k.startswith("prealert.series_")}

@@ -148,7 +148,6 @@ def crossing_distribution(
     """
     if direction not in ("above", "below"):
         raise ValueError(f"direction must be 'above' or 'below', not {direction!r}")
-    above = direction == "above"
     minutes = np.asarray(minutes, dtype=np.float64)
     point = np.atleast_2d(np.asarray(point, dtype=np.float64))
     errors = np.asarray(error_paths, dtype=np.float64)
@@ -158,17 +157,71 @@ def crossing_distribution(
     prob = np.zeros(n_t)
     chunk = max(1, 2_000_000 // max(1, errors.size))
     for lo in range(0, n_t, chunk):
-        paths = clip_to_range(point[lo:lo + chunk, None, :] + errors[None, :, :], bounds)
-        first = first_crossing_index(paths, threshold, above)  # (chunk, K)
-        t_cross = np.sort(np.where(first >= 0, minutes[np.maximum(first, 0)], np.inf), axis=1)
-        n_cross = np.sum(first >= 0, axis=1)
-        prob[lo:lo + chunk] = n_cross / errors.shape[0]
-        for key, q in (("earliest", 0.1), ("minutes", timing), ("latest", 0.9)):
-            out[key][lo:lo + chunk] = _crossing_quantile(t_cross, n_cross, q)
-        for j, q in enumerate(levels):
-            extra[lo:lo + chunk, j] = _crossing_quantile(t_cross, n_cross, q)
+        first = first_crossings(point[lo:lo + chunk], errors, threshold, direction, bounds)
+        prob[lo:lo + chunk] = np.sum(first >= 0, axis=1) / errors.shape[0]
+        found = crossing_time_quantiles(minutes, first, (0.1, timing, 0.9, *levels))
+        for j, key in enumerate(("earliest", "minutes", "latest")):
+            out[key][lo:lo + chunk] = found[:, j]
+        extra[lo:lo + chunk] = found[:, 3:]
     return CrossingBatch(out["minutes"], out["earliest"], out["latest"], prob,
                          extra if levels else None)
+
+
+def first_crossings(point: np.ndarray, errors: np.ndarray, threshold: float, direction: str,
+                    bounds: tuple[float, float] = UNBOUNDED) -> np.ndarray:
+    """The step at which each path ``point[t] + errors[k]``, held in ``bounds``, first reaches
+    the threshold: (n_t, K), -1 where it does not within the horizon (the last axis)."""
+    above = direction == "above"
+    point = np.atleast_2d(np.asarray(point, dtype=np.float64))
+    errors = np.asarray(errors, dtype=np.float64)
+    if bounds[0] < threshold < bounds[1]:
+        # strictly inside the range, holding a path in it changes none of its comparisons
+        # with the threshold: the paths that cannot reach it are set aside without a walk
+        return _first_crossings(point, errors, threshold, above)
+    first = np.empty((point.shape[0], errors.shape[0]), dtype=np.int64)
+    chunk = max(1, 2_000_000 // max(1, errors.size))
+    for lo in range(0, point.shape[0], chunk):
+        paths = clip_to_range(point[lo:lo + chunk, None, :] + errors[None, :, :], bounds)
+        first[lo:lo + chunk] = first_crossing_index(paths, threshold, above)
+    return first
+
+
+def _first_crossings(point: np.ndarray, errors: np.ndarray, threshold: float,
+                     above: bool) -> np.ndarray:
+    """:func:`first_crossing_index` of every path ``point[t] + errors[k]``, (n_t, K), walking
+    only the paths that may reach the threshold: one whose largest possible value (the point
+    forecast's largest plus the error path's largest; for "below" the smallest) misses it never
+    reaches it, as rounding is monotone. The same sums, so the same crossings bit for bit."""
+    extreme = np.fmax.reduce if above else np.fmin.reduce  # NaN steps never cross: skipped
+    reach = np.greater_equal if above else np.less_equal
+    maybe = reach(extreme(point, axis=1)[:, None] + extreme(errors, axis=1)[None, :], threshold)
+    first = np.full(maybe.shape, -1, dtype=np.int64)
+    # checks where most paths may cross: every path at once (gathering pairs costs more there)
+    dense = np.flatnonzero(maybe.mean(axis=1) > 0.5)
+    rows = max(1, 2_000_000 // max(1, errors.size))
+    for lo in range(0, dense.size, rows):
+        at = dense[lo:lo + rows]
+        first[at] = first_crossing_index(point[at][:, None, :] + errors[None, :, :], threshold, above)
+    dense = np.isin(np.arange(maybe.shape[0]), dense)
+    ti, ki = np.nonzero(maybe & ~dense[:, None])
+    size = max(1, 2_000_000 // max(1, point.shape[1]))
+    for s in range(0, ti.size, size):
+        t, k = ti[s:s + size], ki[s:s + size]
+        first[t, k] = first_crossing_index(point[t] + errors[k], threshold, above)
+    return first
+
+
+def crossing_time_quantiles(minutes: np.ndarray, first: np.ndarray,
+                            levels: tuple[float, ...]) -> np.ndarray:
+    """(n_t, len(levels)) quantiles of the crossing times of the paths that cross, from
+    :func:`first_crossings`' steps ``first`` (n_t, K); NaN where none crosses."""
+    n_cross = np.sum(first >= 0, axis=1)
+    t_cross = np.full(first.shape, np.inf)  # sorted only where a path crosses
+    some = n_cross > 0
+    t_cross[some] = np.sort(np.where(first[some] >= 0, minutes[np.maximum(first[some], 0)], np.inf),
+                            axis=1)
+    return np.stack([_crossing_quantile(t_cross, n_cross, q) for q in levels], axis=1).reshape(
+        first.shape[0], len(levels))
 
 
 def _crossing_quantile(t_cross: np.ndarray, n_cross: np.ndarray, q: float) -> np.ndarray:

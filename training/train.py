@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache, partial
@@ -28,7 +28,6 @@ from training.evaluation.replay import (
     ReplayOutcome,
     best_timing,
     calibrate_on_replay,
-    replay_probabilities,
     rolling_corrections,
     rolling_origin_errors,
     true_minutes,
@@ -37,8 +36,17 @@ from training.fanout import ENGINES, Progress, SeriesTimeLimit, fan_out, time_li
 from training.forecast.correction import WINDOW_MINUTES as CORRECTION_WINDOW_MINUTES
 from training.forecast.correction import damped, error_paths
 from training.forecast.forecaster import SeriesForecaster, calendar_setting
+from training.plots import crossing_margin
 from training.predict import MIN_ERROR_PATHS
-from training.threshold import DEFAULT_ALARM, UNBOUNDED, AlertRule, ProbabilityCalibration
+from training.threshold import (
+    DEFAULT_ALARM,
+    UNBOUNDED,
+    AlertRule,
+    ProbabilityCalibration,
+    clip_to_range,
+    crossing_time_quantiles,
+    first_crossings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +89,86 @@ class TrainResult:
     backtest: pl.DataFrame  # one row per series: maes per predictor
     failed: dict[str, str]  # series id -> error, for series that got no model at all
     score: float  # median MAE ratio of prealert to predict_linear; lower is better
+    #: series id -> :func:`training.plots.crossing_margin` at the end of training
+    crossing_margins: dict[str, float | None] = field(default_factory=dict)
 
 
-def select_training_data(series: pl.DataFrame, config: TrainConfig) -> pl.DataFrame:
+@dataclass(frozen=True)
+class SeriesFile:
+    """Series rows in a Parquet file sorted by series id (the feature job's ``series.parquet``),
+    read a batch of series at a time where they are used (in the workers): no process holds
+    every row. ``start``/``end`` bound the rows' times (end exclusive), ``include`` keeps these
+    series ids or entities (empty: all)."""
+
+    path: str
+    start: datetime | None = None
+    end: datetime | None = None
+    include: tuple[tuple[str, ...], ...] = ()  # each a list of series ids or entities to keep
+
+    @classmethod
+    def of(cls, path: str | Path) -> SeriesFile:
+        """The series file of a feature job's output folder (or the file itself), its columns checked."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "series.parquet"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no series file (run `prealert features build` first)")
+        s.validate(pl.scan_parquet(path).head(0).collect(), s.SERIES_SCHEMA, what=str(path))
+        return cls(str(path))
+
+    def within(self, start: datetime | None = None, end: datetime | None = None,
+               include: Sequence[str] = ()) -> SeriesFile:
+        """These rows narrowed further: times in ``[start, end)``, only ``include``."""
+        both = (lambda a, b, pick: b if a is None else a if b is None else pick(a, b))  # noqa: E731
+        return dataclasses.replace(
+            self, start=both(self.start, _utc(start), max), end=both(self.end, _utc(end), min),
+            include=self.include + ((tuple(include),) if include else ()))
+
+    def scan(self) -> pl.LazyFrame:
+        lf = pl.scan_parquet(self.path)
+        if self.start is not None:
+            lf = lf.filter(pl.col(s.TS) >= self.start)
+        if self.end is not None:
+            lf = lf.filter(pl.col(s.TS) < self.end)
+        for wanted in self.include:
+            lf = lf.filter(pl.col(s.SERIES_ID).is_in(wanted) | pl.col(s.ENTITY).is_in(wanted))
+        return lf
+
+    def ids(self) -> list[str]:
+        """The series ids with a row here, sorted."""
+        return sorted(self.scan().select(pl.col(s.SERIES_ID).unique()).collect(engine="streaming")
+                      .to_series().to_list())
+
+    def newest(self) -> datetime | None:
+        return self.scan().select(pl.col(s.TS).max()).collect(engine="streaming").item()
+
+    def rows(self, ids: Sequence[str], columns: Sequence[str] = ()) -> pl.DataFrame:
+        """The rows of the series ``ids``: the file is sorted by series id, so the range filter
+        lets the reader skip every row group outside it."""
+        ids = sorted(ids)
+        lf = self.scan().filter(pl.col(s.SERIES_ID).is_between(pl.lit(ids[0]), pl.lit(ids[-1]))
+                                & pl.col(s.SERIES_ID).is_in(ids))
+        return (lf.select(columns) if columns else lf).collect()
+
+
+def _utc(when: datetime | None) -> datetime | None:
+    return when if when is None or when.tzinfo else when.replace(tzinfo=UTC)
+
+
+#: series per read when a whole file is hashed: the rows of a few hundred series at a time
+_FINGERPRINT_SERIES = 256
+
+
+def select_training_data(series: pl.DataFrame | SeriesFile, config: TrainConfig
+                         ) -> pl.DataFrame | SeriesFile:
+    if isinstance(series, SeriesFile):
+        series = series.within(end=config.until, include=config.include)
+        if not series.ids():
+            raise ValueError("no training data left after applying --until/--include")
+        return series
     s.validate(series, s.SERIES_SCHEMA, what="training input")
     if config.until is not None:
-        until = config.until if config.until.tzinfo else config.until.replace(tzinfo=UTC)
-        series = series.filter(pl.col(s.TS) < until)
+        series = series.filter(pl.col(s.TS) < _utc(config.until))
     if config.include:
         wanted = set(config.include)
         series = series.filter(pl.col(s.SERIES_ID).is_in(wanted) | pl.col(s.ENTITY).is_in(wanted))
@@ -96,11 +177,34 @@ def select_training_data(series: pl.DataFrame, config: TrainConfig) -> pl.DataFr
     return series
 
 
-def fingerprint(series: pl.DataFrame) -> str:
-    """A stable hash of the training data, recorded in the manifest."""
+def fingerprint(series: pl.DataFrame | SeriesFile) -> str:
+    """A stable hash of the training data, recorded in the manifest.
+
+    A :class:`SeriesFile` is hashed a few hundred series at a time, in series order: the same
+    bytes fed to the hash as the whole frame's (row hashes are per row), so the same digest.
+    """
+    digest = hashlib.sha256()
+    if isinstance(series, SeriesFile):
+        ids = series.ids()
+        for lo in range(0, len(ids), _FINGERPRINT_SERIES):
+            part = series.rows(ids[lo:lo + _FINGERPRINT_SERIES], (s.SERIES_ID, s.TS, s.VALUE))
+            digest.update(part.sort(s.SERIES_ID, s.TS).hash_rows(seed=0).to_numpy().tobytes())
+        return digest.hexdigest()
     # the three columns first, then sorted: the same rows in the same order, a third of the copy
     rows = series.select(s.SERIES_ID, s.TS, s.VALUE).sort(s.SERIES_ID, s.TS).hash_rows(seed=0)
-    return hashlib.sha256(rows.to_numpy().tobytes()).hexdigest()
+    digest.update(rows.to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _read_members(batch: Sequence[tuple[str, tuple[list[str], dict]]], source: SeriesFile
+                  ) -> list[tuple[str, tuple[list[tuple[str, pl.DataFrame]], dict]]]:
+    """In a worker: the rows of every series of a batch of entities' tasks, read at once."""
+    rows = source.rows([sid for _, (sids, _) in batch for sid in sids],
+                       (s.SERIES_ID, s.TS, s.VALUE))
+    by_id = rows.partition_by(s.SERIES_ID, as_dict=True)
+    return [(entity, ([(sid, by_id[(sid,)].select(s.TS, s.VALUE).sort(s.TS)) for sid in sids],
+                      previous))
+            for entity, (sids, previous) in batch]
 
 
 def _fit_guarded(sid: str, frame: pl.DataFrame, config: TrainConfig,
@@ -133,6 +237,7 @@ def _fit_entity(entity: str, task: tuple[list[tuple[str, pl.DataFrame]], dict],
     _warm_up()
     members, previous = task
     outcomes = [_fit_guarded(sid, frame, config, previous.get(sid)) for sid, frame in members]
+    seen = _seen(frame for _, frame in members)
     fitted = [o for o in outcomes if "error" not in o]
     detector = error = None
     if fitted:
@@ -147,8 +252,27 @@ def _fit_entity(entity: str, task: tuple[list[tuple[str, pl.DataFrame]], dict],
             error = str(exc)
     for o in fitted:
         del o["residual_z"]
+        # the crossing plots' shortlist, worked out here beside the model (not in the driver)
+        o["crossing_margin"] = crossing_margin(o["sid"], o["model"])
         o.update(stored_form(o.pop("model")))
-    return {"series": outcomes, "detector": detector, "detector_error": error}
+    return {"series": outcomes, "detector": detector, "detector_error": error, **seen}
+
+
+def _seen(frames) -> dict:
+    """What the manifest says of the data, from each task's own rows: the first and last
+    times, and how often each step between consecutive times occurs (microseconds)."""
+    steps: dict[int, int] = {}
+    first = last = None
+    for frame in frames:
+        if frame.is_empty():
+            continue
+        ts = frame[s.TS]
+        first = ts[0] if first is None else min(first, ts[0])
+        last = ts[-1] if last is None else max(last, ts[-1])
+        counts = ts.diff().drop_nulls().dt.total_microseconds().value_counts()
+        for step, n in counts.iter_rows():
+            steps[step] = steps.get(step, 0) + n
+    return {"first": first, "last": last, "steps": steps}
 
 
 def stored_form(model: SeriesForecaster) -> dict:
@@ -281,46 +405,69 @@ def holdout_calibrations(model: SeriesForecaster, trial: SeriesForecaster, ts: n
                                corrections)
     bounds = s.value_range(history[s.METRIC][0]) if s.METRIC in history.columns and history.height \
         else UNBOUNDED
-    out = {}
+    calibrations = {}
     for h in horizons:
         calibration = calibrate_on_replay(replays[h], DEFAULT_ALARM, rule=rule,
                                           checks_per_outcome=h / (every * model.step_minutes_),
                                           previous=(previous or {}).get(float(h)))
         if calibration.n_fitted:
-            timing = holdout_timing(y, expected, corrections, idx, model.step_minutes_, h, paths,
-                                    targets, replays[h], calibration, bounds)
-            ups = [thr for thr, d in targets if d == "above"]
-            downs = [thr for thr, d in targets if d == "below"]
-            out[float(h)] = dataclasses.replace(
-                calibration, above=(min(ups), max(ups)), below=(min(downs), max(downs)),
-                timing=timing)
-    return out
+            calibrations[h] = calibration
+    timings = holdout_timings(y, expected, corrections, idx, model.step_minutes_, paths, targets,
+                              {h: replays[h] for h in calibrations}, calibrations, bounds)
+    ups = [thr for thr, d in targets if d == "above"]
+    downs = [thr for thr, d in targets if d == "below"]
+    return {float(h): dataclasses.replace(calibration, above=(min(ups), max(ups)),
+                                          below=(min(downs), max(downs)), timing=timings[h])
+            for h, calibration in calibrations.items()}
 
 
-def holdout_timing(y: np.ndarray, expected: np.ndarray, corrections: tuple[np.ndarray, np.ndarray],
-                   idx: np.ndarray, step: float, horizon: float, paths: np.ndarray,
-                   targets: list[tuple[float, str]], outcomes: list[ReplayOutcome],
-                   calibration: ProbabilityCalibration, bounds: tuple[float, float]) -> float:
-    """The crossing-time quantile an answer gives, chosen on the holdout as the backtest chooses
-    it (:func:`~training.evaluation.replay.best_timing`): the paths' crossing times are worked
-    out only at the checks it reads, those that warned (calibrated probability at the alarm
-    level) of a crossing that came within H."""
-    n_h = max(1, int(round(horizon / step)))
-    at = idx[idx + n_h < y.size]  # the checks ``outcomes`` are aligned with
+def holdout_timings(y: np.ndarray, expected: np.ndarray, corrections: tuple[np.ndarray, np.ndarray],
+                    idx: np.ndarray, step: float, paths: np.ndarray,
+                    targets: list[tuple[float, str]], outcomes: dict[float, list[ReplayOutcome]],
+                    calibrations: dict[float, ProbabilityCalibration],
+                    bounds: tuple[float, float]) -> dict[float, float]:
+    """The crossing-time quantile an answer gives at each horizon, chosen on the holdout as the
+    backtest chooses it (:func:`~training.evaluation.replay.best_timing`).
+
+    The paths' crossing times are worked out only at the checks it reads, those that warned
+    (calibrated probability at the alarm level) of a crossing that came within H, and once per
+    check and target for every horizon: a shorter horizon's paths are a prefix of the longest
+    one's, so a path crosses within H exactly when its first crossing over the longest comes
+    before H (the same answers as :func:`replay_probabilities` at each horizon, tested).
+    """
     level, slope = corrections
-    timed = []
-    for (threshold, direction), o in zip(targets, outcomes, strict=True):
-        warned = o.live & o.crossed & (calibration.apply(np.nan_to_num(o.probability))
-                                       >= calibration.alarm)
-        when = np.full((at.size, len(TIMING_LEVELS)), np.nan)
-        truth = np.full(at.size, np.nan)
-        if warned.any():
-            batch, truth[warned] = replay_probabilities(
-                y, expected, level, slope, at[warned], step, horizon, paths, threshold, direction,
-                bounds, levels=TIMING_LEVELS)
-            when[warned] = batch.at_levels
-        timed.append(dataclasses.replace(o, when=when, true_minutes=truth))
-    return best_timing(timed, calibration)
+    n_hs = {h: max(1, int(round(h / step))) for h in outcomes}
+    warned, at = {}, {}
+    for h, n_h in n_hs.items():
+        at[h] = idx[idx + n_h < y.size]  # the checks ``outcomes[h]`` are aligned with
+        calibration = calibrations[h]
+        warned[h] = [o.live & o.crossed & (calibration.apply(np.nan_to_num(o.probability))
+                                           >= calibration.alarm) for o in outcomes[h]]
+    timed = {h: [] for h in outcomes}
+    for i, (threshold, direction) in enumerate(targets):
+        mine = [h for h in outcomes if warned[h][i].any()]
+        checks = np.unique(np.concatenate([at[h][warned[h][i]] for h in mine])) if mine else \
+            np.zeros(0, dtype=np.int64)
+        first = None
+        if checks.size:
+            n_max = max(n_hs[h] for h in mine)
+            minutes = np.arange(1, n_max + 1) * step
+            cols = np.clip(checks[:, None] + np.arange(1, n_max + 1)[None, :], 0, y.size - 1)
+            point = clip_to_range(expected[cols] + damped(level[checks], slope[checks], minutes),
+                                  bounds)
+            first = first_crossings(point, paths[:, :n_max], threshold, direction, bounds)
+        for h in outcomes:
+            o, n_h, hit = outcomes[h][i], n_hs[h], warned[h][i]
+            when = np.full((at[h].size, len(TIMING_LEVELS)), np.nan)
+            truth = np.full(at[h].size, np.nan)
+            if hit.any():
+                rows = np.searchsorted(checks, at[h][hit])
+                within = np.where(first[rows] < n_h, first[rows], -1)
+                when[hit] = crossing_time_quantiles(np.arange(1, n_h + 1) * step, within,
+                                                    TIMING_LEVELS)
+                truth[hit] = true_minutes(y, at[h][hit], n_h, step, threshold, direction == "above")
+            timed[h].append(dataclasses.replace(o, when=when, true_minutes=truth))
+    return {h: best_timing(timed[h], calibrations[h]) for h in outcomes}
 
 
 def holdout_outcomes(y: np.ndarray, expected: np.ndarray, idx: np.ndarray, step: float,
@@ -376,7 +523,7 @@ def holdout_outcomes(y: np.ndarray, expected: np.ndarray, idx: np.ndarray, step:
     return out
 
 
-def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None, *,
+def train_bundle(series: pl.DataFrame | SeriesFile, config: TrainConfig | None = None, *,
                  progress: Progress | None = None, verbose: bool = False,
                  workdir: str | Path | None = None,
                  previous: Mapping[str, dict[float, ProbabilityCalibration]] | None = None
@@ -399,19 +546,28 @@ def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None, *,
     if workdir is None:  # the folder goes when the last forecaster read from it does
         weakref.finalize(stored, shutil.rmtree, str(spool), True)
     data = select_training_data(series, config)
-    # only what a fit reads travels to the workers; an entity's series and its detector together
-    groups = {sid: g.select(s.TS, s.VALUE).sort(s.TS) for (sid,), g in data.group_by(s.SERIES_ID)}
-    entities: dict[str, list] = {}
+    # an entity's series and its detector together; only what a fit reads travels to the
+    # workers: from a SeriesFile, each batch's workers read the rows themselves
+    if isinstance(data, SeriesFile):
+        groups, read = {sid: sid for sid in data.ids()}, partial(_read_members, source=data)
+    else:
+        groups = {sid: (sid, g.select(s.TS, s.VALUE).sort(s.TS))
+                  for (sid,), g in data.group_by(s.SERIES_ID)}
+        read = None
+    entities: dict[str, list[str]] = {}
     for sid in sorted(groups):
-        entities.setdefault(s.split_series_id(sid)[0], []).append((sid, groups[sid]))
+        entities.setdefault(s.split_series_id(sid)[0], []).append(sid)
     items = sorted(entities.items())
     previous = previous or {}
-    tasks = [(entity, (members, {sid: previous[sid] for sid, _ in members if sid in previous}))
-             for entity, members in items]  # each task carries its own series' calibrations only
+    # each task: its members (rows, or ids a worker reads) and its own series' calibrations only
+    tasks = [(entity, ([groups[sid] for sid in sids],
+                       {sid: previous[sid] for sid in sids if sid in previous}))
+             for entity, sids in items]
     done = fan_out(partial(_fit_entity, config=config), tasks, engine=config.engine,
                    n_jobs=config.n_jobs, batch_size=config.batch_size, verbose=verbose,
-                   progress=progress, sizes=[len(members) for _, members in items],
-                   consume=partial(_store, forecasters=stored, detectors=stored_detectors))
+                   progress=progress, sizes=[len(sids) for _, sids in items],
+                   consume=partial(_store, forecasters=stored, detectors=stored_detectors),
+                   read=read)
     outcomes = [o for entity in done for o in entity["series"]]
     failed = {o["sid"]: o["error"] for o in outcomes if "error" in o}
     fitted = [o for o in outcomes if "error" not in o]
@@ -428,9 +584,9 @@ def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None, *,
 
     manifest = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "step": _step_of(data),
-        "training_window": {"start": data[s.TS].min().isoformat(),
-                            "end": data[s.TS].max().isoformat()},
+        "step": _step_of([out["steps"] for out in done]),
+        "training_window": {"start": min(o["first"] for o in done if o["first"]).isoformat(),
+                            "end": max(o["last"] for o in done if o["last"]).isoformat()},
         "data_fingerprint": fingerprint(data),
         "config": config.as_params(),
         "series": {
@@ -448,11 +604,17 @@ def train_bundle(series: pl.DataFrame, config: TrainConfig | None = None, *,
         "score_mae_ratio_vs_predict_linear": score,
     }
     bundle = ModelBundle(manifest, stored, stored_detectors)
-    return TrainResult(bundle, backtest, failed, score)
+    return TrainResult(bundle, backtest, failed, score,
+                       {o["sid"]: o["crossing_margin"] for o in fitted})
 
 
-def _step_of(data: pl.DataFrame) -> str:
-    diffs = data.sort(s.SERIES_ID, s.TS).select(pl.col(s.TS).diff().over(s.SERIES_ID)).to_series()
-    step = diffs.drop_nulls().mode()
-    return str(step[0]) if len(step) else "unknown"
+def _step_of(counts: list[dict[int, int]]) -> str:
+    """The most common step between consecutive times of a series (the smaller of a tie)."""
+    total: dict[int, int] = {}
+    for part in counts:
+        for step, n in part.items():
+            total[step] = total.get(step, 0) + n
+    if not total:
+        return "unknown"
+    return str(timedelta(microseconds=min(total, key=lambda k: (-total[k], k))))
 

@@ -72,7 +72,7 @@ def retrain(
     Exit 0 promoted, 3 kept the champion, 4 another run holds the lock, 2 failed; a retry of
     a decided window repeats its decision without training or promoting again.
     """
-    from features.build import load_series, run_build
+    from features.build import run_build
     from training.evaluation.gate import GateConfig
     from training.fanout import quiet_libraries
     from training.lock import LockBusy
@@ -96,7 +96,7 @@ def retrain(
         if export is not None:
             features = workdir / "features"
             typer.echo(run_build(export, features, step=step).summary())
-        outcome = run_retrain(load_series(features), config, echo=typer.echo)
+        outcome = run_retrain(features, config, echo=typer.echo)  # workers read its rows
     except LockBusy as exc:
         _busy(exc)
     except (ValueError, RuntimeError, FileNotFoundError, LookupError) as exc:

@@ -75,7 +75,10 @@ def test_local_and_ray_engines_give_the_same_bundle(tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     import ray
 
+    from training.train import SeriesFile
+
     series = cyclic_series()
+    series.write_parquet(tmp_path / "series.parquet")
     local = train_bundle(series, small_config(engine="local", n_jobs=2, batch_size=1))
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
              logging_level="error", log_to_driver=False)
@@ -84,6 +87,8 @@ def test_local_and_ray_engines_give_the_same_bundle(tmp_path, monkeypatch):
         on_ray = train_bundle(series, small_config(engine="ray", batch_size=1),
                               progress=lambda done, total: reports.append((done, total)))
         assert ray.is_initialized(), "an engine must not shut down a Ray it did not start"
+        # the Ray workers read their own series from the file (fan_out's read)
+        from_file = train_bundle(SeriesFile.of(tmp_path), small_config(engine="ray", batch_size=1))
         # Ray maps 127.0.0.1 to this machine's own address: one node, and it is this machine
         addresses = {a.address for addrs in psutil.net_if_addrs().values() for a in addrs}
         (node,) = ray.nodes()
@@ -97,6 +102,7 @@ def test_local_and_ray_engines_give_the_same_bundle(tmp_path, monkeypatch):
     assert a.keys() == b.keys()
     for name in a:
         assert a[name] == b[name], name
+    assert _bundle_files(from_file.bundle.save(tmp_path / "ray_file")) == b
     assert all(v["kind"] == "prophet" for v in a["manifest"]["series"].values())
     assert local.bundle.manifest["config"]["engine"] == "local"
     assert on_ray.bundle.manifest["config"]["engine"] == "ray"

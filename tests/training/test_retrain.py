@@ -104,6 +104,24 @@ def test_gate_replays_in_parallel_as_in_one_process(bundles, series, gate_start)
     assert_frame_equal(two.scores.sort(keys), one.scores.sort(keys), rel_tol=1e-9)
 
 
+def test_gate_reading_the_series_file_in_its_workers_judges_as_from_memory(bundles, series,
+                                                                           gate_start, tmp_path):
+    """The workers build the cases from the feature job's file themselves: the same decision
+    and scores, candidate and champion on the same cases."""
+    from training.train import SeriesFile
+
+    series.write_parquet(tmp_path / "series.parquet", row_group_size=200)
+    source = SeriesFile.of(tmp_path).within(start=series[s.TS].min())
+    for champion in (bundles["short"], bundles["coarse"]):
+        memory = judge(bundles["good"], champion, series, gate_start, GATE)
+        file = judge(bundles["good"], champion, source, gate_start, GATE, n_jobs=2)
+        assert (file.promote, file.reason, file.skipped) == (memory.promote, memory.reason,
+                                                             memory.skipped)
+        keys = ["model", "predictor", "horizon"]
+        assert_frame_equal(file.scores.sort(keys), memory.scores.sort(keys), rel_tol=1e-9)
+        assert "champion on common" in set(memory.scores["model"])
+
+
 @pytest.mark.slow
 def test_gate_worse_is_kept(bundles, series, gate_start):
     d = judge(bundles["coarse"], bundles["good"], series, gate_start, GATE)

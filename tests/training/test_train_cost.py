@@ -16,7 +16,7 @@ from training.fanout import batches_of
 from training.forecast import prophet_map
 from training.forecast.forecaster import SeriesForecaster
 from training.threshold import DEFAULT_ALARM, UNBOUNDED
-from training.train import holdout_outcomes, holdout_timing
+from training.train import holdout_outcomes, holdout_timings
 
 
 def office_series(days: float = 16.0, step_minutes: int = 5, seed: int = 3, jump: float = 0.0
@@ -136,14 +136,16 @@ def test_training_chooses_the_crossing_time_quantile_as_the_backtest_does(seed):
     bounds = UNBOUNDED  # training's one-pass replay holds nothing in a range
     corrections = rolling_corrections(y - expected, step)
     chosen = set()
-    for h in (60, 120):
-        fast = holdout_outcomes(y, expected, idx, step, [h], paths, targets)[h]
-        calibration = calibrate_on_replay(fast, DEFAULT_ALARM)
-        got = holdout_timing(y, expected, corrections, idx, step, h, paths, targets, fast,
-                             calibration, bounds)
+    horizons = [30, 60, 120]  # every horizon's crossing times from one walk of the longest
+    fast = holdout_outcomes(y, expected, idx, step, horizons, paths, targets)
+    calibrations = {h: calibrate_on_replay(fast[h], DEFAULT_ALARM) for h in horizons}
+    got = holdout_timings(y, expected, corrections, idx, step, paths, targets, fast, calibrations,
+                          bounds)
+    for h in horizons:
         full = replay_outcomes(y, expected, idx, step, h, paths, targets, bounds)
-        assert calibrate_on_replay(full, DEFAULT_ALARM) == dataclasses.replace(calibration, timing=got)
-        chosen.add(got)
+        assert calibrate_on_replay(full, DEFAULT_ALARM) == dataclasses.replace(calibrations[h],
+                                                                              timing=got[h])
+        chosen.add(got[h])
     assert chosen != {0.5}  # the replay chose another quantile than the median somewhere
 
 

@@ -95,3 +95,42 @@ def test_error_paths_learned_later_are_those_fit_learns():
     assert later.error_paths_.shape == (0, now.error_paths_.shape[1])
     np.testing.assert_array_equal(later.learn_in_sample_errors(frame).error_paths_, now.error_paths_)
     assert now.error_paths_.shape[0] > 0
+
+
+def test_training_from_the_series_file_gives_the_bundle_training_in_memory_gives(trained, tmp_path):
+    """The workers read their own series from the feature job's file: the same bundle (every
+    file's bytes; the manifest's step, window and fingerprint), the driver never holding the rows."""
+    from test_fanout import _bundle_files
+
+    from training.train import SeriesFile, fingerprint
+
+    result, _ = trained
+    frame = cyclic_series().sample(fraction=1.0, shuffle=True, seed=3)  # any row order
+    frame.write_parquet(tmp_path / "series.parquet", row_group_size=50)  # many row groups to skip
+    source = SeriesFile.of(tmp_path)
+    assert fingerprint(source) == fingerprint(frame) == result.bundle.manifest["data_fingerprint"]
+    from_file = train_bundle(source, small_config(n_jobs=2))
+    a = _bundle_files(result.bundle.save(tmp_path / "memory"))
+    b = _bundle_files(from_file.bundle.save(tmp_path / "file"))
+    assert a == b and len(a) > 10
+    for key in ("step", "training_window", "data_fingerprint"):
+        assert from_file.bundle.manifest[key] == result.bundle.manifest[key]
+    assert result.bundle.manifest["step"] != "unknown"
+    # narrowed as select_training_data narrows a frame: --until and --include
+    until = frame["ts"].max() - np.timedelta64(1, "D")
+    narrowed = train_bundle(source, small_config(n_jobs=1, until=until, include=["app-0"]))
+    assert sorted(narrowed.bundle.forecasters) == ["app-0/cpu_pct", "app-0/heap_pct"]
+    assert narrowed.bundle.manifest["training_window"]["end"] < until.isoformat()
+
+
+def test_the_workers_crossing_margins_are_those_of_the_saved_models(trained):
+    """The crossing plots' shortlist is ranked on margins the workers work out beside the
+    fitted models: the same numbers the saved models give (so the same plots)."""
+    from training.plots import _shortlist, crossing_margin
+
+    result, _ = trained
+    bundle = result.bundle
+    from_files = {sid: crossing_margin(sid, bundle.forecasters[sid]) for sid in bundle.forecasters}
+    assert result.crossing_margins == from_files
+    assert any(m is not None for m in from_files.values())
+    assert _shortlist(bundle, 2, 240.0, result.crossing_margins) == _shortlist(bundle, 2, 240.0)

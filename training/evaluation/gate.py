@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -15,6 +16,7 @@ from training.evaluation.metrics import summarize
 from training.evaluation.replay import PREALERT, ReplayConfig, SeriesCase, replay_given
 from training.evaluation.sources import cases_from_series
 from training.fanout import fan_out
+from training.train import SeriesFile
 
 #: the replay warms up its corrections, predict_linear and the alert rule's look-back on this
 WARMUP = timedelta(hours=3)
@@ -84,15 +86,22 @@ def gate_cases(series: pl.DataFrame, series_ids: set[str], window_start: datetim
     return cases
 
 
-def replay_bundle(bundle: ModelBundle, cases: list[SeriesCase], config: GateConfig,
+def replay_bundle(bundle: ModelBundle, cases: list[SeriesCase] | CasesToRead, config: GateConfig,
                   skipped: dict[str, str], engine: str = "local", n_jobs: int = 1) -> pl.DataFrame:
     """The bundle's answers on every case it has a model for; a failing case goes to ``skipped``.
 
     Series fan out over ``engine`` (``training.fanout``) with all of a series' cases in one task.
+    With :class:`CasesToRead`, each batch's worker reads its series' rows and builds their
+    cases (:func:`gate_cases`) itself. Only the columns the gate's scores read come back.
     """
-    by_series: dict[str, list[SeriesCase]] = {}
-    for case in cases:
-        by_series.setdefault(case.name.rsplit(" ", 2)[0], []).append(case)
+    by_series: dict[str, list[SeriesCase] | list[str]] = {}
+    read = None
+    if isinstance(cases, CasesToRead):
+        by_series = {sid: sorted(cases.leave_out.get(sid, ())) for sid in cases.series_ids}
+        read = partial(_read_cases, source=cases)
+    else:
+        for case in cases:
+            by_series.setdefault(case.name.rsplit(" ", 2)[0], []).append(case)
     items = []
     for sid, mine in by_series.items():
         if sid in bundle.forecasters:
@@ -103,10 +112,38 @@ def replay_bundle(bundle: ModelBundle, cases: list[SeriesCase], config: GateConf
     frames = []
     # each model read (a lazily loaded bundle: from its file) as its batch is sent, then dropped
     for found, errors in fan_out(task, items, engine=engine, n_jobs=n_jobs,
-                                 load=lambda sid, mine: (mine, bundle.forecasters[sid])):
+                                 load=lambda sid, mine: (mine, bundle.forecasters[sid]), read=read):
         frames += found
         skipped.update(errors)
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+
+@dataclass
+class CasesToRead:
+    """The gate's cases of ``series_ids`` as the workers build them from ``source``'s rows
+    (:func:`gate_cases`), less the case names in ``leave_out`` (by series)."""
+
+    source: SeriesFile
+    series_ids: list[str]
+    window_start: datetime
+    config: GateConfig
+    leave_out: dict[str, set[str]] = field(default_factory=dict)
+
+
+def _read_cases(batch, source: CasesToRead) -> list:
+    """In a worker: the cases of a batch of series, from their rows read at once."""
+    sids = [sid for sid, _ in batch]
+    rows = source.source.rows(sids, (s.SERIES_ID, s.TS, s.VALUE))
+    built: dict[str, list[SeriesCase]] = {}
+    for case in gate_cases(rows, set(sids), source.window_start, source.config):
+        built.setdefault(case.name.rsplit(" ", 2)[0], []).append(case)
+    return [(sid, ([c for c in built.get(sid, []) if c.name not in set(leave_out)], model))
+            for sid, (leave_out, model) in batch]
+
+
+#: what :func:`~training.evaluation.metrics.summarize` reads of a replay's frame
+SCORED_COLUMNS = ("series", "ts", "horizon", "predictor", "warn", "true_minutes", "onset_minutes",
+                  "minutes", "earliest", "latest", "probability")
 
 
 def _replay_cases(sid: str, payload, rule, replay) -> tuple[list[pl.DataFrame], dict[str, str]]:
@@ -120,7 +157,8 @@ def _replay_cases(sid: str, payload, rule, replay) -> tuple[list[pl.DataFrame], 
             errors[case.name] = f"{type(exc).__name__}: {exc}"
             continue
         if frame.height:
-            frames.append(frame)
+            # only what the scores read travels back and is held until every series is in
+            frames.append(frame.select(c for c in SCORED_COLUMNS if c in frame.columns))
     return frames, errors
 
 
@@ -129,7 +167,7 @@ def _at(scores: pl.DataFrame, predictor: str, h: int) -> dict:
     return rows.row(0, named=True) if rows.height else {}
 
 
-def judge(candidate: ModelBundle, champion: ModelBundle | None, series: pl.DataFrame,
+def judge(candidate: ModelBundle, champion: ModelBundle | None, series: pl.DataFrame | SeriesFile,
           window_start: datetime, config: GateConfig | None = None, *, engine: str = "local",
           n_jobs: int = 1) -> GateDecision:
     """Promote ``candidate`` over ``champion``? Both replay ``series`` from ``window_start`` on.
@@ -148,7 +186,10 @@ def judge(candidate: ModelBundle, champion: ModelBundle | None, series: pl.DataF
                                    f"series (missing {', '.join(missing[:3])}"
                                    f"{', ...' if len(missing) > 3 else ''}); --allow-shrink accepts")
     skipped: dict[str, str] = {}
-    cases = gate_cases(series, ours, window_start, config)
+    if isinstance(series, SeriesFile):  # the workers read their own series' rows
+        cases = CasesToRead(series, sorted(ours & set(series.ids())), window_start, config)
+    else:
+        cases = gate_cases(series, ours, window_start, config)
     mine = replay_bundle(candidate, cases, config, skipped, engine, n_jobs)
     if mine.is_empty():
         return GateDecision(False, "the candidate answered no check in the gate window", skipped=skipped)
@@ -169,14 +210,24 @@ def judge(candidate: ModelBundle, champion: ModelBundle | None, series: pl.DataF
     if champion is None:
         return GateDecision(True, "no champion; beats predict_linear: " + _f1s(scores, config),
                             scores, skipped)
-    common = [c for c in cases if c.name.rsplit(" ", 2)[0] in theirs and c.name not in skipped]
-    names = [c.name for c in common]
+    if isinstance(cases, CasesToRead):  # the same cases, built again where they are replayed
+        left_out: dict[str, set[str]] = {}
+        for name in skipped:
+            left_out.setdefault(name.rsplit(" ", 2)[0], set()).add(name)
+        common = dataclasses.replace(cases, series_ids=[i for i in cases.series_ids if i in theirs],
+                                     leave_out=left_out)
+        names = None
+    else:
+        common = [c for c in cases if c.name.rsplit(" ", 2)[0] in theirs and c.name not in skipped]
+        names = [c.name for c in common]
     theirs_rows = replay_bundle(champion, common, config, skipped, engine, n_jobs)
     if theirs_rows.is_empty():
         return GateDecision(True, "the champion answered no check in the window (step or horizon "
                                   "it cannot serve); beats predict_linear: " + _f1s(scores, config),
                             scores, skipped)
-    names = sorted(set(names) & set(theirs_rows["series"].unique()))
+    # (read by the workers, the champion replayed only common cases: every name it answered)
+    answered = set(theirs_rows["series"].unique())
+    names = sorted(answered if names is None else set(names) & answered)
     pair = {m: summarize(rows.filter(pl.col("series").is_in(names)
                                      & (pl.col("predictor") == PREALERT)), every)
             for m, rows in (("candidate", mine), ("champion", theirs_rows))}

@@ -68,12 +68,13 @@ def train(
 
     `prealert retrain` promotes through the gate; `prealert promote VERSION` by hand.
     """
+    from features import schema as s
     from features.build import load_series
     from training.fanout import quiet_libraries
     from training.lock import LockBusy
     from training.progress import run_with_progress
-    from training.registry import log_and_register, tracking_uri
-    from training.retrain import staging_dir, writing_registry
+    from training.registry import champion_version, load_champion, log_and_register, tracking_uri
+    from training.retrain import served_calibrations, staging_dir, writing_registry
     from training.train import TrainConfig, train_bundle
 
     quiet_libraries(verbose)
@@ -87,11 +88,20 @@ def train(
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     try:
-        with writing_registry("prealert train") as (_, notes):
+        with writing_registry("prealert train") as (client, notes):
             for note in notes:
                 typer.echo(note)
+            # alarm levels are shrunk toward the champion's, as `prealert retrain` does, so a
+            # version promoted by hand does not swing them either
+            serving = champion_version(client)
+            champion = load_champion(staging_dir() / "champion", series="lazy") if serving else None
+            previous = served_calibrations(champion, set(series[s.SERIES_ID].unique()))
+            if previous:
+                typer.echo(f"alarm levels of {len(previous)} series shrunk toward champion "
+                           f"v{serving}'s")
             with run_with_progress() as progress:  # the MLflow run shows progress while it trains
-                result = train_bundle(series, config, progress=progress, verbose=verbose)
+                result = train_bundle(series, config, progress=progress, verbose=verbose,
+                                      previous=previous)
                 if save_bundle:
                     result.bundle.save(save_bundle)
                 run_id, version = log_and_register(result, config, staging_dir())

@@ -8,13 +8,15 @@ import numpy as np
 import polars as pl
 import pytest
 from mlflow import MlflowClient
+from typer.testing import CliRunner
 
 from features import schema as s
+from serving.cli import app
 from training.evaluation.gate import GateConfig
 from training.evaluation.replay import ReplayOutcome, calibrate_on_replay
 from training.evaluation.report import alarm_level_changes
 from training.predict import predict_series
-from training.registry import load_version, log_and_register, set_champion
+from training.registry import champion_version, load_version, log_and_register, set_champion
 from training.retrain import RetrainConfig, retrain
 from training.threshold import PRIOR_ALARM_OUTCOMES, AlertRule, ProbabilityCalibration, smoothed_alarm
 from training.train import TrainConfig, train_bundle
@@ -155,3 +157,16 @@ def test_retrain_shrinks_the_candidates_levels_toward_the_champions(tmp_path, mo
     assert f"P >= {calibration.alarm:g}" in answer.alert_rule
     assert ("shrunk toward the previous model's level" in answer.calibration_note
             or "kept from the previous model" in answer.calibration_note)
+
+    # `prealert train` (registers, never promotes) smooths toward the champion the same way
+    features = tmp_path / "features"
+    features.mkdir()
+    series.write_parquet(features / "series.parquet")
+    champion = champion_version(client)
+    cli = CliRunner().invoke(app, ["train", "--features", str(features), "--n-jobs", "1"])
+    assert cli.exit_code == 0, cli.output
+    assert f"shrunk toward champion v{champion}'s" in cli.output
+    version = cli.output.split("registered version ")[1].split(",")[0]
+    by_hand = load_version(version)
+    assert all(c.alarm_chosen is not None for sid in by_hand.forecasters
+               for c in by_hand.forecasters[sid].calibrations_.values())

@@ -1,6 +1,7 @@
 """The walk-forward backtest against hand-computed truth, and its no-look-ahead promise."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -378,18 +379,23 @@ def test_reliability_counts_independent_outcomes():
     assert r["se"] == pytest.approx(np.sqrt(0.5 * 0.5 / 10))
 
 
-def test_evaluate_without_the_alert_rule_and_a_bad_rule_option(tmp_path):
-    from typer.testing import CliRunner
-
-    from serving.cli import app
-
+def _evaluate_ramp_args(tmp_path) -> tuple[list[str], Path]:
+    """`prealert evaluate` on the ramp case written as a timestamp,value CSV; its report."""
     case = ramp_case()
     csv = tmp_path / "heap.csv"
     pl.DataFrame({"timestamp": case.ts.astype("datetime64[s]").astype(str),
                   "value": case.values}).write_csv(csv)
     report = tmp_path / "evaluate.md"
-    args = ["evaluate", "--input", str(csv), "--threshold", "90", "--eval-fraction", "0.75",
-            "--horizons", "60", "--report", str(report), "--no-log-mlflow"]
+    return ["evaluate", "--input", str(csv), "--threshold", "90", "--eval-fraction", "0.75",
+            "--horizons", "60", "--report", str(report), "--no-log-mlflow"], report
+
+
+def test_evaluate_without_the_alert_rule_and_a_bad_rule_option(tmp_path):
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+
+    args, report = _evaluate_ramp_args(tmp_path)
     plain = CliRunner().invoke(app, [*args, "--no-alert-rule"])
     assert plain.exit_code == 0, plain.output
     text = report.read_text()
@@ -403,13 +409,8 @@ def test_evaluate_takes_the_calendar_as_a_setting_and_reports_it(tmp_path):
 
     from serving.cli import app
 
-    case = ramp_case()
-    csv = tmp_path / "heap.csv"
-    pl.DataFrame({"timestamp": case.ts.astype("datetime64[s]").astype(str),
-                  "value": case.values}).write_csv(csv)
-    report = tmp_path / "evaluate.md"
-    args = ["evaluate", "--input", str(csv), "--threshold", "90", "--eval-fraction", "0.75",
-            "--horizons", "60", "--report", str(report), "--no-log-mlflow", "--no-alert-rule"]
+    args, report = _evaluate_ramp_args(tmp_path)
+    args.append("--no-alert-rule")
     done = CliRunner().invoke(app, [*args, "--timezone", "Europe/Berlin", "--holidays", "none"])
     assert done.exit_code == 0, done.output
     assert "'timezone': 'Europe/Berlin', 'holidays_country': None" in report.read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -121,7 +122,17 @@ class _Terminated(Exception):
     """SIGTERM or SIGINT arrived: stop the server."""
 
 
+#: set once the server is being stopped: later signals are no-ops then
+_stopping = {"now": False}
+
+
 def _raise_terminated(signum, frame) -> None:
+    # only the first signal counts: more (`uv run` forwards the one it gets, a pod's kill may
+    # signal the group) must not cut the stop short. Not by ignoring them with signal.signal:
+    # one already pending is then reported as "ignored due to race condition", with a traceback
+    if _stopping["now"]:
+        return
+    _stopping["now"] = True
     raise _Terminated
 
 
@@ -144,8 +155,6 @@ def serve(
     Exit codes: 0 stopped on request; 1 the service failed to start (the reason is printed) or
     died; 2 a bad invocation (e.g. the port is taken).
     """
-    import signal
-
     from serving.http_edge import ACCESS_LOG_ENV, TOKEN_ENV, api_token, max_body_bytes, max_concurrency
     from serving.http_edge import access_log as access_log_env
     from serving.predictor import max_batch
@@ -171,6 +180,7 @@ def serve(
     if port_in_use(port, host):
         _fail(f"port {port} on {host} is already in use; stop what listens there or pick --port")
     url = f"http://{host}:{port}"
+    _stopping["now"] = False
     for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a shell may start us with it ignored
         signal.signal(sig, _raise_terminated)
     proc = start_service(port, host, bundle, env={ACCESS_LOG_ENV: "1"} if access_log else None,
@@ -192,8 +202,7 @@ def serve(
     except _Terminated:
         typer.echo("stopping", err=True)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the stop short
-            signal.signal(sig, signal.SIG_IGN)
+        _stopping["now"] = True  # a signal from here on must not cut the stop short
         stop_service(proc)
     raise typer.Exit(code=code)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -193,7 +194,10 @@ def serve(
         typer.echo(f"serving on {url}: POST {url}/predict, /predict_batch, /alerts; GET {url}/series, "
                    f"/rules, /status; "
                    f"API docs at {url}/ (OpenAPI: {url}/docs.json); Ctrl-C stops", err=True)
-        proc.wait()
+        # not one blocking wait: a signal the kernel hands to another thread interrupts no
+        # system call here, and its handler runs only once this thread runs Python again
+        while proc.poll() is None:
+            time.sleep(0.2)
         typer.secho(f"error: bentoml serve exited with code {proc.returncode}{where}", fg="red", err=True)
         code = 1
     except ServiceFailed as exc:

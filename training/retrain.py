@@ -236,9 +236,9 @@ def retrain(series: pl.DataFrame | SeriesFile | str | Path, config: RetrainConfi
                     f"{window['gate_start']} .. {window['end']}"}
         with mlflow.start_run(run_name=f"retrain {window['end']}", tags=run_tags) as run:
             mlflow.log_params({"history_days": config.history_days, **config.gate.as_params()})
-            n_series = len(scoped.ids()) if isinstance(scoped, SeriesFile) else \
-                scoped[s.SERIES_ID].n_unique()
-            echo(f"training {n_series} series on {window['start']} .. "
+            ids = scoped.ids() if isinstance(scoped, SeriesFile) else \
+                scoped[s.SERIES_ID].unique().to_list()
+            echo(f"training {len(ids)} series on {window['start']} .. "
                  f"{window['gate_start']} ...")
             progress = both(ProgressBar(), MlflowProgress(client, run.info.run_id))
             # the candidate's models go to disk as they are fitted, the champion's are read
@@ -248,8 +248,6 @@ def retrain(series: pl.DataFrame | SeriesFile | str | Path, config: RetrainConfi
                         else None)
             # the candidate's alarm levels are shrunk toward the champion's: a daily retrain
             # on a quiet day does not swing them
-            ids = scoped.ids() if isinstance(scoped, SeriesFile) else \
-                scoped[s.SERIES_ID].unique().to_list()
             result = train_bundle(training_data, train_config, progress=progress, workdir=workdir,
                                   previous=served_calibrations(champion, set(ids)))
             tags = log_training(result, train_config)

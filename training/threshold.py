@@ -263,8 +263,6 @@ def crossing_distribution_many(
     prob = np.zeros((n, n_t))
     chunk = max(1, 300_000 // max(1, n_t * k_paths))  # a (chunk, n_t, K) slab stays in cache
     extreme, arg_extreme = (np.max, np.argmax) if above else (np.min, np.argmin)
-    if isinstance(error_paths, np.ndarray) and error_paths.dtype not in (np.float32, np.float64):
-        error_paths = error_paths.astype(np.float64)
     pairwise = np.maximum if above else np.minimum
     for lo in range(0, n, chunk):
         pts = points[lo:lo + chunk]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from training.anomaly.detector import WorkloadAnomalyDetector
 from training.forecast.forecaster import SeriesForecaster
-from training.threshold import AlertRule
+from training.threshold import AlertRule, ProbabilityCalibration, shrunk_toward_pools
 
 #: bump when the folder layout or a file format changes; loaders refuse newer versions.
 #: 2: file names from a hash of the id, a SHA-256 of every file in the manifest, paths lossless
@@ -279,6 +279,40 @@ class StoredForecasters(Mapping):
 
     def _sum(self, name: str) -> str | None:
         return None if self.sums is None else self.sums[name]
+
+    def calibrations_of(self, sid: str) -> dict[float, ProbabilityCalibration]:
+        """One series' calibrations by horizon, read from its file without parsing the model."""
+        state = json.loads(_read_checked(_inside(self.folder, self.files[sid][0]),
+                                         self._sum(self.files[sid][0])))
+        return {float(h): ProbabilityCalibration.from_dict(c)
+                for h, c in state.get("calibrations", {}).items()}
+
+    def set_calibrations(self, sid: str, calibrations: dict[float, ProbabilityCalibration]) -> None:
+        """Rewrite one series' calibrations in its file (a training run's own files only)."""
+        if self.sums is not None:
+            raise ValueError("a loaded bundle's files are checked against its manifest: "
+                             "calibrations are set only while training writes them")
+        path = _inside(self.folder, self.files[sid][0])
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+        state["calibrations"] = {str(h): c.to_dict() for h, c in calibrations.items()}
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(state, f)
+        self._recent.pop(sid, None)
+
+    def pool_alarm_levels(self, previous=None) -> dict:
+        """Shrink every series' alarm levels toward its previous model's and its metric kind's
+        pooled level in this run (:func:`training.threshold.shrunk_toward_pools`), in place;
+        returns the pools as the manifest records them: ``{kind: {horizon: PooledAlarm dict}}``."""
+        smoothed, pools = shrunk_toward_pools({sid: self.calibrations_of(sid) for sid in self},
+                                              previous)
+        for sid, calibrations in smoothed.items():
+            if calibrations:
+                self.set_calibrations(sid, calibrations)
+        out: dict[str, dict[str, dict]] = {}
+        for (kind, h), pool in pools.items():
+            out.setdefault(kind, {})[f"{h:g}"] = pool.to_dict()
+        return out
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self.files))  # the same order whichever task finished first

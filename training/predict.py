@@ -325,15 +325,22 @@ def calibration_note(model, calibration: ProbabilityCalibration, threshold: floa
 
 
 def _alarm_history(calibration: ProbabilityCalibration) -> str:
-    """Where the alarm level came from when a retrain's choice was smoothed (``smoothed_alarm``)."""
+    """Where the alarm level came from when a retrain's choice was smoothed (``smoothed_alarm``):
+    the replay's own choice and what it was shrunk toward."""
     chosen = calibration.alarm_chosen
     if chosen is None or abs(chosen - calibration.alarm) < 5e-4:
         return ""
+    toward = [f"the previous model's level {calibration.alarm_previous:g}"
+              if calibration.alarm_previous is not None else None,
+              f"the metric kind's pooled level {calibration.alarm_pooled:g}"
+              if calibration.alarm_pooled is not None else None]
+    # bundles before the pooled level recorded only that the previous model's level was used
+    prior = " and ".join(t for t in toward if t) or "the previous model's level"
     if calibration.alarm_outcomes <= 0:
-        return (f"; alarm level {calibration.alarm:g} kept from the previous model (the holdout "
-                "held too few crossings to choose one)")
+        return (f"; alarm level {calibration.alarm:g} from {prior} (the holdout held too few "
+                "crossings to choose one)")
     return (f"; alarm level {calibration.alarm:g}: the holdout chose {chosen:g} on "
-            f"{calibration.alarm_outcomes:g} crossings, shrunk toward the previous model's level")
+            f"{calibration.alarm_outcomes:g} crossings, shrunk toward {prior}")
 
 
 def calendar_of(model) -> str:

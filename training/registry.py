@@ -107,6 +107,8 @@ def log_training(result: TrainResult, config: TrainConfig) -> dict[str, str]:
     mlflow.log_metric(HOLDOUT_SCORE_KEY, result.score)
     log_holdout_scores(result.backtest)
     mlflow.log_table(result.backtest.to_pandas(), "backtest.json")
+    # each metric kind's pooled alarm level per horizon, the prior its series' levels shrank toward
+    mlflow.log_dict(manifest.get("alarm_pools") or {}, "alarm_pools.json")
     log_crossing_plots(result.bundle, n=3, margins=result.crossing_margins)
     window = manifest.get("training_window", {})
     tags = {"prealert.training_window": f"{window.get('start')} .. {window.get('end')}",

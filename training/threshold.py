@@ -369,6 +369,10 @@ class ProbabilityCalibration:
     #: the level this replay alone chose, before it was shrunk toward the previous model's
     #: (:func:`smoothed_alarm`); None when nothing was shrunk
     alarm_chosen: float | None = None
+    #: what the level was shrunk toward: the previous model's level and the metric kind's pooled
+    #: level in the same training run (:class:`PooledAlarm`); None where that prior was absent
+    alarm_previous: float | None = None
+    alarm_pooled: float | None = None
 
     def covers(self, threshold: float, direction: str) -> bool:
         lo, hi = self.above if direction == "above" else self.below
@@ -473,7 +477,8 @@ class ProbabilityCalibration:
         return {"knots": list(self.knots), "values": list(self.values), "n_fitted": self.n_fitted,
                 "alarm": self.alarm, "above": list(self.above), "below": list(self.below),
                 "for_minutes": self.for_minutes, "timing": self.timing,
-                "alarm_outcomes": self.alarm_outcomes, "alarm_chosen": self.alarm_chosen}
+                "alarm_outcomes": self.alarm_outcomes, "alarm_chosen": self.alarm_chosen,
+                "alarm_previous": self.alarm_previous, "alarm_pooled": self.alarm_pooled}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> ProbabilityCalibration:
@@ -490,35 +495,132 @@ class ProbabilityCalibration:
                    below=tuple(float(x) for x in d.get("below", (-inf, inf))),
                    timing=float(d.get("timing", 0.5)),
                    alarm_outcomes=float(d.get("alarm_outcomes", 0.0)),
-                   alarm_chosen=None if d.get("alarm_chosen") is None else float(d["alarm_chosen"]))
+                   alarm_chosen=_float_or_none(d.get("alarm_chosen")),
+                   alarm_previous=_float_or_none(d.get("alarm_previous")),
+                   alarm_pooled=_float_or_none(d.get("alarm_pooled")))
+
+    def own_choice(self) -> ProbabilityCalibration:
+        """This calibration as its replay chose it, before any smoothing (:func:`smoothed_alarm`).
+
+        A smoothing that kept the previous level (no evidence of its own) also took the previous
+        ``for``; smoothing the own choice again toward the same previous model takes it again.
+        """
+        if self.alarm_chosen is None:
+            return replace(self, alarm_previous=None, alarm_pooled=None)
+        return replace(self, alarm=self.alarm_chosen, alarm_chosen=None, alarm_previous=None,
+                       alarm_pooled=None)
+
+
+def _float_or_none(x) -> float | None:
+    return None if x is None else float(x)
 
 
 #: independent crossings' worth of weight the previous model's alarm level carries against a new
 #: replay's choice (the same ten crossings a replay needs before it chooses a level at all)
 PRIOR_ALARM_OUTCOMES = 10.0
+#: the most independent crossings' worth of weight a metric kind's pooled level carries (a pool
+#: of fewer crossings carries what it holds)
+PRIOR_POOL_OUTCOMES = 10.0
+
+
+@dataclass(frozen=True)
+class PooledAlarm:
+    """A metric kind's alarm level in one training run, at one horizon: the mean of its series'
+    own choices weighted by the independent crossings each was chosen on."""
+
+    level: float
+    outcomes: float  # the crossings behind it, summed over its series
+    n_series: int  # the series whose replay chose a level of its own
+
+    @property
+    def weight(self) -> float:
+        """The crossings' worth of weight it carries as a prior (:data:`PRIOR_POOL_OUTCOMES` at most)."""
+        return min(self.outcomes, PRIOR_POOL_OUTCOMES)
+
+    def to_dict(self) -> dict:
+        return {"level": self.level, "outcomes": self.outcomes, "n_series": self.n_series}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PooledAlarm:
+        return cls(float(d["level"]), float(d["outcomes"]), int(d["n_series"]))
+
+
+def metric_kind(series_id: str) -> str:
+    """The kind of metric whose series share a pooled alarm level: the catalogue metric of an
+    ``<entity>/<metric>`` id (``jvm_heap_pct``, ``disk_pct``, ``apdex``), else the id itself
+    (a series of its own kind)."""
+    entity, sep, metric = series_id.rpartition("/")
+    return metric if sep and entity and metric else series_id
+
+
+def pooled_alarm_levels(choices) -> dict[tuple[str, float], PooledAlarm]:
+    """Each ``(kind, horizon)``'s :class:`PooledAlarm` over ``choices``, an iterable of
+    ``(kind, horizon, calibration)`` with each calibration's own choice (:meth:`own_choice`).
+
+    Only levels a replay chose on crossings of its own (``alarm_outcomes > 0``) count: a series
+    that kept the default for want of crossings says nothing about its kind.
+    """
+    sums: dict[tuple[str, float], list[float]] = {}
+    for kind, horizon, c in choices:
+        n = float(c.alarm_outcomes)
+        if n > 0:
+            acc = sums.setdefault((kind, float(horizon)), [0.0, 0.0, 0])
+            acc[0] += n * c.alarm
+            acc[1] += n
+            acc[2] += 1
+    return {key: PooledAlarm(round(level / n, 4), round(n, 2), int(k))
+            for key, (level, n, k) in sorted(sums.items())}
 
 
 def smoothed_alarm(new: ProbabilityCalibration, previous: ProbabilityCalibration | None,
-                   prior_outcomes: float = PRIOR_ALARM_OUTCOMES) -> ProbabilityCalibration:
-    """``new`` with its alarm level shrunk toward the ``previous`` model's, by the new evidence.
+                   prior_outcomes: float = PRIOR_ALARM_OUTCOMES,
+                   pooled: PooledAlarm | None = None) -> ProbabilityCalibration:
+    """``new`` with its alarm level shrunk toward a prior: the ``previous`` model's level and
+    the metric kind's ``pooled`` level in the same training run, each weighed by its evidence.
 
     A daily retrain chooses the level on one day's replay: a handful of crossings can move it
-    by 0.3. The served level is the weighted mean ``(n * new + m * previous) / (n + m)``, ``n``
-    the independent crossings the new level was chosen on (:attr:`alarm_outcomes`), ``m``
-    ``prior_outcomes``. A replay with too few crossings to choose a level (``n = 0``) keeps the
-    previous level and its ``for``; with plenty of evidence the new choice wins. No previous
-    model (or one that chose nothing of its own either): ``new`` unchanged.
+    by 0.3. The served level is the weighted mean ``(n * new + m * previous + k * pooled) /
+    (n + m + k)``, ``n`` the independent crossings the new level was chosen on
+    (:attr:`alarm_outcomes`), ``m`` ``prior_outcomes`` (0 without a previous model, or with one
+    that chose nothing of its own), ``k`` the pool's weight (:attr:`PooledAlarm.weight`; 0
+    without a pool). A replay with too few crossings to choose a level (``n = 0``) takes the
+    prior alone, and the previous ``for`` when there is one; with plenty of evidence the new
+    choice wins. No prior at all: ``new`` unchanged.
     """
     chose = previous is not None and (previous.alarm_outcomes > 0 or previous.for_minutes is not None
                                       or previous.alarm_chosen is not None)
-    if not chose:
+    m = prior_outcomes if chose else 0.0
+    k = pooled.weight if pooled is not None else 0.0
+    if m + k <= 0:
         return new
     n = max(new.alarm_outcomes, 0.0)
-    if n <= 0:
-        return replace(new, alarm=previous.alarm, for_minutes=previous.for_minutes,
-                       alarm_chosen=new.alarm)
-    level = (n * new.alarm + prior_outcomes * previous.alarm) / (n + prior_outcomes)
-    return replace(new, alarm=round(float(level), 4), alarm_chosen=new.alarm)
+    prior = (m * (previous.alarm if chose else 0.0) + k * (pooled.level if k else 0.0)) / (m + k)
+    level = (n * new.alarm + (m + k) * prior) / (n + m + k)
+    for_minutes = previous.for_minutes if chose and n <= 0 else new.for_minutes
+    return replace(new, alarm=round(float(level), 4), for_minutes=for_minutes,
+                   alarm_chosen=new.alarm, alarm_previous=previous.alarm if chose else None,
+                   alarm_pooled=pooled.level if k else None)
+
+
+def shrunk_toward_pools(calibrations, previous=None
+                        ) -> tuple[dict, dict[tuple[str, float], PooledAlarm]]:
+    """Every series' alarm levels shrunk toward its previous model's and its kind's pooled level.
+
+    ``calibrations``: per series id, its calibrations by horizon (as a training run fitted
+    them, smoothed or not); ``previous``: the served model's, likewise (missing series: none).
+    The pools are taken over the run's own choices (:meth:`ProbabilityCalibration.own_choice`)
+    per :func:`metric_kind` and horizon; returns the smoothed calibrations and the pools.
+    """
+    previous = previous or {}
+    own = {sid: {float(h): c.own_choice() for h, c in cs.items()} for sid, cs in calibrations.items()}
+    pools = pooled_alarm_levels((metric_kind(sid), h, c) for sid, cs in own.items()
+                                for h, c in cs.items())
+    out = {}
+    for sid, cs in own.items():
+        before = previous.get(sid) or {}
+        out[sid] = {h: smoothed_alarm(c, before.get(h), pooled=pools.get((metric_kind(sid), h)))
+                    for h, c in cs.items()}
+    return out, pools
 
 
 @dataclass(frozen=True)

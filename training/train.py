@@ -582,6 +582,8 @@ def train_bundle(series: pl.DataFrame | SeriesFile, config: TrainConfig | None =
         if out["detector"] is None and out["detector_error"] is not None:
             log.warning("entity %s got no anomaly detector: %s", entity, out["detector_error"])
 
+    # every alarm level shrunk toward its previous one and its metric kind's pool in this run
+    alarm_pools = stored.pool_alarm_levels(previous)
     manifest = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "step": _step_of([out["steps"] for out in done]),
@@ -600,6 +602,7 @@ def train_bundle(series: pl.DataFrame | SeriesFile, config: TrainConfig | None =
         "failed_series": failed,
         "fit_seconds_total": round(sum(o["fit_seconds"] for o in outcomes), 3),
         "alert_rule": config.alert_rule.to_dict(),
+        "alarm_pools": alarm_pools,
         "calendar": calendar_setting(config.forecaster),
         "score_mae_ratio_vs_predict_linear": score,
     }

@@ -1,8 +1,10 @@
 """Alarm levels smoothed across retrains: the rule, the replay's use of it, and the retrain's."""
 
 import dataclasses
+import json
 import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -12,13 +14,23 @@ from typer.testing import CliRunner
 
 from features import schema as s
 from serving.cli import app
+from training.bundle import ModelBundle, StoredForecasters
 from training.evaluation.gate import GateConfig
 from training.evaluation.replay import ReplayOutcome, calibrate_on_replay
 from training.evaluation.report import alarm_level_changes
 from training.predict import predict_series
 from training.registry import champion_version, load_version, log_and_register, set_champion
 from training.retrain import RetrainConfig, retrain
-from training.threshold import PRIOR_ALARM_OUTCOMES, AlertRule, ProbabilityCalibration, smoothed_alarm
+from training.threshold import (
+    PRIOR_ALARM_OUTCOMES,
+    PRIOR_POOL_OUTCOMES,
+    AlertRule,
+    PooledAlarm,
+    ProbabilityCalibration,
+    metric_kind,
+    shrunk_toward_pools,
+    smoothed_alarm,
+)
 from training.train import TrainConfig, train_bundle
 
 
@@ -76,7 +88,7 @@ def test_calibrate_on_replay_shrinks_toward_the_previous_model_by_the_crossings_
         assert alone.alarm_chosen is None and shrunk.alarm_chosen == alone.alarm
         w = n_crossings / (n_crossings + PRIOR_ALARM_OUTCOMES)
         assert shrunk.alarm == pytest.approx(w * alone.alarm + (1 - w) * 0.9, abs=1e-4)
-        assert dataclasses.replace(shrunk, alarm=alone.alarm, alarm_chosen=None) == alone
+        assert shrunk.alarm_previous == 0.9 and shrunk.own_choice() == alone
     # too few crossings to choose a level: the previous one stands
     quiet = calibrate_on_replay([replay_with_crossings(0)], 0.5, rule=rule, checks_per_outcome=12,
                                 previous=previous)
@@ -138,13 +150,18 @@ def test_retrain_shrinks_the_candidates_levels_toward_the_champions(tmp_path, mo
     out = retrain(series, RetrainConfig(history_days=9, gate=GateConfig(window_hours=24)),
                   echo=lambda _: None)
     candidate = load_version(out.version)  # the candidate as registered: through save and load
+    pools = candidate.manifest["alarm_pools"]  # per metric kind: its series' own levels pooled
     shrunk = 0
     for sid in candidate.forecasters:
         for h, c in candidate.forecasters[sid].calibrations_.items():
             assert c.alarm_chosen is not None, (sid, h)  # every level saw the champion's
+            assert c.alarm_previous == 0.9, (sid, h)
             n = c.alarm_outcomes
-            want = 0.9 if n == 0 else (n * c.alarm_chosen + PRIOR_ALARM_OUTCOMES * 0.9) / (
-                n + PRIOR_ALARM_OUTCOMES)
+            pool = pools.get(metric_kind(sid), {}).get(f"{h:g}")
+            k = min(pool["outcomes"], PRIOR_POOL_OUTCOMES) if pool else 0.0
+            assert c.alarm_pooled == (pool["level"] if pool else None), (sid, h)
+            want = (n * c.alarm_chosen + PRIOR_ALARM_OUTCOMES * 0.9
+                    + k * (pool["level"] if pool else 0.0)) / (n + PRIOR_ALARM_OUTCOMES + k)
             assert c.alarm == pytest.approx(want, abs=1e-4), (sid, h)
             shrunk += c.alarm_chosen < 0.9 - 1e-9 and c.alarm > c.alarm_chosen
     assert shrunk > 0
@@ -156,7 +173,7 @@ def test_retrain_shrinks_the_candidates_levels_toward_the_champions(tmp_path, mo
     assert f"alarm level {calibration.alarm:g}" in answer.calibration_note
     assert f"P >= {calibration.alarm:g}" in answer.alert_rule
     assert ("shrunk toward the previous model's level" in answer.calibration_note
-            or "kept from the previous model" in answer.calibration_note)
+            or "from the previous model's level" in answer.calibration_note)
 
     # `prealert train` (registers, never promotes) smooths toward the champion the same way
     features = tmp_path / "features"
@@ -170,3 +187,116 @@ def test_retrain_shrinks_the_candidates_levels_toward_the_champions(tmp_path, mo
     by_hand = load_version(version)
     assert all(c.alarm_chosen is not None for sid in by_hand.forecasters
                for c in by_hand.forecasters[sid].calibrations_.values())
+
+
+# --- shrunk toward the metric kind's pooled level too -------------------------------------------
+
+def test_a_first_train_shrinks_toward_its_kinds_pool_and_a_retrain_toward_both():
+    pool = PooledAlarm(0.6, 50.0, 4)
+    assert pool.weight == PRIOR_POOL_OUTCOMES  # a pool of many crossings carries at most this
+    assert PooledAlarm(0.6, 3.0, 1).weight == 3.0  # a pool of few carries what it holds
+    # no champion: toward the pool alone
+    first = smoothed_alarm(chosen(0.2, 5.0), None, pooled=pool)
+    assert first.alarm == pytest.approx((5 * 0.2 + PRIOR_POOL_OUTCOMES * 0.6) / 15, abs=1e-4)
+    assert (first.alarm_chosen, first.alarm_previous, first.alarm_pooled) == (0.2, None, 0.6)
+    # a champion too: toward both, each by its weight
+    both = smoothed_alarm(chosen(0.2, 5.0), chosen(0.9, 30.0, 0.0), pooled=pool)
+    want = (5 * 0.2 + PRIOR_ALARM_OUTCOMES * 0.9 + PRIOR_POOL_OUTCOMES * 0.6) / (
+        5 + PRIOR_ALARM_OUTCOMES + PRIOR_POOL_OUTCOMES)
+    assert both.alarm == pytest.approx(want, abs=1e-4)
+    assert (both.alarm_previous, both.alarm_pooled, both.for_minutes) == (0.9, 0.6, 10.0)
+    # no crossings of its own and no champion: the kind's level, not the default 0.5
+    quiet = smoothed_alarm(chosen(0.5, 0.0, None), None, pooled=pool)
+    assert (quiet.alarm, quiet.for_minutes) == (0.6, None)
+    # no crossings of its own with a champion: the prior alone, with the champion's `for`
+    kept = smoothed_alarm(chosen(0.5, 0.0, None), chosen(0.9, 30.0, 0.0), pooled=pool)
+    assert kept.alarm == pytest.approx((0.9 + 0.6) / 2) and kept.for_minutes == 0.0
+    # an empty pool is no prior
+    assert smoothed_alarm(chosen(0.2, 5.0), None, pooled=PooledAlarm(0.6, 0.0, 0)).alarm == 0.2
+
+
+def test_pools_weigh_each_series_by_its_crossings_and_stay_within_a_kind_and_horizon():
+    runs = {"a/jvm_heap_pct": {60.0: chosen(0.2, 10.0), 120.0: chosen(0.9, 4.0)},
+            "b/jvm_heap_pct": {60.0: chosen(0.8, 30.0), 120.0: chosen(0.5, 0.0)},
+            "a/apdex": {60.0: chosen(0.4, 2.0)},
+            "lonely": {60.0: chosen(0.3, 6.0)}}
+    smoothed, pools = shrunk_toward_pools(runs)
+    assert metric_kind("a/jvm_heap_pct") == "jvm_heap_pct" and metric_kind("lonely") == "lonely"
+    heap = pools["jvm_heap_pct", 60.0]
+    assert heap.level == pytest.approx((10 * 0.2 + 30 * 0.8) / 40) and heap.outcomes == 40
+    assert heap.n_series == 2
+    # a level chosen on no crossings of its own says nothing about its kind
+    assert pools["jvm_heap_pct", 120.0] == PooledAlarm(0.9, 4.0, 1)
+    assert set(pools) == {("jvm_heap_pct", 60.0), ("jvm_heap_pct", 120.0), ("apdex", 60.0),
+                          ("lonely", 60.0)}
+    a = smoothed["a/jvm_heap_pct"][60.0]
+    assert a.alarm == pytest.approx((10 * 0.2 + 10 * heap.level) / 20, abs=1e-4)
+    assert smoothed["b/jvm_heap_pct"][120.0].alarm == 0.9  # no evidence: its kind's level
+    # a kind of one series is pulled toward its own choice: unchanged
+    assert smoothed["lonely"][60.0].alarm == 0.3
+    # smoothing again from the smoothed levels (what training does after the workers smoothed
+    # toward the champion) starts from each replay's own choice: the same answer
+    again, pools_again = shrunk_toward_pools(smoothed)
+    assert again == smoothed and pools_again == pools
+
+
+def test_a_champion_and_the_pool_together_and_a_repeat_is_idempotent():
+    runs = {"a/disk_pct": {60.0: chosen(0.2, 10.0)}, "b/disk_pct": {60.0: chosen(0.6, 10.0)}}
+    champion = {"a/disk_pct": {60.0: chosen(0.9, 20.0, 0.0)}}
+    # the workers smooth toward the champion first; the run's pool is taken from the own choices
+    workers = {sid: {h: smoothed_alarm(c, champion.get(sid, {}).get(h)) for h, c in cs.items()}
+               for sid, cs in runs.items()}
+    smoothed, pools = shrunk_toward_pools(workers, champion)
+    assert pools["disk_pct", 60.0].level == pytest.approx(0.4)
+    a, b = smoothed["a/disk_pct"][60.0], smoothed["b/disk_pct"][60.0]
+    assert a.alarm == pytest.approx((10 * 0.2 + 10 * 0.9 + 10 * 0.4) / 30, abs=1e-4)
+    assert b.alarm == pytest.approx((10 * 0.6 + 10 * 0.4) / 20, abs=1e-4)
+    assert (a.alarm_previous, b.alarm_previous) == (0.9, None)
+    assert shrunk_toward_pools(smoothed, champion)[0] == smoothed
+
+
+GOLDEN = Path(__file__).resolve().parents[2] / "data" / "sample" / "golden_bundle"
+
+
+def test_pooled_levels_survive_bundle_save_and_load_and_the_answer_names_them(tmp_path):
+    golden = ModelBundle.load(GOLDEN)
+    heap, apdex = golden.forecasters["golden-app/jvm_heap_pct"], golden.forecasters["golden-app/apdex"]
+    stored = StoredForecasters(tmp_path / "run")
+    levels = {"shop/jvm_heap_pct": (heap, 0.2, 10.0), "cart/jvm_heap_pct": (heap, 0.8, 30.0),
+              "shop/apdex": (apdex, 0.5, 0.0)}
+    horizons = (60.0, 120.0)
+    for sid, (model, alarm, n) in levels.items():
+        # as a holdout replay fits them (the golden bundle predates calibrations)
+        model.calibrations_ = {h: ProbabilityCalibration(
+            knots=(0.0, 0.5, 1.0), values=(0.0, 0.4, 1.0), n_fitted=500, alarm=alarm,
+            alarm_outcomes=n, for_minutes=5.0, above=(80.0, 95.0), below=(0.2, 0.5))
+            for h in horizons}
+        stored.add(sid, json.dumps(model.to_dict(with_prophet=False)), model.prophet_json())
+    champion = {"shop/jvm_heap_pct": {h: chosen(0.9, 20.0, 0.0) for h in horizons}}
+    pools = stored.pool_alarm_levels(champion)
+    pool = (10 * 0.2 + 30 * 0.8) / 40
+    assert pools["jvm_heap_pct"][f"{horizons[0]:g}"] == {"level": pool, "outcomes": 40.0,
+                                                         "n_series": 2}
+    assert "apdex" not in pools  # chosen on no crossings: no pool
+    manifest = dict(golden.manifest, alarm_pools=pools)
+    ModelBundle(manifest, stored, {}).save(tmp_path / "bundle")
+    loaded = ModelBundle.load(tmp_path / "bundle")
+    assert loaded.manifest["alarm_pools"] == pools
+    shop = loaded.forecasters["shop/jvm_heap_pct"].calibration_for(60)
+    want = (10 * 0.2 + PRIOR_ALARM_OUTCOMES * 0.9 + PRIOR_POOL_OUTCOMES * pool) / 30
+    assert shop.alarm == pytest.approx(want, abs=1e-4)
+    assert (shop.alarm_chosen, shop.alarm_previous, shop.alarm_pooled) == (0.2, 0.9, pool)
+    cart = loaded.forecasters["cart/jvm_heap_pct"].calibration_for(60)
+    assert cart.alarm == pytest.approx((30 * 0.8 + 10 * pool) / 40, abs=1e-4)
+    assert loaded.forecasters["shop/apdex"].calibration_for(60).alarm == 0.5  # nothing to pull
+    # the answer says what its level was shrunk toward
+    threshold = float(np.mean(shop.above))
+    answer = predict_series(loaded, "shop/jvm_heap_pct", threshold, "above", 60)
+    assert (f"the holdout chose 0.2 on 10 crossings, shrunk toward the previous model's level "
+            f"0.9 and the metric kind's pooled level {pool:g}") in answer.calibration_note
+    answer = predict_series(loaded, "cart/jvm_heap_pct", threshold, "above", 60)
+    assert f"shrunk toward the metric kind's pooled level {pool:g}" in answer.calibration_note
+    # a bundle's own files are checked against its manifest: no rewriting them after the fact
+    with pytest.raises(ValueError, match="only while training"):
+        ModelBundle.load(tmp_path / "bundle", series="lazy").forecasters.set_calibrations(
+            "shop/apdex", {})

@@ -496,3 +496,40 @@ def test_the_first_retrain_replays_a_trial_model_out_of_sample_as_training_does(
     # too short a history before the holdout: no trial (the replay falls back to in sample)
     assert _trial_replay(case, config, t0, case.ts[0] + np.timedelta64(1440, "m"), 1,
                          lead_in) is None
+
+
+@pytest.mark.slow
+def test_run_evaluation_pools_a_kinds_levels_over_the_series_retrained_in_the_same_round():
+    """Two series of one metric kind replayed side by side: each retrain round's levels shrink
+    toward the kind's pool of that round's own choices; a series of another kind is left alone."""
+    base = ramp_case(n_days=12, leak_from_day=10)
+    other = ramp_case(n_days=12, leak_from_day=11)
+    cases = [SeriesCase("a/heap", base.ts, base.values, 90.0, "above", base.eval_start),
+             SeriesCase("b/heap", other.ts, other.values + 2.0, 90.0, "above", other.eval_start),
+             SeriesCase("c/cpu", base.ts, base.values, 90.0, "above", base.eval_start)]
+    config = ReplayConfig(horizons=(60,), retrain_every_hours=24, every_minutes=5)
+    cols = ["series", "retrained_at", "alarm_probability", "alarm_chosen", "alarm_outcomes",
+            "alarm_pooled"]
+    pooled, alone = (
+        run_evaluation(cases, dataclasses.replace(config, pool_alarm=pool), echo=lambda _: None)
+        .filter(pl.col("predictor") == PREALERT).select(cols).unique().sort("series", "retrained_at")
+        for pool in (True, False))
+    # the replay's own choices do not depend on the pooling: only the served level does
+    assert pooled.select(cols[:2] + cols[3:5]).equals(alone.select(cols[:2] + cols[3:5]))
+    assert alone["alarm_pooled"].is_nan().all()
+    heap = pooled.filter(pl.col("series") != "c/cpu")
+    rounds = 0
+    for (_,), g in heap.group_by("retrained_at"):
+        chose = g.filter(pl.col("alarm_outcomes") > 0)
+        if chose.is_empty():
+            assert g["alarm_pooled"].is_nan().all()
+            continue
+        n = chose["alarm_outcomes"].to_numpy()
+        want = float(np.round((n * chose["alarm_chosen"].to_numpy()).sum() / n.sum(), 4))
+        assert g["alarm_pooled"].to_list() == pytest.approx([want] * g.height)
+        rounds += chose.height == 2
+    assert rounds > 0  # some round pooled both series
+    assert not pooled["alarm_probability"].equals(alone["alarm_probability"])
+    # the cpu series pools with itself alone: its own choice, where it made one
+    cpu = pooled.filter((pl.col("series") == "c/cpu") & (pl.col("alarm_outcomes") > 0))
+    assert cpu["alarm_pooled"].to_list() == cpu["alarm_chosen"].to_list()

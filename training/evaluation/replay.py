@@ -25,6 +25,8 @@ from training.threshold import (
     clip_to_range,
     crossing_distribution,
     first_crossing_index,
+    metric_kind,
+    pooled_alarm_levels,
     smoothed_alarm,
 )
 
@@ -54,6 +56,8 @@ class ReplayConfig:
     tune_alarm: bool = True  # choose the alarm level and the rule's `for` on that replay
     #: shrink that choice toward the previous model's level by the replay's evidence
     smooth_alarm: bool = True
+    #: and toward its metric kind's pooled level over the series retrained in the same round
+    pool_alarm: bool = True
     #: prealert's alert rule (``for`` / ``keep_firing_for``); None warns on every check alone
     alert_rule: AlertRule | None = field(default_factory=AlertRule)
     forecaster: dict = field(default_factory=dict)
@@ -307,8 +311,46 @@ def replay_series(case: SeriesCase, config: ReplayConfig,
     probability calibration come from the previous model's replay of the segment just
     ended (out of sample), as the scheduled job would have them. prealert's answers come
     from the model after a bundle save and load, so they are what a service would answer;
-    ``served`` (if given) receives that bundle per ``(retrain time, horizon)``.
+    ``served`` (if given) receives that bundle per ``(retrain time, horizon)``. Replayed
+    alone, a series' metric kind pools only its own levels (:func:`run_evaluation` pools a
+    kind's series retrained in the same round).
     """
+    return _drive({case.name: replay_steps(case, config, served)}, {}, {})[case.name]
+
+
+def _drive(steps: dict, frames: dict, failed: dict, seconds: dict | None = None) -> dict:
+    """Run :func:`replay_steps` generators side by side, round by round: at each retrain each
+    alarm level is shrunk toward its metric kind's pool over the series that chose one in the
+    same round and at the same horizon. A generator that raises goes to ``failed`` (its name:
+    the exception), one that finishes to ``frames``; returns ``frames``."""
+    seconds = {} if seconds is None else seconds
+    pending: dict[str, tuple] = {}
+
+    def advance(name, value) -> None:
+        t = time.perf_counter()
+        try:
+            pending[name] = steps[name].send(value)
+        except StopIteration as done:
+            frames[name] = done.value
+        except Exception as exc:  # one bad series never sinks the batch
+            failed[name] = exc
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
+
+    for name in list(steps):
+        advance(name, None)
+    while pending:
+        asked, pending = pending, {}
+        pools = pooled_alarm_levels(((metric_kind(name), r), h, own)
+                                    for name, (r, h, own) in asked.items() if own is not None)
+        for name, (r, h, _) in asked.items():
+            advance(name, pools.get(((metric_kind(name), r), float(h))))
+    return frames
+
+
+def replay_steps(case: SeriesCase, config: ReplayConfig, served: dict | None = None):
+    """:func:`replay_series` as a generator: at each retrain round and horizon it yields
+    ``(round, horizon, the replay's own calibration or None)`` and takes back the metric kind's
+    :class:`PooledAlarm` for that round (or None); it returns the frame."""
     above = case.direction == "above"
     step = case.step_minutes
     y = case.values
@@ -324,7 +366,9 @@ def replay_series(case: SeriesCase, config: ReplayConfig,
     last_index = y.size - 1
     prev = None  # the previous segment: its model's expectation and its indices
     served_before: dict[int, ProbabilityCalibration] = {}  # the previous model's, per horizon
+    round_ = -1
     while t0 < case.ts[-1]:
+        round_ += 1
         t1 = t0 + cadence
         fit_idx = case.ts < t0
         model = SeriesForecaster(**config.forecaster).fit(
@@ -383,7 +427,13 @@ def replay_series(case: SeriesCase, config: ReplayConfig,
                     else None
                 calibration = calibrate_on_replay(
                     outcomes, config.alarm_probability, own, config.tune_alarm, rule,
-                    h / (every * step), served_before.get(h) if config.smooth_alarm else None)
+                    h / (every * step))
+            smooth = config.calibrate and config.tune_alarm
+            pooled = yield round_, h, calibration if smooth and config.pool_alarm else None
+            if smooth and (config.smooth_alarm or config.pool_alarm):
+                calibration = smoothed_alarm(
+                    calibration, served_before.get(h) if config.smooth_alarm else None,
+                    pooled=pooled if config.pool_alarm else None)
             # the paths and the calibration as the service reads them back from a bundle
             model.error_paths_, model.calibrations_ = paths, {float(h): calibration}
             with tempfile.TemporaryDirectory(prefix="prealert-replay-") as tmp:
@@ -416,7 +466,11 @@ def replay_series(case: SeriesCase, config: ReplayConfig,
                 "crossing_quantile": calibration.timing,
                 "retrained_at": np.full(int(keep.sum()), t0, dtype="datetime64[us]"),
                 "alarm_chosen": calibration.alarm if calibration.alarm_chosen is None
-                else calibration.alarm_chosen}))
+                else calibration.alarm_chosen,
+                # the crossings it was chosen on, and its kind's pooled level it shrank toward
+                "alarm_outcomes": calibration.alarm_outcomes,
+                "alarm_pooled": np.nan if calibration.alarm_pooled is None
+                else calibration.alarm_pooled}))
             for w, (lv, sl) in lin.items():
                 path = lv[seg, None] + sl[seg, None] * minutes[None, :]
                 first = first_crossing_index(path, case.threshold, above)
@@ -465,27 +519,37 @@ def run_evaluation(cases: list[SeriesCase], config: ReplayConfig, echo=print,
                    skipped: dict[str, str] | None = None) -> pl.DataFrame:
     """Replay every case; a failing series is reported and skipped, never sinks the run.
 
+    The cases are replayed side by side, retrain round by retrain round, as one scheduled job
+    retrains them all: each alarm level is also shrunk toward its metric kind's pooled level
+    over the series retrained in the same round (:attr:`ReplayConfig.pool_alarm`).
     ``skipped`` (if given) receives each series that got no scored check, with the reason.
     """
     skipped = {} if skipped is None else skipped
-    frames = []
+    steps, reasons = {}, {}
     for case in cases:
-        t = time.perf_counter()
         reason = _unscorable(case)
         if reason is None:
-            try:
-                frame = replay_series(case, config)
-                echo(f"  {case.name}: threshold {case.threshold:.4g} ({case.direction}), "
-                     f"{time.perf_counter() - t:.1f} s")
-                if frame.height:
-                    frames.append(frame)
-                    continue
-                reason = (f"at or beyond the threshold {case.threshold:.4g} at every check: "
-                          "nothing left to predict")
-            except Exception as exc:  # one bad series never sinks the batch
-                reason = f"failed: {type(exc).__name__}: {exc}"
-        skipped[case.name] = reason
-        echo(f"  {case.name}: not scored ({reason})")
+            steps[case.name] = replay_steps(case, config)
+        else:
+            reasons[case.name] = reason
+    done, failed, seconds = {}, {}, {}
+    _drive(steps, done, failed, seconds)
+    frames = []
+    for case in cases:
+        frame = done.get(case.name)
+        if case.name in failed:
+            exc = failed[case.name]
+            reasons[case.name] = f"failed: {type(exc).__name__}: {exc}"
+        elif frame is not None:
+            echo(f"  {case.name}: threshold {case.threshold:.4g} ({case.direction}), "
+                 f"{seconds[case.name]:.1f} s")
+            if frame.height:
+                frames.append(frame)
+                continue
+            reasons[case.name] = (f"at or beyond the threshold {case.threshold:.4g} at every "
+                                  "check: nothing left to predict")
+        skipped[case.name] = reasons[case.name]
+        echo(f"  {case.name}: not scored ({reasons[case.name]})")
     if not frames:
         raise RuntimeError("no series could be scored: " + "; ".join(
             f"{k}: {v}" for k, v in skipped.items()))

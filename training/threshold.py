@@ -575,31 +575,34 @@ def pooled_alarm_levels(choices) -> dict[tuple[str, float], PooledAlarm]:
 def smoothed_alarm(new: ProbabilityCalibration, previous: ProbabilityCalibration | None,
                    prior_outcomes: float = PRIOR_ALARM_OUTCOMES,
                    pooled: PooledAlarm | None = None) -> ProbabilityCalibration:
-    """``new`` with its alarm level shrunk toward a prior: the ``previous`` model's level and
-    the metric kind's ``pooled`` level in the same training run, each weighed by its evidence.
+    """``new`` with its alarm level shrunk toward a prior made of the metric kind's ``pooled``
+    level in the same training run and the ``previous`` model's level, each by its evidence.
 
     A daily retrain chooses the level on one day's replay: a handful of crossings can move it
-    by 0.3. The served level is the weighted mean ``(n * new + m * previous + k * pooled) /
-    (n + m + k)``, ``n`` the independent crossings the new level was chosen on
-    (:attr:`alarm_outcomes`), ``m`` ``prior_outcomes`` (0 without a previous model, or with one
-    that chose nothing of its own), ``k`` the pool's weight (:attr:`PooledAlarm.weight`; 0
-    without a pool). A replay with too few crossings to choose a level (``n = 0``) takes the
-    prior alone, and the previous ``for`` when there is one; with plenty of evidence the new
-    choice wins. No prior at all: ``new`` unchanged.
+    by 0.3. Two steps, as a hierarchical estimate: the replay's choice, worth ``n`` independent
+    crossings (:attr:`alarm_outcomes`), is first pooled with its kind's level, ``(n * new + k *
+    pooled) / (n + k)`` (``k``: :attr:`PooledAlarm.weight`, 0 without a pool); that estimate,
+    still worth ``n`` crossings, is then smoothed toward the previous level, ``(n * estimate + m
+    * previous) / (n + m)`` (``m``: ``prior_outcomes``, 0 without a previous model or with one
+    that chose nothing of its own). A replay with too few crossings to choose a level (``n =
+    0``) keeps the previous level and its ``for`` (that level carries the earlier pools already:
+    pulling it toward each new pool would drift it a fixed share every retrain), and takes the
+    kind's level when there is no previous model. No prior at all: ``new`` unchanged.
     """
     chose = previous is not None and (previous.alarm_outcomes > 0 or previous.for_minutes is not None
                                       or previous.alarm_chosen is not None)
-    m = prior_outcomes if chose else 0.0
     k = pooled.weight if pooled is not None else 0.0
-    if m + k <= 0:
+    if not chose and k <= 0:
         return new
     n = max(new.alarm_outcomes, 0.0)
-    prior = (m * (previous.alarm if chose else 0.0) + k * (pooled.level if k else 0.0)) / (m + k)
-    level = (n * new.alarm + (m + k) * prior) / (n + m + k)
+    used_pool = k > 0 and (n > 0 or not chose)
+    level = (n * new.alarm + k * pooled.level) / (n + k) if used_pool else new.alarm
+    if chose:
+        level = (n * level + prior_outcomes * previous.alarm) / (n + prior_outcomes)
     for_minutes = previous.for_minutes if chose and n <= 0 else new.for_minutes
     return replace(new, alarm=round(float(level), 4), for_minutes=for_minutes,
                    alarm_chosen=new.alarm, alarm_previous=previous.alarm if chose else None,
-                   alarm_pooled=pooled.level if k else None)
+                   alarm_pooled=pooled.level if used_pool else None)
 
 
 def shrunk_toward_pools(calibrations, previous=None

@@ -157,11 +157,13 @@ def test_retrain_shrinks_the_candidates_levels_toward_the_champions(tmp_path, mo
             assert c.alarm_chosen is not None, (sid, h)  # every level saw the champion's
             assert c.alarm_previous == 0.9, (sid, h)
             n = c.alarm_outcomes
-            pool = pools.get(metric_kind(sid), {}).get(f"{h:g}")
+            pool = pools.get(metric_kind(sid), {}).get(f"{h:g}") if n > 0 else None
             k = min(pool["outcomes"], PRIOR_POOL_OUTCOMES) if pool else 0.0
             assert c.alarm_pooled == (pool["level"] if pool else None), (sid, h)
-            want = (n * c.alarm_chosen + PRIOR_ALARM_OUTCOMES * 0.9
-                    + k * (pool["level"] if pool else 0.0)) / (n + PRIOR_ALARM_OUTCOMES + k)
+            # pooled with its kind, then smoothed toward the champion's (kept where n = 0)
+            estimate = (n * c.alarm_chosen + k * (pool["level"] if pool else 0.0)) / (n + k) \
+                if n + k > 0 else 0.0
+            want = (n * estimate + PRIOR_ALARM_OUTCOMES * 0.9) / (n + PRIOR_ALARM_OUTCOMES)
             assert c.alarm == pytest.approx(want, abs=1e-4), (sid, h)
             shrunk += c.alarm_chosen < 0.9 - 1e-9 and c.alarm > c.alarm_chosen
     assert shrunk > 0
@@ -199,18 +201,21 @@ def test_a_first_train_shrinks_toward_its_kinds_pool_and_a_retrain_toward_both()
     first = smoothed_alarm(chosen(0.2, 5.0), None, pooled=pool)
     assert first.alarm == pytest.approx((5 * 0.2 + PRIOR_POOL_OUTCOMES * 0.6) / 15, abs=1e-4)
     assert (first.alarm_chosen, first.alarm_previous, first.alarm_pooled) == (0.2, None, 0.6)
-    # a champion too: toward both, each by its weight
+    # a champion too: the choice pooled with its kind, then smoothed toward the champion's
     both = smoothed_alarm(chosen(0.2, 5.0), chosen(0.9, 30.0, 0.0), pooled=pool)
-    want = (5 * 0.2 + PRIOR_ALARM_OUTCOMES * 0.9 + PRIOR_POOL_OUTCOMES * 0.6) / (
-        5 + PRIOR_ALARM_OUTCOMES + PRIOR_POOL_OUTCOMES)
+    estimate = (5 * 0.2 + PRIOR_POOL_OUTCOMES * 0.6) / (5 + PRIOR_POOL_OUTCOMES)
+    want = (5 * estimate + PRIOR_ALARM_OUTCOMES * 0.9) / (5 + PRIOR_ALARM_OUTCOMES)
     assert both.alarm == pytest.approx(want, abs=1e-4)
     assert (both.alarm_previous, both.alarm_pooled, both.for_minutes) == (0.9, 0.6, 10.0)
     # no crossings of its own and no champion: the kind's level, not the default 0.5
     quiet = smoothed_alarm(chosen(0.5, 0.0, None), None, pooled=pool)
     assert (quiet.alarm, quiet.for_minutes) == (0.6, None)
-    # no crossings of its own with a champion: the prior alone, with the champion's `for`
+    # no crossings of its own with a champion: the champion's level and `for` stand (they carry
+    # the earlier pools: a pull toward each new pool would drift them every retrain)
     kept = smoothed_alarm(chosen(0.5, 0.0, None), chosen(0.9, 30.0, 0.0), pooled=pool)
-    assert kept.alarm == pytest.approx((0.9 + 0.6) / 2) and kept.for_minutes == 0.0
+    assert (kept.alarm, kept.for_minutes, kept.alarm_previous, kept.alarm_pooled) == (
+        0.9, 0.0, 0.9, None)
+    assert smoothed_alarm(chosen(0.5, 0.0, None), kept, pooled=PooledAlarm(0.1, 40.0, 3)).alarm == 0.9
     # an empty pool is no prior
     assert smoothed_alarm(chosen(0.2, 5.0), None, pooled=PooledAlarm(0.6, 0.0, 0)).alarm == 0.2
 
@@ -249,7 +254,8 @@ def test_a_champion_and_the_pool_together_and_a_repeat_is_idempotent():
     smoothed, pools = shrunk_toward_pools(workers, champion)
     assert pools["disk_pct", 60.0].level == pytest.approx(0.4)
     a, b = smoothed["a/disk_pct"][60.0], smoothed["b/disk_pct"][60.0]
-    assert a.alarm == pytest.approx((10 * 0.2 + 10 * 0.9 + 10 * 0.4) / 30, abs=1e-4)
+    estimate = (10 * 0.2 + 10 * 0.4) / 20  # pooled with its kind, then smoothed over time
+    assert a.alarm == pytest.approx((10 * estimate + 10 * 0.9) / 20, abs=1e-4)
     assert b.alarm == pytest.approx((10 * 0.6 + 10 * 0.4) / 20, abs=1e-4)
     assert (a.alarm_previous, b.alarm_previous) == (0.9, None)
     assert shrunk_toward_pools(smoothed, champion)[0] == smoothed
@@ -283,7 +289,8 @@ def test_pooled_levels_survive_bundle_save_and_load_and_the_answer_names_them(tm
     loaded = ModelBundle.load(tmp_path / "bundle")
     assert loaded.manifest["alarm_pools"] == pools
     shop = loaded.forecasters["shop/jvm_heap_pct"].calibration_for(60)
-    want = (10 * 0.2 + PRIOR_ALARM_OUTCOMES * 0.9 + PRIOR_POOL_OUTCOMES * pool) / 30
+    estimate = (10 * 0.2 + PRIOR_POOL_OUTCOMES * pool) / (10 + PRIOR_POOL_OUTCOMES)
+    want = (10 * estimate + PRIOR_ALARM_OUTCOMES * 0.9) / (10 + PRIOR_ALARM_OUTCOMES)
     assert shop.alarm == pytest.approx(want, abs=1e-4)
     assert (shop.alarm_chosen, shop.alarm_previous, shop.alarm_pooled) == (0.2, 0.9, pool)
     cart = loaded.forecasters["cart/jvm_heap_pct"].calibration_for(60)

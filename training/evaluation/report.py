@@ -238,9 +238,11 @@ def write_report(sources: dict[str, pl.DataFrame], configs: dict[str, ReplayConf
         lines += ["## Alarm levels across retrains", "",
                   "Per pair of consecutive retrains of a series (daily on the sample, weekly on "
                   "SMD), how far the alarm level moved: `served` is the level the model served, "
-                  "the replay's choice shrunk toward the previous model's level by the number of "
-                  "crossings it was chosen on (`smoothed_alarm`); `chosen` is the replay's choice "
-                  "alone (what was served before the smoothing).", "", to_markdown(changes), ""]
+                  "the replay's choice pooled with its metric kind's level over the series "
+                  "retrained in the same round, then shrunk toward the previous model's level, "
+                  "each by the crossings it rests on (`smoothed_alarm`); `chosen` is the "
+                  "replay's choice alone (what was served before any smoothing).", "",
+                  to_markdown(changes), ""]
     per_series = summarize(pooled, config.every_minutes, group=("series", "predictor", "horizon"))
     lines += ["## Per series (onsets, F1, sustained recall on onsets, false alarms/day)", "",
               to_markdown(per_series.select("series", "predictor", "horizon", "onsets", "f1",

@@ -6,6 +6,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import polars as pl
 import pytest
@@ -151,6 +152,7 @@ def test_retrain_shrinks_the_candidates_levels_toward_the_champions(tmp_path, mo
                   echo=lambda _: None)
     candidate = load_version(out.version)  # the candidate as registered: through save and load
     pools = candidate.manifest["alarm_pools"]  # per metric kind: its series' own levels pooled
+    assert pools and mlflow.artifacts.load_dict(f"runs:/{out.run_id}/alarm_pools.json") == pools
     shrunk = 0
     for sid in candidate.forecasters:
         for h, c in candidate.forecasters[sid].calibrations_.items():

@@ -304,10 +304,10 @@ class StoredForecasters(Mapping):
         """Shrink every series' alarm levels toward its previous model's and its metric kind's
         pooled level in this run (:func:`training.threshold.shrunk_toward_pools`), in place;
         returns the pools as the manifest records them: ``{kind: {horizon: PooledAlarm dict}}``."""
-        smoothed, pools = shrunk_toward_pools({sid: self.calibrations_of(sid) for sid in self},
-                                              previous)
+        fitted = {sid: self.calibrations_of(sid) for sid in self}
+        smoothed, pools = shrunk_toward_pools(fitted, previous)
         for sid, calibrations in smoothed.items():
-            if calibrations:
+            if calibrations != fitted[sid]:  # a file rewritten only when a level moved
                 self.set_calibrations(sid, calibrations)
         out: dict[str, dict[str, dict]] = {}
         for (kind, h), pool in pools.items():

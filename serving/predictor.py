@@ -43,7 +43,7 @@ from serving.schemas import (
 )
 from training.bundle import ModelBundle
 from training.predict import Prediction
-from training.predict_many import Query, predict_many
+from training.predict_many import Query, predict_many, stack_error_paths
 
 if TYPE_CHECKING:
     from serving.source import PrometheusSource
@@ -114,6 +114,7 @@ class Predictor:
     def __init__(self, bundle: ModelBundle, catalog: Catalog | None = None, pods: PodDirectory | None = None,
                  source: PrometheusSource | None = None):
         self.bundle = bundle
+        stack_error_paths(bundle)  # the batch reads every series' error paths in place, from now on
         self.catalog = catalog if catalog is not None else load_catalog()
         self.pods = pods
         self.source = source  # where the recent window comes from when a request sends none

@@ -469,7 +469,7 @@ def _crossing_group(items: list[_Item], members: list[int], n_h: int, n_o: int, 
     each series' answer written into row ``members[r]`` of ``cols`` (and ``crossed_now``, ``alerts``).
 
     ``grid_yhat`` (g, n_o, n_h): the model at each check's horizon; ``yhat[:obs_us.size]`` the
-    model at every observation of the batch; ``stack.paths[stack_rows]`` the series' error paths.
+    model at every observation of the batch; ``stack.steps[stack_rows]`` the series' error paths.
     """
     g = len(members)
     its = [items[j] for j in members]
@@ -497,7 +497,7 @@ def _crossing_group(items: list[_Item], members: list[int], n_h: int, n_o: int, 
     thresholds = np.array([it.query.threshold for it in its], dtype=np.float64)
     calibrations = [it.calibration for it in its]
     timing = np.array([c.timing for c in calibrations], dtype=np.float64)
-    b = crossing_distribution_rows(minutes, points, stack.paths, stack_rows, thresholds, direction, timing,
+    b = crossing_distribution_rows(minutes, points, stack.steps, stack_rows, thresholds, direction, timing,
                                    stack.extremes(n_h, direction == "above"))
     last = np.maximum(ends - 1, 0)
     rows = np.arange(g)[:, None]
@@ -546,10 +546,12 @@ def _crossing_group(items: list[_Item], members: list[int], n_h: int, n_o: int, 
 
 @dataclass
 class _PathStack:
-    """The error paths of a bundle's models that share a shape and type, stacked (m, K, H) in
-    their own float type; each model's ``error_paths_`` is its row (a view: stored once)."""
+    """The error paths of a bundle's models that share a shape and type, stacked step-major
+    (m, H, K) in their own float type (the paths at one step are one row: the batch reads them
+    at the point forecasts' peaks); each model's ``error_paths_`` is its row, transposed (a view:
+    stored once)."""
 
-    paths: np.ndarray
+    steps: np.ndarray
     _extremes: dict = field(default_factory=dict)
 
     def extremes(self, n_h: int, above: bool) -> np.ndarray:
@@ -558,7 +560,7 @@ class _PathStack:
         if found is None:
             if len(self._extremes) >= 8:
                 self._extremes.clear()
-            found = self._extremes[(n_h, above)] = path_extremes(self.paths, n_h, above)
+            found = self._extremes[(n_h, above)] = path_extremes(self.steps, n_h, above)
         return found
 
 
@@ -580,9 +582,9 @@ def stack_error_paths(bundle: ModelBundle) -> dict[int, tuple[_PathStack, int]]:
         found = {}
         for models in by_shape.values():
             unique = list({id(m): m for m in models}.values())
-            stack = _PathStack(np.stack([m.error_paths_ for m in unique]))
+            stack = _PathStack(np.stack([m.error_paths_.T for m in unique]))
             for row, model in enumerate(unique):
-                model.error_paths_ = stack.paths[row]
+                model.error_paths_ = stack.steps[row].T
                 found[id(model)] = (stack, row)
         _STACKS[id(bundle)] = found
         weakref.finalize(bundle, _forget, id(bundle))
@@ -598,8 +600,8 @@ def _forget(bundle_id: int) -> None:
 def _stack_of(stacked: dict[int, tuple[_PathStack, int]], model) -> tuple[_PathStack, int]:
     """A model's stack and row; a model outside the bundle's stacks (not expected) gets its own."""
     found = stacked.get(id(model))
-    if found is None or model.error_paths_.base is not found[0].paths:  # replaced since
-        found = (_PathStack(model.error_paths_[None]), 0)
+    if found is None or model.error_paths_.base is not found[0].steps:  # replaced since
+        found = (_PathStack(np.ascontiguousarray(model.error_paths_.T)[None]), 0)
     return found
 
 

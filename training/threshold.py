@@ -311,7 +311,7 @@ def _first_steps(points: np.ndarray, errors: np.ndarray, thresholds: np.ndarray,
 def crossing_distribution_rows(
     minutes: np.ndarray,
     points: np.ndarray,
-    paths: np.ndarray,
+    steps: np.ndarray,
     rows: np.ndarray,
     thresholds: np.ndarray,
     direction: str,
@@ -320,11 +320,13 @@ def crossing_distribution_rows(
 ) -> CrossingBatch:
     """:func:`crossing_distribution_many` with each series' error paths read in place from a stack.
 
-    ``paths`` (m, K, H >= n_h): the error paths of m series (of a whole bundle, say); series i of
-    the batch has ``paths[rows[i], :, :n_h]``. ``extremes`` (m, K), if given: each stacked path's
-    largest value over its first n_h steps (for "below": smallest), as a cache keeps it. Element
-    for element what :func:`crossing_distribution_many` gives for ``paths[rows, :, :n_h]``,
-    without copying the batch's paths (most of them are decided by their extremes alone).
+    ``steps`` (m, H >= n_h, K): the error paths of m series (of a whole bundle, say), step-major
+    (``steps[i, h]`` holds step h of every path of series i, so the paths at one step are read
+    as one row); series j of the batch has ``steps[rows[j], :n_h].T``. ``extremes`` (m, K), if
+    given: each stacked path's largest value over its first n_h steps (for "below": smallest),
+    as a cache keeps it (:func:`path_extremes`). Element for element what
+    :func:`crossing_distribution_many` gives for those paths, without copying the batch's paths
+    (most of them are decided by their extremes alone).
     """
     if direction not in ("above", "below"):
         raise ValueError(f"direction must be 'above' or 'below', not {direction!r}")
@@ -336,11 +338,11 @@ def crossing_distribution_rows(
     rows = np.asarray(rows, dtype=np.intp)
     n, n_t, n_h = points.shape
     timing = np.broadcast_to(np.asarray(timing, dtype=np.float64), (n,))
-    k_paths = paths.shape[1]
-    if paths.dtype not in (np.float32, np.float64):
-        paths = paths.astype(np.float64)
+    k_paths = steps.shape[2]
+    if steps.dtype not in (np.float32, np.float64):
+        steps = steps.astype(np.float64)
     if extremes is None:
-        extremes = path_extremes(paths, n_h, above)
+        extremes = path_extremes(steps, n_h, above)
     out = {k: np.full(n, np.nan) for k in ("minutes", "earliest", "latest")}
     prob = np.zeros((n, n_t))
     chunk = max(1, 300_000 // max(1, n_t * k_paths))
@@ -352,17 +354,17 @@ def crossing_distribution_rows(
         thr = thresholds[lo:lo + chunk, None, None]
         maybe = reach(extreme(pts, axis=2)[:, :, None] + extremes[at][:, None, :], thr)
         peak = arg_extreme(pts, axis=2)  # (c, n_t)
-        ever = reach(np.take_along_axis(pts, peak[:, :, None], axis=2) + paths[at[:, None], :, peak], thr)
+        ever = reach(np.take_along_axis(pts, peak[:, :, None], axis=2) + steps[at[:, None], peak], thr)
         flat = np.flatnonzero(maybe & ~ever)
         ci, rest = np.divmod(flat, n_t * k_paths)
         ti, ki = np.divmod(rest, k_paths)
-        ever.reshape(-1)[flat] = _first_steps_rows(pts, paths, at, thr, ci, ti, ki, above) >= 0
+        ever.reshape(-1)[flat] = _first_steps_rows(pts, steps, at, thr, ci, ti, ki, above) >= 0
         prob[lo:lo + chunk] = ever.sum(axis=2) / k_paths
         # the last evaluation time's crossing times: each path's first step (-1: none)
         flat = np.flatnonzero(maybe[:, -1])
         ci, ki = np.divmod(flat, k_paths)
         first = np.full((c_n, k_paths), -1)
-        first.reshape(-1)[flat] = _first_steps_rows(pts, paths, at, thr, ci, np.full(ci.size, n_t - 1), ki,
+        first.reshape(-1)[flat] = _first_steps_rows(pts, steps, at, thr, ci, np.full(ci.size, n_t - 1), ki,
                                                     above)
         t_cross = np.sort(np.where(first >= 0, minutes[np.maximum(first, 0)], np.inf), axis=1)
         n_cross = np.sum(first >= 0, axis=1)
@@ -371,23 +373,24 @@ def crossing_distribution_rows(
     return CrossingBatch(out["minutes"], out["earliest"], out["latest"], prob)
 
 
-def path_extremes(paths: np.ndarray, n_h: int, above: bool) -> np.ndarray:
-    """(m, K) each path's largest value over its first ``n_h`` steps (``above``), else smallest."""
+def path_extremes(steps: np.ndarray, n_h: int, above: bool) -> np.ndarray:
+    """(m, K) each path's largest value over its first ``n_h`` steps (``above``), else smallest;
+    ``steps`` (m, H, K) step-major as :func:`crossing_distribution_rows` reads them."""
     pairwise = np.maximum if above else np.minimum
-    out = paths[:, :, 0].copy()
+    out = steps[:, 0].copy()
     for h in range(1, n_h):
-        pairwise(out, paths[:, :, h], out=out)
+        pairwise(out, steps[:, h], out=out)
     return out
 
 
-def _first_steps_rows(points: np.ndarray, paths: np.ndarray, at: np.ndarray, thresholds: np.ndarray,
+def _first_steps_rows(points: np.ndarray, steps: np.ndarray, at: np.ndarray, thresholds: np.ndarray,
                       ci: np.ndarray, ti: np.ndarray, ki: np.ndarray, above: bool) -> np.ndarray:
-    """:func:`_first_steps` with series c's paths at ``paths[at[c]]`` (their first n_h steps)."""
+    """:func:`_first_steps` with series c's paths at ``steps[at[c], :n_h]`` (step-major)."""
     n_h = points.shape[2]
     out = np.empty(ci.size, dtype=np.int64)
     for s in range(0, ci.size, 50_000):
         c, t, k = ci[s:s + 50_000], ti[s:s + 50_000], ki[s:s + 50_000]
-        path = points[c, t] + paths[at[c], k, :n_h]
+        path = points[c, t] + steps[at[c], :n_h, k]
         out[s:s + 50_000] = first_crossing_index(path, thresholds[c, 0], above)
     return out
 

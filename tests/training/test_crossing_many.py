@@ -46,14 +46,15 @@ def test_paths_read_in_place_from_a_stack_equal_the_copied_ones(direction):
                                  np.full(5, -40.0 if direction == "above" else 40.0)])
     timing = rng.uniform(0.2, 0.8, n)
     copied = crossing_distribution_many(minutes, points, stack[rows, :, :n_h], thresholds, direction, timing)
-    for extremes in (None, path_extremes(stack, n_h, direction == "above")):
-        in_place = crossing_distribution_rows(minutes, points, stack, rows, thresholds, direction, timing,
+    steps = np.ascontiguousarray(stack.transpose(0, 2, 1))  # (m, H, K), as the batch stacks them
+    for extremes in (None, path_extremes(steps, n_h, direction == "above")):
+        in_place = crossing_distribution_rows(minutes, points, steps, rows, thresholds, direction, timing,
                                               extremes)
         for key in ("probability", "minutes", "earliest_minutes", "latest_minutes"):
             np.testing.assert_array_equal(getattr(in_place, key), getattr(copied, key))
     assert 0 < (copied.probability > 0).mean() < 1 and np.isnan(copied.minutes).any()
     # a path's extreme beyond n_h steps must not count
-    late = stack.copy()
-    late[:, :, n_h:] = 1e6 if direction == "above" else -1e6
+    late = steps.copy()
+    late[:, n_h:, :] = 1e6 if direction == "above" else -1e6
     again = crossing_distribution_rows(minutes, points, late, rows, thresholds, direction, timing)
     np.testing.assert_array_equal(again.probability, copied.probability)

@@ -356,19 +356,23 @@ def point_forecasts(models: Sequence, times_us: np.ndarray, owner: np.ndarray,
         if terms:
             x_t = np.pi * 2 * (cal["ds"].astype("datetime64[us]").view(np.int64) / 10**6 / 86400)
             betas = layouts.betas[g]  # (models, all terms' features)
+            # the terms of one mode as one feature block: one product and one gather per mode
+            blocks: dict[str, list] = {"additive": [], "multiplicative": []}
+            columns: dict[str, list] = {"additive": [], "multiplicative": []}
             col = 0
             for term in terms:
-                beta = betas[:, col:col + 2 * term.fourier_order]
+                blocks[term.mode].append(term.features(x_t, cal))  # (distinct times, features)
+                columns[term.mode].append(np.arange(col, col + 2 * term.fourier_order))
                 col += 2 * term.fourier_order
-                block = term.features(x_t, cal)  # (distinct times, features)
+            for mode, total in (("additive", additive), ("multiplicative", multiplicative)):
+                if not blocks[mode]:
+                    continue
+                block = np.hstack(blocks[mode])
+                beta = betas[:, np.concatenate(columns[mode])]
                 if block.shape[0] * len(members) <= 4 * order.size:  # few times or models: all pairs
-                    contribution = (block @ beta.T)[at, local]
+                    total += (block @ beta.T)[at, local]
                 else:
-                    contribution = np.einsum("rf,rf->r", block[at], beta[local])
-                if term.mode == "additive":
-                    additive += contribution
-                else:
-                    multiplicative += contribution
+                    total += np.einsum("rf,rf->r", block[at], beta[local])
         trend[order] = tr
         yhat[order] = tr * (1 + multiplicative) + additive * y_scale
     return yhat, trend

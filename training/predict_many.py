@@ -456,6 +456,7 @@ def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: 
         table[f"r_{name}"] = _rounded_list(cols[name], table[name], digits)
     table["r_changes"] = (_rounded(changes, 4).tolist() if n > _FEW else
                           [[round(v, 4) for v in row] for row in table["changes"]])
+    table["drivers"] = _driver_order(items, changes)
     version = bundle.version_label
     for j, it in enumerate(items):
         try:
@@ -463,6 +464,22 @@ def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: 
                                         version)
         except Exception as exc:
             out[it.index] = exc
+
+
+def _driver_order(items: list[_Item], changes: np.ndarray) -> list[list[int]]:
+    """Per series, the drivers (indices into ``_DRIVERS``) that push towards the threshold, largest
+    push first (ties in their order): ``sorted(range(4), key=-sign * change)`` of every series at
+    once (a series with a NaN change is ranked by ``sorted`` itself, whose order NaN decides)."""
+    sign = np.array([1.0 if it.query.direction == "above" else -1.0 for it in items])
+    push = sign[:, None] * changes
+    ranked = np.argsort(-sign[:, None] * changes, axis=1, kind="stable")
+    keep = np.take_along_axis(push > 0, ranked, axis=1)
+    out = [[i for i, k in zip(r, kk, strict=True) if k] for r, kk in zip(ranked.tolist(), keep.tolist(),
+                                                                            strict=True)]
+    for j in np.flatnonzero(np.isnan(changes).any(axis=1)).tolist():
+        s, c = sign[j], changes[j].tolist()
+        out[j] = [i for i in sorted(range(4), key=lambda i: -s * c[i]) if s * c[i] > 0]
+    return out
 
 
 def _crossing_group(items: list[_Item], members: list[int], n_h: int, n_o: int, direction: str, step: float,
@@ -718,17 +735,16 @@ def explain_rows(det, z: np.ndarray, top: int = 3) -> tuple[np.ndarray, list[lis
 
 
 _DRIVERS = ("trend", "seasonality", "recent_level", "recent_drift")
+_MEANINGS = tuple(DRIVER_NAMES[d] for d in _DRIVERS)
 
 
 def _prediction(it: _Item, j: int, t: dict[str, list], crossed: bool, outcome: tuple, anomaly: tuple,
                 version: str) -> Prediction:
     """Row ``j`` of the batch's columns ``t`` as the one-series path's :class:`Prediction`."""
     q, model, cal = it.query, it.model, it.calibration
-    sign = 1.0 if q.direction == "above" else -1.0
-    changes, rounded = t["changes"][j], t["r_changes"][j]
-    ranked = sorted(range(4), key=lambda i: -sign * changes[i])
-    drivers = [{"component": _DRIVERS[i], "meaning": DRIVER_NAMES[_DRIVERS[i]], "change": rounded[i]}
-               for i in ranked if sign * changes[i] > 0]
+    rounded = t["r_changes"][j]
+    drivers = [{"component": _DRIVERS[i], "meaning": _MEANINGS[i], "change": rounded[i]}
+               for i in t["drivers"][j]]
     now = it.now
     minutes, earliest, latest = t["minutes"][j], t["earliest"][j], t["latest"][j]
     alert, held_left, rule_text = outcome

@@ -364,3 +364,19 @@ def test_alerts_answer_every_series_and_rule_as_the_one_series_path(bundle, tmp_
     assert got.model_dump() == want.model_dump()
     assert len(got.alerts) >= 3 and any(a.already_crossed for a in got.alerts)
     assert len(got.skipped) == 3 and got.checked >= 7
+
+
+def test_a_predictor_runs_blas_on_one_thread_unless_the_environment_chose(bundle, monkeypatch):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+    assert blas  # numpy's BLAS is there to limit
+    with threadpool_limits(limits=2, user_api="blas"):  # restored afterwards, whatever Predictor sets
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        Predictor(bundle)
+        assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"} == {2}
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        Predictor(bundle)
+        assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"} == {1}

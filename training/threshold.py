@@ -352,28 +352,20 @@ def crossing_distribution_rows(
         at = rows[lo:lo + chunk]
         c_n = pts.shape[0]
         thr = thresholds[lo:lo + chunk, None, None]
-        # the paths that may reach the threshold (few, mostly): a path's extreme plus the point
-        # forecast's misses it, so does the path; each of the rest is read alone from here on
         maybe = reach(extreme(pts, axis=2)[:, :, None] + extremes[at][:, None, :], thr)
-        flat = np.flatnonzero(maybe)
+        peak = arg_extreme(pts, axis=2)  # (c, n_t)
+        ever = reach(np.take_along_axis(pts, peak[:, :, None], axis=2) + steps[at[:, None], peak], thr)
+        flat = np.flatnonzero(maybe & ~ever)
         ci, rest = np.divmod(flat, n_t * k_paths)
         ti, ki = np.divmod(rest, k_paths)
-        # one that reaches it where the point forecast peaks does; the others are walked
-        peak = arg_extreme(pts, axis=2)[ci, ti]
-        ever = reach(pts[ci, ti, peak] + steps[at[ci], peak, ki], thr[ci, 0, 0])
-        walk = np.flatnonzero(~ever)
-        ahead = np.flatnonzero(ever & (ti == n_t - 1))  # reach it at the last check's peak (or before)
-        walked = _first_steps_rows(pts, steps, at, thr, ci[walk], ti[walk], ki[walk], above)
-        ever[walk] = walked >= 0
-        crossing = np.bincount((ci * n_t + ti)[ever], minlength=c_n * n_t)
-        prob[lo:lo + chunk] = crossing.reshape(c_n, n_t) / k_paths
-        # the last evaluation time's crossing times: each path's first step (-1: none), the walked
-        # ones' known, the others' (reaching it at the peak, maybe before) looked for
+        ever.reshape(-1)[flat] = _first_steps_rows(pts, steps, at, thr, ci, ti, ki, above) >= 0
+        prob[lo:lo + chunk] = ever.sum(axis=2) / k_paths
+        # the last evaluation time's crossing times: each path's first step (-1: none)
+        flat = np.flatnonzero(maybe[:, -1])
+        ci, ki = np.divmod(flat, k_paths)
         first = np.full((c_n, k_paths), -1)
-        at_last = ti[walk] == n_t - 1
-        first[ci[walk[at_last]], ki[walk[at_last]]] = walked[at_last]
-        first[ci[ahead], ki[ahead]] = _first_steps_rows(pts, steps, at, thr, ci[ahead], ti[ahead], ki[ahead],
-                                                        above)
+        first.reshape(-1)[flat] = _first_steps_rows(pts, steps, at, thr, ci, np.full(ci.size, n_t - 1), ki,
+                                                    above)
         t_cross = np.sort(np.where(first >= 0, minutes[np.maximum(first, 0)], np.inf), axis=1)
         n_cross = np.sum(first >= 0, axis=1)
         for key, q in (("earliest", 0.1), ("minutes", timing[lo:lo + chunk]), ("latest", 0.9)):

@@ -33,17 +33,18 @@ def test_many_series_at_once_equal_each_series_alone(direction):
 
 
 @pytest.mark.parametrize("direction", ["above", "below"])
-def test_paths_read_in_place_from_a_stack_equal_the_copied_ones(direction):
+@pytest.mark.parametrize("n", [45, 1300])  # 1,300: more than one chunk of series
+def test_paths_read_in_place_from_a_stack_equal_the_copied_ones(direction, n):
     """``crossing_distribution_rows`` over a stack (longer paths, series in any order, some twice)
     is ``crossing_distribution_many`` of the copied paths, element for element."""
     rng = np.random.default_rng(11)
-    m, n, n_t, k, n_h, h_stored = 30, 45, 6, 40, 12, 20
+    m, n_t, k, n_h, h_stored = 30, 6, 40, 12, 20
     minutes = np.arange(1, n_h + 1) * 5.0
     stack = np.cumsum(rng.normal(0, 1, (m, k, h_stored)), axis=2).astype(np.float32)
     rows = rng.integers(0, m, n)
     points = np.cumsum(rng.normal(0, 1, (n, n_t, n_h)), axis=2)
-    thresholds = np.concatenate([np.full(10, 40.0 if direction == "above" else -40.0), rng.normal(0, 3, 30),
-                                 np.full(5, -40.0 if direction == "above" else 40.0)])
+    far = 40.0 if direction == "above" else -40.0
+    thresholds = np.concatenate([np.full(10, far), rng.normal(0, 3, n - 15), np.full(5, -far)])
     timing = rng.uniform(0.2, 0.8, n)
     copied = crossing_distribution_many(minutes, points, stack[rows, :, :n_h], thresholds, direction, timing)
     steps = np.ascontiguousarray(stack.transpose(0, 2, 1))  # (m, H, K), as the batch stacks them

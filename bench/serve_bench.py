@@ -427,10 +427,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\n## /predict_batch, {args.batch_series:,} distinct series x {args.batch_observations} "
                   f"observations ({len(batch_raw) / 1024:,.0f} KB body), {args.batch_repeats} sequential "
                   f"requests per target, interleaved; {batches.pop('load average')}\n")
-            print("| target | p50 ms | min ms | max ms | ms an item (p50) |")
-            print("|---|---|---|---|---|")
+            print("| target | p50 ms | p90 ms | p99 ms | min ms | max ms | ms an item (p50) |")
+            print("|---|---|---|---|---|---|---|")
             for name, times in batches.items():
-                print(f"| {name} | {statistics.median(times):,.0f} | {min(times):,.0f} | {max(times):,.0f} | "
+                print(f"| {name} | {statistics.median(times):,.0f} | {percentile(times, 0.9):,.0f} | "
+                      f"{percentile(times, 0.99):,.0f} | {min(times):,.0f} | {max(times):,.0f} | "
                       f"{statistics.median(times) / args.batch_series:.2f} |")
             ratio = statistics.median(batches["serve"]) / statistics.median(batches["floor + predict"])
             print(f"\nserve / floor + predict (p50): {ratio:.2f}")

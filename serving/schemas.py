@@ -7,7 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StringConstraints, model_validator
 from typing_extensions import TypedDict
 
 #: times before this are a client's mistake (a zero date, a wrong epoch), not monitoring data
@@ -135,10 +135,17 @@ class PredictRequest(BaseModel):
         return self
 
 
+#: the times a batch reads as text in its one pass (numpy parses them all at once): ISO-8601 in
+#: UTC ('Z' or no offset), whole or fractional seconds; another form (an offset, a space for the
+#: 'T') makes its item one to validate alone as /predict does
+BATCH_TIME_PATTERN = (r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]"
+                      r"(:[0-5][0-9](\.[0-9]{1,6})?)?Z?$")
+
+
 class _BatchObservation(TypedDict):
     __pydantic_config__ = REQUEST_CONFIG  # type: ignore[misc]
 
-    ts: Annotated[datetime, Strict()]
+    ts: Annotated[str, Strict(), StringConstraints(pattern=BATCH_TIME_PATTERN)]
     value: Number
 
 
@@ -147,7 +154,9 @@ class BatchItem(TypedDict, total=False):
     inside pydantic's core, as a plain dict. The two checks that would call Python per item or
     per observation, the times' plausible window and "some series named", the batch runs over
     all its items at once; an item failing either is validated as a ``PredictRequest`` alone,
-    for the message /predict gives (tests/serving compare the two schemas)."""
+    for the message /predict gives (tests/serving compare the two schemas). Observation times are
+    read as text of :data:`BATCH_TIME_PATTERN` (a UTC subset of what /predict reads); an item with
+    another form of time is validated alone too."""
 
     __pydantic_config__ = REQUEST_CONFIG  # type: ignore[misc]
 

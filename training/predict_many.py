@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
@@ -40,9 +40,9 @@ from training.predict import (
     predict_series,
     served_calibration,
 )
-from training.threshold import AlertRule, ProbabilityCalibration, crossing_distribution_many
+from training.threshold import AlertRule, ProbabilityCalibration, crossing_distribution_rows, path_extremes
 
-__all__ = ["Query", "explain_rows", "point_forecasts", "predict_many"]
+__all__ = ["Query", "explain_rows", "point_forecasts", "predict_many", "stack_error_paths"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -275,6 +275,20 @@ class _Layouts:
 
     @classmethod
     def of(cls, models: Sequence) -> _Layouts:
+        """The layouts of ``models``; the last few lists' are kept (a service is asked about the
+        same series cycle after cycle), found again by the models' identities."""
+        key = tuple(map(id, models))
+        found = _RECENT_LAYOUTS.get(key)
+        if found is not None and all(a is b for a, b in zip(found[0], models, strict=True)):
+            return found[1]
+        layouts = cls._build(models)
+        if len(_RECENT_LAYOUTS) >= 4:
+            _RECENT_LAYOUTS.pop(next(iter(_RECENT_LAYOUTS)))
+        _RECENT_LAYOUTS[key] = (list(models), layouts)
+        return layouts
+
+    @classmethod
+    def _build(cls, models: Sequence) -> _Layouts:
         params = [_params(m) for m in models]
         by_layout: dict[tuple, list[int]] = {}
         for m, p in enumerate(params):
@@ -289,6 +303,10 @@ class _Layouts:
                    [np.array([params[m].scalars for m in members]) for _, members in groups],
                    [np.array([params[m].times for m in members], dtype=np.int64) for _, members in groups],
                    [np.stack([params[m].beta for m in members]) for _, members in groups])
+
+
+#: the models' ids -> (the models, their layouts), oldest first; holding the models keeps the ids theirs
+_RECENT_LAYOUTS: dict[tuple, tuple[list, _Layouts]] = {}
 
 
 def point_forecasts(models: Sequence, times_us: np.ndarray, owner: np.ndarray,
@@ -338,19 +356,23 @@ def point_forecasts(models: Sequence, times_us: np.ndarray, owner: np.ndarray,
         if terms:
             x_t = np.pi * 2 * (cal["ds"].astype("datetime64[us]").view(np.int64) / 10**6 / 86400)
             betas = layouts.betas[g]  # (models, all terms' features)
+            # the terms of one mode as one feature block: one product and one gather per mode
+            blocks: dict[str, list] = {"additive": [], "multiplicative": []}
+            columns: dict[str, list] = {"additive": [], "multiplicative": []}
             col = 0
             for term in terms:
-                beta = betas[:, col:col + 2 * term.fourier_order]
+                blocks[term.mode].append(term.features(x_t, cal))  # (distinct times, features)
+                columns[term.mode].append(np.arange(col, col + 2 * term.fourier_order))
                 col += 2 * term.fourier_order
-                block = term.features(x_t, cal)  # (distinct times, features)
+            for mode, total in (("additive", additive), ("multiplicative", multiplicative)):
+                if not blocks[mode]:
+                    continue
+                block = np.hstack(blocks[mode])
+                beta = betas[:, np.concatenate(columns[mode])]
                 if block.shape[0] * len(members) <= 4 * order.size:  # few times or models: all pairs
-                    contribution = (block @ beta.T)[at, local]
+                    total += (block @ beta.T)[at, local]
                 else:
-                    contribution = np.einsum("rf,rf->r", block[at], beta[local])
-                if term.mode == "additive":
-                    additive += contribution
-                else:
-                    multiplicative += contribution
+                    total += np.einsum("rf,rf->r", block[at], beta[local])
         trend[order] = tr
         yhat[order] = tr * (1 + multiplicative) + additive * y_scale
     return yhat, trend
@@ -367,10 +389,15 @@ def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: 
     starts = np.array([it.obs_lo for it in items], dtype=np.int64)
     within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
     owner[np.repeat(starts, counts) + within] = np.repeat(np.arange(len(items)), counts)
+    stacked = stack_error_paths(bundle)
     groups: dict[tuple, list[int]] = {}
+    stack_rows = np.empty(len(items), dtype=np.intp)
+    stacks: dict[int, _PathStack] = {}
     for j, it in enumerate(items):
+        stack, stack_rows[j] = _stack_of(stacked, it.model)
+        stacks[id(stack)] = stack
         key = (it.n_h, it.model.error_paths_.shape[0], len(it.origin_offsets_us), it.step_us,
-               it.query.direction, float(it.model.step_minutes_))
+               it.query.direction, float(it.model.step_minutes_), id(stack))
         groups.setdefault(key, []).append(j)
     n = len(items)
     now_us = np.array([it.now_us for it in items], dtype=np.int64)
@@ -405,11 +432,11 @@ def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: 
     alerts: list = [None] * n
     then_of = {}  # per group: (members, n_h) rows of the last check's horizon (the drivers' ends)
     for key, members in groups.items():
-        n_h, _, n_o, _, direction, step = key
+        n_h, _, n_o, _, direction, step, stack = key
         width = int(grid_of[key].max()) + 1
         rows = first_row[key] + np.arange(len(members))[:, None, None] * width + grid_of[key][None, :, :]
         _crossing_group(items, members, n_h, n_o, direction, step, yhat[rows], yhat, obs_us, obs_y, cols,
-                        crossed_now, alerts)
+                        crossed_now, alerts, stacks[stack], stack_rows[members])
         then_of[key] = rows[:, -1, :]
 
     # drivers: the forecast's components now and at the crossing (or its closest approach)
@@ -429,6 +456,7 @@ def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: 
         table[f"r_{name}"] = _rounded_list(cols[name], table[name], digits)
     table["r_changes"] = (_rounded(changes, 4).tolist() if n > _FEW else
                           [[round(v, 4) for v in row] for row in table["changes"]])
+    table["drivers"] = _driver_order(items, changes)
     version = bundle.version_label
     for j, it in enumerate(items):
         try:
@@ -438,14 +466,31 @@ def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: 
             out[it.index] = exc
 
 
+def _driver_order(items: list[_Item], changes: np.ndarray) -> list[list[int]]:
+    """Per series, the drivers (indices into ``_DRIVERS``) that push towards the threshold, largest
+    push first (ties in their order): ``sorted(range(4), key=-sign * change)`` of every series at
+    once (a series with a NaN change is ranked by ``sorted`` itself, whose order NaN decides)."""
+    sign = np.array([1.0 if it.query.direction == "above" else -1.0 for it in items])
+    push = sign[:, None] * changes
+    ranked = np.argsort(-sign[:, None] * changes, axis=1, kind="stable")
+    keep = np.take_along_axis(push > 0, ranked, axis=1)
+    out = [[i for i, k in zip(r, kk, strict=True) if k] for r, kk in zip(ranked.tolist(), keep.tolist(),
+                                                                            strict=True)]
+    for j in np.flatnonzero(np.isnan(changes).any(axis=1)).tolist():
+        s, c = sign[j], changes[j].tolist()
+        out[j] = [i for i in sorted(range(4), key=lambda i: -s * c[i]) if s * c[i] > 0]
+    return out
+
+
 def _crossing_group(items: list[_Item], members: list[int], n_h: int, n_o: int, direction: str, step: float,
                     grid_yhat: np.ndarray, yhat: np.ndarray, obs_us: np.ndarray, obs_y: np.ndarray,
-                    cols: dict[str, np.ndarray], crossed_now: np.ndarray, alerts: list) -> None:
+                    cols: dict[str, np.ndarray], crossed_now: np.ndarray, alerts: list, stack: _PathStack,
+                    stack_rows: np.ndarray) -> None:
     """The checks' crossings of series that share a shape: corrections, then every path at once;
     each series' answer written into row ``members[r]`` of ``cols`` (and ``crossed_now``, ``alerts``).
 
     ``grid_yhat`` (g, n_o, n_h): the model at each check's horizon; ``yhat[:obs_us.size]`` the
-    model at every observation of the batch.
+    model at every observation of the batch; ``stack.steps[stack_rows]`` the series' error paths.
     """
     g = len(members)
     its = [items[j] for j in members]
@@ -470,11 +515,11 @@ def _crossing_group(items: list[_Item], members: list[int], n_h: int, n_o: int, 
     value_range = np.array([it.bounds for it in its], dtype=np.float64)
     points = np.clip(grid_yhat + damped(level, slope, minutes),
                      value_range[:, :1, None], value_range[:, 1:, None])
-    errors = _error_paths(its, n_h)
     thresholds = np.array([it.query.threshold for it in its], dtype=np.float64)
     calibrations = [it.calibration for it in its]
     timing = np.array([c.timing for c in calibrations], dtype=np.float64)
-    b = crossing_distribution_many(minutes, points, errors, thresholds, direction, timing)
+    b = crossing_distribution_rows(minutes, points, stack.steps, stack_rows, thresholds, direction, timing,
+                                   stack.extremes(n_h, direction == "above"))
     last = np.maximum(ends - 1, 0)
     rows = np.arange(g)[:, None]
     seen = ends > 0
@@ -520,15 +565,65 @@ def _crossing_group(items: list[_Item], members: list[int], n_h: int, n_o: int, 
                                   calibrations[r].alarm)
 
 
-def _error_paths(its: list[_Item], n_h: int) -> np.ndarray:
-    """The series' error paths over the horizon, stacked (g, K, n_h) in their own float type
-    (float32 as stored: every sum with them is taken in float64)."""
-    first = its[0].model.error_paths_
-    dtype = first.dtype if all(it.model.error_paths_.dtype == first.dtype for it in its) else np.float64
-    out = np.empty((len(its), first.shape[0], n_h), dtype=dtype)
-    for r, it in enumerate(its):
-        out[r] = it.model.error_paths_[:, :n_h]
-    return out
+@dataclass
+class _PathStack:
+    """The error paths of a bundle's models that share a shape and type, stacked step-major
+    (m, H, K) in their own float type (the paths at one step are one row: the batch reads them
+    at the point forecasts' peaks); each model's ``error_paths_`` is its row, transposed (a view:
+    stored once)."""
+
+    steps: np.ndarray
+    _extremes: dict = field(default_factory=dict)
+
+    def extremes(self, n_h: int, above: bool) -> np.ndarray:
+        """(m, K) every path's extreme over its first ``n_h`` steps (cached: few horizons are asked)."""
+        found = self._extremes.get((n_h, above))
+        if found is None:
+            if len(self._extremes) >= 8:
+                self._extremes.clear()
+            found = self._extremes[(n_h, above)] = path_extremes(self.steps, n_h, above)
+        return found
+
+
+#: id(bundle) -> its stacks, dropped with the bundle (a bundle, a dataclass, is not hashable)
+_STACKS: dict[int, dict] = {}
+
+
+def stack_error_paths(bundle: ModelBundle) -> dict[int, tuple[_PathStack, int]]:
+    """The bundle's error paths as stacks (built once per bundle; a service builds them at load):
+    each model's (by ``id``) stack and row. The models' ``error_paths_`` become views of the
+    stacks, so the batch reads every series' paths in place instead of copying them."""
+    found = _STACKS.get(id(bundle))
+    if found is None:
+        by_shape: dict[tuple, list] = {}
+        for model in bundle.forecasters.values():
+            paths = getattr(model, "error_paths_", None)
+            if isinstance(paths, np.ndarray) and paths.ndim == 2:
+                by_shape.setdefault((paths.shape, paths.dtype.str), []).append(model)
+        found = {}
+        for models in by_shape.values():
+            unique = list({id(m): m for m in models}.values())
+            stack = _PathStack(np.stack([m.error_paths_.T for m in unique]))
+            for row, model in enumerate(unique):
+                model.error_paths_ = stack.steps[row].T
+                found[id(model)] = (stack, row)
+        _STACKS[id(bundle)] = found
+        weakref.finalize(bundle, _forget, id(bundle))
+    return found
+
+
+def _forget(bundle_id: int) -> None:
+    """A bundle is gone (a reload replaced it): drop its stacks and the layouts that hold its models."""
+    _STACKS.pop(bundle_id, None)
+    _RECENT_LAYOUTS.clear()
+
+
+def _stack_of(stacked: dict[int, tuple[_PathStack, int]], model) -> tuple[_PathStack, int]:
+    """A model's stack and row; a model outside the bundle's stacks (not expected) gets its own."""
+    found = stacked.get(id(model))
+    if found is None or model.error_paths_.base is not found[0].steps:  # replaced since
+        found = (_PathStack(np.ascontiguousarray(model.error_paths_.T)[None]), 0)
+    return found
 
 
 def _rounded(x: np.ndarray, digits: int) -> np.ndarray:
@@ -640,17 +735,16 @@ def explain_rows(det, z: np.ndarray, top: int = 3) -> tuple[np.ndarray, list[lis
 
 
 _DRIVERS = ("trend", "seasonality", "recent_level", "recent_drift")
+_MEANINGS = tuple(DRIVER_NAMES[d] for d in _DRIVERS)
 
 
 def _prediction(it: _Item, j: int, t: dict[str, list], crossed: bool, outcome: tuple, anomaly: tuple,
                 version: str) -> Prediction:
     """Row ``j`` of the batch's columns ``t`` as the one-series path's :class:`Prediction`."""
     q, model, cal = it.query, it.model, it.calibration
-    sign = 1.0 if q.direction == "above" else -1.0
-    changes, rounded = t["changes"][j], t["r_changes"][j]
-    ranked = sorted(range(4), key=lambda i: -sign * changes[i])
-    drivers = [{"component": _DRIVERS[i], "meaning": DRIVER_NAMES[_DRIVERS[i]], "change": rounded[i]}
-               for i in ranked if sign * changes[i] > 0]
+    rounded = t["r_changes"][j]
+    drivers = [{"component": _DRIVERS[i], "meaning": _MEANINGS[i], "change": rounded[i]}
+               for i in t["drivers"][j]]
     now = it.now
     minutes, earliest, latest = t["minutes"][j], t["earliest"][j], t["latest"][j]
     alert, held_left, rule_text = outcome

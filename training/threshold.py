@@ -308,6 +308,93 @@ def _first_steps(points: np.ndarray, errors: np.ndarray, thresholds: np.ndarray,
     return out
 
 
+def crossing_distribution_rows(
+    minutes: np.ndarray,
+    points: np.ndarray,
+    steps: np.ndarray,
+    rows: np.ndarray,
+    thresholds: np.ndarray,
+    direction: str,
+    timing: np.ndarray | float = 0.5,
+    extremes: np.ndarray | None = None,
+) -> CrossingBatch:
+    """:func:`crossing_distribution_many` with each series' error paths read in place from a stack.
+
+    ``steps`` (m, H >= n_h, K): the error paths of m series (of a whole bundle, say), step-major
+    (``steps[i, h]`` holds step h of every path of series i, so the paths at one step are read
+    as one row); series j of the batch has ``steps[rows[j], :n_h].T``. ``extremes`` (m, K), if
+    given: each stacked path's largest value over its first n_h steps (for "below": smallest),
+    as a cache keeps it (:func:`path_extremes`). Element for element what
+    :func:`crossing_distribution_many` gives for those paths, without copying the batch's paths
+    (most of them are decided by their extremes alone).
+    """
+    if direction not in ("above", "below"):
+        raise ValueError(f"direction must be 'above' or 'below', not {direction!r}")
+    above = direction == "above"
+    reach = np.greater_equal if above else np.less_equal
+    minutes = np.asarray(minutes, dtype=np.float64)
+    points = np.asarray(points, dtype=np.float64)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    rows = np.asarray(rows, dtype=np.intp)
+    n, n_t, n_h = points.shape
+    timing = np.broadcast_to(np.asarray(timing, dtype=np.float64), (n,))
+    k_paths = steps.shape[2]
+    if steps.dtype not in (np.float32, np.float64):
+        steps = steps.astype(np.float64)
+    if extremes is None:
+        extremes = path_extremes(steps, n_h, above)
+    out = {k: np.full(n, np.nan) for k in ("minutes", "earliest", "latest")}
+    prob = np.zeros((n, n_t))
+    chunk = max(1, 300_000 // max(1, n_t * k_paths))
+    extreme, arg_extreme = (np.max, np.argmax) if above else (np.min, np.argmin)
+    for lo in range(0, n, chunk):
+        pts = points[lo:lo + chunk]
+        at = rows[lo:lo + chunk]
+        c_n = pts.shape[0]
+        thr = thresholds[lo:lo + chunk, None, None]
+        maybe = reach(extreme(pts, axis=2)[:, :, None] + extremes[at][:, None, :], thr)
+        peak = arg_extreme(pts, axis=2)  # (c, n_t)
+        ever = reach(np.take_along_axis(pts, peak[:, :, None], axis=2) + steps[at[:, None], peak], thr)
+        flat = np.flatnonzero(maybe & ~ever)
+        ci, rest = np.divmod(flat, n_t * k_paths)
+        ti, ki = np.divmod(rest, k_paths)
+        ever.reshape(-1)[flat] = _first_steps_rows(pts, steps, at, thr, ci, ti, ki, above) >= 0
+        prob[lo:lo + chunk] = ever.sum(axis=2) / k_paths
+        # the last evaluation time's crossing times: each path's first step (-1: none)
+        flat = np.flatnonzero(maybe[:, -1])
+        ci, ki = np.divmod(flat, k_paths)
+        first = np.full((c_n, k_paths), -1)
+        first.reshape(-1)[flat] = _first_steps_rows(pts, steps, at, thr, ci, np.full(ci.size, n_t - 1), ki,
+                                                    above)
+        t_cross = np.sort(np.where(first >= 0, minutes[np.maximum(first, 0)], np.inf), axis=1)
+        n_cross = np.sum(first >= 0, axis=1)
+        for key, q in (("earliest", 0.1), ("minutes", timing[lo:lo + chunk]), ("latest", 0.9)):
+            out[key][lo:lo + chunk] = _crossing_quantile(t_cross, n_cross, q)
+    return CrossingBatch(out["minutes"], out["earliest"], out["latest"], prob)
+
+
+def path_extremes(steps: np.ndarray, n_h: int, above: bool) -> np.ndarray:
+    """(m, K) each path's largest value over its first ``n_h`` steps (``above``), else smallest;
+    ``steps`` (m, H, K) step-major as :func:`crossing_distribution_rows` reads them."""
+    pairwise = np.maximum if above else np.minimum
+    out = steps[:, 0].copy()
+    for h in range(1, n_h):
+        pairwise(out, steps[:, h], out=out)
+    return out
+
+
+def _first_steps_rows(points: np.ndarray, steps: np.ndarray, at: np.ndarray, thresholds: np.ndarray,
+                      ci: np.ndarray, ti: np.ndarray, ki: np.ndarray, above: bool) -> np.ndarray:
+    """:func:`_first_steps` with series c's paths at ``steps[at[c], :n_h]`` (step-major)."""
+    n_h = points.shape[2]
+    out = np.empty(ci.size, dtype=np.int64)
+    for s in range(0, ci.size, 50_000):
+        c, t, k = ci[s:s + 50_000], ti[s:s + 50_000], ki[s:s + 50_000]
+        path = points[c, t] + steps[at[c], :n_h, k]
+        out[s:s + 50_000] = first_crossing_index(path, thresholds[c, 0], above)
+    return out
+
+
 def crossings_from_paths(
     minutes: np.ndarray,
     points: np.ndarray,

@@ -22,6 +22,7 @@ from features import schema as s
 from serving.predictor import Predictor, _crossing_within_lead, _item_error, _response
 from serving.rules import load_catalog
 from serving.schemas import (
+    BATCH_TIME_PATTERN,
     AlertsRequest,
     AlertsResponse,
     BatchItem,
@@ -206,6 +207,14 @@ def mixed_items() -> list[dict]:
         {"series_id": HEAP, "recent": [*recent[:3], {"ts": "2099-01-01T00:00:00Z", "value": 1.0}]},  # future
         {"series_id": HEAP, "recent": [{"ts": "2026-10-15T00:00:00Z", "value": 1.0, "x": 2}]},  # extra key
         {"series_id": HEAP, "recent": [{"ts": 1760486400, "value": 1.0}]},  # a number is not a time here
+        {"series_id": HEAP, "threshold": 68, "recent": [  # times the batch reads itself
+            {"ts": "2026-10-15T00:20:30.123456Z", "value": 61.0}, {"ts": "2026-10-15T00:21Z", "value": 61.2},
+            {"ts": "2026-10-15T00:22:00.5", "value": 61.4}]},
+        {"series_id": HEAP, "threshold": 68, "recent": [  # ... and ones it leaves to /predict's reading
+            {"ts": "2026-10-15 00:23:00Z", "value": 61.0}, {"ts": "2026-10-15T00:24:00z", "value": 61.2},
+            {"ts": "2026-10-15T00:25:00+00:00", "value": 61.4}]},
+        {"series_id": HEAP, "recent": [{"ts": "2026-02-30T00:00:00Z", "value": 1.0}]},  # no such day
+        {"series_id": HEAP, "recent": [{"ts": "2026-10-15T00:00:00.1234567Z", "value": 1.0}]},  # 7 digits
     ]
 
 
@@ -260,7 +269,13 @@ def test_batch_items_are_read_with_predict_requests_checks():
             return node
         return plain(schema)["properties"]
 
-    assert fields(TypeAdapter(BatchItem).json_schema()) == fields(PredictRequest.model_json_schema())
+    batch, single = fields(TypeAdapter(BatchItem).json_schema()), fields(PredictRequest.model_json_schema())
+    # observation times: the batch reads a UTC subset of ISO-8601 as text (any other form of time
+    # sends its item to be validated alone), the rest is the same
+    times = batch["recent"]["items"]["properties"].pop("ts")
+    assert times == {"type": "string", "pattern": BATCH_TIME_PATTERN}
+    assert single["recent"]["items"]["properties"].pop("ts")["format"] == "date-time"
+    assert batch == single
 
 
 @pytest.mark.slow
@@ -349,3 +364,19 @@ def test_alerts_answer_every_series_and_rule_as_the_one_series_path(bundle, tmp_
     assert got.model_dump() == want.model_dump()
     assert len(got.alerts) >= 3 and any(a.already_crossed for a in got.alerts)
     assert len(got.skipped) == 3 and got.checked >= 7
+
+
+def test_a_predictor_runs_blas_on_one_thread_unless_the_environment_chose(bundle, monkeypatch):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+    assert blas  # numpy's BLAS is there to limit
+    with threadpool_limits(limits=2, user_api="blas"):  # restored afterwards, whatever Predictor sets
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        Predictor(bundle)
+        assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"} == {2}
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        Predictor(bundle)
+        assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"} == {1}

@@ -249,63 +249,10 @@ def crossing_distribution_many(
     strictly inside them (where holding paths in the range changes no crossing: the caller
     holds the point forecasts there itself).
     """
-    if direction not in ("above", "below"):
-        raise ValueError(f"direction must be 'above' or 'below', not {direction!r}")
-    above = direction == "above"
-    reach = np.greater_equal if above else np.less_equal
-    minutes = np.asarray(minutes, dtype=np.float64)
-    points = np.asarray(points, dtype=np.float64)
-    thresholds = np.asarray(thresholds, dtype=np.float64)
-    n, n_t, n_h = points.shape
-    timing = np.broadcast_to(np.asarray(timing, dtype=np.float64), (n,))
-    k_paths = error_paths.shape[1]
-    out = {k: np.full(n, np.nan) for k in ("minutes", "earliest", "latest")}
-    prob = np.zeros((n, n_t))
-    chunk = max(1, 300_000 // max(1, n_t * k_paths))  # a (chunk, n_t, K) slab stays in cache
-    extreme, arg_extreme = (np.max, np.argmax) if above else (np.min, np.argmin)
-    pairwise = np.maximum if above else np.minimum
-    for lo in range(0, n, chunk):
-        pts = points[lo:lo + chunk]
-        # float32 paths stay float32: every sum with the float64 points is taken in float64 (exact
-        # promotion), as with a float64 copy, at half the memory traffic
-        errors = np.asarray(error_paths[lo:lo + chunk])
-        if errors.dtype not in (np.float32, np.float64):
-            errors = errors.astype(np.float64)
-        thr = thresholds[lo:lo + chunk, None, None]
-        # most paths are decided without walking the horizon: one whose largest possible value
-        # (for "below": smallest) misses the threshold never reaches it (rounding is monotone),
-        # one that reaches it where the point forecast peaks does; only the rest are walked
-        # extremes over the horizon step by step: a reduction along a short last axis is slow
-        paths_extreme = errors[:, :, 0].copy()
-        for h in range(1, n_h):
-            pairwise(paths_extreme, errors[:, :, h], out=paths_extreme)
-        maybe = reach(extreme(pts, axis=2)[:, :, None] + paths_extreme[:, None, :], thr)
-        peak = arg_extreme(pts, axis=2)  # (c, n_t)
-        rows = np.arange(pts.shape[0])[:, None]
-        ever = reach(np.take_along_axis(pts, peak[:, :, None], axis=2) + errors[rows, :, peak], thr)
-        ci, ti, ki = np.nonzero(maybe & ~ever)
-        ever[ci, ti, ki] = _first_steps(pts, errors, thr, ci, ti, ki, above) >= 0
-        prob[lo:lo + chunk] = ever.sum(axis=2) / k_paths
-        # the last evaluation time's crossing times: each path's first step (-1: none)
-        ci, ki = np.nonzero(maybe[:, -1])
-        first = np.full((pts.shape[0], k_paths), -1)
-        first[ci, ki] = _first_steps(pts, errors, thr, ci, np.full(ci.size, n_t - 1), ki, above)
-        t_cross = np.sort(np.where(first >= 0, minutes[np.maximum(first, 0)], np.inf), axis=1)
-        n_cross = np.sum(first >= 0, axis=1)
-        for key, q in (("earliest", 0.1), ("minutes", timing[lo:lo + chunk]), ("latest", 0.9)):
-            out[key][lo:lo + chunk] = _crossing_quantile(t_cross, n_cross, q)
-    return CrossingBatch(out["minutes"], out["earliest"], out["latest"], prob)
-
-
-def _first_steps(points: np.ndarray, errors: np.ndarray, thresholds: np.ndarray, ci: np.ndarray,
-                 ti: np.ndarray, ki: np.ndarray, above: bool) -> np.ndarray:
-    """First step at which path ``points[c, t] + errors[c, k]`` reaches its threshold, per (c, t, k)
-    triple given (-1 if never); in slices, so the gathered paths stay small."""
-    out = np.empty(ci.size, dtype=np.int64)
-    for s in range(0, ci.size, 50_000):
-        c, t, k = ci[s:s + 50_000], ti[s:s + 50_000], ki[s:s + 50_000]
-        out[s:s + 50_000] = first_crossing_index(points[c, t] + errors[c, k], thresholds[c, 0], above)
-    return out
+    error_paths = np.asarray(error_paths)
+    # the same arithmetic as the batch's in-place reading: series i's paths are row i, step-major
+    return crossing_distribution_rows(minutes, points, error_paths.transpose(0, 2, 1),
+                                      np.arange(error_paths.shape[0]), thresholds, direction, timing)
 
 
 def crossing_distribution_rows(
@@ -325,8 +272,10 @@ def crossing_distribution_rows(
     as one row); series j of the batch has ``steps[rows[j], :n_h].T``. ``extremes`` (m, K), if
     given: each stacked path's largest value over its first n_h steps (for "below": smallest),
     as a cache keeps it (:func:`path_extremes`). Element for element what
-    :func:`crossing_distribution_many` gives for those paths, without copying the batch's paths
-    (most of them are decided by their extremes alone).
+    :func:`crossing_distribution` gives series j alone (tested), without copying the batch's
+    paths: most paths are decided without walking the horizon, one whose extreme misses the
+    threshold never reaches it (rounding is monotone), one that reaches it where the point
+    forecast peaks does; only the rest are walked.
     """
     if direction not in ("above", "below"):
         raise ValueError(f"direction must be 'above' or 'below', not {direction!r}")
@@ -385,7 +334,8 @@ def path_extremes(steps: np.ndarray, n_h: int, above: bool) -> np.ndarray:
 
 def _first_steps_rows(points: np.ndarray, steps: np.ndarray, at: np.ndarray, thresholds: np.ndarray,
                       ci: np.ndarray, ti: np.ndarray, ki: np.ndarray, above: bool) -> np.ndarray:
-    """:func:`_first_steps` with series c's paths at ``steps[at[c], :n_h]`` (step-major)."""
+    """First step at which path ``points[c, t] + steps[at[c], :n_h, k]`` reaches its threshold,
+    per (c, t, k) triple given (-1 if never); in slices, so the gathered paths stay small."""
     n_h = points.shape[2]
     out = np.empty(ci.size, dtype=np.int64)
     for s in range(0, ci.size, 50_000):

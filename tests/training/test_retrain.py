@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -135,6 +136,8 @@ def test_gate_shuffled_training_data_is_kept_whatever_the_champion(bundles, seri
     for champion in (bundles["good"], None):
         d = judge(bundles["shuffled"], champion, series, gate_start, GATE)
         assert not d.promote and d.reason.startswith("loses to predict_linear"), d.reason
+        evidence = r"\(on \d+ checks with a crossing due, \d+ crossings, \d+ onsets\)"
+        assert re.search(evidence, d.reason), d.reason
 
 
 @pytest.mark.slow

@@ -206,7 +206,7 @@ def judge(candidate: ModelBundle, champion: ModelBundle | None, series: pl.DataF
         best = lines.row(0, named=True)
         if me["f1"] <= 0 or me["f1"] < best["f1"]:
             return GateDecision(False, f"loses to {best['predictor']} at H={h}: F1 {me['f1']:.3f} "
-                                       f"< {best['f1']:.3f}", scores, skipped)
+                                       f"< {best['f1']:.3f} ({_evidence(me)})", scores, skipped)
     if champion is None:
         return GateDecision(True, "no champion; beats predict_linear: " + _f1s(scores, config),
                             scores, skipped)
@@ -257,5 +257,12 @@ def judge(candidate: ModelBundle, champion: ModelBundle | None, series: pl.DataF
                         + "; ".join(said) + shrink, scores, skipped)
 
 
+def _evidence(row: dict) -> str:
+    """What a gate figure rests on, so an operator can weigh a verdict drawn from one quiet day."""
+    return (f"on {row['tp'] + row['fn']} checks with a crossing due, {row.get('crossings', 0)} "
+            f"crossings, {row.get('onsets', 0)} onsets")
+
+
 def _f1s(scores: pl.DataFrame, config: GateConfig) -> str:
-    return ", ".join(f"F1 {_at(scores, PREALERT, h)['f1']:.3f} at H={h}" for h in config.horizons)
+    return ", ".join(f"F1 {(me := _at(scores, PREALERT, h))['f1']:.3f} at H={h} ({_evidence(me)})"
+                     for h in config.horizons)

@@ -475,7 +475,7 @@ def run_build(
 
 class _SeriesWriter:
     """``series.parquet`` written a chunk at a time (row groups of at most 2^18 rows, zstd, as
-    Polars writes a whole frame), opened at the first chunk; an empty file if none came."""
+    Polars writes a whole frame), opened at the first chunk."""
 
     ROW_GROUP = 1 << 18
 
@@ -486,8 +486,11 @@ class _SeriesWriter:
         import pyarrow.parquet as pq
 
         table = frame.to_arrow()
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        if self.writer is None:  # dictionaries for the label strings only: random floats gain
+            # nothing from one, and building it cost half the write
+            strings = [c for c, dtype in frame.schema.items() if dtype == pl.String]
+            self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd",
+                                           use_dictionary=strings)
         self.writer.write_table(table, row_group_size=self.ROW_GROUP)
 
     def close(self) -> None:

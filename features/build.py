@@ -38,6 +38,8 @@ from features.quarantine import (
     REASON,
     REASONS,
     ROW,
+    ROWS,
+    SERIES_CODE,
     check_label_hashes,
     label_table,
     quarantine_rows,
@@ -245,6 +247,96 @@ def _collect(source, frames: list[pl.LazyFrame], engine: str = "in-memory") -> l
         raise ValueError(f"{source}: could not read the export ({exc})") from exc
 
 
+#: rows of the export one chunk of the job holds (its memory bound): whole entities, in series order
+CHUNK_ROWS = 4_000_000
+
+
+def chunk_plan(labels: pl.DataFrame, chunk_rows: int = CHUNK_ROWS) -> tuple[pl.DataFrame, int]:
+    """Split the export's label sets into chunks of about ``chunk_rows`` rows: ``(label hash ->
+    chunk, number of chunks)``.
+
+    A chunk is a run of consecutive series codes (the output's series-id order) that never
+    splits an entity (its feature table needs all its series) nor so a pod series or a pod; the
+    chunks' outputs put end to end are then the whole job's. Label sets with unusable labels (no
+    series code) only give quarantined rows: they are spread over the chunks by their hash.
+    """
+    usable = labels.filter(pl.col(SERIES_CODE).is_not_null())
+    if usable.is_empty():
+        return labels.select(LABEL_HASH, pl.lit(0, pl.UInt32).alias(_CHUNK)), 1
+    per_series = (
+        usable.group_by(SERIES_CODE).agg(pl.col(s.ENTITY).first(), pl.col(ROWS).sum())
+        .sort(SERIES_CODE)
+        .with_columns(pl.col(SERIES_CODE).max().over(s.ENTITY).alias("_last"))
+        # an entity's codes may interleave with another's (an entity id holding "/"): a run
+        # ends only where no entity reaches past it
+        .with_columns((pl.col("_last").cum_max() == pl.col(SERIES_CODE)).alias("_ends"))
+    )
+    chunk_of, chunk, filled = [], 0, 0
+    for rows, ends in zip(per_series[ROWS].to_list(), per_series["_ends"].to_list(), strict=True):
+        chunk_of.append(chunk)
+        filled += rows
+        if ends and filled >= chunk_rows:
+            chunk, filled = chunk + 1, 0
+    n_chunks = chunk + (filled > 0)
+    codes = per_series.select(SERIES_CODE, pl.Series(_CHUNK, chunk_of, pl.UInt32))
+    plan = labels.select(LABEL_HASH, SERIES_CODE).join(codes, on=SERIES_CODE, how="left").select(
+        LABEL_HASH,
+        pl.coalesce(_CHUNK, (pl.col(LABEL_HASH) % n_chunks).cast(pl.UInt32)).alias(_CHUNK))
+    return plan, n_chunks
+
+
+_CHUNK = "_chunk"
+_SLIM = (ROW, s.TS, s.VALUE, LABEL_HASH)  # what a chunk reads back; labels come from the table
+
+
+class _Part(NamedTuple):
+    """One chunk's outputs."""
+
+    series: pl.DataFrame
+    quarantine: pl.DataFrame
+    pods: pl.DataFrame
+    rows_kept: int
+    counter_resets: int
+
+
+def _build_part(source, rows: pl.LazyFrame, labels: pl.DataFrame, rules: pl.LazyFrame,
+                window: tuple[datetime, datetime], step: str, max_fill: int, n_codes: int) -> _Part:
+    """The job on one chunk's rows (``_SLIM`` columns, read order): whole pod series and
+    entities, so every step gives what it gives on the whole export, restricted to them."""
+    (tagged,) = _collect(source, [tag_rows(rows, labels.lazy(), window)])
+    # the span of usable times only: out-of-window rows are already tagged and set aside
+    lo, hi = tagged.filter(pl.col(REASON).is_null()).select(
+        pl.col(s.TS).dt.epoch("us").min().alias("lo"), pl.col(s.TS).dt.epoch("us").max().alias("hi")
+    ).row(0)
+    span = hi - lo + 1 if lo is not None else 1
+    # one 64-bit sort key (pod series, time) when it fits, else two stable sorts: same order
+    single = span.bit_length() if span.bit_length() + n_codes.bit_length() <= 64 else None
+    (ordered,) = _collect(source, [sort_valid(tagged.lazy(), single)], engine="streaming")
+    (resolved,) = _collect(source, [resolve_duplicates(ordered.lazy())])
+    del ordered
+    kept_sorted = resolved.filter(~pl.col("_repeat"))
+    # quarantined rows get their labels as read from the label table (one hash, one label set:
+    # check_label_hashes saw to it)
+    with_labels = rows.join(labels.lazy().select(LABEL_HASH, *_LABEL_KEYS), on=LABEL_HASH, how="left")
+    (quarantine,) = _collect(source, [quarantine_rows(tagged.lazy(), resolved.lazy(), with_labels,
+                                                      labels.lazy())])
+    del tagged, resolved
+    kept = kept_sorted.lazy()
+    (buckets,) = _collect(source, [per_pod_buckets(kept, step)])
+    (buckets,) = _collect(source, [order_for_rollup(buckets.lazy())], engine="streaming")
+    series, pods, resets = _collect(source, [
+        regular_grid(rollup_to_workload(buckets.lazy(), rules, ordered=True), rules, step, max_fill),
+        pod_lifetimes(kept, labels.lazy()),
+        kept.select((pl.col(COUNTER) & (pl.col(POD_SERIES) == pl.col(POD_SERIES).shift(1))
+                     & (pl.col(s.VALUE) < pl.col(s.VALUE).shift(1))).sum()),
+    ])
+    s.validate(series, {**s.SERIES_SCHEMA, **s.SERIES_EXTRA_SCHEMA}, what="series frame")
+    return _Part(series, quarantine, pods, kept_sorted.height, int(resets.item()))
+
+
+_LABEL_KEYS = (s.SERVICE, s.POD, s.NODE, s.METRIC)
+
+
 def run_build(
     source: str | Path,
     out: str | Path,
@@ -254,6 +346,7 @@ def run_build(
     *,
     config: BuildConfig | None = None,
     progress: Callable[[str], None] | None = None,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> BuildReport:
     """Run the job and write the output folder: ``series.parquet``, ``quarantine.parquet``,
     ``pods.parquet``, ``tables/<entity>.parquet``, ``report.json`` and ``manifest.json``.
@@ -262,6 +355,11 @@ def run_build(
     over it. The output folder is replaced atomically: a failed run leaves the previous output
     intact, and the same input gives byte-identical files. ``progress`` receives stage messages
     (the CLI passes a stderr printer).
+
+    Memory is bounded by ``chunk_rows``, not the export: one streaming pass counts the label
+    sets, a second splits the rows (only time, value, label hash and read position) into chunks
+    of whole entities on disk (:func:`chunk_plan`), and each chunk is validated, rolled up and
+    written before the next is read. The outputs are the same for any ``chunk_rows``.
 
     Rows timed outside the config's window are quarantined before any grid is built. A run that
     keeps no row (or builds no series point) raises :class:`NothingKeptError` and writes nothing.
@@ -273,90 +371,92 @@ def run_build(
     stages = _Stages(progress)
     _AtomicFolder(Path(out)).remove_stale()
     export = open_export(source, rename, config.export, window)
-    (rows,) = _collect(source, [with_label_hash(export.frame)], engine="streaming")
-    if rows.height == 0:
-        raise ValueError(f"{source}: the export holds no rows")
-    stages.done(f"read {rows.height:,} rows from {source}")
-
-    rows_read = rows.height
-    (labels,) = _collect(source, [label_table(rows.lazy(), patterns_with(config.export.pod_patterns))],
+    rows = with_label_hash(export.frame)
+    (labels,) = _collect(source, [label_table(rows, patterns_with(config.export.pod_patterns))],
                          engine="streaming")
+    rows_read = int(labels[ROWS].sum())
+    if rows_read == 0:
+        raise ValueError(f"{source}: the export holds no rows")
     check_label_hashes(labels)
     n_codes = int(labels[POD_SERIES].max() or 0) + 1
-    stages.done(f"found {labels.height:,} label sets")
-    (tagged,) = _collect(source, [tag_rows(rows.lazy(), labels.lazy(), window)])
-    stages.done("checked every row")
-    # the span of usable times only: out-of-window rows are already tagged and set aside
-    lo, hi = tagged.filter(pl.col(REASON).is_null()).select(
-        pl.col(s.TS).dt.epoch("us").min().alias("lo"), pl.col(s.TS).dt.epoch("us").max().alias("hi")
-    ).row(0)
-    span = hi - lo + 1 if lo is not None else 1
-    # one 64-bit sort key (pod series, time) when it fits, else two stable sorts: same order
-    single = span.bit_length() if span.bit_length() + n_codes.bit_length() <= 64 else None
-    (ordered,) = _collect(source, [sort_valid(tagged.lazy(), single)], engine="streaming")
-    stages.done("sorted by pod series and time")
-    (resolved,) = _collect(source, [resolve_duplicates(ordered.lazy())])
-    del ordered
-    kept_sorted = resolved.filter(~pl.col("_repeat"))
-    (quarantine,) = _collect(source, [quarantine_rows(tagged.lazy(), resolved.lazy(), rows.lazy(),
-                                                      labels.lazy())])
-    del rows, tagged, resolved
-    stages.done(f"resolved duplicates: {kept_sorted.height:,} rows kept, "
-                f"{quarantine.height:,} quarantined")
+    plan, n_chunks = chunk_plan(labels, chunk_rows)
+    stages.done(f"read {rows_read:,} rows from {source}: {labels.height:,} label sets, "
+                f"{n_chunks} chunk(s)")
+    rules = rollup_rules(labels.lazy()).collect().lazy()
 
-    rules = rollup_rules(labels.lazy())
-    kept = kept_sorted.lazy()
-    (buckets,) = _collect(source, [per_pod_buckets(kept, step)])
-    (buckets,) = _collect(source, [order_for_rollup(buckets.lazy())], engine="streaming")
-    stages.done(f"bucketed pods onto the {step} grid")
-    series, pods, resets = _collect(source, [
-        regular_grid(rollup_to_workload(buckets.lazy(), rules, ordered=True), rules, step, max_fill),
-        pod_lifetimes(kept, labels.lazy()),
-        kept.select((pl.col(COUNTER) & (pl.col(POD_SERIES) == pl.col(POD_SERIES).shift(1))
-                     & (pl.col(s.VALUE) < pl.col(s.VALUE).shift(1))).sum()),
-    ])
-    s.validate(series, {**s.SERIES_SCHEMA, **s.SERIES_EXTRA_SCHEMA}, what="series frame")
-    stages.done(f"rolled up {series[s.SERIES_ID].n_unique():,} series on a {step} grid "
-                f"({series.height:,} points)")
-
-    report = BuildReport(
-        source=str(source),
-        step=step,
-        rows_read=rows_read,
-        rows_kept=kept_sorted.height,
-        exact_duplicates_merged=rows_read - kept_sorted.height - quarantine.height,
-        quarantined=dict(quarantine.group_by(REASON).len().sort(REASON).iter_rows()),
-        series=series[s.SERIES_ID].n_unique(),
-        grid_points=series.height,
-        gaps_filled=int(series[s.FILLED].sum()),
-        gaps_left_empty=int(series[s.VALUE].is_null().sum()),
-        pods=pods.height,
-        counter_resets=int(resets.item()),
-        epoch_unit=export.epoch_unit,
-        epoch_unit_detected=export.epoch_unit_detected,
-    )
-    del kept_sorted
-    if report.grid_points == 0:
-        raise NothingKeptError(_nothing_kept(source, out, report, window), report)
+    report = BuildReport(source=str(source), step=step, rows_read=rows_read,
+                         epoch_unit=export.epoch_unit, epoch_unit_detected=export.epoch_unit_detected)
+    quarantined: dict[str, int] = {}
+    pods, quarantine_parts, n_series, tables = [], [], 0, {}  # tables: file -> entity
     with _AtomicFolder(Path(out)) as tmp:
-        series.write_parquet(tmp / "series.parquet")
-        quarantine.write_parquet(tmp / "quarantine.parquet")
-        pods.write_parquet(tmp / "pods.parquet")
-        stages.done("wrote series, quarantine and pods")
-        tables: dict[str, str] = {}  # file -> entity: entity ids may be long or any script
-        if config.tables:  # one table at a time: only one is ever held in memory
+        spill = tmp / ".chunks"
+        if n_chunks > 1:
+            try:
+                rows.select(*_SLIM).join(plan.lazy(), on=LABEL_HASH, how="left").sink_parquet(
+                    pl.PartitionBy(spill, key=_CHUNK, include_key=False), engine="streaming",
+                    compression="lz4", mkdir=True)
+            except pl.exceptions.PolarsError as exc:
+                raise ValueError(f"{source}: could not read the export ({exc})") from exc
+            stages.done(f"split the rows into {n_chunks} chunks")
+        series_out = _SeriesWriter(tmp / "series.parquet")
+        if config.tables:
             (tmp / "tables").mkdir()
-            for entity, table in iter_entity_tables(series, config.windows, step):
-                name = f"tables/{table_file_name(entity)}"
-                if name in tables:  # two entities sharing a 64-bit name hash: refuse, loudly
-                    raise RuntimeError(f"feature-table name clash for {entity!r} and "
-                                       f"{tables[name]!r}: report this bug")
-                tables[name] = entity
-                # lz4: the tables are large, derived and rebuilt each run; it writes twice as fast
-                table.write_parquet(tmp / name, compression="lz4")
-                report.feature_tables += 1
-            stages.done(f"built {report.feature_tables} feature tables "
-                        f"({', '.join(config.windows)} windows)")
+        for chunk in range(n_chunks):
+            part_rows = (rows.select(*_SLIM) if n_chunks == 1 else
+                         pl.scan_parquet(spill / f"{_CHUNK}={chunk}" / "*.parquet",
+                                         hive_partitioning=False).sort(ROW))
+            if n_chunks == 1:
+                (slim,) = _collect(source, [part_rows], engine="streaming")
+                part_rows = slim.lazy()
+            part = _build_part(source, part_rows, labels, rules, window, step, max_fill, n_codes)
+            report.rows_kept += part.rows_kept
+            report.counter_resets += part.counter_resets
+            for reason, n in part.quarantine.group_by(REASON).len().iter_rows():
+                quarantined[reason] = quarantined.get(reason, 0) + n
+            quarantine_parts.append(tmp / f".quarantine-{chunk:06d}.parquet")
+            part.quarantine.write_parquet(quarantine_parts[-1])
+            pods.append(part.pods)
+            series = part.series
+            n_series += series[s.SERIES_ID].n_unique()
+            report.grid_points += series.height
+            report.gaps_filled += int(series[s.FILLED].sum())
+            report.gaps_left_empty += int(series[s.VALUE].is_null().sum())
+            series_out.write(series)
+            if config.tables:  # one table at a time: only one is ever held in memory
+                for entity, table in iter_entity_tables(series, config.windows, step):
+                    name = f"tables/{table_file_name(entity)}"
+                    if name in tables:  # two entities sharing a 64-bit name hash: refuse, loudly
+                        raise RuntimeError(f"feature-table name clash for {entity!r} and "
+                                           f"{tables[name]!r}: report this bug")
+                    tables[name] = entity
+                    # lz4: the tables are large, derived and rebuilt each run; it writes twice as fast
+                    table.write_parquet(tmp / name, compression="lz4")
+                    report.feature_tables += 1
+            del part, series
+            if n_chunks > 1:
+                shutil.rmtree(spill / f"{_CHUNK}={chunk}", ignore_errors=True)
+                stages.done(f"chunk {chunk + 1}/{n_chunks}: {n_series:,} series so far")
+        series_out.close()
+        shutil.rmtree(spill, ignore_errors=True)
+        report.series = n_series
+        report.quarantined = dict(sorted(quarantined.items()))
+        report.exact_duplicates_merged = (rows_read - report.rows_kept
+                                          - sum(report.quarantined.values()))
+        pods_frame = (pl.concat(pods) if pods else pl.DataFrame(schema=POD_COLUMNS)).sort(
+            "workload", "pod", "node", nulls_last=True)
+        report.pods = pods_frame.height
+        if report.grid_points == 0:  # the folder is discarded: the previous output stays
+            raise NothingKeptError(_nothing_kept(source, out, report, window), report)
+        stages.done(f"rolled up {report.series:,} series on a {step} grid "
+                    f"({report.grid_points:,} points): {report.rows_kept:,} rows kept, "
+                    f"{sum(report.quarantined.values()):,} quarantined")
+        pl.scan_parquet(quarantine_parts).sort(ROW).sink_parquet(tmp / "quarantine.parquet")
+        for file in quarantine_parts:
+            file.unlink()
+        pods_frame.write_parquet(tmp / "pods.parquet")
+        stages.done("wrote series, quarantine and pods"
+                    + (f"; built {report.feature_tables} feature tables "
+                       f"({', '.join(config.windows)} windows)" if config.tables else ""))
         manifest = {
             "manifest_version": MANIFEST_VERSION,
             "source": str(source),
@@ -371,6 +471,31 @@ def run_build(
             (tmp / name).write_text(json.dumps(doc, indent=2, default=str) + "\n")
     stages.done(f"wrote {out}")
     return report
+
+
+class _SeriesWriter:
+    """``series.parquet`` written a chunk at a time (row groups of at most 2^18 rows, zstd, as
+    Polars writes a whole frame), opened at the first chunk."""
+
+    ROW_GROUP = 1 << 18
+
+    def __init__(self, path: Path):
+        self.path, self.writer = path, None
+
+    def write(self, frame: pl.DataFrame) -> None:
+        import pyarrow.parquet as pq
+
+        table = frame.to_arrow()
+        if self.writer is None:  # dictionaries for the label strings only: random floats gain
+            # nothing from one, and building it cost half the write
+            strings = [c for c, dtype in frame.schema.items() if dtype == pl.String]
+            self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd",
+                                           use_dictionary=strings)
+        self.writer.write_table(table, row_group_size=self.ROW_GROUP)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _nothing_kept(source, out, report: BuildReport, window: tuple[datetime, datetime]) -> str:

@@ -35,6 +35,7 @@ LABEL_HASH = "_labels"
 POD_SERIES = "_pod_series"  # dense code of (series id, pod, node), ordered like the output
 SERIES_CODE = "_series"  # dense code of the series id, ordered like the output
 COUNTER = "_counter"  # the row's metric is a counter (turned into a rate later)
+ROWS = "_rows"  # rows read with a label combination
 _KEYS = (s.SERVICE, s.POD, s.NODE, s.METRIC)
 _SEED, _CHECK_SEED = 20260921, 7
 
@@ -52,12 +53,13 @@ def metric_rules() -> pl.LazyFrame:
 
 
 def label_table(rows: pl.LazyFrame, patterns: Sequence[str] = POD_PATTERNS) -> pl.LazyFrame:
-    """One row per distinct label combination: its entity, the reason its labels are unusable
-    (if any), the metric's rules, and the pod-series and series codes of usable ones."""
+    """One row per distinct label combination: its row count, its entity, the reason its labels
+    are unusable (if any), the metric's rules, and the pod-series and series codes of usable ones."""
     check = pl.struct(reversed(_KEYS)).hash(_CHECK_SEED)
     labels = rows.group_by(LABEL_HASH).agg(
         *(pl.col(k).first() for k in _KEYS),
         check.min().alias("_check_min"), check.max().alias("_check_max"),
+        pl.len().alias(ROWS),
     )
     unknown_pod = (pl.col(s.SERVICE).is_null() & pl.col(s.POD).is_not_null()
                    & workload_of(pl.col(s.POD), patterns).is_null())

@@ -39,6 +39,7 @@ from training.forecast.forecaster import SeriesForecaster, calendar_setting
 from training.plots import crossing_margin
 from training.predict import MIN_ERROR_PATHS
 from training.threshold import (
+    CACHED_ELEMENTS,
     DEFAULT_ALARM,
     UNBOUNDED,
     AlertRule,
@@ -495,9 +496,11 @@ def holdout_outcomes(y: np.ndarray, expected: np.ndarray, idx: np.ndarray, step:
     lows = {h: np.empty((rows.size, paths.shape[0])) for h in horizons}
     ends = sorted(set(n_hs.values()))
     starts = [0, *ends[:-1]]  # the extremes over each stretch between horizons, then accumulated
-    chunk = max(1, 2_000_000 // max(1, paths[:, :n_max].size))
+    chunk = max(1, CACHED_ELEMENTS // max(1, paths[:, :n_max].size))
+    block = np.empty((min(chunk, rows.size), paths.shape[0], n_max))  # reused: no fresh pages
     for lo in range(0, rows.size, chunk):
-        future = point[lo:lo + chunk, None, :] + paths[None, :, :n_max]
+        part = point[lo:lo + chunk]
+        future = np.add(part[:, None, :], paths[None, :, :n_max], out=block[:part.shape[0]])
         top = np.fmax.accumulate(np.fmax.reduceat(future, starts, axis=2), axis=2)
         bottom = np.fmin.accumulate(np.fmin.reduceat(future, starts, axis=2), axis=2)
         for h, n_h in n_hs.items():

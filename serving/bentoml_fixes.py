@@ -1,4 +1,5 @@
-"""BentoML 1.4 server behaviour prealert corrects from its own side: the per-request timeout's timer.
+"""BentoML 1.4 server behaviour prealert corrects from its own side: the per-request timeout's timer,
+and a traceback logged as an error for every client mistake.
 
 BentoML's ``TimeoutMiddleware`` (``bentoml/_internal/server/http/traffic.py``, 1.4.40) schedules
 ``loop.call_later(timeout, ...)`` for every request and never cancels it. Each timer holds a copy of the
@@ -11,6 +12,13 @@ runs the timer in an empty context and cancels it as soon as the request is done
 BentoML builds its app after importing ``serving.service``, and looks the middleware up in its module
 at that moment: importing this module (once, from ``serving/service.py``) is what installs the
 replacement. ``PREALERT_BENTOML_FIXES=off`` leaves BentoML's own middleware in place.
+
+BentoML's endpoint wrapper (``_bentoml_impl/server/app.py``) calls ``log_exception`` for every
+exception an API raises, 4xx included: each bad request (a threshold out of range, an unknown series)
+put an ``ERROR`` line and a 30-line traceback in the server log, which is what log-based alerting
+pages on. :func:`log_client_errors_briefly` logs a client error (a BentoML error below 500, a pydantic
+validation error) as one ``INFO`` line with its status and message; a server error keeps BentoML's
+``ERROR`` with the traceback.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import asyncio
 import contextvars
 import logging
 import os
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -29,6 +38,8 @@ logger = logging.getLogger("prealert.bentoml_fixes")
 FIXES_ENV = "PREALERT_BENTOML_FIXES"
 #: BentoML's own middleware class, kept when it is replaced (for comparison and tests)
 upstream_timeout_middleware: type | None = None
+#: BentoML's own ``log_exception`` (an ERROR with the traceback), still used for server errors
+upstream_log_exception: Callable[..., None] | None = None
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -76,6 +87,36 @@ class PromptTimeoutMiddleware:
             timer.cancel()
 
 
+def log_client_errors_briefly(request: Any, exc_info: Any = True) -> None:
+    """BentoML's ``log_exception`` (called inside the ``except``), one line for a client's mistake."""
+    from bentoml.exceptions import BentoMLException
+    from pydantic import ValidationError
+
+    exc = sys.exc_info()[1]
+    status = (exc.error_code.value if isinstance(exc, BentoMLException)
+              else 400 if isinstance(exc, ValidationError) else 500)
+    if status < 500:
+        logger.info("%s %s: %d %s", request.method, request.url.path, status, str(exc)[:200])
+        return
+    upstream_log_exception(request, exc_info)
+
+
+def _install_brief_client_errors() -> bool:
+    try:
+        from _bentoml_impl.server import app
+    except ImportError:
+        logger.warning("BentoML has no _bentoml_impl.server.app; client errors keep their tracebacks")
+        return False
+    if not hasattr(app, "log_exception"):
+        logger.warning("BentoML's app module has no log_exception; client errors keep their tracebacks")
+        return False
+    global upstream_log_exception
+    if app.log_exception is not log_client_errors_briefly:
+        upstream_log_exception = app.log_exception
+        app.log_exception = log_client_errors_briefly
+    return True
+
+
 def install() -> bool:
     """Make BentoML build its apps with ``PromptTimeoutMiddleware``; False when left alone (idempotent)."""
     if os.environ.get(FIXES_ENV, "").strip().lower() in {"off", "0", "false", "no"}:
@@ -93,6 +134,7 @@ def install() -> bool:
     if traffic.TimeoutMiddleware is not PromptTimeoutMiddleware:
         upstream_timeout_middleware = traffic.TimeoutMiddleware
         traffic.TimeoutMiddleware = PromptTimeoutMiddleware
+    _install_brief_client_errors()
     return True
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import logging
 import weakref
 
 import pytest
@@ -113,3 +114,31 @@ def test_off_switch_leaves_bentoml_alone(monkeypatch):
     monkeypatch.delenv(bentoml_fixes.FIXES_ENV)
     assert bentoml_fixes.install() is True
     assert traffic.TimeoutMiddleware is PromptTimeoutMiddleware
+
+
+def test_a_client_error_is_one_line_not_an_error_with_a_traceback(client, caplog):
+    """Through the service's real app: a 400 and a 404 log no ERROR and no traceback."""
+    caplog.set_level(logging.DEBUG)
+    bad = client.post("/predict", json={"series_id": "golden-app/jvm_heap_pct", "threshold": 120})
+    unknown = client.post("/predict", json={"series_id": "nope/cpu_pct", "threshold": 90})
+    assert (bad.status_code, unknown.status_code) == (400, 404), (bad.text, unknown.text)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text
+    said = [r.getMessage() for r in caplog.records if r.name == "prealert.bentoml_fixes"]
+    assert any("/predict: 400 threshold 120 is outside" in m for m in said), said
+    assert any("/predict: 404 no model for series 'nope/cpu_pct'" in m for m in said), said
+
+
+def test_a_server_error_keeps_bentomls_error_with_its_traceback(caplog):
+    from _bentoml_impl.server import app
+    from starlette.requests import Request
+
+    assert app.log_exception is bentoml_fixes.log_client_errors_briefly, "the fix was not installed"
+    request = Request({"type": "http", "method": "POST", "path": "/predict", "headers": [],
+                       "query_string": b"", "server": ("127.0.0.1", 3000), "scheme": "http"})
+    caplog.set_level(logging.INFO)
+    try:
+        raise RuntimeError("a bug")
+    except RuntimeError:
+        app.log_exception(request)
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.getMessage() == "Exception on /predict [POST]" and record.exc_info[0] is RuntimeError

@@ -94,8 +94,8 @@ def replay_bundle(bundle: ModelBundle, cases: list[SeriesCase] | CasesToRead, co
     Series fan out over ``engine`` (``training.fanout``) with all of a series' cases in one task.
     With :class:`CasesToRead`, each batch's worker reads its series' rows and builds their
     cases (:func:`gate_cases`) itself. Only the columns the gate's scores read come back, and
-    only the rows of ``predictors`` if given (the champion's baselines repeat the candidate's:
-    its replay keeps prealert's rows alone, 40 % of the gate's memory on 2,000 series).
+    only the rows of ``predictors`` if given (the champion's baselines repeat the candidate's,
+    so its replay keeps prealert's rows alone).
     """
     by_series: dict[str, list[SeriesCase] | list[str]] = {}
     read = None

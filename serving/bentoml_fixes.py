@@ -101,41 +101,41 @@ def log_client_errors_briefly(request: Any, exc_info: Any = True) -> None:
     upstream_log_exception(request, exc_info)
 
 
-def _install_brief_client_errors() -> bool:
+def _replace(module_name: str, attr: str, ours: Any, left: str) -> tuple[bool, Any]:
+    """Put ``ours`` in place of ``module_name.attr``: (done, what was there before, if it was not
+    ours already). A BentoML without that module or name is left as it is, with a warning naming
+    what stays (``left``)."""
+    import importlib
+
     try:
-        from _bentoml_impl.server import app
+        module = importlib.import_module(module_name)
     except ImportError:
-        logger.warning("BentoML has no _bentoml_impl.server.app; client errors keep their tracebacks")
-        return False
-    if not hasattr(app, "log_exception"):
-        logger.warning("BentoML's app module has no log_exception; client errors keep their tracebacks")
-        return False
-    global upstream_log_exception
-    if app.log_exception is not log_client_errors_briefly:
-        upstream_log_exception = app.log_exception
-        app.log_exception = log_client_errors_briefly
-    return True
+        logger.warning("BentoML has no %s; %s", module_name, left)
+        return False, None
+    if not hasattr(module, attr):
+        logger.warning("BentoML's %s has no %s; %s", module_name, attr, left)
+        return False, None
+    before = getattr(module, attr)
+    if before is ours:
+        return True, None
+    setattr(module, attr, ours)
+    return True, before
 
 
 def install() -> bool:
-    """Make BentoML build its apps with ``PromptTimeoutMiddleware``; False when left alone (idempotent)."""
+    """Make BentoML build its apps with ``PromptTimeoutMiddleware`` and log a client's error in one
+    line; False when the timeout fix was left alone (idempotent)."""
     if os.environ.get(FIXES_ENV, "").strip().lower() in {"off", "0", "false", "no"}:
-        logger.info("%s is off: BentoML's TimeoutMiddleware stays", FIXES_ENV)
+        logger.info("%s is off: BentoML's TimeoutMiddleware and error logging stay", FIXES_ENV)
         return False
-    try:
-        from bentoml._internal.server.http import traffic
-    except ImportError:  # a BentoML without this module: nothing to replace
-        logger.warning("BentoML has no _internal.server.http.traffic; its request timeout is left as is")
-        return False
-    if not hasattr(traffic, "TimeoutMiddleware"):
-        logger.warning("BentoML has no TimeoutMiddleware to replace; its request timeout is left as is")
-        return False
-    global upstream_timeout_middleware
-    if traffic.TimeoutMiddleware is not PromptTimeoutMiddleware:
-        upstream_timeout_middleware = traffic.TimeoutMiddleware
-        traffic.TimeoutMiddleware = PromptTimeoutMiddleware
-    _install_brief_client_errors()
-    return True
+    global upstream_timeout_middleware, upstream_log_exception
+    done, before = _replace("bentoml._internal.server.http.traffic", "TimeoutMiddleware",
+                            PromptTimeoutMiddleware, "its request timeout is left as is")
+    upstream_timeout_middleware = before or upstream_timeout_middleware
+    _, before = _replace("_bentoml_impl.server.app", "log_exception", log_client_errors_briefly,
+                         "client errors keep their tracebacks")
+    upstream_log_exception = before or upstream_log_exception
+    return done
 
 
 install()

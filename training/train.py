@@ -386,7 +386,9 @@ def holdout_calibrations(model: SeriesForecaster, trial: SeriesForecaster, ts: n
     """Probability calibrations and alarm levels from the trial model's replay of the holdout.
 
     ``previous``: the served (champion) model's calibrations of this series by horizon; each
-    new alarm level is shrunk toward that one by the holdout's evidence (:func:`smoothed_alarm`).
+    new alarm level is shrunk toward that one by the holdout's evidence (:func:`smoothed_alarm`);
+    :func:`train_bundle` then pools the run's levels per metric kind
+    (``StoredForecasters.pool_alarm_levels``) and shrinks each toward its kind's pool as well.
 
     The thresholds the operator will use are unknown here: pool quantiles of the training
     history in both directions (P90, P95, P99 above; P10, P5, P1 below). The replay checks

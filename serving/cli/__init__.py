@@ -93,14 +93,14 @@ def train(
         with writing_registry("prealert train") as (client, notes):
             for note in notes:
                 typer.echo(note)
-            # alarm levels are shrunk toward the champion's, as `prealert retrain` does, so a
-            # version promoted by hand does not swing them either
+            # alarm levels are shrunk toward their metric kind's pool and the champion's, as
+            # `prealert retrain` does, so a version promoted by hand does not swing them either
             serving = champion_version(client)
             champion = load_champion(staging_dir() / "champion", series="lazy") if serving else None
             previous = served_calibrations(champion, set(series[s.SERIES_ID].unique()))
-            if previous:
-                typer.echo(f"alarm levels of {len(previous)} series shrunk toward champion "
-                           f"v{serving}'s")
+            typer.echo(f"alarm levels of {len(previous)} series shrunk toward champion v{serving}'s and "
+                       "their metric kind's pooled level" if previous else
+                       "alarm levels shrunk toward their metric kind's pooled level (no champion)")
             with run_with_progress() as progress:  # the MLflow run shows progress while it trains
                 result = train_bundle(series, config, progress=progress, verbose=verbose,
                                       previous=previous)

@@ -472,7 +472,7 @@ def _driver_order(items: list[_Item], changes: np.ndarray) -> list[list[int]]:
     once (a series with a NaN change is ranked by ``sorted`` itself, whose order NaN decides)."""
     sign = np.array([1.0 if it.query.direction == "above" else -1.0 for it in items])
     push = sign[:, None] * changes
-    ranked = np.argsort(-sign[:, None] * changes, axis=1, kind="stable")
+    ranked = np.argsort(-push, axis=1, kind="stable")
     keep = np.take_along_axis(push > 0, ranked, axis=1)
     out = [[i for i, k in zip(r, kk, strict=True) if k] for r, kk in zip(ranked.tolist(), keep.tolist(),
                                                                             strict=True)]

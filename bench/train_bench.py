@@ -1,7 +1,8 @@
 """Training cost on synthetic 1-minute series end to end: feature job + `prealert retrain`, local and Ray.
 
 Run: ``uv run python bench/train_bench.py [--series 10000] [--days 14] [--n-jobs 2]
-[--engines local,ray] [--reference 100] [--what retrain|train]``. Generates ``--series`` seeded
+[--engines local,ray] [--first-engine ray] [--reference 100] [--what retrain|train]``.
+Generates ``--series`` seeded
 series (10 pod metrics per workload; a workday office-hour peak, a quieter weekend, a trend, an
 AR(1) wander and noise). ``--what retrain`` (default), per engine: writes them as a raw export
 100 series at a time (never all in memory), runs the feature job, then
@@ -192,11 +193,36 @@ class Phases:
         return out
 
 
-def run_retrain(label: str, n: int, days: float, config: TrainConfig, cores: int) -> dict:
+@contextlib.contextmanager
+def engine_session(engine: str, n_jobs: int):
+    """A local Ray of ``n_jobs`` CPUs for the Ray engine (its start timed and printed), shut down
+    after; nothing for the local pool."""
+    if engine != "ray":
+        yield
+        return
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    # Ray renices its workers to 15; on a shared machine that measures the neighbours
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    import ray
+
+    began = time.perf_counter()
+    ray.init(num_cpus=n_jobs, include_dashboard=False, logging_level="error", log_to_driver=False)
+    print(f"ray.init: {time.perf_counter() - began:.1f} s", flush=True)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def run_retrain(label: str, n: int, days: float, config: TrainConfig, cores: int,
+                first_config: TrainConfig | None = None) -> dict:
     """The scheduled job end to end, twice: the feature job on a raw export, then ``retrain`` for
     the window ending an hour before the newest data (no champion yet: promoted by hand if the
     gate keeps it out), then ``retrain`` for the whole window, which replays candidate and champion.
     End to end = the feature job + that second ("nightly") run; CPU seconds of the process tree.
+    ``first_config`` (default ``config``) trains the first run: with the other engine, the two
+    runs' training phases (the same series, the window 59 minutes apart) compare the engines at a
+    scale where running the whole job twice per engine would not fit in a session.
     The export is written 100 series at a time, the feature job runs in a child process, and
     ``retrain`` reads its folder (its workers read their own series): this process never holds
     every row.
@@ -228,24 +254,28 @@ def run_retrain(label: str, n: int, days: float, config: TrainConfig, cores: int
         features_s, features_cpu_s = time.perf_counter() - began, tree_cpu_seconds() - cpu
         features_peak, overall = rss.peak, max(overall, rss.peak)
         newest = SeriesFile.of(f"{tmp}/features").newest()
-        first = Phases()
-        retrain(f"{tmp}/features", RetrainConfig(until=newest - timedelta(minutes=59), train=config),
-                echo=first)
-        first("done")
+        first_config = first_config or config
+        first = Phases(rss)
+        with engine_session(first_config.engine, first_config.n_jobs):
+            retrain(f"{tmp}/features",
+                    RetrainConfig(until=newest - timedelta(minutes=59), train=first_config), echo=first)
+            first("done")
         with writing_registry("bench") as (client, _):
             if champion_version(client) is None:
                 set_champion(client, "1", "bench: the first version, so the next run replays a champion")
-        overall = max(overall, rss.peak)
+        overall = max([overall, rss.peak, *first.peaks])
         second = Phases(rss)
-        outcome = retrain(f"{tmp}/features", RetrainConfig(train=config), echo=second)
-        second("done")
+        with engine_session(config.engine, config.n_jobs):
+            outcome = retrain(f"{tmp}/features", RetrainConfig(train=config), echo=second)
+            second("done")
         overall = max([overall, rss.peak, *second.peaks])
         nightly = second.seconds()
         wall = features_s + nightly["retrain_s"]
         cpu = features_cpu_s + nightly["retrain_cpu_s"]
     out = {
         "label": label, "series": n, "features_s": round(features_s, 1),
-        "features_cpu_s": round(features_cpu_s, 1), "first_run": first.seconds(), "nightly_run": nightly,
+        "features_cpu_s": round(features_cpu_s, 1),
+        "first_run": {"engine": first_config.engine, **first.seconds()}, "nightly_run": nightly,
         "nightly_status": outcome.status, "counts": outcome.counts,
         "end_to_end_s": round(wall, 1), "series_per_s_per_core": round(n / wall / cores, 4),
         "end_to_end_cpu_s_per_series": round(cpu / n, 3),
@@ -262,6 +292,8 @@ def main() -> None:
     parser.add_argument("--days", type=float, default=14.0)
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument("--engines", default="local,ray")
+    parser.add_argument("--first-engine", choices=("local", "ray"),
+                        help="the engine of the first (champion-making) run; default each engine's own")
     parser.add_argument("--reference", type=int, default=100, help="series fitted with the settings before")
     parser.add_argument("--what", default="retrain", choices=("retrain", "train"),
                         help="retrain: feature job + two scheduled runs end to end; train: train_bundle only")
@@ -277,23 +309,13 @@ def main() -> None:
           flush=True)
     results = []
     for engine in args.engines.split(","):
-        if engine == "ray":
-            os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-            # Ray renices its workers to 15; on a shared machine that measures the neighbours
-            os.environ.setdefault("RAY_worker_niceness", "0")
-            import ray
-
-            began = time.perf_counter()
-            ray.init(num_cpus=args.n_jobs, include_dashboard=False, logging_level="error",
-                     log_to_driver=False)
-            print(f"ray.init: {time.perf_counter() - began:.1f} s", flush=True)
-        try:
-            config = TrainConfig(engine=engine, n_jobs=args.n_jobs)
-            results.append(run_retrain(engine, args.series, args.days, config, args.n_jobs)
-                           if args.what == "retrain" else run(engine, series, config, args.n_jobs))
-        finally:
-            if engine == "ray":
-                ray.shutdown()
+        config = TrainConfig(engine=engine, n_jobs=args.n_jobs)
+        if args.what == "retrain":
+            first = TrainConfig(engine=args.first_engine, n_jobs=args.n_jobs) if args.first_engine else None
+            results.append(run_retrain(engine, args.series, args.days, config, args.n_jobs, first))
+        else:
+            with engine_session(engine, args.n_jobs):
+                results.append(run(engine, series, config, args.n_jobs))
     if args.reference:  # the first series generated: the same values as in the export
         subset = synthetic_series(min(args.reference, args.series), args.days)
         results.append(run("before", subset, TrainConfig(n_jobs=args.n_jobs, forecaster=BEFORE,

@@ -41,9 +41,9 @@ from training.predict import MIN_ERROR_PATHS
 from training.threshold import (
     CACHED_ELEMENTS,
     DEFAULT_ALARM,
+    TIMING_FLOOR,
     UNBOUNDED,
     AlertRule,
-    TIMING_FLOOR,
     ProbabilityCalibration,
     TimingEvidence,
     clip_to_range,

@@ -660,15 +660,18 @@ MIN_TIMED_CROSSINGS = 10
 class TimingEvidence:
     """A replay's crossing-time errors, kept so the quantile can be chosen under any alarm level.
 
-    At each check whose crossing came within H and whose calibrated probability reached
-    :data:`TIMING_FLOOR`: that probability (descending) and the running sums of the absolute
-    errors of the :data:`TIMING_LEVELS` quantiles (minutes) down to it. The alarm level is
-    settled only after a training run pools its series' choices; the quantile is then chosen
-    under the level served (:meth:`best`), as the backtest chooses it.
+    Over the checks whose crossing came within H and whose calibrated probability reached
+    :data:`TIMING_FLOOR`, per distinct probability (descending): how many checks reached it and
+    the running sums of the absolute errors of the :data:`TIMING_LEVELS` quantiles (minutes)
+    over them. A probability is a share of the paths, so there are at most as many rows as paths
+    plus one, however long the replay. The alarm level is settled only after a training run
+    pools its series' choices; the quantile is then chosen under the level served
+    (:meth:`best`), as the backtest chooses it.
     """
 
-    probability: np.ndarray  # (n,) calibrated, descending
-    errors: np.ndarray  # (n, len(TIMING_LEVELS)) cumulative absolute errors in that order
+    probability: np.ndarray  # (m,) distinct calibrated probabilities, descending
+    counts: np.ndarray  # (m,) the checks at or above each
+    errors: np.ndarray  # (m, len(TIMING_LEVELS)) their summed absolute errors per quantile
 
     @classmethod
     def of(cls, probability: np.ndarray, when: np.ndarray, truth: np.ndarray,
@@ -678,16 +681,18 @@ class TimingEvidence:
         probability = np.asarray(probability, dtype=np.float64)
         keep = (probability >= floor) & np.isfinite(truth) & np.isfinite(when).all(axis=1)
         order = np.argsort(-probability[keep], kind="stable")
-        err = np.abs(when[keep] - truth[keep, None])[order]
-        return cls(probability[keep][order], np.cumsum(err, axis=0))
+        p = probability[keep][order]
+        summed = np.cumsum(np.abs(when[keep] - truth[keep, None])[order], axis=0)
+        last = np.flatnonzero(np.append(p[1:] != p[:-1], p.size > 0))  # each probability's last
+        return cls(p[last], last + 1, summed[last])
 
     def best(self, alarm: float, default: float = 0.5) -> float:
         """The quantile of least absolute error over the checks warned at ``alarm`` (the
         ``default`` with fewer than :data:`MIN_TIMED_CROSSINGS` of them)."""
-        n = int(np.count_nonzero(self.probability >= alarm))
-        if n < MIN_TIMED_CROSSINGS:
+        at = int(np.count_nonzero(self.probability >= alarm))
+        if at == 0 or self.counts[at - 1] < MIN_TIMED_CROSSINGS:
             return default
-        return float(TIMING_LEVELS[int(np.argmin(self.errors[n - 1]))])
+        return float(TIMING_LEVELS[int(np.argmin(self.errors[at - 1]))])
 
 
 def shrunk_toward_pools(calibrations, previous=None, timing=None

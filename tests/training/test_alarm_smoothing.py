@@ -277,6 +277,7 @@ def test_the_crossing_time_quantile_is_chosen_under_the_level_served():
     runs = {"a/disk_pct": {60.0: chosen(0.2, 10.0)}, "b/disk_pct": {60.0: chosen(0.8, 10.0)}}
     evidence = two_regimes()
     assert (evidence.best(0.2), evidence.best(0.35), evidence.best(0.95)) == (0.2, 0.8, 0.5)
+    assert list(evidence.counts) == [10, 40]  # one row per distinct probability, not per check
     smoothed, _ = shrunk_toward_pools(runs, timing={"a/disk_pct": {60.0: evidence}})
     a = smoothed["a/disk_pct"][60.0]
     assert a.alarm == pytest.approx(0.35) and a.timing == 0.8  # not the 0.2 its own level chose

@@ -300,12 +300,14 @@ class StoredForecasters(Mapping):
             json.dump(state, f)
         self._recent.pop(sid, None)
 
-    def pool_alarm_levels(self, previous=None) -> dict:
+    def pool_alarm_levels(self, previous=None, timing=None) -> dict:
         """Shrink every series' alarm levels toward its previous model's and its metric kind's
-        pooled level in this run (:func:`training.threshold.shrunk_toward_pools`), in place;
-        returns the pools as the manifest records them: ``{kind: {horizon: PooledAlarm dict}}``."""
+        pooled level in this run (:func:`training.threshold.shrunk_toward_pools`), choosing each
+        crossing-time quantile under the level served from ``timing`` (per series, its holdout's
+        ``TimingEvidence`` by horizon), in place; returns the pools as the manifest records
+        them: ``{kind: {horizon: PooledAlarm dict}}``."""
         fitted = {sid: self.calibrations_of(sid) for sid in self}
-        smoothed, pools = shrunk_toward_pools(fitted, previous)
+        smoothed, pools = shrunk_toward_pools(fitted, previous, timing)
         for sid, calibrations in smoothed.items():
             if calibrations != fitted[sid]:  # a file rewritten only when a level moved
                 self.set_calibrations(sid, calibrations)

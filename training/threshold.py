@@ -647,7 +647,55 @@ def smoothed_alarm(new: ProbabilityCalibration, previous: ProbabilityCalibration
                    alarm_pooled=pooled.level if used_pool else None)
 
 
-def shrunk_toward_pools(calibrations, previous=None
+#: the crossing-time quantiles a replay chooses the answer's crossing time from
+TIMING_LEVELS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+#: the lowest alarm level a replay chooses (and so any level smoothed from such choices): a
+#: replay's timing evidence keeps the checks at or above it
+TIMING_FLOOR = 0.1
+#: the fewest warned crossings a replay chooses a crossing-time quantile on (else the median)
+MIN_TIMED_CROSSINGS = 10
+
+
+@dataclass(frozen=True, eq=False)
+class TimingEvidence:
+    """A replay's crossing-time errors, kept so the quantile can be chosen under any alarm level.
+
+    Over the checks whose crossing came within H and whose calibrated probability reached
+    :data:`TIMING_FLOOR`, per distinct probability (descending): how many checks reached it and
+    the running sums of the absolute errors of the :data:`TIMING_LEVELS` quantiles (minutes)
+    over them. A probability is a share of the paths, so there are at most as many rows as paths
+    plus one, however long the replay. The alarm level is settled only after a training run
+    pools its series' choices; the quantile is then chosen under the level served
+    (:meth:`best`), as the backtest chooses it.
+    """
+
+    probability: np.ndarray  # (m,) distinct calibrated probabilities, descending
+    counts: np.ndarray  # (m,) the checks at or above each
+    errors: np.ndarray  # (m, len(TIMING_LEVELS)) their summed absolute errors per quantile
+
+    @classmethod
+    def of(cls, probability: np.ndarray, when: np.ndarray, truth: np.ndarray,
+           floor: float = TIMING_FLOOR) -> TimingEvidence:
+        """From the calibrated ``probability`` (n,), the quantiles ``when`` (n, levels) and the
+        true minutes ``truth`` (n,; NaN: no crossing within H) at the replay's checks."""
+        probability = np.asarray(probability, dtype=np.float64)
+        keep = (probability >= floor) & np.isfinite(truth) & np.isfinite(when).all(axis=1)
+        order = np.argsort(-probability[keep], kind="stable")
+        p = probability[keep][order]
+        summed = np.cumsum(np.abs(when[keep] - truth[keep, None])[order], axis=0)
+        last = np.flatnonzero(np.append(p[1:] != p[:-1], p.size > 0))  # each probability's last
+        return cls(p[last], last + 1, summed[last])
+
+    def best(self, alarm: float, default: float = 0.5) -> float:
+        """The quantile of least absolute error over the checks warned at ``alarm`` (the
+        ``default`` with fewer than :data:`MIN_TIMED_CROSSINGS` of them)."""
+        at = int(np.count_nonzero(self.probability >= alarm))
+        if at == 0 or self.counts[at - 1] < MIN_TIMED_CROSSINGS:
+            return default
+        return float(TIMING_LEVELS[int(np.argmin(self.errors[at - 1]))])
+
+
+def shrunk_toward_pools(calibrations, previous=None, timing=None
                         ) -> tuple[dict, dict[tuple[str, float], PooledAlarm]]:
     """Every series' alarm levels shrunk toward its previous model's and its kind's pooled level.
 
@@ -655,16 +703,23 @@ def shrunk_toward_pools(calibrations, previous=None
     them, smoothed or not); ``previous``: the served model's, likewise (missing series: none).
     The pools are taken over the run's own choices (:meth:`ProbabilityCalibration.own_choice`)
     per :func:`metric_kind` and horizon; returns the smoothed calibrations and the pools.
+    ``timing``: per series id, its replay's :class:`TimingEvidence` by horizon; each smoothed
+    calibration's crossing-time quantile is then chosen under the level it serves (without
+    evidence the quantile stands as fitted).
     """
-    previous = previous or {}
+    previous, timing = previous or {}, timing or {}
     own = {sid: {float(h): c.own_choice() for h, c in cs.items()} for sid, cs in calibrations.items()}
     pools = pooled_alarm_levels((metric_kind(sid), h, c) for sid, cs in own.items()
                                 for h, c in cs.items())
     out = {}
     for sid, cs in own.items():
-        before = previous.get(sid) or {}
-        out[sid] = {h: smoothed_alarm(c, before.get(h), pooled=pools.get((metric_kind(sid), h)))
-                    for h, c in cs.items()}
+        before, evidence = previous.get(sid) or {}, timing.get(sid) or {}
+        out[sid] = {}
+        for h, c in cs.items():
+            served = smoothed_alarm(c, before.get(h), pooled=pools.get((metric_kind(sid), h)))
+            if h in evidence:  # the crossing time as it is answered under the served level
+                served = replace(served, timing=evidence[h].best(served.alarm))
+            out[sid][h] = served
     return out, pools
 
 

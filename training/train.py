@@ -26,10 +26,10 @@ from training.bundle import ModelBundle, StoredDetectors, StoredForecasters
 from training.evaluation.replay import (
     TIMING_LEVELS,
     ReplayOutcome,
-    best_timing,
     calibrate_on_replay,
     rolling_corrections,
     rolling_origin_errors,
+    timing_evidence,
     true_minutes,
 )
 from training.fanout import ENGINES, Progress, SeriesTimeLimit, fan_out, time_limit
@@ -41,9 +41,11 @@ from training.predict import MIN_ERROR_PATHS
 from training.threshold import (
     CACHED_ELEMENTS,
     DEFAULT_ALARM,
+    TIMING_FLOOR,
     UNBOUNDED,
     AlertRule,
     ProbabilityCalibration,
+    TimingEvidence,
     clip_to_range,
     crossing_time_quantiles,
     first_crossings,
@@ -197,25 +199,23 @@ def fingerprint(series: pl.DataFrame | SeriesFile) -> str:
     return digest.hexdigest()
 
 
-def _read_members(batch: Sequence[tuple[str, tuple[list[str], dict]]], source: SeriesFile
-                  ) -> list[tuple[str, tuple[list[tuple[str, pl.DataFrame]], dict]]]:
+def _read_members(batch: Sequence[tuple[str, list[str]]], source: SeriesFile
+                  ) -> list[tuple[str, list[tuple[str, pl.DataFrame]]]]:
     """In a worker: the rows of every series of a batch of entities' tasks, read at once."""
-    rows = source.rows([sid for _, (sids, _) in batch for sid in sids],
+    rows = source.rows([sid for _, sids in batch for sid in sids],
                        (s.SERIES_ID, s.TS, s.VALUE))
     by_id = rows.partition_by(s.SERIES_ID, as_dict=True)
-    return [(entity, ([(sid, by_id[(sid,)].select(s.TS, s.VALUE).sort(s.TS)) for sid in sids],
-                      previous))
-            for entity, (sids, previous) in batch]
+    return [(entity, [(sid, by_id[(sid,)].select(s.TS, s.VALUE).sort(s.TS)) for sid in sids])
+            for entity, sids in batch]
 
 
-def _fit_guarded(sid: str, frame: pl.DataFrame, config: TrainConfig,
-                 previous: dict | None = None) -> dict:
+def _fit_guarded(sid: str, frame: pl.DataFrame, config: TrainConfig) -> dict:
     """:func:`_fit_one` under the per-series time limit; a fit that raises or runs past it is
     served by the linear fallback, the reason recorded. Adds the wall and CPU seconds it took."""
     wall, cpu = time.perf_counter(), _cpu_seconds()
     try:
         with time_limit(config.series_time_limit_seconds):
-            out = _fit_one(sid, frame, config, previous=previous)
+            out = _fit_one(sid, frame, config)
     except SeriesTimeLimit:
         out = {"error": f"ran past the time limit of {config.series_time_limit_seconds:g} s"}
     if "error" in out:
@@ -228,16 +228,14 @@ def _fit_guarded(sid: str, frame: pl.DataFrame, config: TrainConfig,
     return out
 
 
-def _fit_entity(entity: str, task: tuple[list[tuple[str, pl.DataFrame]], dict],
+def _fit_entity(entity: str, members: list[tuple[str, pl.DataFrame]],
                 config: TrainConfig) -> dict:
     """Every series of one entity (:func:`_fit_guarded`), then the entity's anomaly detector on
-    their residual z-scores, in one task: the residuals never leave the worker. ``task`` is the
-    entity's ``(sid, frame)`` members and the served model's calibrations of those series
-    (see :func:`train_bundle`).
+    their residual z-scores, in one task: the residuals never leave the worker. ``members``:
+    the entity's ``(sid, frame)`` pairs.
     """
     _warm_up()
-    members, previous = task
-    outcomes = [_fit_guarded(sid, frame, config, previous.get(sid)) for sid, frame in members]
+    outcomes = [_fit_guarded(sid, frame, config) for sid, frame in members]
     seen = _seen(frame for _, frame in members)
     fitted = [o for o in outcomes if "error" not in o]
     detector = error = None
@@ -314,10 +312,13 @@ def _cpu_seconds() -> float:
 
 
 def _fit_one(sid: str, frame: pl.DataFrame, config: TrainConfig,
-             fallback_reason: str | None = None, previous: dict | None = None) -> dict:
+             fallback_reason: str | None = None) -> dict:
     """Backtest a fresh model on the holdout, then fit the served model on all history.
 
-    With a ``fallback_reason``, both are the linear fallback, which records that reason.
+    With a ``fallback_reason``, both are the linear fallback, which records that reason. The
+    holdout's :class:`~training.threshold.TimingEvidence` per horizon goes back as
+    ``timing_evidence`` (:func:`train_bundle` chooses each crossing-time quantile from it once
+    the alarm levels are pooled).
     """
     def fit(part: pl.DataFrame) -> SeriesForecaster:
         model = SeriesForecaster(**config.forecaster)
@@ -336,14 +337,15 @@ def _fit_one(sid: str, frame: pl.DataFrame, config: TrainConfig,
             linear_window_minutes=config.predict_linear_window_minutes,
         )
         model = fit(frame)
+        timing: dict[float, TimingEvidence] = {}
         errors["error_paths_from"] = use_holdout_errors(model, trial, frame, holdout_start,
-                                                        config.alert_rule, previous)
+                                                        config.alert_rule, timing)
         if errors["error_paths_from"] != "holdout" and fallback_reason is None:
             model.learn_in_sample_errors(frame)
         clean = frame.drop_nulls(s.VALUE)
         expected = model.expected(clean[s.TS].to_numpy())
         z = (clean[s.VALUE].to_numpy() - expected) / max(model.sigma_, 1e-9)
-        return {"sid": sid, "model": model, "errors": errors,
+        return {"sid": sid, "model": model, "errors": errors, "timing_evidence": timing,
                 "residual_z": pl.DataFrame({s.TS: clean[s.TS], sid: z})}
     except Exception as exc:  # one bad series never sinks the batch
         return {"sid": sid, "error": f"{type(exc).__name__}: {exc}"}
@@ -351,11 +353,12 @@ def _fit_one(sid: str, frame: pl.DataFrame, config: TrainConfig,
 
 def use_holdout_errors(model: SeriesForecaster, trial: SeriesForecaster, frame: pl.DataFrame,
                        holdout_start, rule: AlertRule | None = None,
-                       previous: dict | None = None) -> str:
+                       timing: dict | None = None) -> str:
     """Give the served model the errors the trial model made on the holdout (out of sample).
 
     In-sample residuals understate what a deployed model gets wrong; the holdout replay is what
     the scheduled job would have seen. Falls back to the in-sample paths with too short a holdout.
+    ``timing`` (if given) receives the holdout's timing evidence (:func:`holdout_calibrations`).
     """
     if model.kind_ != "prophet" or trial.kind_ != "prophet":
         return "none (linear fallback)"
@@ -371,7 +374,7 @@ def use_holdout_errors(model: SeriesForecaster, trial: SeriesForecaster, frame: 
     model.calibrations_ = holdout_calibrations(model, trial, ts, part[s.VALUE].fill_null(np.nan)
                                                .to_numpy(), frame.filter(pl.col(s.TS) < holdout_start),
                                                rule or AlertRule(), expected=expected,
-                                               previous=previous)
+                                               timing=timing)
     return "holdout"
 
 
@@ -382,13 +385,14 @@ CALIBRATION_HORIZONS = (30, 60, 120, 240, 360)
 def holdout_calibrations(model: SeriesForecaster, trial: SeriesForecaster, ts: np.ndarray,
                          y: np.ndarray, history: pl.DataFrame, rule: AlertRule,
                          expected: np.ndarray | None = None,
-                         previous: dict[float, ProbabilityCalibration] | None = None) -> dict:
+                         timing: dict[float, TimingEvidence] | None = None) -> dict:
     """Probability calibrations and alarm levels from the trial model's replay of the holdout.
 
-    ``previous``: the served (champion) model's calibrations of this series by horizon; each
-    new alarm level is shrunk toward that one by the holdout's evidence (:func:`smoothed_alarm`);
-    :func:`train_bundle` then pools the run's levels per metric kind
-    (``StoredForecasters.pool_alarm_levels``) and shrinks each toward its kind's pool as well.
+    Each level is the replay's own choice, not smoothed here: :func:`train_bundle` smooths it
+    once, toward its metric kind's pool in the run and the served (champion) model's level
+    (``StoredForecasters.pool_alarm_levels``), and chooses the crossing-time quantile under the
+    level that result serves, from the ``timing`` evidence this fills per horizon (the quantile
+    stored here is the one for the replay's own level).
 
     The thresholds the operator will use are unknown here: pool quantiles of the training
     history in both directions (P90, P95, P99 above; P10, P5, P1 below). The replay checks
@@ -411,16 +415,18 @@ def holdout_calibrations(model: SeriesForecaster, trial: SeriesForecaster, ts: n
     calibrations = {}
     for h in horizons:
         calibration = calibrate_on_replay(replays[h], DEFAULT_ALARM, rule=rule,
-                                          checks_per_outcome=h / (every * model.step_minutes_),
-                                          previous=(previous or {}).get(float(h)))
+                                          checks_per_outcome=h / (every * model.step_minutes_))
         if calibration.n_fitted:
             calibrations[h] = calibration
-    timings = holdout_timings(y, expected, corrections, idx, model.step_minutes_, paths, targets,
-                              {h: replays[h] for h in calibrations}, calibrations, bounds)
+    evidence = holdout_timings(y, expected, corrections, idx, model.step_minutes_, paths, targets,
+                               {h: replays[h] for h in calibrations}, calibrations, bounds)
+    if timing is not None:
+        timing.update({float(h): e for h, e in evidence.items()})
     ups = [thr for thr, d in targets if d == "above"]
     downs = [thr for thr, d in targets if d == "below"]
     return {float(h): dataclasses.replace(calibration, above=(min(ups), max(ups)),
-                                          below=(min(downs), max(downs)), timing=timings[h])
+                                          below=(min(downs), max(downs)),
+                                          timing=evidence[h].best(calibration.alarm))
             for h, calibration in calibrations.items()}
 
 
@@ -428,12 +434,15 @@ def holdout_timings(y: np.ndarray, expected: np.ndarray, corrections: tuple[np.n
                     idx: np.ndarray, step: float, paths: np.ndarray,
                     targets: list[tuple[float, str]], outcomes: dict[float, list[ReplayOutcome]],
                     calibrations: dict[float, ProbabilityCalibration],
-                    bounds: tuple[float, float]) -> dict[float, float]:
-    """The crossing-time quantile an answer gives at each horizon, chosen on the holdout as the
-    backtest chooses it (:func:`~training.evaluation.replay.best_timing`).
+                    bounds: tuple[float, float]) -> dict[float, TimingEvidence]:
+    """The holdout's timing evidence at each horizon (:func:`~training.evaluation.replay.
+    timing_evidence`): its :meth:`~training.threshold.TimingEvidence.best` under an alarm level
+    is the crossing-time quantile the backtest chooses (:func:`~training.evaluation.replay.
+    best_timing`) under that level.
 
-    The paths' crossing times are worked out only at the checks it reads, those that warned
-    (calibrated probability at the alarm level) of a crossing that came within H, and once per
+    The paths' crossing times are worked out only at the checks it reads, those whose
+    calibrated probability reached :data:`~training.threshold.TIMING_FLOOR` (the lowest level
+    any smoothing serves) of a crossing that came within H, and once per
     check and target for every horizon: a shorter horizon's paths are a prefix of the longest
     one's, so a path crosses within H exactly when its first crossing over the longest comes
     before H (the same answers as :func:`replay_probabilities` at each horizon, tested).
@@ -445,7 +454,7 @@ def holdout_timings(y: np.ndarray, expected: np.ndarray, corrections: tuple[np.n
         at[h] = idx[idx + n_h < y.size]  # the checks ``outcomes[h]`` are aligned with
         calibration = calibrations[h]
         warned[h] = [o.live & o.crossed & (calibration.apply(np.nan_to_num(o.probability))
-                                           >= calibration.alarm) for o in outcomes[h]]
+                                           >= TIMING_FLOOR) for o in outcomes[h]]
     timed = {h: [] for h in outcomes}
     for i, (threshold, direction) in enumerate(targets):
         mine = [h for h in outcomes if warned[h][i].any()]
@@ -470,7 +479,7 @@ def holdout_timings(y: np.ndarray, expected: np.ndarray, corrections: tuple[np.n
                                                     TIMING_LEVELS)
                 truth[hit] = true_minutes(y, at[h][hit], n_h, step, threshold, direction == "above")
             timed[h].append(dataclasses.replace(o, when=when, true_minutes=truth))
-    return {h: best_timing(timed[h], calibrations[h]) for h in outcomes}
+    return {h: timing_evidence(timed[h], calibrations[h]) for h in outcomes}
 
 
 def holdout_outcomes(y: np.ndarray, expected: np.ndarray, idx: np.ndarray, step: float,
@@ -541,8 +550,9 @@ def train_bundle(series: pl.DataFrame | SeriesFile, config: TrainConfig | None =
     if None; ``workdir`` must outlive the bundle): the bundle's forecasters and detectors are
     read from there when asked for, so memory does not grow with the number of series.
     ``previous`` holds the served model's calibrations per series and horizon
-    (:func:`training.retrain.served_calibrations`): each alarm level is smoothed toward its
-    series' one.
+    (:func:`training.retrain.served_calibrations`): each alarm level is smoothed, once, toward
+    its series' one and its metric kind's pool in this run, and the crossing-time quantile
+    chosen under the level served (``StoredForecasters.pool_alarm_levels``).
     """
     config = config or TrainConfig()
     spool = Path(tempfile.mkdtemp(prefix="prealert-train-") if workdir is None else workdir)
@@ -564,10 +574,8 @@ def train_bundle(series: pl.DataFrame | SeriesFile, config: TrainConfig | None =
         entities.setdefault(s.split_series_id(sid)[0], []).append(sid)
     items = sorted(entities.items())
     previous = previous or {}
-    # each task: its members (rows, or ids a worker reads) and its own series' calibrations only
-    tasks = [(entity, ([groups[sid] for sid in sids],
-                       {sid: previous[sid] for sid in sids if sid in previous}))
-             for entity, sids in items]
+    # each task: its members (rows, or ids a worker reads)
+    tasks = [(entity, [groups[sid] for sid in sids]) for entity, sids in items]
     done = fan_out(partial(_fit_entity, config=config), tasks, engine=config.engine,
                    n_jobs=config.n_jobs, batch_size=config.batch_size, verbose=verbose,
                    progress=progress, sizes=[len(sids) for _, sids in items],
@@ -587,8 +595,10 @@ def train_bundle(series: pl.DataFrame | SeriesFile, config: TrainConfig | None =
         if out["detector"] is None and out["detector_error"] is not None:
             log.warning("entity %s got no anomaly detector: %s", entity, out["detector_error"])
 
-    # every alarm level shrunk toward its previous one and its metric kind's pool in this run
-    alarm_pools = stored.pool_alarm_levels(previous)
+    # every alarm level shrunk toward its previous one and its metric kind's pool in this run,
+    # each crossing-time quantile chosen under the level served
+    timing = {o["sid"]: o.pop("timing_evidence") for o in fitted if o.get("timing_evidence")}
+    alarm_pools = stored.pool_alarm_levels(previous, timing)
     manifest = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "step": _step_of([out["steps"] for out in done]),

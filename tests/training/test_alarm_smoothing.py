@@ -25,9 +25,11 @@ from training.retrain import RetrainConfig, retrain
 from training.threshold import (
     PRIOR_ALARM_OUTCOMES,
     PRIOR_POOL_OUTCOMES,
+    TIMING_LEVELS,
     AlertRule,
     PooledAlarm,
     ProbabilityCalibration,
+    TimingEvidence,
     metric_kind,
     shrunk_toward_pools,
     smoothed_alarm,
@@ -250,10 +252,8 @@ def test_pools_weigh_each_series_by_its_crossings_and_stay_within_a_kind_and_hor
 def test_a_champion_and_the_pool_together_and_a_repeat_is_idempotent():
     runs = {"a/disk_pct": {60.0: chosen(0.2, 10.0)}, "b/disk_pct": {60.0: chosen(0.6, 10.0)}}
     champion = {"a/disk_pct": {60.0: chosen(0.9, 20.0, 0.0)}}
-    # the workers smooth toward the champion first; the run's pool is taken from the own choices
-    workers = {sid: {h: smoothed_alarm(c, champion.get(sid, {}).get(h)) for h, c in cs.items()}
-               for sid, cs in runs.items()}
-    smoothed, pools = shrunk_toward_pools(workers, champion)
+    # the workers' own choices (not smoothed): one smoothing, toward the pool and the champion
+    smoothed, pools = shrunk_toward_pools(runs, champion)
     assert pools["disk_pct", 60.0].level == pytest.approx(0.4)
     a, b = smoothed["a/disk_pct"][60.0], smoothed["b/disk_pct"][60.0]
     estimate = (10 * 0.2 + 10 * 0.4) / 20  # pooled with its kind, then smoothed over time
@@ -261,6 +261,31 @@ def test_a_champion_and_the_pool_together_and_a_repeat_is_idempotent():
     assert b.alarm == pytest.approx((10 * 0.6 + 10 * 0.4) / 20, abs=1e-4)
     assert (a.alarm_previous, b.alarm_previous) == (0.9, None)
     assert shrunk_toward_pools(smoothed, champion)[0] == smoothed
+
+
+def two_regimes() -> TimingEvidence:
+    """A replay whose confident warnings (P 0.9) crossed late (80 min) and whose doubtful ones
+    (P 0.3), three times as many, early (20 min): warned at 0.2 the P20 answers best, warned
+    at 0.35 or above the P80."""
+    p = np.array([0.9] * 10 + [0.3] * 30)
+    truth = np.array([80.0] * 10 + [20.0] * 30)
+    when = np.tile(np.array(TIMING_LEVELS) * 100, (p.size, 1))
+    return TimingEvidence.of(p, when, truth)
+
+
+def test_the_crossing_time_quantile_is_chosen_under_the_level_served():
+    runs = {"a/disk_pct": {60.0: chosen(0.2, 10.0)}, "b/disk_pct": {60.0: chosen(0.8, 10.0)}}
+    evidence = two_regimes()
+    assert (evidence.best(0.2), evidence.best(0.35), evidence.best(0.95)) == (0.2, 0.8, 0.5)
+    assert list(evidence.counts) == [10, 40]  # one row per distinct probability, not per check
+    smoothed, _ = shrunk_toward_pools(runs, timing={"a/disk_pct": {60.0: evidence}})
+    a = smoothed["a/disk_pct"][60.0]
+    assert a.alarm == pytest.approx(0.35) and a.timing == 0.8  # not the 0.2 its own level chose
+    assert smoothed["b/disk_pct"][60.0].timing == 0.5  # no evidence: as fitted
+    # a smoothing that keeps the own level keeps its quantile
+    alone, _ = shrunk_toward_pools({"a/disk_pct": runs["a/disk_pct"]},
+                                   timing={"a/disk_pct": {60.0: evidence}})
+    assert (alone["a/disk_pct"][60.0].alarm, alone["a/disk_pct"][60.0].timing) == (0.2, 0.2)
 
 
 GOLDEN = Path(__file__).resolve().parents[2] / "data" / "sample" / "golden_bundle"
@@ -281,7 +306,7 @@ def test_pooled_levels_survive_bundle_save_and_load_and_the_answer_names_them(tm
             for h in horizons}
         stored.add(sid, json.dumps(model.to_dict(with_prophet=False)), model.prophet_json())
     champion = {"shop/jvm_heap_pct": {h: chosen(0.9, 20.0, 0.0) for h in horizons}}
-    pools = stored.pool_alarm_levels(champion)
+    pools = stored.pool_alarm_levels(champion, {"shop/jvm_heap_pct": {60.0: two_regimes()}})
     pool = (10 * 0.2 + 30 * 0.8) / 40
     assert pools["jvm_heap_pct"][f"{horizons[0]:g}"] == {"level": pool, "outcomes": 40.0,
                                                          "n_series": 2}
@@ -295,6 +320,7 @@ def test_pooled_levels_survive_bundle_save_and_load_and_the_answer_names_them(tm
     want = (10 * estimate + PRIOR_ALARM_OUTCOMES * 0.9) / (10 + PRIOR_ALARM_OUTCOMES)
     assert shop.alarm == pytest.approx(want, abs=1e-4)
     assert (shop.alarm_chosen, shop.alarm_previous, shop.alarm_pooled) == (0.2, 0.9, pool)
+    assert shop.timing == 0.8  # chosen under the served level (0.66), not its own (0.2)
     cart = loaded.forecasters["cart/jvm_heap_pct"].calibration_for(60)
     assert cart.alarm == pytest.approx((30 * 0.8 + 10 * pool) / 40, abs=1e-4)
     assert loaded.forecasters["shop/apdex"].calibration_for(60).alarm == 0.5  # nothing to pull

@@ -11,7 +11,12 @@ import polars as pl
 import pytest
 
 from features import schema as s
-from training.evaluation.replay import calibrate_on_replay, replay_outcomes, rolling_corrections
+from training.evaluation.replay import (
+    best_timing,
+    calibrate_on_replay,
+    replay_outcomes,
+    rolling_corrections,
+)
 from training.fanout import batches_of
 from training.forecast import prophet_map
 from training.forecast.forecaster import SeriesForecaster
@@ -139,13 +144,18 @@ def test_training_chooses_the_crossing_time_quantile_as_the_backtest_does(seed):
     horizons = [30, 60, 120]  # every horizon's crossing times from one walk of the longest
     fast = holdout_outcomes(y, expected, idx, step, horizons, paths, targets)
     calibrations = {h: calibrate_on_replay(fast[h], DEFAULT_ALARM) for h in horizons}
-    got = holdout_timings(y, expected, corrections, idx, step, paths, targets, fast, calibrations,
-                          bounds)
+    evidence = holdout_timings(y, expected, corrections, idx, step, paths, targets, fast,
+                               calibrations, bounds)
+    got = {h: evidence[h].best(calibrations[h].alarm) for h in horizons}
     for h in horizons:
         full = replay_outcomes(y, expected, idx, step, h, paths, targets, bounds)
         assert calibrate_on_replay(full, DEFAULT_ALARM) == dataclasses.replace(calibrations[h],
                                                                               timing=got[h])
         chosen.add(got[h])
+        # and under any level a smoothing may serve, as the backtest would choose it there
+        for alarm in (0.15, 0.35, 0.8):
+            served = dataclasses.replace(calibrations[h], alarm=alarm)
+            assert evidence[h].best(alarm) == best_timing(full, served)
     assert chosen != {0.5}  # the replay chose another quantile than the median somewhere
 
 

@@ -19,9 +19,12 @@ from training.forecast.correction import WINDOW_MINUTES as CORRECTION_WINDOW
 from training.forecast.correction import damped, error_paths, rolling_corrections
 from training.forecast.forecaster import SeriesForecaster
 from training.threshold import (
+    TIMING_FLOOR,
+    TIMING_LEVELS,
     UNBOUNDED,
     AlertRule,
     ProbabilityCalibration,
+    TimingEvidence,
     clip_to_range,
     crossing_distribution,
     first_crossing_index,
@@ -193,9 +196,9 @@ def calibrate_on_replay(outcomes: list[ReplayOutcome], default_alarm: float,
     under ``rule``) on ``alarm_on`` (one target's outcomes) or, without it, on all targets'
     outcomes together; with ``tune_alarm`` off it stays ``default_alarm``. The crossing-time
     quantile (:func:`best_timing`) is chosen on the same outcomes when they carry crossing
-    times (:func:`replay_outcomes`); else the median stands. The chosen alarm level is then
-    shrunk toward the ``previous`` model's calibration at this horizon (:func:`smoothed_alarm`),
-    so a retrain on a day of few crossings does not swing it.
+    times (:func:`replay_outcomes`), under the served level; else the median stands. The chosen
+    alarm level is first shrunk toward the ``previous`` model's calibration at this horizon
+    (:func:`smoothed_alarm`), so a retrain on a day of few crossings does not swing it.
     """
     p_raw = np.concatenate([o.probability[o.live] for o in outcomes])
     crossed = np.concatenate([o.crossed[o.live] for o in outcomes])
@@ -211,13 +214,26 @@ def calibrate_on_replay(outcomes: list[ReplayOutcome], default_alarm: float,
             evidence = crossed / max(checks_per_outcome, 1.0)
     calibration = dataclasses.replace(calibration, alarm=alarm, for_minutes=for_minutes,
                                       alarm_outcomes=round(evidence, 2))
+    if tune_alarm:
+        calibration = smoothed_alarm(calibration, previous)
+    # chosen under the level it serves with
     timing = best_timing([alarm_on] if alarm_on is not None else outcomes, calibration)
-    calibration = dataclasses.replace(calibration, timing=timing)
-    return smoothed_alarm(calibration, previous) if tune_alarm else calibration
+    return dataclasses.replace(calibration, timing=timing)
 
 
-#: the crossing-time quantiles a replay chooses the answer's crossing time from
-TIMING_LEVELS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+def timing_evidence(outcomes: list[ReplayOutcome], calibration: ProbabilityCalibration,
+                    floor: float = TIMING_FLOOR) -> TimingEvidence:
+    """The replay's :class:`TimingEvidence` under ``calibration``: its crossed checks whose
+    calibrated probability reached ``floor``, in the outcomes' order (those without crossing
+    times are skipped)."""
+    timed = [o for o in outcomes if o.when is not None]
+    if not timed:
+        return TimingEvidence.of(np.zeros(0), np.zeros((0, len(TIMING_LEVELS))), np.zeros(0))
+    p = np.concatenate([np.where(o.live & o.crossed,
+                                 calibration.apply(np.nan_to_num(o.probability)), -1.0)
+                        for o in timed])
+    return TimingEvidence.of(p, np.concatenate([o.when for o in timed]),
+                             np.concatenate([o.true_minutes for o in timed]), floor)
 
 
 def best_timing(outcomes: list[ReplayOutcome], calibration: ProbabilityCalibration,
@@ -226,20 +242,10 @@ def best_timing(outcomes: list[ReplayOutcome], calibration: ProbabilityCalibrati
 
     Least mean absolute error of minutes over the checks whose crossing came within H and whose
     calibrated probability reached the alarm level (the answers an operator acts on); the
-    ``default`` with fewer than :data:`MIN_CROSSINGS_FOR_OWN_ALARM` such checks.
+    ``default`` with fewer than :data:`MIN_TIMED_CROSSINGS` such checks.
     """
-    err, n = np.zeros(len(TIMING_LEVELS)), 0
-    for o in outcomes:
-        if o.when is None:
-            continue
-        hit = o.live & o.crossed & (calibration.apply(np.nan_to_num(o.probability))
-                                    >= calibration.alarm)
-        hit &= np.isfinite(o.when).all(axis=1)
-        err += np.abs(o.when[hit] - o.true_minutes[hit, None]).sum(axis=0)
-        n += int(hit.sum())
-    if n < MIN_CROSSINGS_FOR_OWN_ALARM:
-        return default
-    return float(TIMING_LEVELS[int(np.argmin(err))])
+    return timing_evidence(outcomes, calibration, calibration.alarm).best(calibration.alarm,
+                                                                          default)
 
 
 #: among alert settings whose F1 on the replay is within this share of the best, take the quietest
@@ -434,6 +440,9 @@ def replay_steps(case: SeriesCase, config: ReplayConfig, served: dict | None = N
                 calibration = smoothed_alarm(
                     calibration, served_before.get(h) if config.smooth_alarm else None,
                     pooled=pooled if config.pool_alarm else None)
+                # the crossing-time quantile chosen under the level served, as training does
+                calibration = dataclasses.replace(calibration, timing=best_timing(
+                    [own] if own is not None else outcomes, calibration))
             # the paths and the calibration as the service reads them back from a bundle
             model.error_paths_, model.calibrations_ = paths, {float(h): calibration}
             with tempfile.TemporaryDirectory(prefix="prealert-replay-") as tmp:

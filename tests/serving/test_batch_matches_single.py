@@ -441,3 +441,24 @@ def test_a_batch_leaves_the_garbage_collector_as_it_found_it(bundle):
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_the_batch_caches_let_a_replaced_models_entries_go():
+    """The per-model caches of the batch (keyed by identity) drop a model's entries when the model is
+    freed (a hot reload), so a new model at the same address never reads the old one's facts."""
+    import gc
+    import weakref
+
+    import training.predict_many as pm
+
+    golden = ModelBundle.load(ROOT / "data" / "sample" / "golden_bundle")
+    (answer,) = predict_many(golden, [Query(HEAP, 95.0, "above", 240)])
+    assert not isinstance(answer, Exception), answer
+    sid = answer.series_id
+    key, alive = id(golden.forecasters[sid]), weakref.ref(golden.forecasters[sid])
+    assert key in pm._FACTS and key in pm._PARAMS and key in pm._CALENDARS
+    del golden, answer
+    pm._RECENT_LAYOUTS.clear()  # the last few batches' layouts hold their models (and so the entries)
+    gc.collect()
+    assert alive() is None
+    assert key not in pm._FACTS and key not in pm._PARAMS and key not in pm._CALENDARS

@@ -258,8 +258,13 @@ class HttpEdge:
 
     def __init__(self, app: Callable, models: dict[str, tuple[type, type]] | None = None,
                  api_paths: tuple[str, ...] = API_PATHS, max_body: int | None = None,
-                 routes: dict[str, tuple[str, type, list[dict]]] | None = None):
+                 routes: dict[str, tuple[str, type, list[dict]]] | None = None,
+                 body_readers: tuple[str, ...] = ()):
         self.app = app
+        #: APIs that read the body from the scope (``BODY_KEY``): BentoML gets an empty one, else
+        #: it parses the whole body into the API's empty input model only to drop it (~2-4 ms of a
+        #: 1,000-series /predict_batch)
+        self.body_readers = body_readers
         self.models = models or {}
         self.routes = routes or {}
         self.api_paths = api_paths
@@ -342,7 +347,7 @@ class HttpEdge:
             await _answer(send, 413, error_json(413, self._too_large()))
             return
         scope[BODY_KEY] = body  # an API may read the body as it came (see service.predict_batch)
-        await self._reshaping(scope, _replay(body, receive), send)
+        await self._reshaping(scope, _replay(b"" if path in self.body_readers else body, receive), send)
 
     def _too_large(self) -> str:
         return f"request body is larger than {self.max_body} bytes (the server's {MAX_BODY_ENV})"

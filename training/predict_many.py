@@ -174,15 +174,27 @@ def _origin_offsets(rule: AlertRule) -> tuple[int, ...]:
                  for k in range(rule.lookback_checks, -1, -1))
 
 
-_FACTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+class _PerModel(dict):
+    """A cache keyed by a model's identity whose entry goes when the model does (a weak-keyed
+    dictionary makes a weak reference on every lookup: ~1 us, three lookups an item of a batch)."""
+
+    def put(self, model, value):
+        key = id(model)
+        if key not in self:  # dropped as the model is freed, before its id can be reused
+            weakref.finalize(model, self.pop, key, None)
+        self[key] = value
+        return value
+
+
+_FACTS = _PerModel()
 
 
 def _horizon_facts(model, horizon_minutes: float, alert_rule: AlertRule) -> tuple | None:
     """What a model answers a horizon with: steps, calibration, the alert rule and its checks'
     offsets (None when the one-series path must answer it); cached per model and horizon."""
-    facts = _FACTS.get(model)
+    facts = _FACTS.get(id(model))
     if facts is None:
-        facts = _FACTS[model] = {}
+        facts = _FACTS.put(model, {})
     found = facts.get(horizon_minutes)
     if found is None or found[0] != alert_rule:
         if model.kind_ != "prophet" or getattr(model, "point_model_", None) is None:
@@ -242,22 +254,22 @@ class _PointParams:
     beta: np.ndarray  # every seasonality's coefficients, in term order
 
 
-_PARAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PARAMS = _PerModel()
 _LAST_CP, _K, _M, _Y_SCALE, _FLOOR = range(5)
 
 
 def _params(model) -> _PointParams:
-    found = _PARAMS.get(model)
+    found = _PARAMS.get(id(model))
     if found is None:
         pm = model.point_model_
         terms = pm.seasonalities
         cp = pm.changepoints_t
-        found = _PARAMS[model] = _PointParams(
+        found = _PARAMS.put(model, _PointParams(
             (model.timezone, model.holidays_country,
              tuple((t.name, t.period, t.fourier_order, t.condition_name, t.mode) for t in terms)),
             (pm.start_ns, pm.t_scale_ns),
             (cp[-1] if cp.size else -np.inf, pm._k_after[-1], pm._m_after[-1], pm.y_scale, pm.floor),
-            np.concatenate([t.beta for t in terms]) if terms else np.zeros(0))
+            np.concatenate([t.beta for t in terms]) if terms else np.zeros(0)))
     return found
 
 
@@ -768,13 +780,13 @@ def _prediction(it: _Item, j: int, t: dict[str, list], crossed: bool, outcome: t
 
 
 def _calendar(model) -> str:
-    found = _CALENDARS.get(model)
+    found = _CALENDARS.get(id(model))
     if found is None:
-        found = _CALENDARS[model] = calendar_of(model)
+        found = _CALENDARS.put(model, calendar_of(model))
     return found
 
 
-_CALENDARS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_CALENDARS = _PerModel()
 
 
 def _note(model, cal, threshold: float, direction: str) -> str:

@@ -380,3 +380,85 @@ def test_a_predictor_runs_blas_on_one_thread_unless_the_environment_chose(bundle
         monkeypatch.delenv("OMP_NUM_THREADS")
         Predictor(bundle)
         assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"} == {1}
+
+
+def test_the_batch_json_is_the_same_with_orjson_and_with_pydantic(bundle, monkeypatch):
+    """The batch writes its answer with orjson; pydantic's writer (its fallback) gives the same bytes
+    for a mixed batch of answers and errors (fails if either writer's output drifts)."""
+    import serving.predictor as predictor_module
+
+    body = json.dumps({"items": mixed_items()}).encode()
+    fast = Predictor(bundle).predict_batch_json(body)
+
+    class NoOrjson:
+        OPT_UTC_Z = 0
+
+        @staticmethod
+        def dumps(*args, **kwargs):
+            raise TypeError("orjson refused")
+
+    monkeypatch.setattr(predictor_module, "orjson", NoOrjson)
+    assert Predictor(bundle).predict_batch_json(body) == fast
+    assert {r["status"] for r in json.loads(fast)["results"]} == {200, 400, 404}
+
+
+def test_the_json_writer_writes_every_kind_of_value_as_pydantic_does():
+    from datetime import UTC, datetime, timezone
+
+    import pydantic_core
+
+    from serving.predictor import write_json
+
+    values = [0.1, -0.0, 1e-05, 1.5e-7, 1e16, 1e20, 2.5e15, 5e-324, 123456789.123456789, 90, -3, True, None,
+              float("nan"), float("inf"), -float("inf"), "plain", "é ü 漢字 😀", "quote \" back \\ slash",
+              "control \x00 \x1f \t \n \r", "\u2028 \u2029 </script>",
+              datetime(2026, 10, 15, 0, 30, tzinfo=UTC), datetime(2026, 10, 15, 0, 30, 0, 500000, tzinfo=UTC),
+              datetime(2026, 10, 15, 0, 30, 0, 123),
+              datetime(2026, 10, 15, 9, 30, tzinfo=timezone(timedelta(hours=9))),
+              [], {}, [{"nested": [1.25, None, "x"]}]]
+    doc = {"values": values, "by_key": {str(i): v for i, v in enumerate(values)}}
+    assert write_json(doc) == pydantic_core.to_json(doc, inf_nan_mode="null")
+    # values orjson does not take fall back to pydantic's writer, whole
+    for odd in (np.float64(1.5), 2**70):
+        assert write_json({"x": odd, "y": [1.0]}) == pydantic_core.to_json({"x": odd, "y": [1.0]},
+                                                                           inf_nan_mode="null")
+
+
+def test_a_batch_leaves_the_garbage_collector_as_it_found_it(bundle):
+    import gc
+
+    predictor = Predictor(bundle)
+    body = json.dumps({"items": mixed_items()}).encode()
+    assert gc.isenabled()
+    predictor.predict_batch_json(body)
+    assert gc.isenabled()
+    with pytest.raises(ValueError):
+        predictor.predict_batch_json(b"not json")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        predictor.predict_batch_json(body)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_the_batch_caches_let_a_replaced_models_entries_go():
+    """The per-model caches of the batch (keyed by identity) drop a model's entries when the model is
+    freed (a hot reload), so a new model at the same address never reads the old one's facts."""
+    import gc
+    import weakref
+
+    import training.predict_many as pm
+
+    golden = ModelBundle.load(ROOT / "data" / "sample" / "golden_bundle")
+    (answer,) = predict_many(golden, [Query(HEAP, 95.0, "above", 240)])
+    assert not isinstance(answer, Exception), answer
+    sid = answer.series_id
+    key, alive = id(golden.forecasters[sid]), weakref.ref(golden.forecasters[sid])
+    assert key in pm._FACTS and key in pm._PARAMS and key in pm._CALENDARS
+    del golden, answer
+    pm._RECENT_LAYOUTS.clear()  # the last few batches' layouts hold their models (and so the entries)
+    gc.collect()
+    assert alive() is None
+    assert key not in pm._FACTS and key not in pm._PARAMS and key not in pm._CALENDARS

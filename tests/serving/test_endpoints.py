@@ -25,6 +25,28 @@ def error(response) -> dict:
     return ErrorResponse.model_validate_json(response.content).error.model_dump()
 
 
+def test_bentoml_is_not_handed_the_batch_body_to_parse(client, monkeypatch):
+    """/predict_batch reads the body the edge kept; BentoML's input model gets an empty one (it
+    would parse the whole body only to drop it); /predict still gets its body."""
+    from serving.service import PreAlert
+
+    seen: dict[str, list] = {}
+    for name in ("predict_batch", "predict"):
+        spec = PreAlert.apis[name].input_spec
+        original = spec.model_validate_json
+
+        def recording(data, *args, _name=name, _original=original, **kwargs):
+            seen.setdefault(_name, []).append(bytes(data))
+            return _original(data, *args, **kwargs)
+
+        monkeypatch.setattr(spec, "model_validate_json", recording)
+    r = client.post("/predict_batch", json={"items": [{"series_id": HEAP}] * 3})
+    assert r.status_code == 200 and r.json()["answered"] == 3, r.text
+    assert client.post("/predict", json={"series_id": HEAP}).status_code == 200
+    assert seen["predict_batch"] == [b"{}"]
+    assert seen["predict"] == [b'{"series_id":"' + HEAP.encode() + b'"}']
+
+
 def test_a_batch_answers_good_items_and_gives_bad_ones_their_own_error(client):
     items = [{"series_id": HEAP, "threshold": 68}, {"series_id": "nope/x"},
              {"series_id": APDEX, "direction": "up"}, {"rule": "apdex", "labels": {"service": "golden-app"}},

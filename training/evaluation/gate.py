@@ -12,8 +12,8 @@ import polars as pl
 
 from features import schema as s
 from training.bundle import ModelBundle
-from training.evaluation.metrics import Tally, merged, score, tally
-from training.evaluation.replay import PREALERT, ReplayConfig, SeriesCase, replay_given
+from training.evaluation.metrics import Tally, merged, score, tally_columns
+from training.evaluation.replay import PREALERT, ReplayConfig, SeriesCase, given_columns
 from training.evaluation.sources import cases_from_series
 from training.fanout import fan_out
 from training.train import SeriesFile
@@ -188,14 +188,13 @@ def _replay_cases(sid: str, payload, rule, replay, predictors: tuple[str, ...] |
     found, errors = [], {}
     for case in cases:
         try:
-            frame = replay_given(case, model, rule, replay)
+            answered = given_columns(case, model, rule, replay, predictors)
         except (ValueError, KeyError) as exc:
             errors[case.name] = f"{type(exc).__name__}: {exc}"
             continue
-        if predictors is not None:
-            frame = frame.filter(pl.col("predictor").is_in(predictors)) if frame.height else frame
-        for (predictor, h), g in frame.group_by(["predictor", "horizon"]) if frame.height else ():
-            found.append((case.name, predictor, h, tally(g, replay.every_minutes)))
+        for predictor, h, columns in answered:  # scored from the arrays: no frame is built
+            found.append((case.name, predictor, h, tally_columns(
+                columns, h, replay.every_minutes, intervals="earliest" in columns)))
     return found, errors
 
 

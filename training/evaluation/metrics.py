@@ -38,9 +38,11 @@ def episode_metrics(g: pl.DataFrame, horizon: float, every: float) -> dict:
     warnings none of whose times saw a crossing within H is one false alarm.
     """
     g = g.sort("ts")
-    ts = g["ts"].to_numpy()
-    warn = g["warn"].to_numpy()
-    truth = g["true_minutes"].to_numpy()
+    return _episodes(g["ts"].to_numpy(), g["warn"].to_numpy(), g["true_minutes"].to_numpy(), every)
+
+
+def _episodes(ts: np.ndarray, warn: np.ndarray, truth: np.ndarray, every: float) -> dict:
+    """:func:`episode_metrics` of checks in time order."""
     crossing_at = ts + (np.nan_to_num(truth) * 60e6).astype("timedelta64[us]")
     gap = np.diff(ts, prepend=ts[:1]) > np.timedelta64(int(every * 60e6 * 1.5), "us")
     episodes, sustained, leads = 0, 0, []
@@ -142,30 +144,46 @@ _ADDED = ("tp", "fp", "fn", "error_sum", "errors", "episodes", "sustained", "fal
 
 def tally(g: pl.DataFrame, every: float) -> Tally:
     """One series' checks for one predictor and horizon (``g``), as :func:`summarize` counts them."""
-    truth = g["true_minutes"].fill_null(np.nan).to_numpy()
+    columns = {c: g[c].fill_null(np.nan).to_numpy() if g[c].dtype.is_float() else g[c].to_numpy()
+               for c in ("ts", "warn", "true_minutes", "minutes", "earliest", "latest", "probability")
+               if c in g.columns}
+    onsets = g if "onset_minutes" in g.columns else None
+    return tally_columns(columns, float(g["horizon"][0]), every,
+                         "earliest" in g.columns and g["earliest"].is_not_null().any(), onsets)
+
+
+def tally_columns(columns: dict[str, np.ndarray], horizon: float, every: float,
+                  intervals: bool = False, onsets: pl.DataFrame | None = None) -> Tally:
+    """:func:`tally` of one series' checks given as arrays (no frame is built: the gate's replay).
+
+    ``columns``: ``ts``, ``warn``, ``true_minutes`` (NaN: no crossing within H), and if the
+    predictor answers them ``minutes``, and with ``intervals`` ``earliest``, ``latest`` and
+    ``probability``; ``onsets``: the rows with ``onset_minutes``, if any.
+    """
+    order = np.argsort(columns["ts"], kind="stable")
+    truth = columns["true_minutes"][order]
     crosses = ~np.isnan(truth)
-    warn = g["warn"].to_numpy()
+    warn = columns["warn"][order]
     hits = warn & crosses
     t = Tally(tp=int(hits.sum()), fp=int((warn & ~crosses).sum()), fn=int((~warn & crosses).sum()))
-    if "minutes" in g.columns and t.tp:
-        err = np.abs(g["minutes"].fill_null(np.nan).to_numpy()[hits] - truth[hits])
+    if "minutes" in columns and t.tp:
+        err = np.abs(columns["minutes"][order][hits] - truth[hits])
         err = err[~np.isnan(err)]
         t.error_sum, t.errors = float(err.sum()), int(err.size)
-    h = float(g["horizon"][0])
-    e = episode_metrics(g, h, every)
+    e = _episodes(columns["ts"][order], warn, truth, every)
     t.episodes, t.sustained, t.false_alarms, t.days = (e["episodes"], e["sustained"],
                                                        e["false_alarms"], e["days"])
-    if "onset_minutes" in g.columns:
-        o = onset_metrics(g, h, every)
+    if onsets is not None:
+        o = onset_metrics(onsets, horizon, every)
         t.onsets, t.onsets_warned, t.onsets_sustained = o["onsets"], o["warned"], o["sustained"]
         t.leads, t.warning_lengths = np.array(o["leads"]), np.array(o["warning_lengths"])
-    if "earliest" in g.columns and g["earliest"].is_not_null().any():
+    if intervals:
         t.intervals = True
-        lo = g["earliest"].fill_nan(np.inf).fill_null(np.inf).to_numpy()[crosses]
-        hi = g["latest"].fill_nan(np.inf).fill_null(np.inf).to_numpy()[crosses]
+        inf = lambda c: np.where(np.isnan(v := columns[c][order][crosses]), np.inf, v)  # noqa: E731
+        lo, hi, when = inf("earliest"), inf("latest"), truth[crosses]
         t.crossing_checks = int(crosses.sum())
-        t.covered = int(((lo <= truth[crosses]) & (truth[crosses] <= hi)).sum())
-        p = g["probability"].to_numpy()
+        t.covered = int(((lo <= when) & (when <= hi)).sum())
+        p = columns["probability"][order]
         which = np.clip(np.digitize(p, np.linspace(0, 1, RELIABILITY_BINS + 1)[1:-1]), 0,
                         RELIABILITY_BINS - 1)
         t.bin_checks = np.bincount(which, minlength=RELIABILITY_BINS)

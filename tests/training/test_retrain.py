@@ -123,6 +123,25 @@ def test_gate_reading_the_series_file_in_its_workers_judges_as_from_memory(bundl
         assert "champion on common" in set(memory.scores["model"])
 
 
+def test_gate_scores_tallied_in_its_workers_are_the_summary_of_its_replay_rows(bundles, series,
+                                                                              gate_start):
+    """The gate keeps tallies, never the replay's rows: its scores are `summarize` of those rows
+    (the figures `prealert evaluate` reports), up to the order of float sums."""
+    from training.evaluation.gate import gate_cases
+    from training.evaluation.metrics import summarize
+    from training.evaluation.replay import replay_given
+
+    good = bundles["good"]
+    cases = gate_cases(series, set(good.forecasters), gate_start, GATE)
+    rows = pl.concat([f for c in cases if (f := replay_given(
+        c, good.forecasters[c.name.rsplit(" ", 2)[0]], good.alert_rule, GATE.replay())).height],
+        how="diagonal_relaxed")
+    keys = ["predictor", "horizon"]
+    gate = judge(good, None, series, gate_start, GATE).scores.drop("model")
+    assert_frame_equal(gate.sort(keys), summarize(rows, GATE.every_minutes).sort(keys),
+                       rel_tol=1e-12, abs_tol=1e-12)
+
+
 @pytest.mark.slow
 def test_gate_worse_is_kept(bundles, series, gate_start):
     d = judge(bundles["coarse"], bundles["good"], series, gate_start, GATE)

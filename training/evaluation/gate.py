@@ -12,8 +12,8 @@ import polars as pl
 
 from features import schema as s
 from training.bundle import ModelBundle
-from training.evaluation.metrics import summarize
-from training.evaluation.replay import PREALERT, ReplayConfig, SeriesCase, replay_given
+from training.evaluation.metrics import Tally, merged, score, tally_columns
+from training.evaluation.replay import PREALERT, ReplayConfig, SeriesCase, given_columns
 from training.evaluation.sources import cases_from_series
 from training.fanout import fan_out
 from training.train import SeriesFile
@@ -88,14 +88,15 @@ def gate_cases(series: pl.DataFrame, series_ids: set[str], window_start: datetim
 
 def replay_bundle(bundle: ModelBundle, cases: list[SeriesCase] | CasesToRead, config: GateConfig,
                   skipped: dict[str, str], engine: str = "local", n_jobs: int = 1,
-                  predictors: tuple[str, ...] | None = None) -> pl.DataFrame:
-    """The bundle's answers on every case it has a model for; a failing case goes to ``skipped``.
+                  predictors: tuple[str, ...] | None = None) -> Replayed:
+    """The bundle's answers on every case it has a model for, scored; a failing case goes to ``skipped``.
 
     Series fan out over ``engine`` (``training.fanout``) with all of a series' cases in one task.
     With :class:`CasesToRead`, each batch's worker reads its series' rows and builds their
-    cases (:func:`gate_cases`) itself. Only the columns the gate's scores read come back, and
-    only the rows of ``predictors`` if given (the champion's baselines repeat the candidate's,
-    so its replay keeps prealert's rows alone).
+    cases (:func:`gate_cases`) itself. Each worker scores its cases as it replays them
+    (:func:`~training.evaluation.metrics.tally`): only those tallies come back, never the
+    rows, so the gate's memory does not grow with the checks replayed. ``predictors`` (if
+    given) limits them (the champion's baselines repeat the candidate's).
     """
     by_series: dict[str, list[SeriesCase] | list[str]] = {}
     read = None
@@ -112,13 +113,48 @@ def replay_bundle(bundle: ModelBundle, cases: list[SeriesCase] | CasesToRead, co
         else:
             skipped.update({c.name: f"KeyError: {sid!r}" for c in mine})
     task = partial(_replay_cases, rule=bundle.alert_rule, replay=config.replay(), predictors=predictors)
-    frames = []
+    replayed = Replayed()
     # each model read (a lazily loaded bundle: from its file) as its batch is sent, then dropped
     for found, errors in fan_out(task, items, engine=engine, n_jobs=n_jobs,
                                  load=lambda sid, mine: (mine, bundle.forecasters[sid]), read=read):
-        frames += found
+        replayed.add(found)
         skipped.update(errors)
-    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+    return replayed
+
+
+@dataclass
+class Replayed:
+    """A bundle's replay, scored: prealert's tallies per case (the gate compares models on the
+    cases both answered), every other predictor's summed over the cases."""
+
+    prealert: dict[tuple[str, int], Tally] = field(default_factory=dict)  # (case, horizon)
+    others: dict[tuple[str, int], Tally] = field(default_factory=dict)  # (predictor, horizon)
+
+    def add(self, found: list[tuple[str, str, int, Tally]]) -> None:
+        for case, predictor, h, t in found:
+            if predictor == PREALERT:
+                self.prealert[case, h] = t
+            else:
+                self.others[predictor, h] = merged(self.others.get((predictor, h)), t)
+
+    @property
+    def cases(self) -> set[str]:
+        return {case for case, _ in self.prealert}
+
+    def is_empty(self) -> bool:
+        return not self.prealert and not self.others
+
+    def summary(self, cases: set[str] | None = None) -> pl.DataFrame:
+        """:func:`~training.evaluation.metrics.summarize` of the replay's rows (prealert's on
+        ``cases`` alone if given, and then no other predictor)."""
+        by_horizon: dict[int, list[Tally]] = {}
+        for (case, h), t in self.prealert.items():
+            if cases is None or case in cases:
+                by_horizon.setdefault(h, []).append(t)
+        rows = [{"predictor": PREALERT, "horizon": h, **score(ts)} for h, ts in by_horizon.items()]
+        if cases is None:
+            rows += [{"predictor": p, "horizon": h, **score([t])} for (p, h), t in self.others.items()]
+        return pl.DataFrame(rows).sort(["predictor", "horizon"]) if rows else pl.DataFrame()
 
 
 @dataclass
@@ -144,32 +180,27 @@ def _read_cases(batch, source: CasesToRead) -> list:
             for sid, (leave_out, model) in batch]
 
 
-#: what :func:`~training.evaluation.metrics.summarize` reads of a replay's frame
-SCORED_COLUMNS = ("series", "ts", "horizon", "predictor", "warn", "true_minutes", "onset_minutes",
-                  "minutes", "earliest", "latest", "probability")
-
-
-def _replay_cases(sid: str, payload, rule, replay,
-                  predictors: tuple[str, ...] | None = None) -> tuple[list[pl.DataFrame], dict[str, str]]:
-    """One series' cases replayed by its model (in a worker): frames, and errors by case."""
+def _replay_cases(sid: str, payload, rule, replay, predictors: tuple[str, ...] | None = None
+                  ) -> tuple[list[tuple[str, str, int, Tally]], dict[str, str]]:
+    """One series' cases replayed by its model and scored (in a worker): per case, predictor and
+    horizon its :class:`~training.evaluation.metrics.Tally`; and errors by case."""
     cases, model = payload
-    frames, errors = [], {}
+    found, errors = [], {}
     for case in cases:
         try:
-            frame = replay_given(case, model, rule, replay)
+            answered = given_columns(case, model, rule, replay, predictors)
         except (ValueError, KeyError) as exc:
             errors[case.name] = f"{type(exc).__name__}: {exc}"
             continue
-        if frame.height:
-            # only what the scores read travels back and is held until every series is in
-            frame = frame.select(c for c in SCORED_COLUMNS if c in frame.columns)
-            if predictors is not None:
-                frame = frame.filter(pl.col("predictor").is_in(predictors))
-            frames.append(frame)
-    return frames, errors
+        for predictor, h, columns in answered:  # scored from the arrays: no frame is built
+            found.append((case.name, predictor, h, tally_columns(
+                columns, h, replay.every_minutes, intervals="earliest" in columns)))
+    return found, errors
 
 
 def _at(scores: pl.DataFrame, predictor: str, h: int) -> dict:
+    if scores.is_empty():
+        return {}
     rows = scores.filter((pl.col("predictor") == predictor) & (pl.col("horizon") == h))
     return rows.row(0, named=True) if rows.height else {}
 
@@ -200,8 +231,7 @@ def judge(candidate: ModelBundle, champion: ModelBundle | None, series: pl.DataF
     mine = replay_bundle(candidate, cases, config, skipped, engine, n_jobs)
     if mine.is_empty():
         return GateDecision(False, "the candidate answered no check in the gate window", skipped=skipped)
-    every = config.every_minutes
-    scores = summarize(mine, every).with_columns(pl.lit("candidate").alias("model"))
+    scores = mine.summary().with_columns(pl.lit("candidate").alias("model"))
     reasons = []
     for h in config.horizons:
         me = _at(scores, PREALERT, h)
@@ -227,17 +257,15 @@ def judge(candidate: ModelBundle, champion: ModelBundle | None, series: pl.DataF
     else:
         common = [c for c in cases if c.name.rsplit(" ", 2)[0] in theirs and c.name not in skipped]
         names = [c.name for c in common]
-    theirs_rows = replay_bundle(champion, common, config, skipped, engine, n_jobs, predictors=(PREALERT,))
-    if theirs_rows.is_empty():
+    champ = replay_bundle(champion, common, config, skipped, engine, n_jobs, predictors=(PREALERT,))
+    if champ.is_empty():
         return GateDecision(True, "the champion answered no check in the window (step or horizon "
                                   "it cannot serve); beats predict_linear: " + _f1s(scores, config),
                             scores, skipped)
     # (read by the workers, the champion replayed only common cases: every name it answered)
-    answered = set(theirs_rows["series"].unique())
+    answered = champ.cases
     names = sorted(answered if names is None else set(names) & answered)
-    pair = {m: summarize(rows.filter(pl.col("series").is_in(names)
-                                     & (pl.col("predictor") == PREALERT)), every)
-            for m, rows in (("candidate", mine), ("champion", theirs_rows))}
+    pair = {m: replayed.summary(set(names)) for m, replayed in (("candidate", mine), ("champion", champ))}
     scores = pl.concat([scores, *(v.with_columns(pl.lit(f"{m} on common").alias("model"))
                                   for m, v in pair.items())], how="diagonal_relaxed")
     said = []

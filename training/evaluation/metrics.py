@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import polars as pl
 
@@ -13,10 +15,14 @@ def false_alarm_runs(warn: np.ndarray, crossed: np.ndarray) -> int:
 
 def false_alarm_runs_per_row(warn: np.ndarray, crossed: np.ndarray) -> np.ndarray:
     """:func:`false_alarm_runs` of each row of ``warn`` (rows, checks) against one ``crossed``."""
-    edges = np.diff(np.pad(warn.astype(np.int8), ((0, 0), (1, 1))), axis=1)
+    rows, n = warn.shape
+    padded = np.zeros((rows, n + 2), dtype=np.int8)  # a quiet check either side (np.pad is slow)
+    padded[:, 1:-1] = warn
+    edges = np.diff(padded, axis=1)
     start_row, start = np.nonzero(edges == 1)
     _, end = np.nonzero(edges == -1)  # row-major: the i-th end closes the i-th start
-    hits = np.pad(np.cumsum(warn & crossed[None, :], axis=1), ((0, 0), (1, 0)))
+    hits = np.zeros((rows, n + 1), dtype=np.intp)
+    np.cumsum(warn & crossed[None, :], axis=1, out=hits[:, 1:])
     quiet = hits[start_row, end] - hits[start_row, start] == 0
     return np.bincount(start_row, weights=quiet, minlength=warn.shape[0]).astype(np.int64)
 
@@ -36,9 +42,11 @@ def episode_metrics(g: pl.DataFrame, horizon: float, every: float) -> dict:
     warnings none of whose times saw a crossing within H is one false alarm.
     """
     g = g.sort("ts")
-    ts = g["ts"].to_numpy()
-    warn = g["warn"].to_numpy()
-    truth = g["true_minutes"].to_numpy()
+    return _episodes(g["ts"].to_numpy(), g["warn"].to_numpy(), g["true_minutes"].to_numpy(), every)
+
+
+def _episodes(ts: np.ndarray, warn: np.ndarray, truth: np.ndarray, every: float) -> dict:
+    """:func:`episode_metrics` of checks in time order."""
     crossing_at = ts + (np.nan_to_num(truth) * 60e6).astype("timedelta64[us]")
     gap = np.diff(ts, prepend=ts[:1]) > np.timedelta64(int(every * 60e6 * 1.5), "us")
     episodes, sustained, leads = 0, 0, []
@@ -100,55 +108,155 @@ def onset_metrics(g: pl.DataFrame, horizon: float, every: float) -> dict:
     return out
 
 
+@dataclass(slots=True)
+class Tally:
+    """What :func:`summarize` reads of one series' checks for one predictor and horizon.
+
+    Counts and sums add across series; only the onsets' leads and warning lengths (for their
+    medians) stay as values. A replay scored case by case keeps these instead of its rows.
+    """
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    error_sum: float = 0.0  # |minutes - true minutes| on the warned crossings
+    errors: int = 0
+    episodes: int = 0
+    sustained: int = 0
+    false_alarms: int = 0
+    days: float = 0.0
+    onsets: int = 0
+    onsets_warned: int = 0
+    onsets_sustained: int = 0
+    leads: np.ndarray = field(default_factory=lambda: _NONE)
+    warning_lengths: np.ndarray = field(default_factory=lambda: _NONE)
+    intervals: bool = False  # the predictor answers a P10-P90 interval
+    crossing_checks: int = 0
+    covered: int = 0  # of those, the true time within [P10, P90]
+    #: per probability decile: checks, summed probability, checks with a crossing within H
+    bin_checks: np.ndarray = field(default_factory=lambda: np.zeros(RELIABILITY_BINS, np.int64))
+    bin_probability: np.ndarray = field(default_factory=lambda: np.zeros(RELIABILITY_BINS))
+    bin_crossed: np.ndarray = field(default_factory=lambda: np.zeros(RELIABILITY_BINS, np.int64))
+
+
+_NONE = np.zeros(0)
+#: the reliability table's probability bins
+RELIABILITY_BINS = 10
+_ADDED = ("tp", "fp", "fn", "error_sum", "errors", "episodes", "sustained", "false_alarms", "days",
+          "onsets", "onsets_warned", "onsets_sustained", "crossing_checks", "covered")
+
+
+def tally(g: pl.DataFrame, every: float) -> Tally:
+    """One series' checks for one predictor and horizon (``g``), as :func:`summarize` counts them."""
+    columns = {c: g[c].fill_null(np.nan).to_numpy() if g[c].dtype.is_float() else g[c].to_numpy()
+               for c in ("ts", "warn", "true_minutes", "minutes", "earliest", "latest", "probability")
+               if c in g.columns}
+    onsets = g if "onset_minutes" in g.columns else None
+    return tally_columns(columns, float(g["horizon"][0]), every,
+                         "earliest" in g.columns and g["earliest"].is_not_null().any(), onsets)
+
+
+def tally_columns(columns: dict[str, np.ndarray], horizon: float, every: float,
+                  intervals: bool = False, onsets: pl.DataFrame | None = None) -> Tally:
+    """:func:`tally` of one series' checks given as arrays (no frame is built: the gate's replay).
+
+    ``columns``: ``ts``, ``warn``, ``true_minutes`` (NaN: no crossing within H), and if the
+    predictor answers them ``minutes``, and with ``intervals`` ``earliest``, ``latest`` and
+    ``probability``; ``onsets``: the rows with ``onset_minutes``, if any.
+    """
+    order = np.argsort(columns["ts"], kind="stable")
+    truth = columns["true_minutes"][order]
+    crosses = ~np.isnan(truth)
+    warn = columns["warn"][order]
+    hits = warn & crosses
+    t = Tally(tp=int(hits.sum()), fp=int((warn & ~crosses).sum()), fn=int((~warn & crosses).sum()))
+    if "minutes" in columns and t.tp:
+        err = np.abs(columns["minutes"][order][hits] - truth[hits])
+        err = err[~np.isnan(err)]
+        t.error_sum, t.errors = float(err.sum()), int(err.size)
+    e = _episodes(columns["ts"][order], warn, truth, every)
+    t.episodes, t.sustained, t.false_alarms, t.days = (e["episodes"], e["sustained"],
+                                                       e["false_alarms"], e["days"])
+    if onsets is not None:
+        o = onset_metrics(onsets, horizon, every)
+        t.onsets, t.onsets_warned, t.onsets_sustained = o["onsets"], o["warned"], o["sustained"]
+        t.leads, t.warning_lengths = np.array(o["leads"]), np.array(o["warning_lengths"])
+    if intervals:
+        t.intervals = True
+        inf = lambda c: np.where(np.isnan(v := columns[c][order][crosses]), np.inf, v)  # noqa: E731
+        lo, hi, when = inf("earliest"), inf("latest"), truth[crosses]
+        t.crossing_checks = int(crosses.sum())
+        t.covered = int(((lo <= when) & (when <= hi)).sum())
+        p = columns["probability"][order]
+        which = np.clip(np.digitize(p, np.linspace(0, 1, RELIABILITY_BINS + 1)[1:-1]), 0,
+                        RELIABILITY_BINS - 1)
+        t.bin_checks = np.bincount(which, minlength=RELIABILITY_BINS)
+        t.bin_probability = np.bincount(which, weights=p, minlength=RELIABILITY_BINS)
+        t.bin_crossed = np.bincount(which, weights=crosses, minlength=RELIABILITY_BINS).astype(np.int64)
+    return t
+
+
+def score(tallies: list[Tally], min_count: int = 30) -> dict:
+    """:func:`summarize`'s figures over ``tallies`` (series of one predictor and horizon).
+
+    The coverage and the calibration gap are :func:`interval_coverage` and the largest
+    :func:`reliability` gap over the same checks (up to the order of float sums).
+    """
+    n = {k: sum(getattr(t, k) for t in tallies) for k in _ADDED}
+    tp, fp, fn = n["tp"], n["fp"], n["fn"]
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    recall = tp / (tp + fn) if tp + fn else float("nan")
+    onsets, episodes = n["onsets"], n["episodes"]
+    row = dict(tp=tp, fp=fp, fn=fn, precision=precision, recall=recall,
+               f1=2 * precision * recall / (precision + recall) if tp else 0.0,
+               mae_minutes=n["error_sum"] / n["errors"] if n["errors"] else float("nan"),
+               onsets=onsets,
+               onset_recall=n["onsets_warned"] / onsets if onsets else float("nan"),
+               onset_lead_median=_median(np.concatenate([_NONE, *(t.leads for t in tallies)])),
+               onset_sustained_recall=n["onsets_sustained"] / onsets if onsets else float("nan"),
+               onset_warning_median=_median(np.concatenate(
+                   [_NONE, *(t.warning_lengths for t in tallies)])),
+               false_alarms_per_day=n["false_alarms"] / n["days"] if n["days"] else float("nan"),
+               crossings=episodes,
+               sustained_recall_per_crossing=n["sustained"] / episodes if episodes else float("nan"))
+    if any(t.intervals for t in tallies):
+        checks = sum(t.bin_checks for t in tallies)
+        probability = sum(t.bin_probability for t in tallies)
+        crossed = sum(t.bin_crossed for t in tallies)
+        full = checks >= min_count
+        gaps = probability[full] / checks[full] - crossed[full] / checks[full]
+        row.update(coverage_p10_p90=n["covered"] / n["crossing_checks"] if n["crossing_checks"]
+                   else float("nan"),
+                   calibration_max_gap=float(pl.Series(gaps, dtype=pl.Float64).abs().max()
+                                             or float("nan")))
+    return row
+
+
+def merged(a: Tally | None, b: Tally) -> Tally:
+    """``a`` and ``b`` as one tally (``b`` alone if ``a`` is None): what :func:`score` reads of both."""
+    if a is None:
+        return b
+    out = Tally(**{k: getattr(a, k) + getattr(b, k) for k in _ADDED},
+                intervals=a.intervals or b.intervals)
+    for k in ("leads", "warning_lengths"):
+        setattr(out, k, np.concatenate([getattr(a, k), getattr(b, k)]))
+    for k in ("bin_checks", "bin_probability", "bin_crossed"):
+        setattr(out, k, getattr(a, k) + getattr(b, k))
+    return out
+
+
 def summarize(results: pl.DataFrame, every: float, group: tuple[str, ...] = ("predictor", "horizon")
               ) -> pl.DataFrame:
     """Precision/recall/F1, MAE on hits, sustained recall, lead, false alarms/day, coverage."""
     rows = []
     for key, g in results.group_by(list(group), maintain_order=True):
-        crosses = g["true_minutes"].is_not_null() & g["true_minutes"].is_not_nan()
-        warn = g["warn"]
-        tp = int((warn & crosses).sum())
-        fp = int((warn & ~crosses).sum())
-        fn = int((~warn & crosses).sum())
-        precision = tp / (tp + fp) if tp + fp else float("nan")
-        recall = tp / (tp + fn) if tp + fn else float("nan")
-        f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
-        hits = g.filter(warn & crosses)
-        mae = float("nan")
-        if "minutes" in g.columns and hits.height:
-            err = (hits["minutes"] - hits["true_minutes"]).abs().drop_nans().drop_nulls()
-            mae = float(err.mean()) if len(err) else float("nan")
-        ep = {"episodes": 0, "sustained": 0, "false_alarms": 0, "days": 0.0}
-        on = {"onsets": 0, "warned": 0, "sustained": 0, "leads": [], "warning_lengths": []}
-        for (_,), sg in g.group_by(["series"]):
-            h = float(sg["horizon"][0])
-            e = episode_metrics(sg, h, every)
-            for k in ep:
-                ep[k] += e[k]
-            if "onset_minutes" in sg.columns:
-                for k, v in onset_metrics(sg, h, every).items():
-                    on[k] += v
-        n = on["onsets"]
-        row = dict(zip(group, key, strict=True))
-        row.update(tp=tp, fp=fp, fn=fn, precision=precision, recall=recall, f1=f1,
-                   mae_minutes=mae, onsets=n,
-                   onset_recall=on["warned"] / n if n else float("nan"),
-                   onset_lead_median=_median(on["leads"]),
-                   onset_sustained_recall=on["sustained"] / n if n else float("nan"),
-                   onset_warning_median=_median(on["warning_lengths"]),
-                   false_alarms_per_day=ep["false_alarms"] / ep["days"] if ep["days"] else float("nan"),
-                   crossings=ep["episodes"],
-                   sustained_recall_per_crossing=ep["sustained"] / ep["episodes"]
-                   if ep["episodes"] else float("nan"))
-        if "earliest" in g.columns and g["earliest"].is_not_null().any():
-            row.update(coverage_p10_p90=interval_coverage(g), calibration_max_gap=
-                       float(reliability(g)["gap"].abs().max() or float("nan")))
-        rows.append(row)
+        rows.append({**dict(zip(group, key, strict=True)),
+                     **score([tally(sg, every) for _, sg in g.group_by(["series"])])})
     return pl.DataFrame(rows).sort(list(group))
 
 
-def _median(values: list[float]) -> float:
-    return float(np.median(values)) if values else float("nan")
+def _median(values) -> float:
+    return float(np.median(values)) if len(values) else float("nan")
 
 
 def interval_coverage(g: pl.DataFrame) -> float:

@@ -626,9 +626,19 @@ def rolling_origin_errors(
 
 def replay_given(case: SeriesCase, model: SeriesForecaster, rule: AlertRule | None,
                  config: ReplayConfig) -> pl.DataFrame:
+    """:func:`given_columns` as one long frame (a row per check, predictor and horizon)."""
+    frames = [pl.DataFrame(columns) for _, _, columns in given_columns(case, model, rule, config)]
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+
+def given_columns(case: SeriesCase, model: SeriesForecaster, rule: AlertRule | None,
+                  config: ReplayConfig, predictors: tuple[str, ...] | None = None
+                  ) -> list[tuple[str, int, dict]]:
     """Replay an already trained ``model`` over ``case`` from ``case.eval_start``, as served.
 
-    The long frame of :func:`replay_series` (prealert and the same baselines) with no refit:
+    Per predictor and horizon, ``(predictor, horizon, columns)``: the columns of
+    :func:`replay_series`'s long frame (arrays, and the constant ones as scalars) for prealert
+    and the same baselines (only ``predictors`` if given: the others are not computed), with no refit:
     the model's own error paths, calibration (``calibration_for(h)``, its alarm and ``for``)
     and the alert ``rule`` it was tuned under answer every check. Data before
     ``eval_start`` only warms up the real-time correction, ``predict_linear`` and the rule's
@@ -658,7 +668,7 @@ def replay_given(case: SeriesCase, model: SeriesForecaster, rule: AlertRule | No
     beyond = np.isfinite(current) & (current >= case.threshold if above else current <= case.threshold)
     live = np.isfinite(current) & ~beyond
     seg, current = checks[live], current[live]
-    frames = []
+    out = []
     for h in config.horizons:
         n_h = int(round(h / step))
         keep = (seg >= first) & (seg + n_h < y.size)
@@ -679,15 +689,18 @@ def replay_given(case: SeriesCase, model: SeriesForecaster, rule: AlertRule | No
         warn = _alerting(used, (beyond, live, keep), probability >= calibration.alarm)
         base = {"series": case.name, "ts": case.ts[seg][keep], "horizon": h,
                 "true_minutes": truth[keep], "current": current[keep]}
-        frames.append(pl.DataFrame({
-            **base, "predictor": PREALERT, "warn": warn, "alarm_probability": calibration.alarm,
-            "alert_for_minutes": used.for_minutes if used is not None else 0.0,
-            **{k: v[keep] for k, v in answers.items()},
-            "probability": probability[keep], "model_kind": model.kind_}))
-        frames += [pl.DataFrame({**base, "predictor": name, **cols})
-                   for name, cols in _baseline_answers(case, config, rule, seg, keep, n_h,
-                                                       (beyond, live, keep)).items()]
-    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+        if predictors is None or PREALERT in predictors:
+            out.append((PREALERT, h, {
+                **base, "predictor": PREALERT, "warn": warn, "alarm_probability": calibration.alarm,
+                "alert_for_minutes": used.for_minutes if used is not None else 0.0,
+                **{k: v[keep] for k, v in answers.items()},
+                "probability": probability[keep], "model_kind": model.kind_}))
+        if predictors is None or set(predictors) - {PREALERT}:
+            out += [(name, h, {**base, "predictor": name, **cols})
+                    for name, cols in _baseline_answers(case, config, rule, seg, keep, n_h,
+                                                        (beyond, live, keep)).items()
+                    if predictors is None or name in predictors]
+    return out
 
 
 def _given_answers(model: SeriesForecaster, use_paths: bool, y, expected, level, slope,

@@ -260,6 +260,9 @@ def run_retrain(label: str, n: int, days: float, config: TrainConfig, cores: int
             retrain(f"{tmp}/features",
                     RetrainConfig(until=newest - timedelta(minutes=59), train=first_config), echo=first)
             first("done")
+        # printed now: a later failure (a full disk, say) does not lose the first run's figures
+        print(json.dumps({"label": label, "series": n, "features_s": round(features_s, 1),
+                          "first_run": {"engine": first_config.engine, **first.seconds()}}), flush=True)
         with writing_registry("bench") as (client, _):
             if champion_version(client) is None:
                 set_champion(client, "1", "bench: the first version, so the next run replays a champion")

@@ -140,6 +140,8 @@ def test_gate_scores_tallied_in_its_workers_are_the_summary_of_its_replay_rows(b
     gate = judge(good, None, series, gate_start, GATE).scores.drop("model")
     assert_frame_equal(gate.sort(keys), summarize(rows, GATE.every_minutes).sort(keys),
                        rel_tol=1e-12, abs_tol=1e-12)
+    # onsets are counted as evaluate counts them (the gate's replay once left them out: "0 onsets")
+    assert gate.filter(pl.col("predictor") == "prealert")["onsets"].sum() > 0
 
 
 @pytest.mark.slow

@@ -192,9 +192,12 @@ def _replay_cases(sid: str, payload, rule, replay, predictors: tuple[str, ...] |
         except (ValueError, KeyError) as exc:
             errors[case.name] = f"{type(exc).__name__}: {exc}"
             continue
-        for predictor, h, columns in answered:  # scored from the arrays: no frame is built
+        for predictor, h, columns in answered:  # scored from the arrays: a frame only for onsets
+            onsets = columns["onset_minutes"]
             found.append((case.name, predictor, h, tally_columns(
-                columns, h, replay.every_minutes, intervals="earliest" in columns)))
+                columns, h, replay.every_minutes, intervals="earliest" in columns,
+                onsets=pl.DataFrame({k: columns[k] for k in ("ts", "warn", "onset_minutes")})
+                if np.isfinite(onsets).any() else None)))
     return found, errors
 
 

@@ -687,8 +687,12 @@ def given_columns(case: SeriesCase, model: SeriesForecaster, rule: AlertRule | N
         probability = calibration.apply(answers["probability_raw"])
         used = rule.with_for(calibration.for_minutes) if rule is not None else None
         warn = _alerting(used, (beyond, live, keep), probability >= calibration.alarm)
+        # the crossing within H when it is an onset, as replay_series marks it (the gate counts them)
+        crossing_idx = seg + np.round(np.nan_to_num(truth) / step).astype(np.int64)
+        onset = np.isfinite(truth) & onset_samples(y, case.threshold, above, n_h)[crossing_idx]
         base = {"series": case.name, "ts": case.ts[seg][keep], "horizon": h,
-                "true_minutes": truth[keep], "current": current[keep]}
+                "true_minutes": truth[keep], "onset_minutes": np.where(onset, truth, np.nan)[keep],
+                "current": current[keep]}
         if predictors is None or PREALERT in predictors:
             out.append((PREALERT, h, {
                 **base, "predictor": PREALERT, "warn": warn, "alarm_probability": calibration.alarm,

@@ -126,6 +126,8 @@ def register_bundle(bundle: ModelBundle, staging: Path | None = None) -> str:
     """
     with tempfile.TemporaryDirectory(prefix="prealert-bundle-", dir=staging) as tmp:
         bundle_dir = bundle.save(Path(tmp) / "bundle")
+        # MLflow copies the bundle into a temporary model folder, then into the artifact store
+        check_free_space(folder_bytes(bundle_dir), [Path(tempfile.gettempdir()), artifact_dir()])
         # MLflow prints "Registered model ... already exists. Creating a new version" and
         # "Created version" straight to stderr: into our log (shown with --verbose)
         chatter = io.StringIO()
@@ -141,6 +143,53 @@ def register_bundle(bundle: ModelBundle, staging: Path | None = None) -> str:
             for line in chatter.getvalue().splitlines():
                 logging.getLogger(__name__).info(line)
     return str(info.registered_model_version)
+
+
+class NotEnoughSpace(RuntimeError):
+    """A copy of the bundle would not fit: nothing was registered, ``@champion`` is untouched."""
+
+
+#: free space kept on a filesystem beyond what the copies need (logs, the store's own writes)
+SPACE_MARGIN_BYTES = 256 * 2**20
+
+
+def folder_bytes(folder: Path) -> int:
+    """The bytes of every file under ``folder``."""
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+def artifact_dir() -> Path | None:
+    """The active run's artifact folder when it is on this machine (None for a remote store)."""
+    uri = mlflow.get_artifact_uri()
+    if uri.startswith("file://"):
+        return Path(uri.removeprefix("file://"))
+    return None if "://" in uri else Path(uri)
+
+
+def check_free_space(size: int, places: list[Path | None]) -> None:
+    """Raise :class:`NotEnoughSpace` unless each filesystem holds a copy of ``size`` bytes per place on it.
+
+    Checked before MLflow starts copying, so a full disk fails the run with a clear message
+    instead of an ``[Errno 28]`` halfway through a registration.
+    """
+    need: dict[int, tuple[int, Path, list[str]]] = {}
+    for place in places:
+        if place is None:
+            continue
+        existing = Path(place)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        device = existing.stat().st_dev
+        total, where, names = need.get(device, (0, existing, []))
+        need[device] = (total + size, where, [*names, str(place)])
+    for total, where, names in need.values():
+        free = shutil.disk_usage(where).free
+        if free < total + SPACE_MARGIN_BYTES:
+            raise NotEnoughSpace(
+                f"not enough free space to register the bundle: {total / 2**30:.2f} GiB of copies "
+                f"({', '.join(names)}) plus {SPACE_MARGIN_BYTES / 2**20:.0f} MiB to spare, but "
+                f"{free / 2**30:.2f} GiB free on that filesystem; nothing was registered and "
+                "@champion is unchanged (free space or set TMPDIR / the artifact store elsewhere)")
 
 
 def log_and_register(result: TrainResult, config: TrainConfig, staging: Path | None = None,

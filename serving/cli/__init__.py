@@ -110,7 +110,7 @@ def train(
     except LockBusy as exc:
         typer.secho(f"skipped: {exc}", fg="yellow", err=True)
         raise typer.Exit(code=4) from None
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+    except (ValueError, RuntimeError, OSError) as exc:
         _fail(str(exc))
     typer.echo(f"{len(result.bundle.forecasters)} series trained, {len(result.failed)} failed; "
                f"backtest MAE ratio to predict_linear {result.score:.3f}")

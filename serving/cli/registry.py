@@ -99,7 +99,7 @@ def retrain(
         outcome = run_retrain(features, config, echo=typer.echo)  # workers read its rows
     except LockBusy as exc:
         _busy(exc)
-    except (ValueError, RuntimeError, FileNotFoundError, LookupError) as exc:
+    except (ValueError, RuntimeError, OSError, LookupError) as exc:
         fail(str(exc))
     typer.echo(outcome.summary())
     raise typer.Exit(code=EXIT_PROMOTED if outcome.status == PROMOTED else EXIT_KEPT)

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from typer.testing import CliRunner
 
 from features import schema as s
 from serving.cli import app
+from training import registry
 from training.bundle import ModelBundle
 from training.evaluation.gate import GateConfig, judge
 from training.lock import LockBusy, RegistryLock
@@ -284,3 +286,23 @@ def test_retrain_promotes_a_retry_changes_nothing_and_narrower_is_kept(series, s
         cli = CliRunner().invoke(app, ["retrain", "--features", str(features), "--history-days",
                                        "10", "--gate-hours", str(GATE_HOURS)])
     assert cli.exit_code == 4 and "another run holds" in cli.output
+
+    # a disk too full for the bundle's copies: the run fails before MLflow copies anything
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(registry, "SPACE_MARGIN_BYTES", 2**62)
+        cli = CliRunner().invoke(app, ["retrain", "--features", str(features), "--history-days",
+                                       "9", "--gate-hours", str(GATE_HOURS)])
+    assert cli.exit_code == 2 and "not enough free space to register the bundle" in cli.output
+    assert "@champion is unchanged" in cli.output and "Traceback" not in cli.output
+    assert champion_version(store) == "1"
+    assert len(store.search_model_versions(f"name='{MODEL_NAME}'")) == 2
+    failed = store.search_runs([exp.experiment_id], "attributes.status = 'FAILED'")
+    assert len(failed) == 1 and failed[0].data.tags["prealert.job"] == "retrain"
+
+
+def test_free_space_is_summed_per_filesystem(tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    size = int(free * 0.6)
+    registry.check_free_space(size, [tmp_path, None])  # one copy fits; a remote store is skipped
+    with pytest.raises(registry.NotEnoughSpace, match="GiB free on that filesystem"):
+        registry.check_free_space(size, [tmp_path / "a", tmp_path / "b" / "not-yet"])

@@ -320,16 +320,18 @@ def _fit_one(sid: str, frame: pl.DataFrame, config: TrainConfig,
     ``timing_evidence`` (:func:`train_bundle` chooses each crossing-time quantile from it once
     the alarm levels are pooled).
     """
-    def fit(part: pl.DataFrame) -> SeriesForecaster:
-        model = SeriesForecaster(**config.forecaster)
+    def fit(part: pl.DataFrame, served: bool = True) -> SeriesForecaster:
+        # each model remembers its last forecast: the replays and the residuals below ask for
+        # the same times' forecast again (the holdout's, the whole history's)
+        model = SeriesForecaster(**config.forecaster).remember_expected()
         # no in-sample error paths: the trial's are never read, the served model's are learned
-        # below only when the holdout's cannot replace them
-        return (model.fit(part, in_sample_errors=False) if fallback_reason is None
-                else model.fit_fallback(part, fallback_reason))
+        # below only when the holdout's cannot replace them; nor the trial's sigma (never read)
+        return (model.fit(part, in_sample_errors=False, in_sample_sigma=served)
+                if fallback_reason is None else model.fit_fallback(part, fallback_reason))
 
     try:
         holdout_start = frame[s.TS].max() - timedelta(hours=config.holdout_hours)
-        trial = fit(frame.filter(pl.col(s.TS) < holdout_start))
+        trial = fit(frame.filter(pl.col(s.TS) < holdout_start), served=False)
         errors = rolling_origin_errors(
             trial, frame, holdout_start,
             horizon_minutes=config.horizon_minutes,
@@ -345,6 +347,7 @@ def _fit_one(sid: str, frame: pl.DataFrame, config: TrainConfig,
         clean = frame.drop_nulls(s.VALUE)
         expected = model.expected(clean[s.TS].to_numpy())
         z = (clean[s.VALUE].to_numpy() - expected) / max(model.sigma_, 1e-9)
+        model.remember_expected(False)
         return {"sid": sid, "model": model, "errors": errors, "timing_evidence": timing,
                 "residual_z": pl.DataFrame({s.TS: clean[s.TS], sid: z})}
     except Exception as exc:  # one bad series never sinks the batch

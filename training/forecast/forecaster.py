@@ -288,9 +288,10 @@ class SeriesForecaster:
                                       condition_name=name)
         else:  # too few days of one kind to learn its shape apart: one daily shape for all
             model.add_seasonality("daily", period=1, fourier_order=self.daily_fourier_order)
-        from training.forecast.prophet_map import cached_components
+        from training.forecast.prophet_map import cached_components, cached_fourier
 
-        with cached_components(model):  # the same for every series: built once per process
+        # the same for every series: built once per process; the features of times seen before
+        with cached_components(model), cached_fourier(model):
             model.fit(frame)
         self.kind_ = "prophet"
         self.model_ = model

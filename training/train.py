@@ -36,7 +36,6 @@ from training.fanout import ENGINES, Progress, SeriesTimeLimit, fan_out, time_li
 from training.forecast.correction import WINDOW_MINUTES as CORRECTION_WINDOW_MINUTES
 from training.forecast.correction import damped, error_paths
 from training.forecast.forecaster import SeriesForecaster, calendar_setting
-from training.forecast.point_model import remembering_fourier
 from training.plots import crossing_margin
 from training.predict import MIN_ERROR_PATHS
 from training.threshold import (
@@ -236,8 +235,7 @@ def _fit_entity(entity: str, members: list[tuple[str, pl.DataFrame]],
     the entity's ``(sid, frame)`` pairs.
     """
     _warm_up()
-    with remembering_fourier():  # the entity's series share their times
-        outcomes = [_fit_guarded(sid, frame, config) for sid, frame in members]
+    outcomes = [_fit_guarded(sid, frame, config) for sid, frame in members]
     seen = _seen(frame for _, frame in members)
     fitted = [o for o in outcomes if "error" not in o]
     detector = error = None

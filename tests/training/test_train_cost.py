@@ -244,18 +244,3 @@ def test_a_fit_from_cached_features_is_the_fit_from_fresh_ones():
     SeriesForecaster().fit(frame.head(frame.height - 288))  # a trial's times: a prefix
     warm = SeriesForecaster().fit(frame)
     assert fresh.prophet_json() == warm.prophet_json()
-
-
-def test_remembered_fourier_rows_are_the_computed_ones():
-    from training.forecast.point_model import remembering_fourier
-
-    frame = office_series(days=15)
-    model = SeriesForecaster().fit(frame)
-    ts = frame[s.TS].to_numpy()
-    fresh = model.expected(ts)
-    with remembering_fourier():
-        model.expected(ts[: ts.size // 2])  # half seen before, half new
-        remembered = model.expected(ts)
-        again = model.expected(ts[::-1])  # rows found whatever the order
-    assert np.array_equal(remembered, fresh)
-    assert np.array_equal(again, fresh[::-1])

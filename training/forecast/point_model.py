@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,11 +62,6 @@ class FourierTerm:
         return block
 
     def _fourier(self, x_t: np.ndarray) -> np.ndarray:
-        if _FOURIER_ROWS is not None:
-            return _remembered_fourier(self, x_t)
-        return self._fourier_of(x_t)
-
-    def _fourier_of(self, x_t: np.ndarray) -> np.ndarray:
         c = x_t[:, None] * self._freqs[None, :]
         block = np.empty((x_t.shape[0], 2 * self.fourier_order))
         block[:, 0::2] = np.sin(c)
@@ -78,43 +72,6 @@ class FourierTerm:
         return {"name": self.name, "period": self.period, "fourier_order": self.fourier_order,
                 "condition_name": self.condition_name, "mode": self.mode,
                 "beta": self.beta.tolist()}
-
-
-#: while :func:`remembering_fourier` is on: per (period, order), the sorted angles last asked for
-#: and their rows
-_FOURIER_ROWS: dict[tuple[float, int], tuple[np.ndarray, np.ndarray]] | None = None
-
-
-@contextmanager
-def remembering_fourier() -> Iterator[None]:
-    """While on, Fourier rows of angles asked for before are copied, not computed again.
-
-    Each row depends on its own angle only, and training evaluates many models (a trial and a
-    served one per series, series after series) at the same scrape times. Off by default
-    (serving asks at times that move on): the rows stay only as long as the block runs.
-    """
-    global _FOURIER_ROWS
-    _FOURIER_ROWS = {}
-    try:
-        yield
-    finally:
-        _FOURIER_ROWS = None
-
-
-def _remembered_fourier(term: FourierTerm, x_t: np.ndarray) -> np.ndarray:
-    key = (term.period, term.fourier_order)
-    block = np.empty((x_t.shape[0], 2 * term.fourier_order))
-    hit = np.zeros(x_t.shape[0], dtype=bool)
-    if key in _FOURIER_ROWS and x_t.size:
-        seen, rows = _FOURIER_ROWS[key]
-        at = np.minimum(np.searchsorted(seen, x_t), seen.size - 1)
-        hit = seen[at] == x_t
-        block[hit] = rows[at[hit]]
-    if not hit.all():
-        block[~hit] = term._fourier_of(x_t[~hit])
-    seen, first = np.unique(x_t, return_index=True)
-    _FOURIER_ROWS[key] = (seen, block[first])
-    return block
 
 
 @dataclass

@@ -10,7 +10,9 @@ AR(1) wander and noise). ``--what retrain`` (default), per engine: writes them a
 on a temporary MLflow store (the first run makes a champion, the second, the "nightly" run,
 trains and replays candidate and champion on the gate window); end to end = feature job +
 nightly run, wall and process-tree CPU seconds per phase. ``--what train``: ``train_bundle`` on
-the series held in memory plus ``bundle.save`` only, with the summed per-series fit CPU seconds.
+the series held in memory plus ``bundle.save`` only, with the process tree's CPU seconds per
+series and the summed per-series fit CPU seconds. To compare two versions of the code in one
+sitting, run this script under each (``PYTHONPATH=<other checkout>``) back to back.
 A local Ray of ``--n-jobs`` CPUs is started first for the Ray engine, its start timed apart.
 Peak RSS of the process tree throughout, and per phase (the feature job; the nightly run's
 training, and its gate with registration). Then the first
@@ -119,14 +121,16 @@ def run(label: str, series: pl.DataFrame, config: TrainConfig, cores: int) -> di
     load_before = os.getloadavg()[0]
     n = series[s.SERIES_ID].n_unique()
     with PeakRss() as rss, tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), tree_cpu_seconds()
         result = train_bundle(series, config)
         result.bundle.save(f"{tmp}/bundle")
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, tree_cpu_seconds() - cpu
     entries = result.bundle.manifest["series"].values()
     out = {
         "label": label, "series": n, "wall_s": round(wall, 1),
         "series_per_s_per_core": round(n / wall / cores, 4),
+        # the whole process tree (fits, detectors, serialising, the driver): what a run costs
+        "cpu_s_per_series": round(cpu / n, 4),
         "fit_cpu_s_per_series": round(float(np.mean([e["fit_cpu_seconds"] for e in entries])), 3),
         "fit_wall_s_per_series": round(float(np.mean([e["fit_seconds"] for e in entries])), 3),
         "fit_step_minutes": sorted({e["fit_step_minutes"] for e in entries}),

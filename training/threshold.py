@@ -173,16 +173,19 @@ def crossing_distribution(
 
 
 def first_crossings(point: np.ndarray, errors: np.ndarray, threshold: float, direction: str,
-                    bounds: tuple[float, float] = UNBOUNDED) -> np.ndarray:
+                    bounds: tuple[float, float] = UNBOUNDED, maybe: np.ndarray | None = None
+                    ) -> np.ndarray:
     """The step at which each path ``point[t] + errors[k]``, held in ``bounds``, first reaches
-    the threshold: (n_t, K), -1 where it does not within the horizon (the last axis)."""
+    the threshold: (n_t, K), -1 where it does not within the horizon (the last axis).
+    ``maybe`` (n_t, K): the pairs that may reach it (any superset of those that do), if the
+    caller knows them; only those are walked when the threshold is inside ``bounds``."""
     above = direction == "above"
     point = np.atleast_2d(np.asarray(point, dtype=np.float64))
     errors = np.asarray(errors, dtype=np.float64)
     if bounds[0] < threshold < bounds[1]:
         # strictly inside the range, holding a path in it changes none of its comparisons
         # with the threshold: the paths that cannot reach it are set aside without a walk
-        return _first_crossings(point, errors, threshold, above)
+        return _first_crossings(point, errors, threshold, above, maybe)
     first = np.empty((point.shape[0], errors.shape[0]), dtype=np.int64)
     chunk = max(1, 2_000_000 // max(1, errors.size))
     for lo in range(0, point.shape[0], chunk):
@@ -192,14 +195,15 @@ def first_crossings(point: np.ndarray, errors: np.ndarray, threshold: float, dir
 
 
 def _first_crossings(point: np.ndarray, errors: np.ndarray, threshold: float,
-                     above: bool) -> np.ndarray:
+                     above: bool, maybe: np.ndarray | None = None) -> np.ndarray:
     """:func:`first_crossing_index` of every path ``point[t] + errors[k]``, (n_t, K), walking
     only the paths that may reach the threshold: one whose largest possible value (the point
     forecast's largest plus the error path's largest; for "below" the smallest) misses it never
     reaches it, as rounding is monotone. The same sums, so the same crossings bit for bit."""
     extreme = np.fmax.reduce if above else np.fmin.reduce  # NaN steps never cross: skipped
     reach = np.greater_equal if above else np.less_equal
-    maybe = reach(extreme(point, axis=1)[:, None] + extreme(errors, axis=1)[None, :], threshold)
+    if maybe is None:
+        maybe = reach(extreme(point, axis=1)[:, None] + extreme(errors, axis=1)[None, :], threshold)
     first = np.full(maybe.shape, -1, dtype=np.int64)
     # checks where most paths may cross: every path at once (gathering pairs costs more there)
     dense = np.flatnonzero(maybe.mean(axis=1) > 0.5)

@@ -320,16 +320,18 @@ def _fit_one(sid: str, frame: pl.DataFrame, config: TrainConfig,
     ``timing_evidence`` (:func:`train_bundle` chooses each crossing-time quantile from it once
     the alarm levels are pooled).
     """
-    def fit(part: pl.DataFrame) -> SeriesForecaster:
-        model = SeriesForecaster(**config.forecaster)
+    def fit(part: pl.DataFrame, served: bool = True) -> SeriesForecaster:
+        # each model remembers its last forecast: the replays and the residuals below ask for
+        # the same times' forecast again (the holdout's, the whole history's)
+        model = SeriesForecaster(**config.forecaster).remember_expected()
         # no in-sample error paths: the trial's are never read, the served model's are learned
-        # below only when the holdout's cannot replace them
-        return (model.fit(part, in_sample_errors=False) if fallback_reason is None
-                else model.fit_fallback(part, fallback_reason))
+        # below only when the holdout's cannot replace them; nor the trial's sigma (never read)
+        return (model.fit(part, in_sample_errors=False, in_sample_sigma=served)
+                if fallback_reason is None else model.fit_fallback(part, fallback_reason))
 
     try:
         holdout_start = frame[s.TS].max() - timedelta(hours=config.holdout_hours)
-        trial = fit(frame.filter(pl.col(s.TS) < holdout_start))
+        trial = fit(frame.filter(pl.col(s.TS) < holdout_start), served=False)
         errors = rolling_origin_errors(
             trial, frame, holdout_start,
             horizon_minutes=config.horizon_minutes,
@@ -345,6 +347,7 @@ def _fit_one(sid: str, frame: pl.DataFrame, config: TrainConfig,
         clean = frame.drop_nulls(s.VALUE)
         expected = model.expected(clean[s.TS].to_numpy())
         z = (clean[s.VALUE].to_numpy() - expected) / max(model.sigma_, 1e-9)
+        model.remember_expected(False)
         return {"sid": sid, "model": model, "errors": errors, "timing_evidence": timing,
                 "residual_z": pl.DataFrame({s.TS: clean[s.TS], sid: z})}
     except Exception as exc:  # one bad series never sinks the batch
@@ -408,8 +411,10 @@ def holdout_calibrations(model: SeriesForecaster, trial: SeriesForecaster, ts: n
     horizons = [h for h in CALIBRATION_HORIZONS if h <= model.max_horizon_minutes]
     paths = model.error_paths_.astype(np.float64)
     corrections = rolling_corrections(y - expected, model.step_minutes_)
+    truths = holdout_truths(y, idx, model.step_minutes_, horizons, targets)
+    extremes: dict = {}
     replays = holdout_outcomes(y, expected, idx, model.step_minutes_, horizons, paths, targets,
-                               corrections)
+                               corrections, truths, extremes)
     bounds = s.value_range(history[s.METRIC][0]) if s.METRIC in history.columns and history.height \
         else UNBOUNDED
     calibrations = {}
@@ -419,7 +424,8 @@ def holdout_calibrations(model: SeriesForecaster, trial: SeriesForecaster, ts: n
         if calibration.n_fitted:
             calibrations[h] = calibration
     evidence = holdout_timings(y, expected, corrections, idx, model.step_minutes_, paths, targets,
-                               {h: replays[h] for h in calibrations}, calibrations, bounds)
+                               {h: replays[h] for h in calibrations}, calibrations, bounds, truths,
+                               extremes)
     if timing is not None:
         timing.update({float(h): e for h, e in evidence.items()})
     ups = [thr for thr, d in targets if d == "above"]
@@ -434,7 +440,8 @@ def holdout_timings(y: np.ndarray, expected: np.ndarray, corrections: tuple[np.n
                     idx: np.ndarray, step: float, paths: np.ndarray,
                     targets: list[tuple[float, str]], outcomes: dict[float, list[ReplayOutcome]],
                     calibrations: dict[float, ProbabilityCalibration],
-                    bounds: tuple[float, float]) -> dict[float, TimingEvidence]:
+                    bounds: tuple[float, float], truths: list[np.ndarray] | None = None,
+                    extremes: dict | None = None) -> dict[float, TimingEvidence]:
     """The holdout's timing evidence at each horizon (:func:`~training.evaluation.replay.
     timing_evidence`): its :meth:`~training.threshold.TimingEvidence.best` under an alarm level
     is the crossing-time quantile the backtest chooses (:func:`~training.evaluation.replay.
@@ -446,9 +453,15 @@ def holdout_timings(y: np.ndarray, expected: np.ndarray, corrections: tuple[np.n
     check and target for every horizon: a shorter horizon's paths are a prefix of the longest
     one's, so a path crosses within H exactly when its first crossing over the longest comes
     before H (the same answers as :func:`replay_probabilities` at each horizon, tested).
+    ``truths``: :func:`holdout_truths` over these checks, if the caller has them already;
+    ``extremes``: what :func:`holdout_outcomes` filled in, if the caller has it: with no bounds
+    (training's replay holds nothing in a range) only the paths whose running extreme reached
+    the threshold (the same sums) are walked for their first crossing.
     """
     level, slope = corrections
     n_hs = {h: max(1, int(round(h / step))) for h in outcomes}
+    if truths is None:
+        truths = holdout_truths(y, idx, step, list(outcomes), targets)
     warned, at = {}, {}
     for h, n_h in n_hs.items():
         at[h] = idx[idx + n_h < y.size]  # the checks ``outcomes[h]`` are aligned with
@@ -467,7 +480,15 @@ def holdout_timings(y: np.ndarray, expected: np.ndarray, corrections: tuple[np.n
             cols = np.clip(checks[:, None] + np.arange(1, n_max + 1)[None, :], 0, y.size - 1)
             point = clip_to_range(expected[cols] + damped(level[checks], slope[checks], minutes),
                                   bounds)
-            first = first_crossings(point, paths[:, :n_max], threshold, direction, bounds)
+            maybe = None
+            if extremes and bounds == UNBOUNDED:
+                longest = max(mine, key=lambda h: n_hs[h])
+                rows = np.searchsorted(extremes["rows"], checks)
+                if direction == "above":
+                    maybe = extremes["highs"][longest][rows] >= threshold
+                else:
+                    maybe = extremes["lows"][longest][rows] <= threshold
+            first = first_crossings(point, paths[:, :n_max], threshold, direction, bounds, maybe)
         for h in outcomes:
             o, n_h, hit = outcomes[h][i], n_hs[h], warned[h][i]
             when = np.full((at[h].size, len(TIMING_LEVELS)), np.nan)
@@ -477,14 +498,30 @@ def holdout_timings(y: np.ndarray, expected: np.ndarray, corrections: tuple[np.n
                 within = np.where(first[rows] < n_h, first[rows], -1)
                 when[hit] = crossing_time_quantiles(np.arange(1, n_h + 1) * step, within,
                                                     TIMING_LEVELS)
-                truth[hit] = true_minutes(y, at[h][hit], n_h, step, threshold, direction == "above")
+                truth[hit] = crossing_within(truths[i][:at[h].size][hit], n_h, step)
             timed[h].append(dataclasses.replace(o, when=when, true_minutes=truth))
     return {h: timing_evidence(timed[h], calibrations[h]) for h in outcomes}
 
 
+def holdout_truths(y: np.ndarray, idx: np.ndarray, step: float, horizons: list[float],
+                   targets: list[tuple[float, str]]) -> list[np.ndarray]:
+    """Per target, :func:`~training.evaluation.replay.true_minutes` at the checks ``idx`` within
+    the longest horizon: a shorter horizon's are the same where they fall within it
+    (:func:`crossing_within`), as its look-ahead is a prefix of the longest one's."""
+    n_max = max((max(1, int(round(h / step))) for h in horizons), default=1)
+    return [true_minutes(y, idx, n_max, step, thr, direction == "above")
+            for thr, direction in targets]
+
+
+def crossing_within(minutes: np.ndarray, n_h: int, step: float) -> np.ndarray:
+    """True crossing minutes of a longer look-ahead as ``n_h`` steps' would be: NaN beyond it."""
+    return np.where(minutes <= n_h * step, minutes, np.nan)
+
+
 def holdout_outcomes(y: np.ndarray, expected: np.ndarray, idx: np.ndarray, step: float,
                      horizons: list[float], paths: np.ndarray, targets: list[tuple[float, str]],
-                     corrections: tuple[np.ndarray, np.ndarray] | None = None
+                     corrections: tuple[np.ndarray, np.ndarray] | None = None,
+                     truths: list[np.ndarray] | None = None, extremes: dict | None = None
                      ) -> dict[float, list[ReplayOutcome]]:
     """:func:`~training.evaluation.replay.replay_outcomes` for several horizons in one pass.
 
@@ -492,38 +529,62 @@ def holdout_outcomes(y: np.ndarray, expected: np.ndarray, idx: np.ndarray, step:
     running extreme reaches the threshold within each horizon, from one running maximum and
     minimum over the longest horizon (a shorter horizon's corrected forecast is a prefix of a
     longer one's), instead of every crossing time per horizon and threshold. ``corrections``:
-    :func:`rolling_corrections` of the residuals, if the caller has them already.
+    :func:`rolling_corrections` of the residuals, ``truths`` :func:`holdout_truths`, if the
+    caller has them already. A check whose highest point forecast plus the highest error
+    anywhere on the longest horizon stays below every "above" threshold reaches none (rounding
+    is monotone): its running maxima are not worked out (-inf answers the same), nor the
+    minima of one that cannot reach a "below" threshold. ``extremes`` (a dict, if given)
+    receives the checks (``rows``) and each horizon's running maxima and minima per path
+    (``highs``, ``lows``: (checks, paths)), for :func:`holdout_timings`.
     """
     if not horizons:
         return {}
     level, slope = rolling_corrections(y - expected, step) if corrections is None else corrections
+    if truths is None:
+        truths = holdout_truths(y, idx, step, horizons, targets)
     n_hs = {h: max(1, int(round(h / step))) for h in horizons}
     n_max = max(n_hs.values())
     rows = idx[idx + min(n_hs.values()) < y.size]
     minutes = np.arange(1, n_max + 1) * step
     cols = np.clip(rows[:, None] + np.arange(1, n_max + 1)[None, :], 0, y.size - 1)
     point = expected[cols] + damped(level[rows], slope[rows], minutes)
-    highs = {h: np.empty((rows.size, paths.shape[0])) for h in horizons}
-    lows = {h: np.empty((rows.size, paths.shape[0])) for h in horizons}
+    highs = {h: np.full((rows.size, paths.shape[0]), -np.inf) for h in horizons}
+    lows = {h: np.full((rows.size, paths.shape[0]), np.inf) for h in horizons}
+    ups = [thr for thr, direction in targets if direction == "above"]
+    downs = [thr for thr, direction in targets if direction == "below"]
+    up = down = np.zeros(rows.size, dtype=bool)
+    if paths.size and rows.size:  # NaN extremes (nothing finite) reach nothing, as their sums
+        if ups:
+            up = np.fmax.reduce(point, axis=1) + np.fmax.reduce(paths[:, :n_max], axis=None) >= min(ups)
+        if downs:
+            down = np.fmin.reduce(point, axis=1) + np.fmin.reduce(paths[:, :n_max], axis=None) <= max(downs)
+    # both first, then one side only: a block mostly needs the same extremes
+    todo = np.concatenate([np.flatnonzero(up & down), np.flatnonzero(up & ~down),
+                           np.flatnonzero(down & ~up)])
     ends = sorted(set(n_hs.values()))
     starts = [0, *ends[:-1]]  # the extremes over each stretch between horizons, then accumulated
     chunk = max(1, CACHED_ELEMENTS // max(1, paths[:, :n_max].size))
-    block = np.empty((min(chunk, rows.size), paths.shape[0], n_max))  # reused: no fresh pages
-    for lo in range(0, rows.size, chunk):
-        part = point[lo:lo + chunk]
-        future = np.add(part[:, None, :], paths[None, :, :n_max], out=block[:part.shape[0]])
-        top = np.fmax.accumulate(np.fmax.reduceat(future, starts, axis=2), axis=2)
-        bottom = np.fmin.accumulate(np.fmin.reduceat(future, starts, axis=2), axis=2)
-        for h, n_h in n_hs.items():
-            at = ends.index(n_h)
-            highs[h][lo:lo + chunk], lows[h][lo:lo + chunk] = top[..., at], bottom[..., at]
+    block = np.empty((min(chunk, todo.size), paths.shape[0], n_max))  # reused: no fresh pages
+    for lo in range(0, todo.size, chunk):
+        at = todo[lo:lo + chunk]
+        future = np.add(point[at][:, None, :], paths[None, :, :n_max], out=block[:at.size])
+        if up[at].any():
+            top = np.fmax.accumulate(np.fmax.reduceat(future, starts, axis=2), axis=2)
+            for h, n_h in n_hs.items():
+                highs[h][at] = top[..., ends.index(n_h)]
+        if down[at].any():
+            bottom = np.fmin.accumulate(np.fmin.reduceat(future, starts, axis=2), axis=2)
+            for h, n_h in n_hs.items():
+                lows[h][at] = bottom[..., ends.index(n_h)]
+    if extremes is not None:
+        extremes.update(rows=rows, highs=highs, lows=lows)
     out = {}
     for h, n_h in n_hs.items():
         at = idx[idx + n_h < y.size]
         here = slice(0, at.size)  # ``rows`` starts with the same checks
         cur, fine = y[at], np.isfinite(expected[at])
         out[h] = []
-        for thr, direction in targets:
+        for (thr, direction), truth in zip(targets, truths, strict=True):
             above = direction == "above"
             beyond = np.isfinite(cur) & ((cur >= thr) if above else (cur <= thr))
             live = np.isfinite(cur) & ~beyond & fine
@@ -532,7 +593,7 @@ def holdout_outcomes(y: np.ndarray, expected: np.ndarray, idx: np.ndarray, step:
             if live.any():
                 reach = (highs[h][here][live] >= thr) if above else (lows[h][here][live] <= thr)
                 p[live] = reach.sum(axis=1) / paths.shape[0]
-                crossed[live] = np.isfinite(true_minutes(y, at[live], n_h, step, thr, above))
+                crossed[live] = truth[:at.size][live] <= n_h * step  # (NaN: none within)
             out[h].append(ReplayOutcome(p, crossed, beyond))
     return out
 

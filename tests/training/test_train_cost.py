@@ -7,6 +7,7 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pandas as pd
 import polars as pl
 import pytest
 
@@ -21,7 +22,7 @@ from training.fanout import batches_of
 from training.forecast import prophet_map
 from training.forecast.forecaster import SeriesForecaster
 from training.threshold import DEFAULT_ALARM, UNBOUNDED
-from training.train import holdout_outcomes, holdout_timings
+from training.train import holdout_outcomes, holdout_timings, holdout_truths
 
 
 def office_series(days: float = 16.0, step_minutes: int = 5, seed: int = 3, jump: float = 0.0
@@ -146,6 +147,21 @@ def test_training_chooses_the_crossing_time_quantile_as_the_backtest_does(seed):
     calibrations = {h: calibrate_on_replay(fast[h], DEFAULT_ALARM) for h in horizons}
     evidence = holdout_timings(y, expected, corrections, idx, step, paths, targets, fast,
                                calibrations, bounds)
+    # training's way: true minutes once and the replay's running extremes choose the walked paths
+    extremes: dict = {}
+    truths = holdout_truths(y, idx, step, horizons, targets)
+    shared = holdout_outcomes(y, expected, idx, step, horizons, paths, targets, corrections,
+                              truths, extremes)
+    assert set(extremes) == {"rows", "highs", "lows"}
+    for h in horizons:
+        for a, b in zip(shared[h], fast[h], strict=True):
+            assert np.array_equal(a.probability, b.probability, equal_nan=True)
+            assert np.array_equal(a.crossed, b.crossed)
+    pruned = holdout_timings(y, expected, corrections, idx, step, paths, targets, shared,
+                             calibrations, bounds, truths, extremes)
+    for h in horizons:
+        for field in ("probability", "counts", "errors"):
+            assert np.array_equal(getattr(pruned[h], field), getattr(evidence[h], field))
     got = {h: evidence[h].best(calibrations[h].alarm) for h in horizons}
     for h in horizons:
         full = replay_outcomes(y, expected, idx, step, h, paths, targets, bounds)
@@ -184,3 +200,47 @@ def test_the_cached_component_matrix_is_prophets_own():
     for model in (fitted, again):
         assert model.train_component_cols.equals(cols)
         assert model.component_modes == modes
+
+
+def test_a_remembered_forecast_is_the_forecast_and_a_refit_forgets_it():
+    frame = office_series(days=6)
+    ts = frame[s.TS].to_numpy()
+    plain = SeriesForecaster().fit(frame)
+    model = SeriesForecaster().remember_expected().fit(frame)
+    first = model.expected(ts)
+    first[:] = 0.0  # a caller writing into its answer does not change the next one
+    assert np.array_equal(model.expected(ts), plain.expected(ts))
+    assert np.array_equal(model.expected(ts[:100]), plain.expected(ts[:100]))
+    shorter = frame.head(frame.height - 300)
+    model.fit(shorter)  # a new fit: the old forecast is not answered again
+    assert np.array_equal(model.expected(ts), SeriesForecaster().fit(shorter).expected(ts))
+    assert not np.array_equal(model.expected(ts), plain.expected(ts))
+    model.remember_expected(False)
+    assert model._expected_memo_ is None
+
+
+def test_the_cached_fourier_features_are_prophets_own():
+    from prophet import Prophet
+
+    dates = pd.Series(pd.date_range("2026-09-07", periods=500, freq="5min"))
+    model = Prophet()
+    prophet_map._FOURIER.clear()
+    with prophet_map.cached_fourier(model):
+        cold = model.make_seasonality_features(dates[:300], 7.0, 3, "weekly")
+        # half seen before, half new; the cache's rows are not the caller's array
+        cold.iloc[:, :] = 0.0
+        warm = model.make_seasonality_features(dates[150:], 7.0, 3, "weekly")
+    assert "make_seasonality_features" not in vars(model)
+    own = Prophet.make_seasonality_features(dates[150:].reset_index(drop=True), 7.0, 3, "weekly")
+    assert list(warm.columns) == list(own.columns)
+    assert np.array_equal(warm.to_numpy(), own.to_numpy())
+
+
+def test_a_fit_from_cached_features_is_the_fit_from_fresh_ones():
+    frame = office_series(days=15)
+    prophet_map._FOURIER.clear()
+    fresh = SeriesForecaster().fit(frame)
+    prophet_map._FOURIER.clear()
+    SeriesForecaster().fit(frame.head(frame.height - 288))  # a trial's times: a prefix
+    warm = SeriesForecaster().fit(frame)
+    assert fresh.prophet_json() == warm.prophet_json()

@@ -137,13 +137,18 @@ class SeriesForecaster:
         return {k: v for k, v in vars(self).items() if not k.endswith("_")}
 
     # --- fitting ---------------------------------------------------------------------------
-    def fit(self, frame: pl.DataFrame, in_sample_errors: bool = True) -> SeriesForecaster:
+    def fit(self, frame: pl.DataFrame, in_sample_errors: bool = True,
+            in_sample_sigma: bool = True) -> SeriesForecaster:
         """Fit on a frame with ``ts`` (UTC) and ``value``; null values are gaps, not zeros.
 
         ``in_sample_errors=False`` leaves the error paths empty, for a caller that gives the
         model other ones (training: the holdout's) or none (a trial model that only forecasts);
         :meth:`learn_in_sample_errors` learns them later, the same as ``fit`` would have.
+        ``in_sample_sigma=False`` leaves a Prophet model's ``sigma_`` NaN (no forecast over the
+        whole history), for a trial model that only forecasts and is never served.
         """
+        if self._expected_memo_ is not None:  # a new fit: the remembered forecast is stale
+            self._expected_memo_ = (None, None)
         frame = frame.select(s.TS, s.VALUE).drop_nulls().sort(s.TS)
         if frame.height < 3:
             raise ValueError(f"need at least 3 observations to fit, got {frame.height}")
@@ -170,12 +175,14 @@ class SeriesForecaster:
         self.error_paths_ = (self._learn_error_paths(ts, y) if in_sample_errors
                              else self._no_error_paths())
         if fitted:  # at the series' own resolution, not the fit's
-            self.sigma_ = float(np.std(y - self.expected(ts)))
+            self.sigma_ = float(np.std(y - self.expected(ts))) if in_sample_sigma else float("nan")
         self.calibrations_: dict[float, ProbabilityCalibration] = {}
         return self
 
     def fit_fallback(self, frame: pl.DataFrame, reason: str) -> SeriesForecaster:
         """Fit the linear fallback only, recording why (a fit that raised or ran too long)."""
+        if self._expected_memo_ is not None:  # a new fit: the remembered forecast is stale
+            self._expected_memo_ = (None, None)
         frame = frame.select(s.TS, s.VALUE).drop_nulls().sort(s.TS)
         if frame.height < 1:
             raise ValueError("no observations to fit a fallback on")
@@ -281,9 +288,10 @@ class SeriesForecaster:
                                       condition_name=name)
         else:  # too few days of one kind to learn its shape apart: one daily shape for all
             model.add_seasonality("daily", period=1, fourier_order=self.daily_fourier_order)
-        from training.forecast.prophet_map import cached_components
+        from training.forecast.prophet_map import cached_components, cached_fourier
 
-        with cached_components(model):  # the same for every series: built once per process
+        # the same for every series: built once per process; the features of times seen before
+        with cached_components(model), cached_fourier(model):
             model.fit(frame)
         self.kind_ = "prophet"
         self.model_ = model
@@ -332,10 +340,27 @@ class SeriesForecaster:
     def expected(self, ts) -> np.ndarray:
         """The point forecast at UTC times as a plain array (the serving hot path)."""
         ts = np.asarray(ts, dtype="datetime64[us]")
+        memo = self._expected_memo_
+        if memo is not None and memo[0] is not None and memo[0].shape == ts.shape \
+                and np.array_equal(memo[0], ts):
+            return memo[1].copy()
         if self.kind_ == "prophet" and self.point_model_ is not None:
             cal = local_calendar(ts, self.timezone, self.holidays_country)
-            return self.point_model_.yhat(cal["ds"], cal)
-        return self.predict(ts, with_interval=False)["yhat"].to_numpy()
+            out = self.point_model_.yhat(cal["ds"], cal)
+        else:
+            out = self.predict(ts, with_interval=False)["yhat"].to_numpy()
+        if memo is not None:
+            self._expected_memo_ = (ts.copy(), out.copy())
+        return out
+
+    def remember_expected(self, on: bool = True) -> SeriesForecaster:
+        """While on, :meth:`expected` at the same times as its last call returns that answer
+        again instead of evaluating the forecast anew (training asks for the whole history's and
+        the holdout's forecast more than once); a fit forgets it. Off by default (serving)."""
+        self._expected_memo_ = (None, None) if on else None
+        return self
+
+    _expected_memo_ = None  # (times, forecast) of the last expected(), while remembering
 
     def training_tail(self, minutes: float) -> tuple[np.ndarray, np.ndarray]:
         """The last ``minutes`` of the data the model was fitted on: UTC ``datetime64[us]``, values.

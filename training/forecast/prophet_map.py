@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 #: priors of Prophet's Stan program (prophet.stan): k, m ~ normal(0, 5); sigma_obs ~ normal(0, 0.5)
 _KM_SCALE, _SIGMA_SCALE = 5.0, 0.5
@@ -188,3 +189,43 @@ def cached_components(model: Any) -> Iterator[None]:
         yield
     finally:
         del model.regressor_column_matrix
+
+
+#: Prophet's Fourier features per (period, order): the sorted times (ns) a fit asked for last, and
+#: their rows
+_FOURIER: dict[tuple[float, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+@contextmanager
+def cached_fourier(model: Any) -> Iterator[None]:
+    """During ``model.fit``, the rows of Prophet's Fourier features of times seen before from a cache.
+
+    Each row of ``fourier_series`` depends on its own time only, and a trial fit's times, the
+    served fit's (the same plus the holdout) and the next series' (the same scrape times) are
+    mostly the same: the rows of times the last fit at the same period and order asked for are
+    copied, the others computed by Prophet, and the frame built as Prophet builds it.
+    """
+    from prophet import Prophet
+
+    def cached(dates, period, series_order, prefix):
+        key = (float(period), int(series_order))
+        when = dates.to_numpy(dtype="datetime64[ns]").view(np.int64)
+        rows = np.empty((when.size, 2 * int(series_order)))
+        hit = np.zeros(when.size, dtype=bool)
+        if key in _FOURIER:
+            seen, values = _FOURIER[key]
+            at = np.minimum(np.searchsorted(seen, when), seen.size - 1)
+            hit = seen[at] == when
+            rows[hit] = values[at[hit]]
+        if not hit.all():
+            rows[~hit] = Prophet.fourier_series(dates[~hit], period, series_order)
+        seen, first = np.unique(when, return_index=True)
+        _FOURIER[key] = (seen, rows[first])  # a copy: Prophet zeroes rows of the frame's array
+        return pd.DataFrame(rows, columns=[f"{prefix}_delim_{i + 1}"
+                                           for i in range(rows.shape[1])])
+
+    model.make_seasonality_features = cached
+    try:
+        yield
+    finally:
+        del model.make_seasonality_features

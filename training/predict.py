@@ -12,11 +12,12 @@ import polars as pl
 
 from features import schema as s
 from training.bundle import ModelBundle
-from training.forecast.correction import RealtimeCorrection, realtime_corrections
+from training.forecast.correction import RealtimeCorrection, minute_of_hour, realtime_corrections
 from training.forecast.forecaster import horizon_grid
 from training.threshold import (
     UNBOUNDED,
     AlertRule,
+    PathPhases,
     ProbabilityCalibration,
     clip_to_range,
     crossings_from_paths,
@@ -126,6 +127,19 @@ def answers_from_paths(model, n_steps: int) -> bool:
     long enough) rather than from its Gaussian band."""
     paths = model.error_paths_
     return paths.shape[0] >= MIN_ERROR_PATHS and paths.shape[1] >= n_steps
+
+
+def path_phases(model, origins) -> PathPhases | None:
+    """The minutes of the hour of the answers' ``origins`` (datetimes or datetime64) and of the
+    model's error paths' origins, so each crossing is timed over the paths begun at its own
+    minute (an hourly spike keeps its place); None for a model without them (an older bundle:
+    timed over every path, as before)."""
+    minutes = getattr(model, "error_path_minutes_", None)
+    if minutes is None or minutes.shape[0] != model.error_paths_.shape[0]:
+        return None
+    at = np.array([np.datetime64(o.replace(tzinfo=None) if isinstance(o, datetime) else o, "us")
+                   for o in origins], dtype="datetime64[us]")
+    return PathPhases(minute_of_hour(at), minutes)
 
 
 def served_calibration(model, horizon_minutes: float, use_paths: bool) -> ProbabilityCalibration:
@@ -406,7 +420,8 @@ def _answers_at(model, obs_ts: np.ndarray, obs_y: np.ndarray, threshold: float, 
                            bounds)
     if use_paths:
         crossings = crossings_from_paths(minutes, points, model.error_paths_[:, :n_h], threshold,
-                                         direction, currents, bounds, calibration.timing)
+                                         direction, currents, bounds, calibration.timing,
+                                         path_phases(model, origins))
         crossings = [c if c.already_crossed else dataclasses.replace(
             c, probability=round(float(calibration.apply(c.probability)), 4)) for c in crossings]
     else:  # the linear fallback: its Gaussian band

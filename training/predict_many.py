@@ -36,6 +36,7 @@ from training.predict import (
     anomaly_row,
     calendar_of,
     calibration_note,
+    path_phases,
     physical_range,
     predict_series,
     served_calibration,
@@ -478,6 +479,18 @@ def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: 
             out[it.index] = exc
 
 
+# --- s9-quality: crossings timed over the paths begun at the check's minute of the hour -----
+def _phase_matched(its: list[_Item], now_us: np.ndarray) -> np.ndarray | None:
+    """(g, K) the paths that time each series' crossing now (:func:`training.predict.path_phases`,
+    every path for a model without origin minutes); None when no model of the group has them."""
+    phased = [path_phases(it.model, [np.datetime64(int(t), "us")]) for it, t in zip(its, now_us, strict=True)]
+    if all(p is None for p in phased):
+        return None
+    k = its[0].model.error_paths_.shape[0]
+    return np.stack([np.ones(k, dtype=bool) if p is None else p.matched()[0] for p in phased])
+# --- end s9-quality ---------------------------------------------------------------------------
+
+
 def _driver_order(items: list[_Item], changes: np.ndarray) -> list[list[int]]:
     """Per series, the drivers (indices into ``_DRIVERS``) that push towards the threshold, largest
     push first (ties in their order): ``sorted(range(4), key=-sign * change)`` of every series at
@@ -531,7 +544,7 @@ def _crossing_group(items: list[_Item], members: list[int], n_h: int, n_o: int, 
     calibrations = [it.calibration for it in its]
     timing = np.array([c.timing for c in calibrations], dtype=np.float64)
     b = crossing_distribution_rows(minutes, points, stack.steps, stack_rows, thresholds, direction, timing,
-                                   stack.extremes(n_h, direction == "above"))
+                                   stack.extremes(n_h, direction == "above"), _phase_matched(its, now_us))
     last = np.maximum(ends - 1, 0)
     rows = np.arange(g)[:, None]
     seen = ends > 0

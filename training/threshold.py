@@ -127,6 +127,41 @@ def clip_to_range(values, bounds: tuple[float, float] = UNBOUNDED) -> np.ndarray
     return values if lo == -np.inf and hi == np.inf else np.clip(values, lo, hi)
 
 
+#: an error path's origin counts as "at the check's minute of the hour" within this many minutes
+PHASE_WINDOW_MINUTES = 5
+#: the fewest crossing paths so matched that time a crossing; fewer: every path times it
+MIN_PHASE_CROSSINGS = 5
+
+
+@dataclass(frozen=True)
+class PathPhases:
+    """The minute of the hour of each check and of each error path's origin.
+
+    A periodic spike (an hourly cron job at minute 22) shows in the paths that began at the
+    same minute of the hour as the check, at the same lead; paths begun at any minute smear it
+    over the hour. :meth:`matched` says which paths lie within ``window`` minutes (circular).
+    """
+
+    checks: np.ndarray  # (n_t,) minute of the hour of each check (its last observation)
+    paths: np.ndarray  # (K,) minute of the hour of each path's origin
+    window: float = PHASE_WINDOW_MINUTES
+
+    def matched(self, rows=slice(None)) -> np.ndarray:
+        c = np.asarray(self.checks, dtype=np.int64)[rows]
+        d = np.abs(c[:, None] - np.asarray(self.paths, dtype=np.int64)[None, :]) % 60
+        return np.minimum(d, 60 - d) <= self.window
+
+
+def phase_restricted(first: np.ndarray, matched: np.ndarray | None) -> np.ndarray:
+    """``first`` (n_t, K) with the unmatched paths set to "no crossing" in the rows where at
+    least :data:`MIN_PHASE_CROSSINGS` matched paths cross; ``first`` itself without ``matched``."""
+    if matched is None:
+        return first
+    only = np.where(matched, first, -1)
+    enough = np.sum(only >= 0, axis=1) >= MIN_PHASE_CROSSINGS
+    return np.where(enough[:, None], only, first)
+
+
 def crossing_distribution(
     minutes: np.ndarray,
     point: np.ndarray,
@@ -136,6 +171,7 @@ def crossing_distribution(
     bounds: tuple[float, float] = UNBOUNDED,
     timing: float = 0.5,
     levels: tuple[float, ...] = (),
+    phases: PathPhases | None = None,
 ) -> CrossingBatch:
     """Crossing times from a point path plus plausible error paths.
 
@@ -149,7 +185,9 @@ def crossing_distribution(
     held inside the metric's physical ``bounds`` (see :func:`clip_to_range`): a threshold
     beyond them is never reached. ``timing`` is the quantile the answer's crossing time takes
     (the median unless a replay chose another, see :attr:`ProbabilityCalibration.timing`);
-    ``levels`` asks for more quantiles (``at_levels``).
+    ``levels`` asks for more quantiles (``at_levels``). ``phases`` (if given): the crossing
+    times are taken over the paths that began at a similar minute of the hour as each check
+    (:class:`PathPhases`); the probability stays over all paths.
     """
     if direction not in ("above", "below"):
         raise ValueError(f"direction must be 'above' or 'below', not {direction!r}")
@@ -164,7 +202,8 @@ def crossing_distribution(
     for lo in range(0, n_t, chunk):
         first = first_crossings(point[lo:lo + chunk], errors, threshold, direction, bounds)
         prob[lo:lo + chunk] = np.sum(first >= 0, axis=1) / errors.shape[0]
-        found = crossing_time_quantiles(minutes, first, (0.1, timing, 0.9, *levels))
+        matched = None if phases is None else phases.matched(slice(lo, lo + chunk))
+        found = crossing_time_quantiles(minutes, first, (0.1, timing, 0.9, *levels), matched)
         for j, key in enumerate(("earliest", "minutes", "latest")):
             out[key][lo:lo + chunk] = found[:, j]
         extra[lo:lo + chunk] = found[:, 3:]
@@ -221,9 +260,13 @@ def _first_crossings(point: np.ndarray, errors: np.ndarray, threshold: float,
 
 
 def crossing_time_quantiles(minutes: np.ndarray, first: np.ndarray,
-                            levels: tuple[float, ...]) -> np.ndarray:
+                            levels: tuple[float, ...], matched: np.ndarray | None = None
+                            ) -> np.ndarray:
     """(n_t, len(levels)) quantiles of the crossing times of the paths that cross, from
-    :func:`first_crossings`' steps ``first`` (n_t, K); NaN where none crosses."""
+    :func:`first_crossings`' steps ``first`` (n_t, K); NaN where none crosses. ``matched``
+    (n_t, K), if given: only those paths, in the rows where at least
+    :data:`MIN_PHASE_CROSSINGS` of them cross (the others keep every path)."""
+    first = phase_restricted(first, matched)
     n_cross = np.sum(first >= 0, axis=1)
     t_cross = np.full(first.shape, np.inf)  # sorted only where a path crosses
     some = n_cross > 0
@@ -273,6 +316,7 @@ def crossing_distribution_rows(
     direction: str,
     timing: np.ndarray | float = 0.5,
     extremes: np.ndarray | None = None,
+    matched: np.ndarray | None = None,
 ) -> CrossingBatch:
     """:func:`crossing_distribution_many` with each series' error paths read in place from a stack.
 
@@ -284,7 +328,8 @@ def crossing_distribution_rows(
     :func:`crossing_distribution` gives series j alone (tested), without copying the batch's
     paths: most paths are decided without walking the horizon, one whose extreme misses the
     threshold never reaches it (rounding is monotone), one that reaches it where the point
-    forecast peaks does; only the rest are walked.
+    forecast peaks does; only the rest are walked. ``matched`` (n, K), if given: the paths
+    that time each series' crossing (:class:`PathPhases` at its last evaluation time).
     """
     if direction not in ("above", "below"):
         raise ValueError(f"direction must be 'above' or 'below', not {direction!r}")
@@ -324,6 +369,8 @@ def crossing_distribution_rows(
         first = np.full((c_n, k_paths), -1)
         first.reshape(-1)[flat] = _first_steps_rows(pts, steps, at, thr, ci, np.full(ci.size, n_t - 1), ki,
                                                     above)
+        if matched is not None:  # s9-quality: timed over the paths begun at the check's minute
+            first = phase_restricted(first, matched[lo:lo + chunk])
         t_cross = np.sort(np.where(first >= 0, minutes[np.maximum(first, 0)], np.inf), axis=1)
         n_cross = np.sum(first >= 0, axis=1)
         for key, q in (("earliest", 0.1), ("minutes", timing[lo:lo + chunk]), ("latest", 0.9)):
@@ -363,10 +410,13 @@ def crossings_from_paths(
     currents: list[float | None],
     bounds: tuple[float, float] = UNBOUNDED,
     timing: float = 0.5,
+    phases: PathPhases | None = None,
 ) -> list[Crossing]:
-    """:class:`Crossing` per row of ``points`` (n, n_h), each with its latest observed value."""
+    """:class:`Crossing` per row of ``points`` (n, n_h), each with its latest observed value;
+    ``phases`` (if given) times each row's crossing at its check's minute of the hour."""
     above = direction == "above"
-    b = crossing_distribution(minutes, points, error_paths, threshold, direction, bounds, timing)
+    b = crossing_distribution(minutes, points, error_paths, threshold, direction, bounds, timing,
+                              phases=phases)
 
     def _opt(x: float) -> float | None:
         return None if np.isnan(x) else float(x)

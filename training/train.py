@@ -34,7 +34,7 @@ from training.evaluation.replay import (
 )
 from training.fanout import ENGINES, Progress, SeriesTimeLimit, fan_out, time_limit
 from training.forecast.correction import WINDOW_MINUTES as CORRECTION_WINDOW_MINUTES
-from training.forecast.correction import damped, error_paths
+from training.forecast.correction import damped, error_paths_with_origins, hourly_phases, minute_of_hour
 from training.forecast.forecaster import SeriesForecaster, calendar_setting
 from training.plots import crossing_margin
 from training.predict import MIN_ERROR_PATHS
@@ -44,6 +44,7 @@ from training.threshold import (
     TIMING_FLOOR,
     UNBOUNDED,
     AlertRule,
+    PathPhases,
     ProbabilityCalibration,
     TimingEvidence,
     clip_to_range,
@@ -370,10 +371,12 @@ def use_holdout_errors(model: SeriesForecaster, trial: SeriesForecaster, frame: 
     ts = part[s.TS].dt.replace_time_zone(None).to_numpy().astype("datetime64[us]")
     expected = trial.expected(ts)
     resid = part[s.VALUE].fill_null(np.nan).to_numpy() - expected
-    paths = error_paths(resid, model.step_minutes_, model.max_horizon_minutes, model.n_error_paths)
+    paths, origins = error_paths_with_origins(resid, model.step_minutes_,
+                                              model.max_horizon_minutes, model.n_error_paths)
     if paths.shape[0] < MIN_ERROR_PATHS:
         return "in-sample (holdout too short)"
     model.error_paths_ = paths.astype(np.float32)
+    model.error_path_minutes_ = hourly_phases(resid, ts, origins)  # s9-quality: the paths' phases
     model.calibrations_ = holdout_calibrations(model, trial, ts, part[s.VALUE].fill_null(np.nan)
                                                .to_numpy(), frame.filter(pl.col(s.TS) < holdout_start),
                                                rule or AlertRule(), expected=expected,
@@ -425,7 +428,8 @@ def holdout_calibrations(model: SeriesForecaster, trial: SeriesForecaster, ts: n
             calibrations[h] = calibration
     evidence = holdout_timings(y, expected, corrections, idx, model.step_minutes_, paths, targets,
                                {h: replays[h] for h in calibrations}, calibrations, bounds, truths,
-                               extremes)
+                               extremes, phases=None if model.error_path_minutes_ is None
+                               else (ts, model.error_path_minutes_))
     if timing is not None:
         timing.update({float(h): e for h, e in evidence.items()})
     ups = [thr for thr, d in targets if d == "above"]
@@ -441,7 +445,8 @@ def holdout_timings(y: np.ndarray, expected: np.ndarray, corrections: tuple[np.n
                     targets: list[tuple[float, str]], outcomes: dict[float, list[ReplayOutcome]],
                     calibrations: dict[float, ProbabilityCalibration],
                     bounds: tuple[float, float], truths: list[np.ndarray] | None = None,
-                    extremes: dict | None = None) -> dict[float, TimingEvidence]:
+                    extremes: dict | None = None,
+                    phases: tuple[np.ndarray, np.ndarray] | None = None) -> dict[float, TimingEvidence]:
     """The holdout's timing evidence at each horizon (:func:`~training.evaluation.replay.
     timing_evidence`): its :meth:`~training.threshold.TimingEvidence.best` under an alarm level
     is the crossing-time quantile the backtest chooses (:func:`~training.evaluation.replay.
@@ -456,7 +461,9 @@ def holdout_timings(y: np.ndarray, expected: np.ndarray, corrections: tuple[np.n
     ``truths``: :func:`holdout_truths` over these checks, if the caller has them already;
     ``extremes``: what :func:`holdout_outcomes` filled in, if the caller has it: with no bounds
     (training's replay holds nothing in a range) only the paths whose running extreme reached
-    the threshold (the same sums) are walked for their first crossing.
+    the threshold (the same sums) are walked for their first crossing. ``phases`` (if given):
+    the grid's timestamps and the paths' origin minutes of the hour, the crossing times then
+    taken over the paths begun near each check's minute (as served).
     """
     level, slope = corrections
     n_hs = {h: max(1, int(round(h / step))) for h in outcomes}
@@ -496,8 +503,10 @@ def holdout_timings(y: np.ndarray, expected: np.ndarray, corrections: tuple[np.n
             if hit.any():
                 rows = np.searchsorted(checks, at[h][hit])
                 within = np.where(first[rows] < n_h, first[rows], -1)
+                matched = None if phases is None else PathPhases(
+                    minute_of_hour(phases[0][at[h][hit]]), phases[1]).matched()
                 when[hit] = crossing_time_quantiles(np.arange(1, n_h + 1) * step, within,
-                                                    TIMING_LEVELS)
+                                                    TIMING_LEVELS, matched)
                 truth[hit] = crossing_within(truths[i][:at[h].size][hit], n_h, step)
             timed[h].append(dataclasses.replace(o, when=when, true_minutes=truth))
     return {h: timing_evidence(timed[h], calibrations[h]) for h in outcomes}

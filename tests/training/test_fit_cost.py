@@ -11,7 +11,12 @@ import polars as pl
 import pytest
 
 from features import schema as s
-from training.forecast.correction import _every_finite_path, error_paths, rolling_corrections
+from training.forecast.correction import (
+    _every_finite_path,
+    error_paths,
+    error_paths_with_origins,
+    rolling_corrections,
+)
 from training.forecast.forecaster import SeriesForecaster
 
 
@@ -21,9 +26,10 @@ def _every_path_then_pick(r, step, horizon, n_paths, window=60.0, damping=60.0):
     level, slope = rolling_corrections(r, step, window)
     origins = np.arange(n_h, r.size - n_h)
     if origins.size == 0:
-        return np.empty((0, n_h))
-    e = _every_finite_path(r, level, slope, origins, np.arange(1, n_h + 1) * step, damping, n_paths)
-    return e - np.median(e, axis=0, keepdims=True) if e.shape[0] else e
+        return np.empty((0, n_h)), np.empty(0, dtype=np.int64)
+    e, picked = _every_finite_path(r, level, slope, origins, np.arange(1, n_h + 1) * step, damping,
+                                   n_paths)
+    return (e - np.median(e, axis=0, keepdims=True) if e.shape[0] else e), picked
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -35,8 +41,10 @@ def test_error_paths_are_bit_for_bit_those_of_every_path_then_pick(seed):
     step, horizon = float(rng.choice([1, 5, 15])), float(rng.choice([60, 360]))
     for n_paths in (7, 200, 100_000):
         got = error_paths(r, step, horizon, n_paths)
-        want = _every_path_then_pick(r, step, horizon, n_paths)
+        want, picked = _every_path_then_pick(r, step, horizon, n_paths)
         assert got.shape == want.shape and np.array_equal(got, want)
+        # and each path's origin (its minute of the hour is stored with it) is the one picked
+        np.testing.assert_array_equal(error_paths_with_origins(r, step, horizon, n_paths)[1], picked)
 
 
 def _minute_series(days: float, seed: int = 5) -> pl.DataFrame:

@@ -16,13 +16,21 @@ from training.bundle import ModelBundle
 from training.evaluation.baselines import predict_linear_lines, static_warning
 from training.evaluation.metrics import false_alarm_runs_per_row
 from training.forecast.correction import WINDOW_MINUTES as CORRECTION_WINDOW
-from training.forecast.correction import damped, error_paths, rolling_corrections
+from training.forecast.correction import (
+    damped,
+    error_paths_with_origins,
+    hourly_phases,
+    minute_of_hour,
+    rolling_corrections,
+)
 from training.forecast.forecaster import SeriesForecaster
 from training.threshold import (
+    PHASE_WINDOW_MINUTES,
     TIMING_FLOOR,
     TIMING_LEVELS,
     UNBOUNDED,
     AlertRule,
+    PathPhases,
     ProbabilityCalibration,
     TimingEvidence,
     clip_to_range,
@@ -64,6 +72,9 @@ class ReplayConfig:
     #: prealert's alert rule (``for`` / ``keep_firing_for``); None warns on every check alone
     alert_rule: AlertRule | None = field(default_factory=AlertRule)
     forecaster: dict = field(default_factory=dict)
+    #: the crossing time over the error paths begun within this many minutes of the check's
+    #: minute of the hour (None: over every path); the probability is over every path
+    phase_window_minutes: float | None = PHASE_WINDOW_MINUTES
 
     def as_params(self) -> dict[str, str]:
         return {k: str(v) for k, v in asdict(self).items()}
@@ -119,23 +130,38 @@ def onset_samples(y: np.ndarray, threshold: float, above: bool, gap_steps: int) 
     return out
 
 
+@dataclass(frozen=True)
+class PathPhasing:
+    """The replay's grid timestamps and its error paths' origin minutes: :meth:`at` gives the
+    :class:`PathPhases` of the checks at grid indices ``idx``."""
+
+    ts: np.ndarray  # datetime64[us], the replay's grid
+    path_minutes: np.ndarray  # (K,) int16
+    window: float
+
+    def at(self, idx) -> PathPhases:
+        return PathPhases(minute_of_hour(self.ts[idx]), self.path_minutes, self.window)
+
+
 def replay_probabilities(y, expected, level, slope, idx, step: float, horizon: float,
                          paths: np.ndarray, threshold: float, direction: str,
                          bounds: tuple[float, float] = UNBOUNDED, timing: float = 0.5,
-                         levels: tuple[float, ...] = ()):
+                         levels: tuple[float, ...] = (), phases: PathPhasing | None = None):
     """prealert's answers at indices ``idx`` as serving gives them, and the true minutes.
 
     ``expected`` is the model's forecast on the grid, ``level``/``slope`` the real-time
     correction at each index (from :func:`rolling_corrections`), ``paths`` the error paths,
     ``bounds`` the metric's physical range, ``timing`` the crossing-time quantile answered
-    (:attr:`ProbabilityCalibration.timing`), ``levels`` more quantiles to return.
+    (:attr:`ProbabilityCalibration.timing`), ``levels`` more quantiles to return, ``phases``
+    (if given) the checks' and paths' minutes of the hour: the crossing times are then taken
+    over the paths begun near each check's minute (:class:`PathPhases`).
     """
     n_h = int(round(horizon / step))
     minutes = np.arange(1, n_h + 1) * step
     cols = np.clip(idx[:, None] + np.arange(1, n_h + 1)[None, :], 0, y.size - 1)
     point = clip_to_range(expected[cols] + damped(level[idx], slope[idx], minutes), bounds)
     batch = crossing_distribution(minutes, point, paths[:, :n_h], threshold, direction, bounds,
-                                  timing, levels)
+                                  timing, levels, None if phases is None else phases.at(idx))
     return batch, true_minutes(y, idx, n_h, step, threshold, direction == "above")
 
 
@@ -157,7 +183,8 @@ class ReplayOutcome:
 
 def replay_outcomes(y, expected, idx, step: float, horizon: float, paths: np.ndarray,
                     targets: list[tuple[float, str]],
-                    bounds: tuple[float, float] = UNBOUNDED) -> list[ReplayOutcome]:
+                    bounds: tuple[float, float] = UNBOUNDED,
+                    phases: PathPhasing | None = None) -> list[ReplayOutcome]:
     """Raw probabilities and whether the crossing came, per (threshold, direction) target.
 
     A replay the model was not trained on, at the regular checks ``idx``; checks whose horizon
@@ -178,7 +205,7 @@ def replay_outcomes(y, expected, idx, step: float, horizon: float, paths: np.nda
         if live.any():
             batch, truth = replay_probabilities(y, expected, level, slope, idx[live], step,
                                                 horizon, paths, thr, direction, bounds,
-                                                levels=TIMING_LEVELS)
+                                                levels=TIMING_LEVELS, phases=phases)
             p[live], crossed[live] = batch.probability, np.isfinite(truth)
             when[live], true[live] = batch.at_levels, truth
         out.append(ReplayOutcome(p, crossed, beyond, when, true))
@@ -392,8 +419,10 @@ def replay_steps(case: SeriesCase, config: ReplayConfig, served: dict | None = N
             prev = _trial_replay(case, config, t0, hist_start, every, lead_in)
         if prev is not None and config.out_of_sample_errors:
             err_resid = (y - prev["expected"])[prev["span"]]
+            err_ts = case.ts[prev["span"]]
         else:  # a history too short for a trial: only in-sample residuals exist
             err_resid = np.where(fit_idx, resid, np.nan)[span_idx]
+            err_ts = case.ts[span_idx]
             # and the calibration replays the model on its own recent history (in sample)
             prev = {"expected": np.where(fit_idx, expected, np.nan),
                     "idx": np.flatnonzero((case.ts >= hist_start) & (case.ts < t0 - lead_in))[::every]}
@@ -417,16 +446,21 @@ def replay_steps(case: SeriesCase, config: ReplayConfig, served: dict | None = N
             n_h = int(round(h / step))
             minutes = np.arange(1, n_h + 1) * step
             # float32, as a bundle stores them
-            paths = error_paths(err_resid, step, h, config.n_paths).astype(np.float32)
+            paths, origins = error_paths_with_origins(err_resid, step, h, config.n_paths)
+            paths, path_minutes = paths.astype(np.float32), hourly_phases(err_resid, err_ts, origins)
             if paths.shape[0] < 10:
                 raise ValueError(f"{case.name}: too little history for error paths")
+            if config.phase_window_minutes is None:  # served as a bundle without phases is
+                path_minutes = None
+            phasing = None if path_minutes is None else PathPhasing(
+                case.ts, path_minutes, config.phase_window_minutes)
             calibration, alarm = ProbabilityCalibration(), config.alarm_probability
             if config.calibrate:
                 q = [np.nanquantile(history, 0.95 if above else 0.05),
                      np.nanquantile(history, 0.995 if above else 0.005)]
                 outcomes = replay_outcomes(y, prev["expected"], prev["idx"], step, h, paths,
                                            [(thr, case.direction) for thr in (case.threshold, *q)],
-                                           case.bounds)
+                                           case.bounds, phasing)
                 # calibrated on all the replayed thresholds, as training does; the operator's
                 # own threshold picks the alarm level if the replay saw it crossed often enough
                 own = outcomes[0] if outcomes[0].crossed.sum() >= MIN_CROSSINGS_FOR_OWN_ALARM \
@@ -445,17 +479,20 @@ def replay_steps(case: SeriesCase, config: ReplayConfig, served: dict | None = N
                     [own] if own is not None else outcomes, calibration))
             # the paths and the calibration as the service reads them back from a bundle
             model.error_paths_, model.calibrations_ = paths, {float(h): calibration}
+            model.error_path_minutes_ = path_minutes
             with tempfile.TemporaryDirectory(prefix="prealert-replay-") as tmp:
                 bundle = served_bundle(case.name, model, rule, Path(tmp))
             if served is not None:
                 served[(t0, h)] = bundle
             loaded = bundle.forecasters[case.name]
             paths, calibration = loaded.error_paths_.astype(np.float64), loaded.calibration_for(h)
+            phasing = None if loaded.error_path_minutes_ is None else PathPhasing(
+                case.ts, loaded.error_path_minutes_, config.phase_window_minutes)
             served_before[h] = calibration
             alarm = calibration.alarm if config.calibrate else config.alarm_probability
             b, truth = replay_probabilities(y, expected, level, slope, seg, step, h, paths,
                                             case.threshold, case.direction, case.bounds,
-                                            calibration.timing)
+                                            calibration.timing, phases=phasing)
             probability = calibration.apply(b.probability)
             # the crossing within H when it is an onset (see onset_samples), else NaN
             crossing_idx = seg + np.round(np.nan_to_num(truth) / step).astype(np.int64)
@@ -713,9 +750,12 @@ def _given_answers(model: SeriesForecaster, use_paths: bool, y, expected, level,
     """Raw probability and crossing-time (``timing`` quantile, P10, P90) minutes at the checks
     ``seg``, and the true minutes."""
     if use_paths:
+        minutes = model.error_path_minutes_  # as served: timed at the check's minute of the hour
         b, truth = replay_probabilities(y, expected, level, slope, seg, step, horizon,
                                         model.error_paths_.astype(np.float64), case.threshold,
-                                        case.direction, case.bounds, timing)
+                                        case.direction, case.bounds, timing,
+                                        phases=None if minutes is None
+                                        else PathPhasing(case.ts, minutes, PHASE_WINDOW_MINUTES))
         return {"probability_raw": b.probability, "minutes": b.minutes,
                 "earliest": b.earliest_minutes, "latest": b.latest_minutes}, truth
     from training.threshold import Z90, minutes_to_threshold

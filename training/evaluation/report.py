@@ -208,7 +208,12 @@ def write_report(sources: dict[str, pl.DataFrame], configs: dict[str, ReplayConf
              "predict_linear warns when its OLS line reaches the threshold within H (as the "
              "issue defines the baseline); `predict_linear_60m_rule` is the same line behind "
              "prealert's alert rule, for a like-for-like look. The static warning fires at 90% "
-             "of the threshold. Times already beyond the threshold are not evaluated.", "",
+             "of the threshold. Times already beyond the threshold are not evaluated. "
+             + ("prealert's crossing time (and its P10-P90) is taken over the error paths begun "
+                f"within {config.phase_window_minutes:g} min of the check's minute of the hour "
+                "for a series whose residual history differs by minute of the hour (F-test, "
+                "p < 0.001), else over every path; its probability is over every path."
+                if config.phase_window_minutes is not None else ""), "",
              "An episode is an **onset**: a crossing whose previous sample at or beyond the "
              "threshold is more than H earlier (flapping inside that gap belongs to the episode), "
              "counted only when every check of its warning window [c - H, c) was evaluated "

@@ -134,13 +134,29 @@ def error_paths(
     ``h = 1..H``; paths touching a gap are skipped. Shape ``(K, H / step)``; empty if the
     history is shorter than a horizon.
     """
+    return error_paths_with_origins(residuals, step_minutes, horizon_minutes, n_paths,
+                                    window_minutes, damping_minutes, center)[0]
+
+
+def error_paths_with_origins(
+    residuals: np.ndarray,
+    step_minutes: float,
+    horizon_minutes: float,
+    n_paths: int = 256,
+    window_minutes: float = WINDOW_MINUTES,
+    damping_minutes: float = DAMPING_MINUTES,
+    center: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`error_paths` and each path's origin: the index into ``residuals`` it starts at
+    (its last observation), (K,) int64; with the residuals' timestamps it gives the path's
+    minute of the hour (:func:`minute_of_hour`)."""
     r = np.asarray(residuals, dtype=np.float64)
     n_h = max(1, int(round(horizon_minutes / step_minutes)))
     level, slope = rolling_corrections(r, step_minutes, window_minutes)
     minutes = np.arange(1, n_h + 1) * step_minutes
     origins = np.arange(n_h, r.size - n_h)
     if origins.size == 0:
-        return np.empty((0, n_h))
+        return np.empty((0, n_h)), np.empty(0, dtype=np.int64)
     # pick the paths before building them: a (origins x horizon) matrix is 58 MB at 1 minute
     bad = np.concatenate([[0], np.cumsum(~np.isfinite(r))])
     rows = origins[(bad[origins + n_h + 1] == bad[origins + 1])
@@ -150,17 +166,60 @@ def error_paths(
     e = r[rows[:, None] + np.arange(1, n_h + 1)[None, :]] - damped(
         level[rows], slope[rows], minutes, damping_minutes)
     if not np.isfinite(e).all():  # an overflow the check above cannot see: every path, then drop
-        e = _every_finite_path(r, level, slope, origins, minutes, damping_minutes, n_paths)
+        e, rows = _every_finite_path(r, level, slope, origins, minutes, damping_minutes, n_paths)
     if center and e.shape[0]:
         # keep the spread and shape, drop the bias: the model refitted since has absorbed it
         e = e - np.median(e, axis=0, keepdims=True)
-    return e
+    return e, rows.astype(np.int64)
 
 
-def _every_finite_path(r, level, slope, origins, minutes, damping_minutes, n_paths) -> np.ndarray:
+#: a residual history "has an hourly pattern" when its minute-of-the-hour means differ at this
+#: significance (one-way F-test): only then are its paths timed at the check's minute
+HOURLY_PATTERN_P = 1e-3
+
+
+def hourly_phases(residuals, ts, origins) -> np.ndarray | None:
+    """The error paths' origin minutes of the hour (:func:`minute_of_hour` of ``ts[origins]``)
+    when the ``residuals`` (on the grid ``ts``) differ by minute of the hour (a cron job's
+    spike at a fixed minute), else None: a series without an hourly pattern times its
+    crossings over every path, as a phase-matched subset would only add sampling noise.
+    """
+    from scipy.special import fdtrc
+
+    r = np.asarray(residuals, dtype=np.float64)
+    ok = np.isfinite(r)
+    minute = minute_of_hour(np.asarray(ts)[ok]).astype(np.int64)
+    r = r[ok]
+    counts = np.bincount(minute, minlength=60)
+    groups = int(np.count_nonzero(counts))
+    if groups < 2 or r.size <= groups:
+        return None
+    means = np.bincount(minute, weights=r, minlength=60)[counts > 0] / counts[counts > 0]
+    between = float(np.sum(counts[counts > 0] * (means - r.mean()) ** 2))
+    within = float(np.sum((r - np.bincount(minute, weights=r, minlength=60)[minute]
+                           / counts[minute]) ** 2))
+    if within <= 0:
+        return None
+    f = (between / (groups - 1)) / (within / (r.size - groups))
+    if fdtrc(groups - 1, r.size - groups, f) >= HOURLY_PATTERN_P:
+        return None
+    return minute_of_hour(np.asarray(ts)[origins])
+
+
+def minute_of_hour(ts) -> np.ndarray:
+    """The minute of the hour (0-59, UTC; whole-hour time zones share it) of datetime64 ``ts``,
+    as int16: an error path's origin phase, stored with the path."""
+    ts = np.asarray(ts, dtype="datetime64[us]")
+    return ((ts.astype(np.int64) // 60_000_000) % 60).astype(np.int16)
+
+
+def _every_finite_path(r, level, slope, origins, minutes, damping_minutes,
+                       n_paths) -> tuple[np.ndarray, np.ndarray]:
     ahead = r[origins[:, None] + np.arange(1, minutes.size + 1)[None, :]]
     e = ahead - damped(level[origins], slope[origins], minutes, damping_minutes)
-    e = e[np.isfinite(e).all(axis=1)]
+    finite = np.isfinite(e).all(axis=1)
+    e, origins = e[finite], origins[finite]
     if e.shape[0] > n_paths:
-        e = e[np.linspace(0, e.shape[0] - 1, n_paths).round().astype(int)]
-    return e
+        pick = np.linspace(0, e.shape[0] - 1, n_paths).round().astype(int)
+        e, origins = e[pick], origins[pick]
+    return e, origins

@@ -97,6 +97,9 @@ class SeriesForecaster:
     (Prophet answers use error paths, the linear fallback its Gaussian band).
     """
 
+    #: s9-quality: (K,) int16 minute of the hour each error path began at; None: not known
+    error_path_minutes_: np.ndarray | None = None
+
     def __init__(
         self,
         timezone: str = "Asia/Seoul",
@@ -239,6 +242,7 @@ class SeriesForecaster:
 
     def _no_error_paths(self) -> np.ndarray:
         n_h = max(1, int(round(self.max_horizon_minutes / self.step_minutes_)))
+        self.error_path_minutes_ = None
         return np.empty((0, n_h), dtype=np.float32)
 
     def _learn_error_paths(self, ts, y) -> np.ndarray:
@@ -247,9 +251,10 @@ class SeriesForecaster:
         None (an empty array) for the linear fallback: a line fitted to the last window says nothing about the
         errors it would have made further back, so its answers use its Gaussian band instead.
         """
-        from training.forecast.correction import error_paths
+        from training.forecast.correction import error_paths_with_origins, hourly_phases
 
         n_h = max(1, int(round(self.max_horizon_minutes / self.step_minutes_)))
+        self.error_path_minutes_ = None
         if self.kind_ != "prophet":
             return np.empty((0, n_h), dtype=np.float32)
         step = np.timedelta64(int(round(self.step_minutes_ * 60e6)), "us")
@@ -261,7 +266,11 @@ class SeriesForecaster:
         ok = (pos < grid.size) & (grid[np.minimum(pos, grid.size - 1)] == ts)
         observed[pos[ok]] = np.asarray(y, dtype=np.float64)[ok]
         resid = observed - self.expected(grid)
-        paths = error_paths(resid, self.step_minutes_, self.max_horizon_minutes, self.n_error_paths)
+        paths, origins = error_paths_with_origins(resid, self.step_minutes_,
+                                                  self.max_horizon_minutes, self.n_error_paths)
+        # s9-quality: each path's origin minute of the hour, so an answer can time a crossing
+        # over the paths begun at its own minute (an hourly spike keeps its place), if any
+        self.error_path_minutes_ = hourly_phases(resid, grid, origins)
         return paths.astype(np.float32)
 
     def _fit_prophet(self, ts, y):
@@ -459,6 +468,10 @@ class SeriesForecaster:
                 np.ascontiguousarray(self.error_paths_, dtype="<f4").tobytes()).decode("ascii"),
             "error_paths_shape": list(self.error_paths_.shape),
         }
+        minutes = getattr(self, "error_path_minutes_", None)
+        if minutes is not None:  # s9-quality: the paths' origin minutes of the hour
+            state["error_path_minutes_i2le"] = base64.b64encode(
+                np.ascontiguousarray(minutes, dtype="<i2").tobytes()).decode("ascii")
         if self.kind_ == "prophet":
             state["point_model"] = (None if self.point_model_ is None
                                     else self.point_model_.to_dict())
@@ -506,6 +519,10 @@ class SeriesForecaster:
             self.error_paths_ = raw.astype(np.float32).reshape(state["error_paths_shape"])
         else:  # bundles of schema version 1 stored them rounded, as lists
             self.error_paths_ = np.asarray(state["error_paths"], dtype=np.float32).reshape(-1, n_h)
+        # s9-quality: older bundles have no origin minutes; their answers time over every path
+        self.error_path_minutes_ = (np.frombuffer(base64.b64decode(state["error_path_minutes_i2le"]),
+                                                  dtype="<i2").astype(np.int16)
+                                    if "error_path_minutes_i2le" in state else None)
         model = state.get("model")
         if self.kind_ != "prophet":
             self.model_, self.point_model_ = model, None

@@ -308,13 +308,19 @@ class Predictor:
                     item.get("context", _EMPTY), observed=item["observed"])))
             except Exception as exc:
                 results[i] = _item_failure_json(i, exc)
-        answers = predict_many(self.bundle, [q for _, q, _, _ in asked])
+        # the series answered with array operations come as answer rows, written as they are
+        answers = predict_many(self.bundle, [q for _, q, _, _ in asked], as_rows=True)
         version = self.model_version
         for (i, _, how, rule), p in zip(asked, answers, strict=True):
             try:
-                if isinstance(p, Exception):
+                if isinstance(p, dict):
+                    p["resolved_by"], p["rule"] = how, rule
+                    answer = p
+                elif isinstance(p, Exception):
                     raise p
-                results[i] = {"index": i, "status": 200, "answer": _answer_json(p, how, rule), "error": None}
+                else:
+                    answer = _answer_json(p, how, rule)
+                results[i] = {"index": i, "status": 200, "answer": answer, "error": None}
             except Exception as exc:
                 results[i] = _item_failure_json(i, exc)
         failed = sum(r["status"] != 200 for r in results)

@@ -42,7 +42,7 @@ from training.predict import (
 )
 from training.threshold import AlertRule, ProbabilityCalibration, crossing_distribution_rows, path_extremes
 
-__all__ = ["Query", "explain_rows", "point_forecasts", "predict_many", "stack_error_paths"]
+__all__ = ["ANSWER_FIELDS", "Query", "explain_rows", "point_forecasts", "predict_many", "stack_error_paths"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -93,9 +93,15 @@ class _Item:
     bounds: tuple[float, float]  # the metric's physical range, the point forecasts held inside it
 
 
-def predict_many(bundle: ModelBundle, queries: Sequence[Query]) -> list[Prediction | Exception]:
-    """One :class:`Prediction` (or the exception that series raised) per query, in order."""
-    out: list[Prediction | Exception | None] = [None] * len(queries)
+def predict_many(bundle: ModelBundle, queries: Sequence[Query],
+                 as_rows: bool = False) -> list[Prediction | dict | Exception]:
+    """One :class:`Prediction` (or the exception that series raised) per query, in order.
+
+    ``as_rows``: the series the array path answers get their answer as a plain dict instead (the
+    :class:`Prediction`'s fields in :data:`ANSWER_FIELDS` order, then its ``message``: what a
+    service writes as JSON, without an object per answer); the others are still a ``Prediction``.
+    """
+    out: list[Prediction | dict | Exception | None] = [None] * len(queries)
     obs_us, obs_y, bounds = _observations_of(queries, out)
     alert_rule = bundle.alert_rule
     items, slow = [], []
@@ -116,7 +122,7 @@ def predict_many(bundle: ModelBundle, queries: Sequence[Query]) -> list[Predicti
         except Exception as exc:
             out[i] = exc
     if items:
-        _answer(bundle, items, obs_us, obs_y, out)
+        _answer(bundle, items, obs_us, obs_y, out, as_rows)
     return out  # type: ignore[return-value]
 
 
@@ -392,7 +398,7 @@ def point_forecasts(models: Sequence, times_us: np.ndarray, owner: np.ndarray,
 
 # --- stage 3: corrections, crossings, the alert rule, drivers, anomaly --------------------------
 def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: np.ndarray,
-            out: list) -> None:
+            out: list, as_rows: bool = False) -> None:
     models = [it.model for it in items]
     # rows: every observation of the batch (owned by its series' item), then each shape group's
     # horizon grids at every check, (series, check, step)
@@ -470,10 +476,11 @@ def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: 
                           [[round(v, 4) for v in row] for row in table["changes"]])
     table["drivers"] = _driver_order(items, changes)
     version = bundle.version_label
+    answer = _row if as_rows else _prediction
+    crossed = crossed_now.tolist()
     for j, it in enumerate(items):
         try:
-            out[it.index] = _prediction(it, j, table, crossed_now[j], alerts[j], scores.get(j, (None, [])),
-                                        version)
+            out[it.index] = answer(it, j, table, crossed[j], alerts[j], scores.get(j, _NO_ANOMALY), version)
         except Exception as exc:
             out[it.index] = exc
 
@@ -530,19 +537,24 @@ def _crossing_group(items: list[_Item], members: list[int], n_h: int, n_o: int, 
     thresholds = np.array([it.query.threshold for it in its], dtype=np.float64)
     calibrations = [it.calibration for it in its]
     timing = np.array([c.timing for c in calibrations], dtype=np.float64)
-    b = crossing_distribution_rows(minutes, points, stack.steps, stack_rows, thresholds, direction, timing,
-                                   stack.extremes(n_h, direction == "above"))
+    seen = ends > 0
+    # a check before a series' first observation does not count for its alert rule (``_covered``
+    # drops it): the checks no series of the group counts are not walked (their chance stays 0)
+    counted = np.where(counts > 0, np.argmax(seen, axis=1), 0)
+    skip = int(counted.min())
+    b = crossing_distribution_rows(minutes, points[:, skip:], stack.steps, stack_rows, thresholds, direction,
+                                   timing, stack.extremes(n_h, direction == "above"))
+    raw = b.probability if not skip else np.concatenate([np.zeros((g, skip)), b.probability], axis=1)
     last = np.maximum(ends - 1, 0)
     rows = np.arange(g)[:, None]
-    seen = ends > 0
     currents = np.where(seen, ys[rows, last], np.nan)
     sigma = np.array([max(it.model.sigma_, 1e-9) for it in its])
     zs = np.where(seen, resid[rows, last] / sigma[:, None], np.nan)
     above = direction == "above"
     crossed = seen & ((currents >= thresholds[:, None]) if above else (currents <= thresholds[:, None]))
     # the one-series path: round(raw, 4), the calibration's map, round again (per calibration)
-    calibrated = _rounded(b.probability, 4) if g > _FEW else np.array(
-        [[round(p, 4) for p in row] for row in b.probability.tolist()]).reshape(b.probability.shape)
+    calibrated = _rounded(raw, 4) if g > _FEW else np.array(
+        [[round(p, 4) for p in row] for row in raw.tolist()]).reshape(raw.shape)
     by_map: dict[int, list[int]] = {}
     for r, cal in enumerate(calibrations):
         if cal.n_fitted or cal.knots != (0.0, 1.0) or cal.values != (0.0, 1.0):
@@ -775,8 +787,74 @@ def _prediction(it: _Item, j: int, t: dict[str, list], crossed: bool, outcome: t
         calibration_note=_note(model, cal, q.threshold, q.direction), calendar=_calendar(model),
         drivers=drivers, driver=drivers[0]["component"] if drivers else None,
         level_correction=t["r_level"][j], trend_correction_per_min=t["r_slope"][j],
-        anomaly_score=score, anomaly_top_metrics=top, model_version=version,
+        anomaly_score=score, anomaly_top_metrics=list(top), model_version=version,
     )
+
+
+#: the fields of an answer row (:func:`predict_many` with ``rows``), in the order a service writes
+#: them (``serving.schemas.PredictResponse``'s; a test compares the bytes), then its ``message``
+ANSWER_FIELDS = (
+    "series_id", "model_version", "model_kind", "now", "threshold", "direction", "horizon_minutes",
+    "minutes_to_threshold", "crossing_at", "earliest_minutes", "latest_minutes", "earliest_at", "latest_at",
+    "probability", "already_crossed", "alert", "alarm_probability", "alert_rule", "keep_firing_minutes_left",
+    "calibrated", "calibration_note", "calendar", "driver", "drivers", "level_correction",
+    "trend_correction_per_min", "anomaly_score", "anomaly_top_metrics", "message")
+_NO_ANOMALY = (None, ())
+
+
+class _Words:
+    """What an answer's message says, as attributes, so the one-series path's own
+    :meth:`Prediction.sentence` words it (one wording, whichever path answered)."""
+
+    __slots__ = ("series_id", "direction", "threshold", "already_crossed", "minutes_to_threshold",
+                 "earliest_minutes", "latest_minutes", "horizon_minutes", "probability",
+                 "keep_firing_minutes_left")
+
+    def __init__(self, series_id, direction, threshold, already_crossed, minutes_to_threshold,
+                 earliest_minutes, latest_minutes, horizon_minutes, probability, keep_firing_minutes_left):
+        self.series_id, self.direction, self.threshold = series_id, direction, threshold
+        self.already_crossed, self.minutes_to_threshold = already_crossed, minutes_to_threshold
+        self.earliest_minutes, self.latest_minutes = earliest_minutes, latest_minutes
+        self.horizon_minutes, self.probability = horizon_minutes, probability
+        self.keep_firing_minutes_left = keep_firing_minutes_left
+
+    sentence = Prediction.sentence
+    _forecast_sentence = Prediction._forecast_sentence
+    _held_note = Prediction._held_note
+
+
+def _row(it: _Item, j: int, t: dict[str, list], crossed: bool, outcome: tuple, anomaly: tuple,
+         version: str) -> dict:
+    """Row ``j`` of the batch's columns ``t`` as the plain dict of :data:`ANSWER_FIELDS`: what
+    :func:`_prediction` holds, with the JSON types a service writes (floats as floats)."""
+    q, model, cal = it.query, it.model, it.calibration
+    rounded = t["r_changes"][j]
+    drivers = [{"component": _DRIVERS[i], "meaning": _MEANINGS[i], "change": rounded[i]}
+               for i in t["drivers"][j]]
+    now = it.now
+    minutes, earliest, latest = t["minutes"][j], t["earliest"][j], t["latest"][j]
+    alert, held_left, rule_text = outcome
+    score, top = anomaly
+    row = dict(
+        series_id=q.series_id, model_version=version, model_kind=model.kind_, now=now,
+        threshold=float(q.threshold), direction=q.direction, horizon_minutes=float(q.horizon_minutes),
+        minutes_to_threshold=_opt(t["r_minutes"][j]),
+        crossing_at=None if minutes != minutes else now + timedelta(minutes=minutes),
+        earliest_minutes=_opt(t["r_earliest"][j]), latest_minutes=_opt(t["r_latest"][j]),
+        earliest_at=None if earliest != earliest else now + timedelta(minutes=earliest),
+        latest_at=None if latest != latest else now + timedelta(minutes=latest),
+        probability=t["probability"][j], already_crossed=crossed, alert=alert,
+        alarm_probability=float(cal.alarm), alert_rule=rule_text,
+        keep_firing_minutes_left=None if held_left is None else float(held_left),
+        calibrated=cal.n_fitted > 0, calibration_note=_note(model, cal, q.threshold, q.direction),
+        calendar=_calendar(model), driver=drivers[0]["component"] if drivers else None, drivers=drivers,
+        level_correction=t["r_level"][j], trend_correction_per_min=t["r_slope"][j], anomaly_score=score,
+        anomaly_top_metrics=[{"metric": m["metric"], "z": float(m["z"])} for m in top])
+    row["message"] = _Words(
+        row["series_id"], row["direction"], row["threshold"], crossed, row["minutes_to_threshold"],
+        row["earliest_minutes"], row["latest_minutes"], row["horizon_minutes"], row["probability"],
+        row["keep_firing_minutes_left"]).sentence()
+    return row
 
 
 def _calendar(model) -> str:

@@ -29,6 +29,7 @@ from serving.schemas import (
     PredictBatchRequest,
     PredictBatchResponse,
     PredictRequest,
+    PredictResponse,
     SkippedSeries,
 )
 from serving.server import free_port, start_service, stop_service, wait_ready
@@ -142,6 +143,44 @@ def test_predict_many_equals_predict_series_for_every_query(bundle):
         kinds["anomaly"] += want.anomaly_score is not None
         kinds["crossing"] += want.minutes_to_threshold not in (None, 0.0)
         kinds["alert"] += want.alert
+    assert all(kinds.values()), kinds  # every kind of answer and error was compared
+
+
+def test_answer_rows_equal_predict_series_for_every_query(bundle):
+    """The rows the service writes (``predict_many(..., as_rows=True)``: no ``Prediction`` per answer)
+    hold every field of ``predict_series``'s answer, in the response's order, with its message;
+    over held-on alerts, crossings, already crossed, alerts whose earlier checks precede the
+    observations (not walked by the batch), fallback series (still a ``Prediction``) and errors."""
+    from training.predict_many import ANSWER_FIELDS
+
+    served = tuple(f for f in PredictResponse.model_fields if f not in ("resolved_by", "rule"))
+    assert served == ANSWER_FIELDS
+    asked = queries(bundle, 400)
+    rows = predict_many(bundle, asked, as_rows=True)
+    kinds = dict.fromkeys(("row", "prediction", "error", "held", "crossing", "crossed", "alert", "short"), 0)
+    for q, got in zip(asked, rows, strict=True):
+        try:
+            want = predict_series(bundle, q.series_id, q.threshold, q.direction, q.horizon_minutes,
+                                  recent=q.recent, now=q.now, context=q.context)
+        except Exception as exc:
+            assert type(got) is type(exc) and str(got) == str(exc), (q, got, exc)
+            kinds["error"] += 1
+            continue
+        if not isinstance(got, dict):  # answered by the one-series path itself
+            assert same(got.as_dict(), want.as_dict(), q.series_id) == []
+            kinds["prediction"] += 1
+            continue
+        assert tuple(got) == ANSWER_FIELDS
+        expected = {**want.as_dict(), "message": want.sentence(),  # the answer names each metric and its z
+                    "anomaly_top_metrics": [{"metric": m["metric"], "z": m["z"]}
+                                            for m in want.anomaly_top_metrics]}
+        assert same(dict(got), {k: expected[k] for k in ANSWER_FIELDS}, q.series_id) == []
+        kinds["row"] += 1
+        kinds["held"] += want.keep_firing_minutes_left is not None
+        kinds["crossing"] += want.minutes_to_threshold not in (None, 0.0)
+        kinds["crossed"] += want.already_crossed
+        kinds["alert"] += want.alert
+        kinds["short"] += "shortened from" in want.alert_rule
     assert all(kinds.values()), kinds  # every kind of answer and error was compared
 
 

@@ -48,9 +48,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Query:
-    """One series to answer, as :func:`predict_series` takes it.
+    """One series to answer, as :func:`predict_series` takes it (not changed once made; not
+    frozen: a frozen dataclass costs a microsecond more to make, a millisecond on a 1,000 batch).
 
     ``observed`` may give the recent observations already as arrays instead of ``recent``: times
     in microseconds since the epoch (UTC, int64) and values (a service parses a batch's times
@@ -74,7 +75,7 @@ class Query:
         return [(_EPOCH + timedelta(microseconds=t), v) for t, v in zip(us.tolist(), y.tolist(), strict=True)]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Item:
     """The per-series facts the array stages need (index into the batch, model, times in us)."""
 
@@ -91,6 +92,7 @@ class _Item:
     rule: AlertRule
     origin_offsets_us: tuple[int, ...]  # now minus each check, oldest first (the last is 0)
     bounds: tuple[float, float]  # the metric's physical range, the point forecasts held inside it
+    shape: tuple  # (steps, error paths, checks, step us, step minutes): series of one shape share arrays
 
 
 def predict_many(bundle: ModelBundle, queries: Sequence[Query],
@@ -103,7 +105,8 @@ def predict_many(bundle: ModelBundle, queries: Sequence[Query],
     """
     out: list[Prediction | dict | Exception | None] = [None] * len(queries)
     obs_us, obs_y, bounds = _observations_of(queries, out)
-    alert_rule = bundle.alert_rule
+    bounds = bounds.tolist()
+    alert_rule = _RULES.setdefault(bundle.alert_rule, bundle.alert_rule)  # one object: compared by identity
     items, slow = [], []
     for i, q in enumerate(queries):
         if out[i] is not None:
@@ -202,7 +205,7 @@ def _horizon_facts(model, horizon_minutes: float, alert_rule: AlertRule) -> tupl
     if facts is None:
         facts = _FACTS.put(model, {})
     found = facts.get(horizon_minutes)
-    if found is None or found[0] != alert_rule:
+    if found is None or (found[0] is not alert_rule and found[0] != alert_rule):
         if model.kind_ != "prophet" or getattr(model, "point_model_", None) is None:
             found = (alert_rule, None)  # the linear fallback, or Prophet's own predict
         else:
@@ -213,8 +216,10 @@ def _horizon_facts(model, horizon_minutes: float, alert_rule: AlertRule) -> tupl
             else:
                 calibration = served_calibration(model, horizon_minutes, True)
                 rule = alert_rule.with_for(calibration.for_minutes)
-                found = (alert_rule, (n_h, int(model.step_minutes_ * 60e6), calibration, rule,
-                                      _origin_offsets(rule)))
+                offsets = _origin_offsets(rule)
+                step_us = int(model.step_minutes_ * 60e6)
+                shape = (n_h, paths.shape[0], len(offsets), step_us, float(model.step_minutes_))
+                found = (alert_rule, (n_h, step_us, calibration, rule, offsets, shape))
         facts[horizon_minutes] = found
     return found[1]
 
@@ -224,7 +229,17 @@ def _range_of(series_id: str) -> tuple[float, float]:
     return physical_range(series_id)
 
 
-def _item(bundle: ModelBundle, i: int, q: Query, obs_us: np.ndarray, bounds: np.ndarray,
+#: the alert rules batches were asked under, each kept as one object (a bundle's property parses anew)
+_RULES: dict[AlertRule, AlertRule] = {}
+
+
+@lru_cache(maxsize=1024)
+def _utc_of_us(us: int) -> datetime:
+    """The UTC time of microseconds since the epoch (a batch's series mostly share their latest time)."""
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _item(bundle: ModelBundle, i: int, q: Query, obs_us: np.ndarray, bounds: list[int],
           alert_rule: AlertRule) -> _Item | None:
     """The series' facts, or None when the one-series path must answer it (``alert_rule``: the
     bundle's, read once: the property parses the manifest)."""
@@ -237,16 +252,16 @@ def _item(bundle: ModelBundle, i: int, q: Query, obs_us: np.ndarray, bounds: np.
     value_lo, value_hi = _range_of(q.series_id)
     if not value_lo < q.threshold < value_hi:
         return None  # at or beyond the range's edge holding the paths in it decides crossings
-    lo, hi = int(bounds[i]), int(bounds[i + 1])
+    lo, hi = bounds[i], bounds[i + 1]
     if hi > lo:
         now_us = int(obs_us[hi - 1])
-        now = _EPOCH + timedelta(microseconds=now_us)
+        now = _utc_of_us(now_us)
     else:
         now = _to_utc(model.last_ts_ if q.now is None else q.now)
         now_us = (now - _EPOCH) // _US
-    n_h, step_us, calibration, rule, offsets = facts
+    n_h, step_us, calibration, rule, offsets, shape = facts
     return _Item(i, q, model, now, now_us, lo, hi, n_h, step_us, calibration, rule, offsets,
-                 (value_lo, value_hi))
+                 (value_lo, value_hi), shape)
 
 
 # --- stage 2: the Prophet point forecasts of many models ----------------------------------------
@@ -414,24 +429,31 @@ def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: 
     for j, it in enumerate(items):
         stack, stack_rows[j] = _stack_of(stacked, it.model)
         stacks[id(stack)] = stack
-        key = (it.n_h, it.model.error_paths_.shape[0], len(it.origin_offsets_us), it.step_us,
-               it.query.direction, float(it.model.step_minutes_), id(stack))
+        key = (*it.shape, it.query.direction, id(stack))
         groups.setdefault(key, []).append(j)
     n = len(items)
     now_us = np.array([it.now_us for it in items], dtype=np.int64)
     # ... and each series' now (the drivers' start; the grid of the last check holds their end)
-    times, owners, first_row, grid_of = [obs_us], [owner], {}, {}
+    times, owners, first_row, grid_of, skip_of = [obs_us], [owner], {}, {}, {}
     cursor = obs_us.size
+    first_obs = obs_us[np.minimum(starts, max(obs_us.size - 1, 0))] if obs_us.size else np.zeros(n, np.int64)
     for key, members in groups.items():
         n_h, _, n_o, step_us = key[:4]
         now = now_us[members]
         offsets = np.array([items[j].origin_offsets_us for j in members], dtype=np.int64)
         steps = step_us * np.arange(1, n_h + 1, dtype=np.int64)
+        # a check before a series' first observation does not count for its alert rule
+        # (``_covered`` drops it): the checks no series of the group counts are not walked
+        observed = counts[members] > 0
+        seen = observed[:, None] & (first_obs[members][:, None] <= now[:, None] - offsets)
+        skip = skip_of[key] = int(np.where(observed, np.argmax(seen, axis=1), 0).min())
         if len(members) > _FEW and (offsets == offsets[0]).all():
             # the checks' horizons overlap (checks every 5 min, steps of 15): each distinct time once
-            distinct, at = np.unique(steps[None, :] - offsets[0][:, None], return_inverse=True)
+            # (the skipped checks read any column: their forecasts are not used)
+            distinct, at = np.unique(steps[None, :] - offsets[0][skip:, None], return_inverse=True)
             grid = now[:, None] + distinct[None, :]
-            grid_of[key] = at.reshape(n_o, n_h)  # (check, step) -> column of the series' rows
+            grid_of[key] = np.vstack([np.zeros((skip, n_h), dtype=np.intp),
+                                      at.reshape(n_o - skip, n_h)])  # (check, step) -> column
         else:
             grid = (now[:, None, None] - offsets[:, :, None] + steps[None, None, :]).reshape(len(members), -1)
             grid_of[key] = np.arange(n_o * n_h).reshape(n_o, n_h)
@@ -450,11 +472,11 @@ def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: 
     alerts: list = [None] * n
     then_of = {}  # per group: (members, n_h) rows of the last check's horizon (the drivers' ends)
     for key, members in groups.items():
-        n_h, _, n_o, _, direction, step, stack = key
+        n_h, _, n_o, _, step, direction, stack = key
         width = int(grid_of[key].max()) + 1
         rows = first_row[key] + np.arange(len(members))[:, None, None] * width + grid_of[key][None, :, :]
         _crossing_group(items, members, n_h, n_o, direction, step, yhat[rows], yhat, obs_us, obs_y, cols,
-                        crossed_now, alerts, stacks[stack], stack_rows[members])
+                        crossed_now, alerts, stacks[stack], stack_rows[members], skip_of[key])
         then_of[key] = rows[:, -1, :]
 
     # drivers: the forecast's components now and at the crossing (or its closest approach)
@@ -504,12 +526,13 @@ def _driver_order(items: list[_Item], changes: np.ndarray) -> list[list[int]]:
 def _crossing_group(items: list[_Item], members: list[int], n_h: int, n_o: int, direction: str, step: float,
                     grid_yhat: np.ndarray, yhat: np.ndarray, obs_us: np.ndarray, obs_y: np.ndarray,
                     cols: dict[str, np.ndarray], crossed_now: np.ndarray, alerts: list, stack: _PathStack,
-                    stack_rows: np.ndarray) -> None:
+                    stack_rows: np.ndarray, skip: int = 0) -> None:
     """The checks' crossings of series that share a shape: corrections, then every path at once;
     each series' answer written into row ``members[r]`` of ``cols`` (and ``crossed_now``, ``alerts``).
 
     ``grid_yhat`` (g, n_o, n_h): the model at each check's horizon; ``yhat[:obs_us.size]`` the
-    model at every observation of the batch; ``stack.steps[stack_rows]`` the series' error paths.
+    model at every observation of the batch; ``stack.steps[stack_rows]`` the series' error paths;
+    the first ``skip`` checks precede every series' first observation: not walked (chance 0).
     """
     g = len(members)
     its = [items[j] for j in members]
@@ -538,10 +561,6 @@ def _crossing_group(items: list[_Item], members: list[int], n_h: int, n_o: int, 
     calibrations = [it.calibration for it in its]
     timing = np.array([c.timing for c in calibrations], dtype=np.float64)
     seen = ends > 0
-    # a check before a series' first observation does not count for its alert rule (``_covered``
-    # drops it): the checks no series of the group counts are not walked (their chance stays 0)
-    counted = np.where(counts > 0, np.argmax(seen, axis=1), 0)
-    skip = int(counted.min())
     b = crossing_distribution_rows(minutes, points[:, skip:], stack.steps, stack_rows, thresholds, direction,
                                    timing, stack.extremes(n_h, direction == "above"))
     raw = b.probability if not skip else np.concatenate([np.zeros((g, skip)), b.probability], axis=1)
@@ -839,10 +858,10 @@ def _row(it: _Item, j: int, t: dict[str, list], crossed: bool, outcome: tuple, a
         series_id=q.series_id, model_version=version, model_kind=model.kind_, now=now,
         threshold=float(q.threshold), direction=q.direction, horizon_minutes=float(q.horizon_minutes),
         minutes_to_threshold=_opt(t["r_minutes"][j]),
-        crossing_at=None if minutes != minutes else now + timedelta(minutes=minutes),
+        crossing_at=None if minutes != minutes else now + _minutes(minutes),
         earliest_minutes=_opt(t["r_earliest"][j]), latest_minutes=_opt(t["r_latest"][j]),
-        earliest_at=None if earliest != earliest else now + timedelta(minutes=earliest),
-        latest_at=None if latest != latest else now + timedelta(minutes=latest),
+        earliest_at=None if earliest != earliest else now + _minutes(earliest),
+        latest_at=None if latest != latest else now + _minutes(latest),
         probability=t["probability"][j], already_crossed=crossed, alert=alert,
         alarm_probability=float(cal.alarm), alert_rule=rule_text,
         keep_firing_minutes_left=None if held_left is None else float(held_left),
@@ -855,6 +874,12 @@ def _row(it: _Item, j: int, t: dict[str, list], crossed: bool, outcome: tuple, a
         row["earliest_minutes"], row["latest_minutes"], row["horizon_minutes"], row["probability"],
         row["keep_firing_minutes_left"]).sentence()
     return row
+
+
+@lru_cache(maxsize=4096)
+def _minutes(minutes: float) -> timedelta:
+    """``timedelta(minutes=minutes)`` (crossing times fall on a few steps' quantiles: few distinct)."""
+    return timedelta(minutes=minutes)
 
 
 def _calendar(model) -> str:

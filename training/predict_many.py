@@ -23,6 +23,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
+from features.schema import split_series_id
 from training.bundle import ModelBundle
 from training.forecast.correction import DAMPING_MINUTES, MIN_POINTS_FOR_SLOPE, WINDOW_MINUTES, damped
 from training.forecast.forecaster import local_calendar
@@ -227,6 +228,11 @@ def _horizon_facts(model, horizon_minutes: float, alert_rule: AlertRule) -> tupl
 @lru_cache(maxsize=65536)
 def _range_of(series_id: str) -> tuple[float, float]:
     return physical_range(series_id)
+
+
+@lru_cache(maxsize=65536)
+def _entity_of(series_id: str) -> str:
+    return split_series_id(series_id)[0]
 
 
 #: the alert rules batches were asked under, each kept as one object (a bundle's property parses anew)
@@ -745,8 +751,10 @@ def _anomaly_many(bundle: ModelBundle, items: list[_Item], z: np.ndarray) -> dic
     if not bundle.detectors:
         return {}
     by_detector: dict[int, list[tuple[int, np.ndarray]]] = {}
-    detectors = {}
+    detectors, watched = {}, bundle.detectors
     for j, (it, z_j) in enumerate(zip(items, z.tolist(), strict=True)):
+        if _entity_of(it.query.series_id) not in watched:
+            continue  # no detector for its entity: anomaly_row has nothing to score
         found = anomaly_row(bundle, it.query.series_id, None if z_j != z_j else z_j, it.query.context, it.now)
         if found is not None:
             detectors[id(found[0])] = found[0]

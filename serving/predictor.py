@@ -559,23 +559,22 @@ def batch_time_form(codes: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, 
     zulu = (length > 0) & (codes[rows, np.maximum(length - 1, 0)] == ord("Z"))
     core = length - zulu
     digit = (codes >= ord("0")) & (codes <= ord("9"))
-    value = codes.astype(np.int64) - ord("0")
     seconds, decimals = core >= 19, core >= 21
     wanted = np.zeros(codes.shape, dtype=bool)  # where a digit must stand
     wanted[:, _DIGITS] = True
     wanted[:, 17:19] = seconds[:, None]
     wanted |= decimals[:, None] & (_POSITIONS >= 20) & (core[:, None] > _POSITIONS)
 
-    def two(at: int) -> np.ndarray:
-        return value[:, at] * 10 + value[:, at + 1]
+    def two(at: int) -> np.ndarray:  # the two digits at ``at`` as a number
+        return (codes[:, at].astype(np.int64) - ord("0")) * 10 + codes[:, at + 1].astype(np.int64) - ord("0")
 
     ok = (np.isin(core, _CORE_LENGTHS) & (digit | ~wanted).all(axis=1)
           & (codes[:, 4] == ord("-")) & (codes[:, 7] == ord("-")) & (codes[:, 10] == ord("T"))
           & (codes[:, 13] == ord(":")) & (~seconds | (codes[:, 16] == ord(":")))
           & (~decimals | (codes[:, 19] == ord("."))))
-    with np.errstate(all="ignore"):
-        ok &= ((two(5) >= 1) & (two(5) <= 12) & (two(8) >= 1) & (two(8) <= 31) & (two(11) <= 23)
-               & (two(14) <= 59) & (~seconds | (two(17) <= 59)))
+    month, day = two(5), two(8)
+    ok &= ((month >= 1) & (month <= 12) & (day >= 1) & (day <= 31) & (two(11) <= 23) & (two(14) <= 59)
+           & (~seconds | (two(17) <= 59)))
     return ok, zulu & ok
 
 

@@ -24,6 +24,7 @@ from features.build import workload_of_pod
 from serving.pods import PodDirectory
 from serving.rules import AlertingRule, Catalog, RulesError, load_catalog
 from serving.schemas import (
+    BATCH_TIME_CHARS,
     ECHO_CHARS,
     AlertsRequest,
     AlertsResponse,
@@ -308,13 +309,19 @@ class Predictor:
                     item.get("context", _EMPTY), observed=item["observed"])))
             except Exception as exc:
                 results[i] = _item_failure_json(i, exc)
-        answers = predict_many(self.bundle, [q for _, q, _, _ in asked])
+        # the series answered with array operations come as answer rows, written as they are
+        answers = predict_many(self.bundle, [q for _, q, _, _ in asked], as_rows=True)
         version = self.model_version
         for (i, _, how, rule), p in zip(asked, answers, strict=True):
             try:
-                if isinstance(p, Exception):
+                if isinstance(p, dict):
+                    p["resolved_by"], p["rule"] = how, rule
+                    answer = p
+                elif isinstance(p, Exception):
                     raise p
-                results[i] = {"index": i, "status": 200, "answer": _answer_json(p, how, rule), "error": None}
+                else:
+                    answer = _answer_json(p, how, rule)
+                results[i] = {"index": i, "status": 200, "answer": answer, "error": None}
             except Exception as exc:
                 results[i] = _item_failure_json(i, exc)
         failed = sum(r["status"] != 200 for r in results)
@@ -506,22 +513,69 @@ def _batch_items(body: bytes) -> tuple[list[dict | None], dict[int, ItemInvalid]
 
 
 def _utc_us(times: list[str], counts: list[int]) -> tuple[np.ndarray, list[int]]:
-    """Microseconds since the epoch of ``BATCH_TIME_PATTERN`` texts, in one numpy parse, and the
-    items (of ``counts`` times each) with a time numpy cannot read (a day past the month's end):
-    those items' times are read as 0 and the items validated alone."""
-    texts = [t[:-1] if t[-1] == "Z" else t for t in times]
+    """Microseconds since the epoch of a batch's observation times, in one numpy parse, and the
+    items (of ``counts`` times each) with a time not of ``BATCH_TIME_PATTERN`` or one numpy cannot
+    read (a day past the month's end): those items' times are read as 0 and the items validated alone."""
+    n = len(times)
+    if not n:
+        return np.zeros(0, dtype=np.int64), []
+    texts = np.array(times, dtype=f"U{BATCH_TIME_CHARS}")  # the schema holds times to this length
+    codes = texts.view(np.uint32).reshape(n, BATCH_TIME_CHARS)
+    length = np.fromiter(map(len, times), dtype=np.intp, count=n)
+    ok, zulu = batch_time_form(codes, length)
+    codes[np.flatnonzero(zulu), length[zulu] - 1] = 0  # the 'Z' dropped: numpy reads the rest as UTC
+    unread: list[int] = []
+    if not ok.all():
+        texts[~ok] = "1970-01-01T00:00"
+        unread = np.unique(np.searchsorted(np.cumsum(counts), np.flatnonzero(~ok), side="right")).tolist()
     try:
-        return np.array(texts, dtype="datetime64[us]").view(np.int64), []
+        us = texts.astype("datetime64[us]").view(np.int64)
     except ValueError:
-        pass
-    us, unread, lo = np.zeros(len(texts), dtype=np.int64), [], 0
-    for i, n in enumerate(counts):
-        try:
-            us[lo:lo + n] = np.array(texts[lo:lo + n], dtype="datetime64[us]").view(np.int64)
-        except ValueError:
-            unread.append(i)
-        lo += n
+        us, lo = np.zeros(n, dtype=np.int64), 0
+        for i, k in enumerate(counts):
+            try:
+                us[lo:lo + k] = texts[lo:lo + k].astype("datetime64[us]").view(np.int64)
+            except ValueError:
+                unread.append(i)
+            lo += k
+        unread = sorted(set(unread))
+    if unread:
+        ends = np.cumsum(counts)
+        for i in unread:
+            us[ends[i] - counts[i]:ends[i]] = 0
     return us, unread
+
+
+_DIGITS = np.array([0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15])
+_POSITIONS = np.arange(BATCH_TIME_CHARS)
+#: the lengths of a ``BATCH_TIME_PATTERN`` text without its 'Z': minutes, seconds, 1-6 decimals
+_CORE_LENGTHS = np.array([16, 19, 21, 22, 23, 24, 25, 26])
+
+
+def batch_time_form(codes: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which texts match ``BATCH_TIME_PATTERN`` (``codes``: (n, BATCH_TIME_CHARS) code points, 0
+    past each text's ``length``), and which of those end in its 'Z': the regex over arrays."""
+    rows = np.arange(codes.shape[0])
+    zulu = (length > 0) & (codes[rows, np.maximum(length - 1, 0)] == ord("Z"))
+    core = length - zulu
+    digit = (codes >= ord("0")) & (codes <= ord("9"))
+    seconds, decimals = core >= 19, core >= 21
+    wanted = np.zeros(codes.shape, dtype=bool)  # where a digit must stand
+    wanted[:, _DIGITS] = True
+    wanted[:, 17:19] = seconds[:, None]
+    wanted |= decimals[:, None] & (_POSITIONS >= 20) & (core[:, None] > _POSITIONS)
+
+    def two(at: int) -> np.ndarray:  # the two digits at ``at`` as a number
+        return (codes[:, at].astype(np.int64) - ord("0")) * 10 + codes[:, at + 1].astype(np.int64) - ord("0")
+
+    ok = (np.isin(core, _CORE_LENGTHS) & (digit | ~wanted).all(axis=1)
+          & (codes[:, 4] == ord("-")) & (codes[:, 7] == ord("-")) & (codes[:, 10] == ord("T"))
+          & (codes[:, 13] == ord(":")) & (~seconds | (codes[:, 16] == ord(":")))
+          & (~decimals | (codes[:, 19] == ord("."))))
+    month, day = two(5), two(8)
+    ok &= ((month >= 1) & (month <= 12) & (day >= 1) & (day <= 31) & (two(11) <= 23) & (two(14) <= 59)
+           & (~seconds | (two(17) <= 59)))
+    return ok, zulu & ok
 
 
 def _item_of(req: PredictRequest) -> dict:

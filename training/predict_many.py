@@ -23,6 +23,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
+from features.schema import split_series_id
 from training.bundle import ModelBundle
 from training.forecast.correction import DAMPING_MINUTES, MIN_POINTS_FOR_SLOPE, WINDOW_MINUTES, damped
 from training.forecast.forecaster import local_calendar
@@ -43,15 +44,16 @@ from training.predict import (
 )
 from training.threshold import AlertRule, ProbabilityCalibration, crossing_distribution_rows, path_extremes
 
-__all__ = ["Query", "explain_rows", "point_forecasts", "predict_many", "stack_error_paths"]
+__all__ = ["ANSWER_FIELDS", "Query", "explain_rows", "point_forecasts", "predict_many", "stack_error_paths"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Query:
-    """One series to answer, as :func:`predict_series` takes it.
+    """One series to answer, as :func:`predict_series` takes it (not changed once made; not
+    frozen: a frozen dataclass costs a microsecond more to make, a millisecond on a 1,000 batch).
 
     ``observed`` may give the recent observations already as arrays instead of ``recent``: times
     in microseconds since the epoch (UTC, int64) and values (a service parses a batch's times
@@ -75,7 +77,7 @@ class Query:
         return [(_EPOCH + timedelta(microseconds=t), v) for t, v in zip(us.tolist(), y.tolist(), strict=True)]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Item:
     """The per-series facts the array stages need (index into the batch, model, times in us)."""
 
@@ -92,13 +94,21 @@ class _Item:
     rule: AlertRule
     origin_offsets_us: tuple[int, ...]  # now minus each check, oldest first (the last is 0)
     bounds: tuple[float, float]  # the metric's physical range, the point forecasts held inside it
+    shape: tuple  # (steps, error paths, checks, step us, step minutes): series of one shape share arrays
 
 
-def predict_many(bundle: ModelBundle, queries: Sequence[Query]) -> list[Prediction | Exception]:
-    """One :class:`Prediction` (or the exception that series raised) per query, in order."""
-    out: list[Prediction | Exception | None] = [None] * len(queries)
+def predict_many(bundle: ModelBundle, queries: Sequence[Query],
+                 as_rows: bool = False) -> list[Prediction | dict | Exception]:
+    """One :class:`Prediction` (or the exception that series raised) per query, in order.
+
+    ``as_rows``: the series the array path answers get their answer as a plain dict instead (the
+    :class:`Prediction`'s fields in :data:`ANSWER_FIELDS` order, then its ``message``: what a
+    service writes as JSON, without an object per answer); the others are still a ``Prediction``.
+    """
+    out: list[Prediction | dict | Exception | None] = [None] * len(queries)
     obs_us, obs_y, bounds = _observations_of(queries, out)
-    alert_rule = bundle.alert_rule
+    bounds = bounds.tolist()
+    alert_rule = _RULES.setdefault(bundle.alert_rule, bundle.alert_rule)  # one object: compared by identity
     items, slow = [], []
     for i, q in enumerate(queries):
         if out[i] is not None:
@@ -117,7 +127,7 @@ def predict_many(bundle: ModelBundle, queries: Sequence[Query]) -> list[Predicti
         except Exception as exc:
             out[i] = exc
     if items:
-        _answer(bundle, items, obs_us, obs_y, out)
+        _answer(bundle, items, obs_us, obs_y, out, as_rows)
     return out  # type: ignore[return-value]
 
 
@@ -197,7 +207,7 @@ def _horizon_facts(model, horizon_minutes: float, alert_rule: AlertRule) -> tupl
     if facts is None:
         facts = _FACTS.put(model, {})
     found = facts.get(horizon_minutes)
-    if found is None or found[0] != alert_rule:
+    if found is None or (found[0] is not alert_rule and found[0] != alert_rule):
         if model.kind_ != "prophet" or getattr(model, "point_model_", None) is None:
             found = (alert_rule, None)  # the linear fallback, or Prophet's own predict
         else:
@@ -208,8 +218,10 @@ def _horizon_facts(model, horizon_minutes: float, alert_rule: AlertRule) -> tupl
             else:
                 calibration = served_calibration(model, horizon_minutes, True)
                 rule = alert_rule.with_for(calibration.for_minutes)
-                found = (alert_rule, (n_h, int(model.step_minutes_ * 60e6), calibration, rule,
-                                      _origin_offsets(rule)))
+                offsets = _origin_offsets(rule)
+                step_us = int(model.step_minutes_ * 60e6)
+                shape = (n_h, paths.shape[0], len(offsets), step_us, float(model.step_minutes_))
+                found = (alert_rule, (n_h, step_us, calibration, rule, offsets, shape))
         facts[horizon_minutes] = found
     return found[1]
 
@@ -219,7 +231,22 @@ def _range_of(series_id: str) -> tuple[float, float]:
     return physical_range(series_id)
 
 
-def _item(bundle: ModelBundle, i: int, q: Query, obs_us: np.ndarray, bounds: np.ndarray,
+@lru_cache(maxsize=65536)
+def _entity_of(series_id: str) -> str:
+    return split_series_id(series_id)[0]
+
+
+#: the alert rules batches were asked under, each kept as one object (a bundle's property parses anew)
+_RULES: dict[AlertRule, AlertRule] = {}
+
+
+@lru_cache(maxsize=1024)
+def _utc_of_us(us: int) -> datetime:
+    """The UTC time of microseconds since the epoch (a batch's series mostly share their latest time)."""
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _item(bundle: ModelBundle, i: int, q: Query, obs_us: np.ndarray, bounds: list[int],
           alert_rule: AlertRule) -> _Item | None:
     """The series' facts, or None when the one-series path must answer it (``alert_rule``: the
     bundle's, read once: the property parses the manifest)."""
@@ -232,16 +259,16 @@ def _item(bundle: ModelBundle, i: int, q: Query, obs_us: np.ndarray, bounds: np.
     value_lo, value_hi = _range_of(q.series_id)
     if not value_lo < q.threshold < value_hi:
         return None  # at or beyond the range's edge holding the paths in it decides crossings
-    lo, hi = int(bounds[i]), int(bounds[i + 1])
+    lo, hi = bounds[i], bounds[i + 1]
     if hi > lo:
         now_us = int(obs_us[hi - 1])
-        now = _EPOCH + timedelta(microseconds=now_us)
+        now = _utc_of_us(now_us)
     else:
         now = _to_utc(model.last_ts_ if q.now is None else q.now)
         now_us = (now - _EPOCH) // _US
-    n_h, step_us, calibration, rule, offsets = facts
+    n_h, step_us, calibration, rule, offsets, shape = facts
     return _Item(i, q, model, now, now_us, lo, hi, n_h, step_us, calibration, rule, offsets,
-                 (value_lo, value_hi))
+                 (value_lo, value_hi), shape)
 
 
 # --- stage 2: the Prophet point forecasts of many models ----------------------------------------
@@ -393,7 +420,7 @@ def point_forecasts(models: Sequence, times_us: np.ndarray, owner: np.ndarray,
 
 # --- stage 3: corrections, crossings, the alert rule, drivers, anomaly --------------------------
 def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: np.ndarray,
-            out: list) -> None:
+            out: list, as_rows: bool = False) -> None:
     models = [it.model for it in items]
     # rows: every observation of the batch (owned by its series' item), then each shape group's
     # horizon grids at every check, (series, check, step)
@@ -409,24 +436,31 @@ def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: 
     for j, it in enumerate(items):
         stack, stack_rows[j] = _stack_of(stacked, it.model)
         stacks[id(stack)] = stack
-        key = (it.n_h, it.model.error_paths_.shape[0], len(it.origin_offsets_us), it.step_us,
-               it.query.direction, float(it.model.step_minutes_), id(stack))
+        key = (*it.shape, it.query.direction, id(stack))
         groups.setdefault(key, []).append(j)
     n = len(items)
     now_us = np.array([it.now_us for it in items], dtype=np.int64)
     # ... and each series' now (the drivers' start; the grid of the last check holds their end)
-    times, owners, first_row, grid_of = [obs_us], [owner], {}, {}
+    times, owners, first_row, grid_of, skip_of = [obs_us], [owner], {}, {}, {}
     cursor = obs_us.size
+    first_obs = obs_us[np.minimum(starts, max(obs_us.size - 1, 0))] if obs_us.size else np.zeros(n, np.int64)
     for key, members in groups.items():
         n_h, _, n_o, step_us = key[:4]
         now = now_us[members]
         offsets = np.array([items[j].origin_offsets_us for j in members], dtype=np.int64)
         steps = step_us * np.arange(1, n_h + 1, dtype=np.int64)
+        # a check before a series' first observation does not count for its alert rule
+        # (``_covered`` drops it): the checks no series of the group counts are not walked
+        observed = counts[members] > 0
+        seen = observed[:, None] & (first_obs[members][:, None] <= now[:, None] - offsets)
+        skip = skip_of[key] = int(np.where(observed, np.argmax(seen, axis=1), 0).min())
         if len(members) > _FEW and (offsets == offsets[0]).all():
             # the checks' horizons overlap (checks every 5 min, steps of 15): each distinct time once
-            distinct, at = np.unique(steps[None, :] - offsets[0][:, None], return_inverse=True)
+            # (the skipped checks read any column: their forecasts are not used)
+            distinct, at = np.unique(steps[None, :] - offsets[0][skip:, None], return_inverse=True)
             grid = now[:, None] + distinct[None, :]
-            grid_of[key] = at.reshape(n_o, n_h)  # (check, step) -> column of the series' rows
+            grid_of[key] = np.vstack([np.zeros((skip, n_h), dtype=np.intp),
+                                      at.reshape(n_o - skip, n_h)])  # (check, step) -> column
         else:
             grid = (now[:, None, None] - offsets[:, :, None] + steps[None, None, :]).reshape(len(members), -1)
             grid_of[key] = np.arange(n_o * n_h).reshape(n_o, n_h)
@@ -445,11 +479,11 @@ def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: 
     alerts: list = [None] * n
     then_of = {}  # per group: (members, n_h) rows of the last check's horizon (the drivers' ends)
     for key, members in groups.items():
-        n_h, _, n_o, _, direction, step, stack = key
+        n_h, _, n_o, _, step, direction, stack = key
         width = int(grid_of[key].max()) + 1
         rows = first_row[key] + np.arange(len(members))[:, None, None] * width + grid_of[key][None, :, :]
         _crossing_group(items, members, n_h, n_o, direction, step, yhat[rows], yhat, obs_us, obs_y, cols,
-                        crossed_now, alerts, stacks[stack], stack_rows[members])
+                        crossed_now, alerts, stacks[stack], stack_rows[members], skip_of[key])
         then_of[key] = rows[:, -1, :]
 
     # drivers: the forecast's components now and at the crossing (or its closest approach)
@@ -471,10 +505,11 @@ def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: 
                           [[round(v, 4) for v in row] for row in table["changes"]])
     table["drivers"] = _driver_order(items, changes)
     version = bundle.version_label
+    answer = _row if as_rows else _prediction
+    crossed = crossed_now.tolist()
     for j, it in enumerate(items):
         try:
-            out[it.index] = _prediction(it, j, table, crossed_now[j], alerts[j], scores.get(j, (None, [])),
-                                        version)
+            out[it.index] = answer(it, j, table, crossed[j], alerts[j], scores.get(j, _NO_ANOMALY), version)
         except Exception as exc:
             out[it.index] = exc
 
@@ -510,12 +545,13 @@ def _driver_order(items: list[_Item], changes: np.ndarray) -> list[list[int]]:
 def _crossing_group(items: list[_Item], members: list[int], n_h: int, n_o: int, direction: str, step: float,
                     grid_yhat: np.ndarray, yhat: np.ndarray, obs_us: np.ndarray, obs_y: np.ndarray,
                     cols: dict[str, np.ndarray], crossed_now: np.ndarray, alerts: list, stack: _PathStack,
-                    stack_rows: np.ndarray) -> None:
+                    stack_rows: np.ndarray, skip: int = 0) -> None:
     """The checks' crossings of series that share a shape: corrections, then every path at once;
     each series' answer written into row ``members[r]`` of ``cols`` (and ``crossed_now``, ``alerts``).
 
     ``grid_yhat`` (g, n_o, n_h): the model at each check's horizon; ``yhat[:obs_us.size]`` the
-    model at every observation of the batch; ``stack.steps[stack_rows]`` the series' error paths.
+    model at every observation of the batch; ``stack.steps[stack_rows]`` the series' error paths;
+    the first ``skip`` checks precede every series' first observation: not walked (chance 0).
     """
     g = len(members)
     its = [items[j] for j in members]
@@ -543,19 +579,21 @@ def _crossing_group(items: list[_Item], members: list[int], n_h: int, n_o: int, 
     thresholds = np.array([it.query.threshold for it in its], dtype=np.float64)
     calibrations = [it.calibration for it in its]
     timing = np.array([c.timing for c in calibrations], dtype=np.float64)
-    b = crossing_distribution_rows(minutes, points, stack.steps, stack_rows, thresholds, direction, timing,
-                                   stack.extremes(n_h, direction == "above"), _phase_matched(its, now_us))
+    seen = ends > 0
+    b = crossing_distribution_rows(minutes, points[:, skip:], stack.steps, stack_rows, thresholds, direction,
+                                   timing, stack.extremes(n_h, direction == "above"),
+                                   _phase_matched(its, now_us))
+    raw = b.probability if not skip else np.concatenate([np.zeros((g, skip)), b.probability], axis=1)
     last = np.maximum(ends - 1, 0)
     rows = np.arange(g)[:, None]
-    seen = ends > 0
     currents = np.where(seen, ys[rows, last], np.nan)
     sigma = np.array([max(it.model.sigma_, 1e-9) for it in its])
     zs = np.where(seen, resid[rows, last] / sigma[:, None], np.nan)
     above = direction == "above"
     crossed = seen & ((currents >= thresholds[:, None]) if above else (currents <= thresholds[:, None]))
     # the one-series path: round(raw, 4), the calibration's map, round again (per calibration)
-    calibrated = _rounded(b.probability, 4) if g > _FEW else np.array(
-        [[round(p, 4) for p in row] for row in b.probability.tolist()]).reshape(b.probability.shape)
+    calibrated = _rounded(raw, 4) if g > _FEW else np.array(
+        [[round(p, 4) for p in row] for row in raw.tolist()]).reshape(raw.shape)
     by_map: dict[int, list[int]] = {}
     for r, cal in enumerate(calibrations):
         if cal.n_fitted or cal.knots != (0.0, 1.0) or cal.values != (0.0, 1.0):
@@ -727,8 +765,10 @@ def _anomaly_many(bundle: ModelBundle, items: list[_Item], z: np.ndarray) -> dic
     if not bundle.detectors:
         return {}
     by_detector: dict[int, list[tuple[int, np.ndarray]]] = {}
-    detectors = {}
+    detectors, watched = {}, bundle.detectors
     for j, (it, z_j) in enumerate(zip(items, z.tolist(), strict=True)):
+        if _entity_of(it.query.series_id) not in watched:
+            continue  # no detector for its entity: anomaly_row has nothing to score
         found = anomaly_row(bundle, it.query.series_id, None if z_j != z_j else z_j, it.query.context, it.now)
         if found is not None:
             detectors[id(found[0])] = found[0]
@@ -788,8 +828,80 @@ def _prediction(it: _Item, j: int, t: dict[str, list], crossed: bool, outcome: t
         calibration_note=_note(model, cal, q.threshold, q.direction), calendar=_calendar(model),
         drivers=drivers, driver=drivers[0]["component"] if drivers else None,
         level_correction=t["r_level"][j], trend_correction_per_min=t["r_slope"][j],
-        anomaly_score=score, anomaly_top_metrics=top, model_version=version,
+        anomaly_score=score, anomaly_top_metrics=list(top), model_version=version,
     )
+
+
+#: the fields of an answer row (:func:`predict_many` with ``rows``), in the order a service writes
+#: them (``serving.schemas.PredictResponse``'s; a test compares the bytes), then its ``message``
+ANSWER_FIELDS = (
+    "series_id", "model_version", "model_kind", "now", "threshold", "direction", "horizon_minutes",
+    "minutes_to_threshold", "crossing_at", "earliest_minutes", "latest_minutes", "earliest_at", "latest_at",
+    "probability", "already_crossed", "alert", "alarm_probability", "alert_rule", "keep_firing_minutes_left",
+    "calibrated", "calibration_note", "calendar", "driver", "drivers", "level_correction",
+    "trend_correction_per_min", "anomaly_score", "anomaly_top_metrics", "message")
+_NO_ANOMALY = (None, ())
+
+
+class _Words:
+    """What an answer's message says, as attributes, so the one-series path's own
+    :meth:`Prediction.sentence` words it (one wording, whichever path answered)."""
+
+    __slots__ = ("series_id", "direction", "threshold", "already_crossed", "minutes_to_threshold",
+                 "earliest_minutes", "latest_minutes", "horizon_minutes", "probability",
+                 "keep_firing_minutes_left")
+
+    def __init__(self, series_id, direction, threshold, already_crossed, minutes_to_threshold,
+                 earliest_minutes, latest_minutes, horizon_minutes, probability, keep_firing_minutes_left):
+        self.series_id, self.direction, self.threshold = series_id, direction, threshold
+        self.already_crossed, self.minutes_to_threshold = already_crossed, minutes_to_threshold
+        self.earliest_minutes, self.latest_minutes = earliest_minutes, latest_minutes
+        self.horizon_minutes, self.probability = horizon_minutes, probability
+        self.keep_firing_minutes_left = keep_firing_minutes_left
+
+    sentence = Prediction.sentence
+    _forecast_sentence = Prediction._forecast_sentence
+    _held_note = Prediction._held_note
+
+
+def _row(it: _Item, j: int, t: dict[str, list], crossed: bool, outcome: tuple, anomaly: tuple,
+         version: str) -> dict:
+    """Row ``j`` of the batch's columns ``t`` as the plain dict of :data:`ANSWER_FIELDS`: what
+    :func:`_prediction` holds, with the JSON types a service writes (floats as floats)."""
+    q, model, cal = it.query, it.model, it.calibration
+    rounded = t["r_changes"][j]
+    drivers = [{"component": _DRIVERS[i], "meaning": _MEANINGS[i], "change": rounded[i]}
+               for i in t["drivers"][j]]
+    now = it.now
+    minutes, earliest, latest = t["minutes"][j], t["earliest"][j], t["latest"][j]
+    alert, held_left, rule_text = outcome
+    score, top = anomaly
+    row = dict(
+        series_id=q.series_id, model_version=version, model_kind=model.kind_, now=now,
+        threshold=float(q.threshold), direction=q.direction, horizon_minutes=float(q.horizon_minutes),
+        minutes_to_threshold=_opt(t["r_minutes"][j]),
+        crossing_at=None if minutes != minutes else now + _minutes(minutes),
+        earliest_minutes=_opt(t["r_earliest"][j]), latest_minutes=_opt(t["r_latest"][j]),
+        earliest_at=None if earliest != earliest else now + _minutes(earliest),
+        latest_at=None if latest != latest else now + _minutes(latest),
+        probability=t["probability"][j], already_crossed=crossed, alert=alert,
+        alarm_probability=float(cal.alarm), alert_rule=rule_text,
+        keep_firing_minutes_left=None if held_left is None else float(held_left),
+        calibrated=cal.n_fitted > 0, calibration_note=_note(model, cal, q.threshold, q.direction),
+        calendar=_calendar(model), driver=drivers[0]["component"] if drivers else None, drivers=drivers,
+        level_correction=t["r_level"][j], trend_correction_per_min=t["r_slope"][j], anomaly_score=score,
+        anomaly_top_metrics=[{"metric": m["metric"], "z": float(m["z"])} for m in top])
+    row["message"] = _Words(
+        row["series_id"], row["direction"], row["threshold"], crossed, row["minutes_to_threshold"],
+        row["earliest_minutes"], row["latest_minutes"], row["horizon_minutes"], row["probability"],
+        row["keep_firing_minutes_left"]).sentence()
+    return row
+
+
+@lru_cache(maxsize=4096)
+def _minutes(minutes: float) -> timedelta:
+    """``timedelta(minutes=minutes)`` (crossing times fall on a few steps' quantiles: few distinct)."""
+    return timedelta(minutes=minutes)
 
 
 def _calendar(model) -> str:

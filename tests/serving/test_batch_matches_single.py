@@ -22,6 +22,7 @@ from features import schema as s
 from serving.predictor import Predictor, _crossing_within_lead, _item_error, _response
 from serving.rules import load_catalog
 from serving.schemas import (
+    BATCH_TIME_CHARS,
     BATCH_TIME_PATTERN,
     AlertsRequest,
     AlertsResponse,
@@ -29,6 +30,7 @@ from serving.schemas import (
     PredictBatchRequest,
     PredictBatchResponse,
     PredictRequest,
+    PredictResponse,
     SkippedSeries,
 )
 from serving.server import free_port, start_service, stop_service, wait_ready
@@ -142,6 +144,44 @@ def test_predict_many_equals_predict_series_for_every_query(bundle):
         kinds["anomaly"] += want.anomaly_score is not None
         kinds["crossing"] += want.minutes_to_threshold not in (None, 0.0)
         kinds["alert"] += want.alert
+    assert all(kinds.values()), kinds  # every kind of answer and error was compared
+
+
+def test_answer_rows_equal_predict_series_for_every_query(bundle):
+    """The rows the service writes (``predict_many(..., as_rows=True)``: no ``Prediction`` per answer)
+    hold every field of ``predict_series``'s answer, in the response's order, with its message;
+    over held-on alerts, crossings, already crossed, alerts whose earlier checks precede the
+    observations (not walked by the batch), fallback series (still a ``Prediction``) and errors."""
+    from training.predict_many import ANSWER_FIELDS
+
+    served = tuple(f for f in PredictResponse.model_fields if f not in ("resolved_by", "rule"))
+    assert served == ANSWER_FIELDS
+    asked = queries(bundle, 400)
+    rows = predict_many(bundle, asked, as_rows=True)
+    kinds = dict.fromkeys(("row", "prediction", "error", "held", "crossing", "crossed", "alert", "short"), 0)
+    for q, got in zip(asked, rows, strict=True):
+        try:
+            want = predict_series(bundle, q.series_id, q.threshold, q.direction, q.horizon_minutes,
+                                  recent=q.recent, now=q.now, context=q.context)
+        except Exception as exc:
+            assert type(got) is type(exc) and str(got) == str(exc), (q, got, exc)
+            kinds["error"] += 1
+            continue
+        if not isinstance(got, dict):  # answered by the one-series path itself
+            assert same(got.as_dict(), want.as_dict(), q.series_id) == []
+            kinds["prediction"] += 1
+            continue
+        assert tuple(got) == ANSWER_FIELDS
+        expected = {**want.as_dict(), "message": want.sentence(),  # the answer names each metric and its z
+                    "anomaly_top_metrics": [{"metric": m["metric"], "z": m["z"]}
+                                            for m in want.anomaly_top_metrics]}
+        assert same(dict(got), {k: expected[k] for k in ANSWER_FIELDS}, q.series_id) == []
+        kinds["row"] += 1
+        kinds["held"] += want.keep_firing_minutes_left is not None
+        kinds["crossing"] += want.minutes_to_threshold not in (None, 0.0)
+        kinds["crossed"] += want.already_crossed
+        kinds["alert"] += want.alert
+        kinds["short"] += "shortened from" in want.alert_rule
     assert all(kinds.values()), kinds  # every kind of answer and error was compared
 
 
@@ -271,11 +311,55 @@ def test_batch_items_are_read_with_predict_requests_checks():
 
     batch, single = fields(TypeAdapter(BatchItem).json_schema()), fields(PredictRequest.model_json_schema())
     # observation times: the batch reads a UTC subset of ISO-8601 as text (any other form of time
-    # sends its item to be validated alone), the rest is the same
+    # sends its item to be validated alone; the form is checked over all times at once), the rest
+    # is the same
     times = batch["recent"]["items"]["properties"].pop("ts")
-    assert times == {"type": "string", "pattern": BATCH_TIME_PATTERN}
+    assert times == {"type": "string", "maxLength": BATCH_TIME_CHARS}
     assert single["recent"]["items"]["properties"].pop("ts")["format"] == "date-time"
     assert batch == single
+
+
+def test_the_batch_reads_the_times_the_pattern_names_and_no_others():
+    """The batch's check of its times' form over arrays says what ``BATCH_TIME_PATTERN`` says
+    (a regex whose ``$`` ends the text, as pydantic's Rust engine reads it), on edge cases and on
+    seeded mutations of valid times (a character changed, dropped or added)."""
+    from serving.predictor import _utc_us, batch_time_form
+
+    regex = re.compile(BATCH_TIME_PATTERN.replace("$", r"\Z"))
+    texts = ["2026-10-15T00:30", "2026-10-15T00:30Z", "2026-10-15T23:59:59", "2026-10-15T00:30:00Z",
+             "2026-10-15T00:30:00.1", "2026-10-15T00:30:00.123456Z", "2026-10-15T00:30:00.1234567",
+             "2026-10-15T00:30:00.", "2026-10-15T00:30:0", "2026-10-15T24:00", "2026-10-15T00:60",
+             "2026-10-15T00:00:60", "2026-13-01T00:00", "2026-00-01T00:00", "2026-10-00T00:00",
+             "2026-10-32T00:00", "2026-02-30T00:00", "2026-10-15 00:30", "2026-10-15T00:30z",
+             "2026-10-15T00:30+02:00", "2026-10-15T00:30Z\n", "2026-10-15T00:30\x00", "", "Z",
+             "2026-10-15", "+2026-10-15T00:30", "2026-10-15T00:3Z", "२०२६-10-15T00:30", "2026-10-15T00:30ZZ"]
+    rng = np.random.default_rng(5)
+    alphabet = "0123456789-:TZ.z +\n"
+    for _ in range(3000):
+        text = list(texts[int(rng.integers(0, 6))])
+        for _ in range(int(rng.integers(1, 3))):
+            at, kind = int(rng.integers(0, len(text) + 1)), int(rng.integers(0, 3))
+            char = alphabet[int(rng.integers(0, len(alphabet)))]
+            if kind == 0 and at < len(text):
+                text[at] = char
+            elif kind == 1 and at < len(text):
+                del text[at]
+            else:
+                text.insert(at, char)
+        texts.append("".join(text)[:BATCH_TIME_CHARS])
+    array = np.array(texts, dtype=f"U{BATCH_TIME_CHARS}")
+    ok, zulu = batch_time_form(array.view(np.uint32).reshape(len(texts), -1),
+                               np.array([len(t) for t in texts]))
+    want = [regex.match(t) is not None for t in texts]
+    assert ok.tolist() == want, [t for t, a, b in zip(texts, ok.tolist(), want, strict=True) if a != b]
+    assert zulu.tolist() == [w and t.endswith("Z") for t, w in zip(texts, want, strict=True)]
+    assert 200 < sum(want) < len(texts) - 200  # both kinds were compared
+    # read: every valid time as numpy reads it without its 'Z'; an item holding any other is left out
+    valid = [t for t, w in zip(texts, want, strict=True) if w and not t.startswith("2026-02-30")]
+    us, unread = _utc_us([*valid, "2026-02-30T00:00", "2026-10-15 00:30"], [len(valid), 1, 1])
+    assert unread == [1, 2] and us[len(valid):].tolist() == [0, 0]
+    assert us[:len(valid)].tolist() == np.array([t.rstrip("Z") for t in valid],
+                                                 dtype="datetime64[us]").view(np.int64).tolist()
 
 
 @pytest.mark.slow

@@ -803,15 +803,19 @@ _DRIVERS = ("trend", "seasonality", "recent_level", "recent_drift")
 _MEANINGS = tuple(DRIVER_NAMES[d] for d in _DRIVERS)
 
 
-def _prediction(it: _Item, j: int, t: dict[str, list], crossed: bool, outcome: tuple, anomaly: tuple,
-                version: str) -> Prediction:
-    """Row ``j`` of the batch's columns ``t`` as the one-series path's :class:`Prediction`."""
-    q, model, cal = it.query, it.model, it.calibration
+def _row_parts(j: int, t: dict[str, list]) -> tuple[list[dict], float, float, float]:
+    """Row ``j``'s drivers and crossing minutes (answer, P10, P90) from the batch's columns ``t``."""
     rounded = t["r_changes"][j]
     drivers = [{"component": _DRIVERS[i], "meaning": _MEANINGS[i], "change": rounded[i]}
                for i in t["drivers"][j]]
-    now = it.now
-    minutes, earliest, latest = t["minutes"][j], t["earliest"][j], t["latest"][j]
+    return drivers, t["minutes"][j], t["earliest"][j], t["latest"][j]
+
+
+def _prediction(it: _Item, j: int, t: dict[str, list], crossed: bool, outcome: tuple, anomaly: tuple,
+                version: str) -> Prediction:
+    """Row ``j`` of the batch's columns ``t`` as the one-series path's :class:`Prediction`."""
+    q, model, cal, now = it.query, it.model, it.calibration, it.now
+    drivers, minutes, earliest, latest = _row_parts(j, t)
     alert, held_left, rule_text = outcome
     score, top = anomaly
     return Prediction(
@@ -868,12 +872,8 @@ def _row(it: _Item, j: int, t: dict[str, list], crossed: bool, outcome: tuple, a
          version: str) -> dict:
     """Row ``j`` of the batch's columns ``t`` as the plain dict of :data:`ANSWER_FIELDS`: what
     :func:`_prediction` holds, with the JSON types a service writes (floats as floats)."""
-    q, model, cal = it.query, it.model, it.calibration
-    rounded = t["r_changes"][j]
-    drivers = [{"component": _DRIVERS[i], "meaning": _MEANINGS[i], "change": rounded[i]}
-               for i in t["drivers"][j]]
-    now = it.now
-    minutes, earliest, latest = t["minutes"][j], t["earliest"][j], t["latest"][j]
+    q, model, cal, now = it.query, it.model, it.calibration, it.now
+    drivers, minutes, earliest, latest = _row_parts(j, t)
     alert, held_left, rule_text = outcome
     score, top = anomaly
     row = dict(

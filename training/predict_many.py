@@ -514,7 +514,6 @@ def _answer(bundle: ModelBundle, items: list[_Item], obs_us: np.ndarray, obs_y: 
             out[it.index] = exc
 
 
-# --- s9-quality: crossings timed over the paths begun at the check's minute of the hour -----
 def _phase_matched(its: list[_Item], now_us: np.ndarray) -> np.ndarray | None:
     """(g, K) the paths that time each series' crossing now (:func:`training.predict.path_phases`,
     every path for a model without origin minutes); None when no model of the group has them."""
@@ -523,7 +522,6 @@ def _phase_matched(its: list[_Item], now_us: np.ndarray) -> np.ndarray | None:
         return None
     k = its[0].model.error_paths_.shape[0]
     return np.stack([np.ones(k, dtype=bool) if p is None else p.matched()[0] for p in phased])
-# --- end s9-quality ---------------------------------------------------------------------------
 
 
 def _driver_order(items: list[_Item], changes: np.ndarray) -> list[list[int]]:

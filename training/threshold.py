@@ -369,7 +369,7 @@ def crossing_distribution_rows(
         first = np.full((c_n, k_paths), -1)
         first.reshape(-1)[flat] = _first_steps_rows(pts, steps, at, thr, ci, np.full(ci.size, n_t - 1), ki,
                                                     above)
-        if matched is not None:  # s9-quality: timed over the paths begun at the check's minute
+        if matched is not None:  # timed over the paths begun at the check's minute
             first = phase_restricted(first, matched[lo:lo + chunk])
         t_cross = np.sort(np.where(first >= 0, minutes[np.maximum(first, 0)], np.inf), axis=1)
         n_cross = np.sum(first >= 0, axis=1)

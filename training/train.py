@@ -376,7 +376,7 @@ def use_holdout_errors(model: SeriesForecaster, trial: SeriesForecaster, frame: 
     if paths.shape[0] < MIN_ERROR_PATHS:
         return "in-sample (holdout too short)"
     model.error_paths_ = paths.astype(np.float32)
-    model.error_path_minutes_ = hourly_phases(resid, ts, origins)  # s9-quality: the paths' phases
+    model.error_path_minutes_ = hourly_phases(resid, ts, origins)  # the paths' phases
     model.calibrations_ = holdout_calibrations(model, trial, ts, part[s.VALUE].fill_null(np.nan)
                                                .to_numpy(), frame.filter(pl.col(s.TS) < holdout_start),
                                                rule or AlertRule(), expected=expected,

@@ -32,7 +32,7 @@ from training.evaluation.replay import (
     true_minutes,
 )
 from training.evaluation.sources import threshold_from_rule
-from training.forecast.correction import error_paths, realtime_correction, rolling_corrections
+from training.forecast.correction import error_paths_with_origins, realtime_correction, rolling_corrections
 from training.threshold import AlertRule, crossing_distribution
 
 T0 = np.datetime64("2026-09-01T00:00", "us")
@@ -243,9 +243,9 @@ def test_rolling_origin_errors_score_the_model_and_predict_linear():
 def test_error_paths_shape_and_gaps():
     r = np.random.default_rng(0).normal(0, 1, 1000)
     r[500] = np.nan
-    e = error_paths(r, 1.0, 60, n_paths=100)
+    e = error_paths_with_origins(r, 1.0, 60, n_paths=100)[0]
     assert e.shape == (100, 60) and np.isfinite(e).all()
-    assert error_paths(r[:100], 1.0, 60).shape == (0, 60)
+    assert error_paths_with_origins(r[:100], 1.0, 60)[0].shape == (0, 60)
 
 
 def test_crossing_distribution_certain_and_impossible():

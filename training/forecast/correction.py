@@ -119,25 +119,6 @@ def rolling_corrections(
     return level, slope / step_minutes
 
 
-def error_paths(
-    residuals: np.ndarray,
-    step_minutes: float,
-    horizon_minutes: float,
-    n_paths: int = 256,
-    window_minutes: float = WINDOW_MINUTES,
-    damping_minutes: float = DAMPING_MINUTES,
-    center: bool = True,
-) -> np.ndarray:
-    """Errors the corrected forecast made in history, as whole paths over the horizon.
-
-    For evenly spread origins ``i``: ``e[h] = r[i + h] - correction_i(h)`` for the steps
-    ``h = 1..H``; paths touching a gap are skipped. Shape ``(K, H / step)``; empty if the
-    history is shorter than a horizon.
-    """
-    return error_paths_with_origins(residuals, step_minutes, horizon_minutes, n_paths,
-                                    window_minutes, damping_minutes, center)[0]
-
-
 def error_paths_with_origins(
     residuals: np.ndarray,
     step_minutes: float,
@@ -147,9 +128,15 @@ def error_paths_with_origins(
     damping_minutes: float = DAMPING_MINUTES,
     center: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`error_paths` and each path's origin: the index into ``residuals`` it starts at
-    (its last observation), (K,) int64; with the residuals' timestamps it gives the path's
-    minute of the hour (:func:`minute_of_hour`)."""
+    """Errors the corrected forecast made in history, as whole paths over the horizon, and where
+    each began.
+
+    For evenly spread origins ``i``: ``e[h] = r[i + h] - correction_i(h)`` for the steps
+    ``h = 1..H``; paths touching a gap are skipped. Paths of shape ``(K, H / step)``, empty if
+    the history is shorter than a horizon; origins (K,) int64, the index into ``residuals`` each
+    path starts at (its last observation): with the residuals' timestamps they give the path's
+    minute of the hour (:func:`minute_of_hour`).
+    """
     r = np.asarray(residuals, dtype=np.float64)
     n_h = max(1, int(round(horizon_minutes / step_minutes)))
     level, slope = rolling_corrections(r, step_minutes, window_minutes)

@@ -97,7 +97,7 @@ class SeriesForecaster:
     (Prophet answers use error paths, the linear fallback its Gaussian band).
     """
 
-    #: s9-quality: (K,) int16 minute of the hour each error path began at; None: not known
+    #: (K,) int16 minute of the hour each error path began at; None: not known
     error_path_minutes_: np.ndarray | None = None
 
     def __init__(
@@ -268,7 +268,7 @@ class SeriesForecaster:
         resid = observed - self.expected(grid)
         paths, origins = error_paths_with_origins(resid, self.step_minutes_,
                                                   self.max_horizon_minutes, self.n_error_paths)
-        # s9-quality: each path's origin minute of the hour, so an answer can time a crossing
+        # each path's origin minute of the hour, so an answer can time a crossing
         # over the paths begun at its own minute (an hourly spike keeps its place), if any
         self.error_path_minutes_ = hourly_phases(resid, grid, origins)
         return paths.astype(np.float32)
@@ -469,7 +469,7 @@ class SeriesForecaster:
             "error_paths_shape": list(self.error_paths_.shape),
         }
         minutes = getattr(self, "error_path_minutes_", None)
-        if minutes is not None:  # s9-quality: the paths' origin minutes of the hour
+        if minutes is not None:  # the paths' origin minutes of the hour
             state["error_path_minutes_i2le"] = base64.b64encode(
                 np.ascontiguousarray(minutes, dtype="<i2").tobytes()).decode("ascii")
         if self.kind_ == "prophet":
@@ -519,7 +519,7 @@ class SeriesForecaster:
             self.error_paths_ = raw.astype(np.float32).reshape(state["error_paths_shape"])
         else:  # bundles of schema version 1 stored them rounded, as lists
             self.error_paths_ = np.asarray(state["error_paths"], dtype=np.float32).reshape(-1, n_h)
-        # s9-quality: older bundles have no origin minutes; their answers time over every path
+        # older bundles have no origin minutes; their answers time over every path
         self.error_path_minutes_ = (np.frombuffer(base64.b64decode(state["error_path_minutes_i2le"]),
                                                   dtype="<i2").astype(np.int16)
                                     if "error_path_minutes_i2le" in state else None)
